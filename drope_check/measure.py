@@ -1,0 +1,261 @@
+"""Build the measurements of a pair under a protocol (the JSON of docs/measurements-schema.md).
+
+One forward pass per batch gives every phase metric AND the baseline perplexity: the capture
+(:mod:`drope_check.capture`) fills per-sequence summaries while the logits of the same pass go to
+:func:`drope_check.perplexity.token_nll`. Interventions (BOS-MLP ablation, Q/K disruption) need
+forwards of their own and run afterwards, each at the layer chosen from this model's own
+measurements. The two models of a pair are loaded one at a time, so a 7B pair fits a 24 GB card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from drope_check import __version__, metrics
+from drope_check.batching import make_batches, tokenize_with_bos
+from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
+from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
+from drope_check.protocol import FAITHFUL, Protocol
+
+SCHEMA_VERSION = 1
+
+#: Every intervention `--interventions all` runs, named as in the measurements JSON.
+ALL_INTERVENTIONS: tuple[str, ...] = (
+    "bos_mlp_ablation:argmax-ratio",
+    "bos_mlp_ablation:max-write",
+    "qk_disruption:report",
+    "qk_disruption:jin",
+)
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How to obtain models and texts (not part of the protocol: they don't change a definition)."""
+
+    wikitext: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    allow_text_fallback: bool = True
+    progress: bool = False
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        value = getattr(torch, name)
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16, float16 or float64")
+    return value
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch")
+
+
+def run_capture(
+    loaded: LoadedModel, seqs: list[list[int]], protocol: Protocol, progress: bool = False
+) -> tuple[list[SequenceCapture], list[tuple[float, int]], str]:
+    """One capture forward per batch: per-sequence summaries, per-sequence (NLL sum, predicted),
+    and a note of the precision the attention statistics were computed in."""
+    from drope_check.perplexity import token_nll
+
+    capture = OnePassCapture(loaded.model, protocol, loaded.name)
+    captures: list[SequenceCapture | None] = [None] * len(seqs)
+    nll: list[tuple[float, int] | None] = [None] * len(seqs)
+    batches = make_batches(seqs, protocol.batch_size, loaded.pad_token_id, pad_to=protocol.pad_to)
+    device = next(loaded.model.parameters()).device
+    with torch.inference_mode():
+        for batch in _progress(batches, progress, f"measure {loaded.spec.role}"):
+            rows = [batch.padded_length] * len(batch.lengths) if protocol.padding_in_stats else batch.lengths
+            input_ids = batch.input_ids.to(device)
+            mask = batch.attention_mask.to(device)
+            with capture.batch(rows) as caps:
+                logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            sums, counts = token_nll(logits, input_ids, mask)
+            for row, index in enumerate(batch.indices):
+                captures[index] = caps[row]
+                nll[index] = (float(sums[row]), int(counts[row]))
+    n_calls = len(batches) * capture.n_layers
+    precision = f"{protocol.stats_dtype}: {capture.layers_in_float64} of {n_calls} layer passes in float64, the rest float32"
+    return captures, nll, precision  # type: ignore[return-value]
+
+
+def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[str, Any]:
+    """Per-layer arrays, per-head sink scores and scalars, averaged over sequences.
+
+    Each sequence is measured on its own rows, then values are averaged over sequences. The sink
+    rate of a layer is the mean over sequences of the fraction of heads whose per-sequence score
+    passes tau (upstream's 0.978125 = 5008 / (5 x 1024) is a per-prompt average).
+    """
+    if not captures:
+        raise ValueError("no sequences were captured")
+    n_layers = len(captures[0].attn_to_bos)
+    layers: dict[str, list[float]] = {
+        stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in LAYER_STATS
+    }
+    heads: dict[str, list[list[float]]] = {}
+    for key, include_self in (("sink_score", True), ("sink_score_excl_self", False)):
+        rate_key = "sink_rate" if include_self else "sink_rate_excl_self"
+        per_layer_scores, per_layer_rates = [], []
+        for layer in range(n_layers):
+            scores = [metrics.sink_scores(c.attn_to_bos[layer], include_self=include_self) for c in captures]
+            rates = [metrics.sink_rate(s, tau=protocol.sink_tau, strict=protocol.sink_strict) for s in scores]
+            per_layer_scores.append(torch.stack(scores).mean(dim=0).tolist())
+            per_layer_rates.append(sum(rates) / len(rates))
+        heads[key] = per_layer_scores
+        layers[rate_key] = per_layer_rates
+
+    embedding_bos_norm = float(metrics.mean_over_sequences([c.embedding_bos_norm for c in captures]))
+    peak_layer = metrics.argmax_layer(layers["bos_norm"])
+    valley = metrics.argmin_layer(layers["entropy"])
+    valley_norm = metrics.argmin_layer(layers["entropy_normalized"])
+    scalars = {
+        "embedding_bos_norm": embedding_bos_norm,
+        "sink_rate_average": sum(layers["sink_rate"]) / n_layers,
+        "sink_rate_average_excl_self": sum(layers["sink_rate_excl_self"]) / n_layers,
+        "bos_spike_layer_argmax_ratio": metrics.spike_layer_argmax_ratio(layers["bos_ratio"]),
+        "bos_spike_layer_max_write": metrics.spike_layer_max_write(embedding_bos_norm, layers["bos_norm"]),
+        "max_bos_ratio": max(layers["bos_ratio"]),
+        "peak_bos_norm": layers["bos_norm"][peak_layer],
+        "peak_bos_norm_layer": peak_layer,
+        "min_entropy": layers["entropy"][valley],
+        "min_entropy_layer": valley,
+        "min_entropy_normalized": layers["entropy_normalized"][valley_norm],
+        "min_entropy_normalized_layer": valley_norm,
+    }
+    return {"layers": layers, "heads": heads, "scalars": scalars}
+
+
+def measure_model(
+    loaded: LoadedModel,
+    seqs: list[list[int]],
+    protocol: Protocol = FAITHFUL,
+    interventions: Sequence[str] = (),
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The measurements of one loaded model (the ``<model>`` object of the schema)."""
+    from drope_check.perplexity import PerplexityResult
+
+    start = time.perf_counter()
+    captures, nll, precision = run_capture(loaded, seqs, protocol, progress)
+    summary = summarise(captures, protocol)
+    nll_sum = sum(s for s, _ in nll)
+    n_predicted = sum(n for _, n in nll)
+    baseline = PerplexityResult(
+        protocol="lines",
+        ppl=float(torch.exp(torch.tensor(nll_sum / n_predicted, dtype=torch.float64))),
+        nll_sum=nll_sum,
+        n_predicted=n_predicted,
+        per_sequence=list(nll),
+    )
+    summary["scalars"]["ppl_baseline"] = baseline.ppl
+    result: dict[str, Any] = {
+        "role": loaded.spec.role,
+        "variant": loaded.spec.variant,
+        "n_layers": len(summary["layers"]["bos_norm"]),
+        "n_heads": len(summary["heads"]["sink_score"][0]),
+        **summary,
+        "perplexity": {"lines": baseline.to_dict()},
+    }
+    if interventions:
+        from drope_check.interventions import measure_interventions
+
+        spike_layers = {
+            "argmax-ratio": summary["scalars"]["bos_spike_layer_argmax_ratio"],
+            "max-write": summary["scalars"]["bos_spike_layer_max_write"],
+        }
+        result["interventions"] = measure_interventions(
+            loaded.model,
+            seqs,
+            loaded.pad_token_id,
+            spike_layers,
+            which=tuple(interventions),
+            batch_size=protocol.batch_size,
+            baseline=baseline,
+        )
+    result["provenance"] = {
+        **loaded.provenance,
+        "attention_stats_precision": precision,
+        "n_sequences": len(seqs),
+        "n_tokens": sum(len(s) for s in seqs),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return result
+
+
+def resolve_interventions(interventions: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"all"`` -> every intervention; ``None``/``"none"``/``""`` -> none; else validated names."""
+    if interventions is None or interventions in ("", "none"):
+        return ()
+    if interventions == "all":
+        return ALL_INTERVENTIONS
+    names = tuple(interventions.split(",")) if isinstance(interventions, str) else tuple(interventions)
+    unknown = [n for n in names if n not in ALL_INTERVENTIONS]
+    if unknown:
+        raise ValueError(f"unknown intervention(s) {unknown}; choose from {', '.join(ALL_INTERVENTIONS)} or 'all'")
+    return names
+
+
+def measure_pair(
+    pair: str | PairSpec,
+    protocol: Protocol | None = None,
+    interventions: str | Sequence[str] | None = "all",
+    options: MeasureOptions | None = None,
+) -> dict[str, Any]:
+    """Measure both models of a pair, one at a time, and return the measurements JSON object."""
+    from drope_check.texts import wikitext_lines
+
+    spec = get_pair(pair) if isinstance(pair, str) else pair
+    protocol = protocol or FAITHFUL
+    options = options or MeasureOptions()
+    which = resolve_interventions(interventions)
+    texts = wikitext_lines(
+        n=protocol.n_texts, min_chars=protocol.min_chars, path=options.wikitext, allow_fallback=options.allow_text_fallback
+    )
+    models: dict[str, Any] = {}
+    token_info: dict[str, Any] = {}
+    for model_spec in spec.models():
+        loaded = load_model(
+            model_spec,
+            bos_token=spec.bos_token,
+            dtype=_dtype(options.dtype),
+            device=options.device,
+            trust_remote_code=options.trust_remote_code,
+            quantization=options.quantization,
+        )
+        seqs = tokenize_with_bos(loaded.tokenizer, list(texts.texts), loaded.bos_token_id, protocol.max_tokens)
+        token_info[model_spec.role] = sum(len(s) for s in seqs)
+        models[model_spec.role] = measure_model(loaded, seqs, protocol, which, options.progress)
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "drope_check", "version": __version__},
+        "pair": spec.name,
+        "pair_description": spec.description,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "protocol": protocol.to_dict(),
+        "options": dataclasses.asdict(options),
+        "texts": {**texts.to_provenance(), "n_tokens": token_info},
+        "environment": environment_info(),
+        "models": models,
+    }

@@ -1,0 +1,472 @@
+"""The tolerance report: ``claims-report.md``, ``claims-report.json`` and per-layer plots.
+
+A reviewer reads this without opening the code: for every claim, the report's sentence, what this
+suite measured, the report's value, the band and why it is that wide, the verdict (with the reason
+for every skip and expected failure), and where the report's number came from. A summary table
+comes first. Every file is written atomically (a temporary file in the same folder, then
+``os.replace``), so a crash never leaves a half-written report.
+
+:func:`judge_file` evaluates a measurements JSON made elsewhere (``drope-check judge m.json --pair
+NAME``) and writes the same report as a ``pytest claims/ --claims-report DIR`` run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from drope_check import __version__
+from drope_check.claims import (
+    FAMILIES,
+    MODELS,
+    Claim,
+    ClaimSet,
+    Verdict,
+    check_measurements,
+    fmt,
+    load_claims,
+    verdict_for,
+)
+
+__all__ = [
+    "OUTCOMES",
+    "PLOT_SERIES",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "build_report",
+    "judge_file",
+    "pair_info",
+    "plot_marks",
+    "render_markdown",
+    "sort_verdicts",
+    "summary_counts",
+    "terminal_lines",
+    "write_report",
+]
+
+REPORT_SCHEMA_VERSION = 1
+OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "error", "skip", "regenerated")
+OUTCOME_LABEL = {
+    "pass": "PASS", "fail": "FAIL", "xfail": "does not generalise (xfail)", "xpass": "XPASS (strict: fails)",
+    "error": "ERROR", "skip": "skip", "regenerated": "golden regenerated",
+}
+#: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?).
+PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
+    ("bos_norm", "BOS residual norm ||x_0||", True),
+    ("entropy", "matrix entropy H (nats, uncentred)", True),
+    ("sink_rate", "sink rate (fraction of heads, score >= tau)", False),
+)
+_MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs of the report
+
+
+def pair_info(
+    pair: str,
+    measurements: Mapping[str, Any] | None = None,
+    claim_set: ClaimSet | None = None,
+    available: bool = True,
+    reason: str = "",
+    origin: str = "",
+) -> dict[str, Any]:
+    """What the report says about one pair: where its measurements came from and the per-layer series.
+
+    Only stable fields are copied (no wall-clock seconds), so that the same measurements give the
+    same report whether the claims ran serially or under xdist.
+    """
+    info: dict[str, Any] = {"pair": pair, "available": available, "reason": reason, "origin": origin}
+    if claim_set is not None:
+        info["description"] = claim_set.description
+        info["drope_variant"] = claim_set.drope_variant
+        info["run_hint"] = claim_set.run_hint
+        info["claims_file"] = Path(claim_set.path).name
+    if measurements is None:
+        return info
+    for key in ("created", "tool", "texts", "environment", "protocol"):
+        if key in measurements:
+            info[key] = measurements[key]
+    models: dict[str, Any] = {}
+    for role, model in (measurements.get("models") or {}).items():
+        if not isinstance(model, Mapping):
+            continue
+        prov = {k: v for k, v in (model.get("provenance") or {}).items() if k != "seconds"}
+        layers = model.get("layers") or {}
+        models[role] = {
+            "variant": model.get("variant"),
+            "n_layers": model.get("n_layers"),
+            "n_heads": model.get("n_heads"),
+            "provenance": prov,
+            "layers": {key: layers[key] for key, _, _ in PLOT_SERIES if key in layers},
+        }
+    info["models"] = models
+    return info
+
+
+def plot_marks(claim_set: ClaimSet) -> list[dict[str, Any]]:
+    """The report's values to mark on the per-layer plots, derived from the claims.
+
+    A claim on ``layers.<series>[i]`` marks a point, one on ``layers.<series>[a:b]`` with a
+    ``[lo, hi]`` value marks a shaded span, and a ``plot = {series, layer}`` table marks a scalar
+    (e.g. the peak BOS norm at its layer). Only report-derived values (status ``claim`` or
+    ``does-not-generalise``) are marked: goldens are this suite's own numbers.
+    """
+    marks: list[dict[str, Any]] = []
+    for claim in claim_set.claims:
+        if claim.status not in ("claim", "does-not-generalise") or claim.model == "pair" or claim.value is None:
+            continue
+        base = {"model": claim.model, "claim": claim.key}
+        if claim.plot is not None:
+            if "layer" in claim.plot and isinstance(claim.value, (int, float)):
+                marks.append({**base, "series": claim.plot["series"], "kind": "point",
+                              "layer": claim.plot["layer"], "value": claim.value})
+            continue
+        if not claim.metrics:
+            continue
+        series = claim.parsed_metrics[0].layer_series()
+        if series is None:
+            continue
+        name, step = series
+        if step[0] == "index" and isinstance(claim.value, (int, float)):
+            marks.append({**base, "series": name, "kind": "point", "layer": step[1], "value": claim.value})
+        elif step[0] == "slice" and isinstance(claim.value, list) and len(claim.value) == 2:
+            marks.append({**base, "series": name, "kind": "span", "start": step[1], "stop": step[2],
+                          "lo": claim.value[0], "hi": claim.value[1]})
+    return marks
+
+
+def sort_verdicts(verdicts: Iterable[Verdict | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Verdict dicts in a fixed order (pair, family, id, model): serial and xdist runs agree."""
+    dicts = [v.to_dict() if isinstance(v, Verdict) else dict(v) for v in verdicts]
+
+    def key(v: Mapping[str, Any]) -> tuple[Any, ...]:
+        fam = FAMILIES.index(v["family"]) if v.get("family") in FAMILIES else len(FAMILIES)
+        mod = MODELS.index(v["model"]) if v.get("model") in MODELS else len(MODELS)
+        return (v.get("pair", ""), fam, v.get("id", ""), mod)
+
+    unique = {d["key"]: d for d in dicts}
+    return sorted(unique.values(), key=key)
+
+
+def summary_counts(verdicts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    counts = Counter(v.get("outcome", "skip") for v in verdicts)
+    return {o: counts.get(o, 0) for o in OUTCOMES}
+
+
+def build_report(
+    verdicts: Iterable[Verdict | Mapping[str, Any]],
+    pairs: Mapping[str, Mapping[str, Any]],
+    marks: Mapping[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The JSON document of the report (also the input of :func:`render_markdown`)."""
+    ordered = sort_verdicts(verdicts)
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "tool": {"name": "drope_check", "version": __version__},
+        "summary": summary_counts(ordered),
+        "pairs": {name: dict(pairs[name]) for name in sorted(pairs)},
+        "marks": {name: list((marks or {}).get(name, [])) for name in sorted(pairs)},
+        "verdicts": ordered,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# markdown
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _outcome_text(v: Mapping[str, Any]) -> str:
+    label = OUTCOME_LABEL.get(v["outcome"], v["outcome"])
+    return label
+
+
+def _provenance_line(prov: Mapping[str, Any]) -> str:
+    parts = [f"source: {prov.get('source', '?')}", f"text set: {prov.get('text_set', '?')}"]
+    if "results_value" in prov:
+        parts.append(f"upstream results file: {fmt(prov['results_value'])}")
+    if prov.get("notes"):
+        parts.append(str(prov["notes"]))
+    return "; ".join(parts)
+
+
+def _pair_section(name: str, info: Mapping[str, Any], plots: Sequence[str]) -> list[str]:
+    lines = [f"### {name}", ""]
+    if info.get("description"):
+        lines += [str(info["description"]), ""]
+    if not info.get("available", True):
+        lines += [f"**Not measured**: {info.get('reason', '')}", ""]
+        return lines
+    if info.get("origin"):
+        lines.append(f"- measurements: {info['origin']}")
+    if info.get("created"):
+        lines.append(f"- created: {info['created']}")
+    texts = info.get("texts") or {}
+    if texts:
+        sha = str(texts.get("sha256", ""))[:16]
+        lines.append(
+            f"- texts: {texts.get('name', '?')} ({texts.get('source', '?')}), {texts.get('n_texts', '?')} texts, "
+            f"selection {texts.get('selection', '?')}, sha256 {sha}…"
+        )
+    env = info.get("environment") or {}
+    if env:
+        lines.append(
+            "- environment: " + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "transformers", "device", "gpu") if k in env)
+        )
+    for role, model in (info.get("models") or {}).items():
+        prov = model.get("provenance") or {}
+        ident = prov.get("model_id", "?")
+        rev = prov.get("revision")
+        shown = ", ".join(
+            f"{k} {prov[k]}" for k in ("dtype", "attention_path", "attention_type", "device", "n_sequences", "n_tokens")
+            if k in prov
+        )
+        lines.append(f"- {role}: {ident}{'@' + str(rev) if rev else ''} (variant {model.get('variant')}); {shown}")
+    lines.append("")
+    for plot in plots:
+        lines.append(f"![{plot}]({plot})")
+    if plots:
+        lines.append("")
+    return lines
+
+
+def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``claims-report.md``: summary table, pairs and plots, findings, skips with reasons, every claim."""
+    plots = plots or {}
+    verdicts: list[Mapping[str, Any]] = doc["verdicts"]
+    counts = doc["summary"]
+    out = [
+        "# Claims report: \"Massive Activations in DroPE\" re-measured",
+        "",
+        f"Generated by drope_check {doc['tool']['version']}. Pairs: {', '.join(doc['pairs']) or 'none'}. "
+        "Each claim: the report's value, this suite's measurement, the tolerance band and why it is that "
+        "wide, the verdict, and where the report's number came from.",
+        "",
+        "Verdicts: " + ", ".join(f"{OUTCOME_LABEL[o]} {counts[o]}" for o in OUTCOMES if counts.get(o)),
+        "",
+        "## Summary",
+        "",
+        "| claim | measured | report value | band | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for v in verdicts:
+        out.append(
+            f"| {_cell(v['key'])} | {_cell(fmt(v['measured']))} | {_cell(fmt(v['expected']))} | "
+            f"{_cell(v['band'])} | {_cell(_outcome_text(v))} |"
+        )
+    out += ["", "## Pairs", ""]
+    for name, info in doc["pairs"].items():
+        out += _pair_section(name, info, plots.get(name, ()))
+
+    def listing(title: str, outcomes: tuple[str, ...], intro: str) -> None:
+        chosen = [v for v in verdicts if v["outcome"] in outcomes]
+        if not chosen:
+            return
+        out.extend([f"## {title}", "", intro, ""])
+        for v in chosen:
+            out.append(f"- **{v['key']}**: {v.get('reason') or v.get('margin_text') or ''}")
+        out.append("")
+
+    listing("Failures", ("fail", "error", "xpass"), "Claims that do not hold (or could not be evaluated).")
+    listing("Does not generalise", ("xfail",),
+            "Findings, not failures: the report's claim measurably does not hold on this pair; each test is "
+            "a strict xfail that turns red if the claim starts to hold.")
+    listing("Skipped claims", ("skip", "regenerated"), "Every skip and its reason.")
+
+    out += ["## Claims", ""]
+    for v in verdicts:
+        out += [
+            f"### {v['key']} — {_outcome_text(v)}",
+            "",
+            f"> {v['sentence']}",
+            "",
+            f"- model: {v['model']}; family: {v['family']}; status: {v['status']}",
+            f"- metric: {', '.join('`' + m + '`' for m in v['metrics']) or '-'}",
+            f"- measured: {fmt(v['measured'])}",
+            f"- report value: {fmt(v['expected'])}" if v["status"] != "golden" else f"- golden value: {fmt(v['expected'])}",
+            f"- band: {v['band']}" + (f" — {v['margin_text']}" if v.get("margin_text") else ""),
+            f"- rationale: {v['rationale']}",
+            f"- provenance: {_provenance_line(v['provenance'])}",
+        ]
+        if v.get("measured_how"):
+            out.append(f"- measured how: {v['measured_how']}")
+        if v.get("recorded") is not None:
+            out.append(f"- recorded measurement on this pair: {fmt(v['recorded'])}")
+        if v.get("reason"):
+            out.append(f"- verdict: {v['reason']}")
+        if v["outcome"] in ("fail", "xpass", "error") and v.get("command"):
+            out.append(f"- rerun: `{v['command']}`")
+        out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+
+def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], series: str, label: str, log: bool) -> bytes | None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = info.get("models") or {}
+    if not any(series in (m.get("layers") or {}) for m in models.values()):
+        return None
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for role in ("rope", "drope"):
+        model = models.get(role)
+        if not model or series not in (model.get("layers") or {}):
+            continue
+        ys = model["layers"][series]
+        colour = _MODEL_COLOURS[role]
+        ax.plot(range(len(ys)), ys, marker=".", color=colour, label=f"{role} ({model.get('variant')}) measured")
+        n = len(ys)
+        for mark in marks:
+            if mark["series"] != series or mark["model"] != role:
+                continue
+            if mark["kind"] == "point":
+                layer = mark["layer"] + n if mark["layer"] < 0 else mark["layer"]
+                ax.plot([layer], [mark["value"]], marker="*", markersize=13, linestyle="none", color=colour,
+                        markeredgecolor="black", label=f"{role} report: {fmt(mark['value'])} @ L{layer}")
+            else:
+                start = mark["start"] or 0
+                start = start + n if start < 0 else start
+                stop = n if mark["stop"] is None else (mark["stop"] + n if mark["stop"] < 0 else mark["stop"])
+                ax.fill_between([start, stop - 1], [mark["lo"]] * 2, [mark["hi"]] * 2, color=colour, alpha=0.18,
+                                label=f"{role} report: L{start}-{stop - 1} in [{fmt(mark['lo'])}, {fmt(mark['hi'])}]")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("layer (output of decoder block l)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{info.get('pair', '')}: {series}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, list[str]]:
+    """``<pair>-<series>.png`` for each measured pair and series; returns the file names per pair."""
+    written: dict[str, list[str]] = {}
+    for name, info in doc["pairs"].items():
+        if not info.get("available", True) or not info.get("models"):
+            continue
+        for series, label, log in PLOT_SERIES:
+            png = _plot_series(info, doc["marks"].get(name, []), series, label, log)
+            if png is None:
+                continue
+            file = f"{name}-{series}.png"
+            atomic_write_bytes(Path(report_dir) / file, png)
+            written.setdefault(name, []).append(file)
+    return written
+
+
+def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write plots, ``claims-report.json`` and ``claims-report.md`` (in that order) into ``report_dir``."""
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_files = write_plots(doc, folder) if plots else {}
+    paths = [folder / f for files in plot_files.values() for f in files]
+    paths.append(atomic_write_text(folder / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"))
+    paths.append(atomic_write_text(folder / "claims-report.md", render_markdown(doc, plot_files)))
+    return paths
+
+
+def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> list[str]:
+    """The terminal summary: one row per claim (measured / expected / band / verdict), skips grouped."""
+    if not verdicts:
+        return []
+    rows = [("claim", "measured", "expected", "band", "verdict")]
+    grouped_skips: Counter[str] = Counter()
+    for v in verdicts:
+        if v["outcome"] == "skip":
+            grouped_skips[v.get("reason", "")] += 1
+            continue
+        rows.append((v["key"], fmt(v["measured"]), fmt(v["expected"]), v["band"], OUTCOME_LABEL.get(v["outcome"], v["outcome"])))
+    lines: list[str] = []
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        band_w = max(20, width - sum(widths[i] for i in (0, 1, 2, 4)) - 12)
+        widths[3] = min(widths[3], band_w)
+        for r in rows:
+            band = r[3] if len(r[3]) <= widths[3] else r[3][: widths[3] - 1] + "…"
+            cells = (r[0], r[1], r[2], band, r[4])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    counts = summary_counts(verdicts)
+    lines.append("claims: " + ", ".join(f"{counts[o]} {OUTCOME_LABEL[o]}" for o in OUTCOMES if counts[o]))
+    for reason, n in sorted(grouped_skips.items()):
+        lines.append(f"skipped ({n}): {reason}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# judge
+
+
+def judge_file(
+    measurements_path: str | Path,
+    pair: str,
+    report_dir: str | Path | None = None,
+    expected_dir: str | Path | None = None,
+    plots: bool = True,
+) -> list[Verdict]:
+    """Judge a measurements JSON made elsewhere against ``expected/<pair>.toml``.
+
+    Returns one :class:`Verdict` per claim (skips included) and, when ``report_dir`` is given, writes
+    the same ``claims-report.md`` / ``.json`` / plots as ``pytest claims/ --claims-report``. Raises
+    :class:`~drope_check.claims.MeasurementsMismatch` for measurements of another pair or variant.
+    """
+    path = Path(measurements_path)
+    measurements = json.loads(path.read_text(encoding="utf-8"))
+    claim_set = load_claims(pair, expected_dir)
+    check_measurements(claim_set, measurements, origin=str(path))
+    verdicts = [verdict_for(claim, measurements) for claim in claim_set.claims]
+    if report_dir is not None:
+        info = pair_info(pair, measurements, claim_set, origin=path.name)
+        doc = build_report(verdicts, {pair: info}, {pair: plot_marks(claim_set)})
+        write_report(doc, report_dir, plots=plots)
+    return verdicts
+
+
+def claims_by_key(claim_set: ClaimSet) -> dict[str, Claim]:
+    return {c.key: c for c in claim_set.claims}

@@ -172,3 +172,22 @@ def make_batches(
             Batch(input_ids=input_ids, attention_mask=attention_mask, lengths=lengths, indices=group)
         )
     return batches
+
+
+def chunk_with_bos(token_ids: Sequence[int], bos_token_id: int, max_tokens: int, n: int) -> list[list[int]]:
+    """``n`` consecutive sequences of BOS + ``max_tokens - 1`` tokens cut from one token stream
+    (the long-context text set: WikiText lines are too short for thousands of tokens).
+
+    Raises ``ValueError`` when the stream is too short for ``n`` full sequences.
+    """
+    if bos_token_id is None:
+        raise ValueError("the tokenizer has no BOS token; the pair spec must name one (bos_token)")
+    if max_tokens < 2 or n < 1:
+        raise ValueError(f"need max_tokens >= 2 and n >= 1, got max_tokens={max_tokens}, n={n}")
+    body = max_tokens - 1
+    if len(token_ids) < n * body:
+        raise ValueError(
+            f"the text has {len(token_ids)} tokens, fewer than the {n} x {body} needed for {n} sequences of "
+            f"{max_tokens} tokens; lower n_texts or max_tokens"
+        )
+    return [[int(bos_token_id), *map(int, token_ids[i * body : (i + 1) * body])] for i in range(n)]

@@ -100,6 +100,7 @@ __all__ = [
     "default_expected_dir",
     "evaluate",
     "fmt",
+    "judge_file",
     "load_claims",
     "parse_path",
     "resolve",
@@ -121,7 +122,7 @@ PATH_ROOTS: tuple[str, ...] = ("rope", "drope", "root")
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 _CLAIM_KEYS = frozenset({
     "id", "model", "family", "sentence", "metric", "combine", "value", "status", "rationale", "band",
-    "provenance", "measured_how", "measured", "pending", "skip_reason", "plot",
+    "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256",
 })
 _BAND_KEYS: dict[str, frozenset[str]] = {
     "absolute": frozenset({"tol"}),
@@ -437,6 +438,12 @@ class Band:
 
     def check(self, measured: Any, value: Any) -> BandResult:
         """Whether ``measured`` lies in the band around ``value``, and by how much (see :class:`BandResult`)."""
+        result = self._check(measured, value)
+        if result.passed and result.margin is not None and result.margin < 0:  # inside by float slack only
+            return BandResult(True, 0.0, result.margin_text.replace(f"by {fmt(abs(result.margin))}", "by 0", 1))
+        return result
+
+    def _check(self, measured: Any, value: Any) -> BandResult:
         k, p = self.kind, self.params
         if k in ("ordering", "each"):
             values = [float(v) for v in measured]
@@ -456,7 +463,7 @@ class Band:
             return BandResult(False, None, "measured value is NaN")
         if k == "range":
             margins = [min(v - p["lo"], p["hi"] - v) for v in flat_m]
-            ok = all(p["lo"] <= v <= p["hi"] for v in flat_m)
+            ok = all(_le(p["lo"], v) and _le(v, p["hi"]) for v in flat_m)
             worst = min(margins)
             return BandResult(ok, worst, _margin_text(ok, worst, ""))
         if k == "one_sided":
@@ -477,21 +484,30 @@ class Band:
         if k == "absolute":
             worst = max(abs(m - v) for m, v in zip(flat_m, flat_v, strict=True))
             margin = p["tol"] - worst
-            ok = worst <= p["tol"]
+            ok = _le(worst, p["tol"])
             return BandResult(ok, margin, _margin_text(ok, margin, f" (|m - v| = {fmt(worst)})"))
         if k == "relative":
             worst = max(abs(m - v) / abs(v) for m, v in zip(flat_m, flat_v, strict=True))
             margin = p["rel"] - worst
-            ok = worst <= p["rel"]
+            ok = _le(worst, p["rel"])
             return BandResult(ok, margin, _margin_text(ok, margin, f" of v (|m - v| / |v| = {worst:.3g})", pct=True))
         if k == "log_ratio":
             if any(m <= 0 for m in flat_m):
                 return BandResult(False, None, "measured <= 0: a log-ratio band is undefined there")
             worst = max(abs(math.log(m / v)) for m, v in zip(flat_m, flat_v, strict=True))
             margin = math.log(p["factor"]) - worst
-            ok = worst <= math.log(p["factor"])
+            ok = _le(worst, math.log(p["factor"]))
             return BandResult(ok, margin, _margin_text(ok, margin, f" in ln units (m / v off by x{math.exp(worst):.3g})"))
         raise AssertionError(k)  # pragma: no cover
+
+
+#: Slack on inclusive band edges, so that a value printed exactly at an edge (0.978 + 0.03) is inside.
+EDGE_SLACK = 1e-9
+
+
+def _le(a: float, b: float) -> bool:
+    """``a <= b`` up to :data:`EDGE_SLACK` relative (float representation of the band's edges)."""
+    return a <= b + EDGE_SLACK * max(abs(a), abs(b), 1e-300)
 
 
 def _margin_text(ok: bool, margin: float, suffix: str, pct: bool = False) -> str:
@@ -524,7 +540,9 @@ class Claim:
     pending: bool = False
     skip_reason: str | None = None
     plot: Mapping[str, Any] | None = None
+    texts_sha256: str | None = None  # the text set a golden / does-not-generalise value was measured on
     source_file: str = ""
+    order: int = 0  # position in the claim file (the report keeps the file's order)
 
     @property
     def key(self) -> str:
@@ -799,6 +817,12 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
     if status == "golden" and source != "suite-measured":
         raise err("provenance.source", "a golden's value is measured by this suite: source = \"suite-measured\"")
 
+    texts_sha256 = raw.get("texts_sha256")
+    if texts_sha256 is not None and (not isinstance(texts_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", texts_sha256)):
+        raise err("texts_sha256", "must be the 64-hex-digit sha256 of the text set (measurements texts.sha256)")
+    if texts_sha256 is not None and status not in ("golden", "does-not-generalise"):
+        raise err("texts_sha256", "is only recorded for suite-measured values (golden / does-not-generalise)")
+
     plot = raw.get("plot")
     if plot is not None:
         if not isinstance(plot, Mapping) or set(plot) - _PLOT_KEYS or "series" not in plot:
@@ -810,7 +834,7 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
         pair=pair, id=cid, model=model, family=family, sentence=sentence, metrics=metrics, combine=combine,
         value=value, status=status, rationale=rationale, band=band, provenance=dict(prov_raw),
         measured_how=measured_how, recorded=recorded, pending=pending, skip_reason=skip_reason,
-        plot=dict(plot) if plot is not None else None, source_file=file,
+        plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256, source_file=file, order=index,
     )
 
 
@@ -914,6 +938,8 @@ class Verdict:
     measured_how: str | None = None
     recorded: Any = None
     command: str = ""
+    order: int = 0
+    texts_sha256: str | None = None  # under --regen-expected: the text set the value was measured on
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -991,6 +1017,7 @@ def _base_verdict(claim: Claim, **kw: Any) -> Verdict:
         expected=claim.value, band=claim.band_text(), passed=None, outcome="skip", margin=None,
         margin_text="", rationale=claim.rationale, provenance=dict(claim.provenance),
         measured_how=claim.measured_how, recorded=claim.recorded, command=claim.rerun_command(),
+        order=claim.order,
     )
     fields.update(kw)
     return Verdict(**fields)
@@ -1012,6 +1039,25 @@ def pending_reason(claim: Claim) -> str | None:
     return None
 
 
+def text_set_mismatch(claim: Claim, measurements: Mapping[str, Any]) -> str | None:
+    """Why a suite-measured value cannot be compared with these measurements, or None.
+
+    A golden measured on WikiText-2 says nothing about a run on another text set (the gensim
+    fallback, say): such a claim is skipped with both text sets named, never failed or passed.
+    """
+    if claim.texts_sha256 is None:
+        return None
+    texts = measurements.get("texts") or {}
+    got = texts.get("sha256")
+    if got == claim.texts_sha256:
+        return None
+    return (
+        f"{claim.key} was measured on text set sha256 {claim.texts_sha256[:12]}, this run used "
+        f"{str(got)[:12]} ({texts.get('name', '?')} from {texts.get('source', '?')}); provide the same texts "
+        f"(WikiText-2: --drope-wikitext PATH or DROPE_CHECK_WIKITEXT) or, if intended, {claim.regen_command()}"
+    )
+
+
 def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     """Judge one claim against one measurements dict.
 
@@ -1019,7 +1065,7 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     ``error`` verdict instead. A skipped or pending claim gives a ``skip`` verdict without reading
     the measurements: a golden that was never measured can never pass.
     """
-    why = pending_reason(claim)
+    why = pending_reason(claim) or text_set_mismatch(claim, measurements)
     if why is not None:
         return skipped_verdict(claim, why)
     assert claim.band is not None
@@ -1069,11 +1115,11 @@ def evaluate_all(claims: Iterable[Claim], measurements: Mapping[str, Any]) -> li
 # ----------------------------------------------------------------------------------------------
 # --regen-expected: rewrite suite-measured values, never report-derived ones
 
-_REGEN_KEYS = ("value", "measured", "measured_how", "pending")
+_REGEN_KEYS = ("value", "measured", "measured_how", "pending", "texts_sha256")
 
 
 def toml_value(x: Any) -> str:
-    """A TOML literal for a number, string or list (floats kept to 6 significant digits)."""
+    """A TOML literal for a number, string or list (floats kept to 8 significant digits)."""
     if isinstance(x, bool):
         return "true" if x else "false"
     if isinstance(x, int):
@@ -1083,7 +1129,7 @@ def toml_value(x: Any) -> str:
             raise ValueError(f"cannot record a non-finite golden ({x})")
         if x.is_integer() and abs(x) < 1e15:
             return f"{x:.1f}"
-        return repr(float(f"{x:.6g}"))
+        return repr(float(f"{x:.8g}"))
     if isinstance(x, str):
         return json.dumps(x, ensure_ascii=False)
     if isinstance(x, (list, tuple)):
@@ -1133,11 +1179,13 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
         update = updates[key]
         target = "value" if status == "golden" else "measured"
         new = {target: update["measured_value"], "measured_how": update["measured_how"]}
+        if update.get("texts_sha256"):
+            new["texts_sha256"] = update["texts_sha256"]
         block = lines[start:end]
         kept: list[str] = []
         for line in block:
             m = re.match(r"^\s*([A-Za-z_]+)\s*=", line)
-            if m and m.group(1) in (target, "measured_how", "pending"):
+            if m and m.group(1) in (target, "measured_how", "pending", "texts_sha256"):
                 continue  # dropped and re-added below
             kept.append(line)
         # insert after the last non-blank, non-comment line of the claim's own keys
@@ -1150,7 +1198,12 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
     for start, end, replacement in sorted(edits, reverse=True):
         lines[start:end] = replacement
     new_text = "".join(lines)
-    after = tomllib.loads(new_text)
+    try:
+        after = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ClaimsFileError(
+            file, None, None, f"cannot regenerate (is a value, measured or measured_how spread over several lines?): {exc}"
+        ) from None
     # nothing but the regenerated keys of the regenerated claims may differ
     if {k: v for k, v in before.items() if k != "claim"} != {k: v for k, v in after.items() if k != "claim"}:
         raise ClaimsFileError(file, None, None, "regeneration would change the [pair] table; nothing written")
@@ -1197,3 +1250,51 @@ def measured_how_text(measurements: Mapping[str, Any], claim: Claim, origin: str
         f"{'; '.join(models)}; texts {texts.get('name', '?')} n={texts.get('n_texts', '?')} "
         f"sha256 {str(texts.get('sha256', '?'))[:12]}; protocol {protocol}"
     )
+
+
+def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: str) -> Verdict:
+    """Under ``--regen-expected``: the value to record for a golden or does-not-generalise claim.
+
+    Pending claims are measured too (that is the point of regenerating). The outcome is
+    ``regenerated``; for a does-not-generalise claim the reason says whether the report's claim
+    still fails on this pair (as recorded) or now holds (then its status must change by hand).
+    """
+    if claim.status not in ("golden", "does-not-generalise"):
+        raise ValueError(f"{claim.key}: only goldens and does-not-generalise claims are regenerated")
+    try:
+        measured = _measure(claim, measurements)
+    except MetricPathError as exc:
+        return _base_verdict(claim, outcome="error", reason=str(exc))
+    verdict = _base_verdict(claim, measured=measured, outcome="regenerated", measured_how=measured_how,
+                            command=claim.regen_command(),
+                            texts_sha256=(measurements.get("texts") or {}).get("sha256"))
+    if claim.status == "golden":
+        verdict.reason = f"golden regenerated: {fmt(measured)} (was {fmt(claim.value)})"
+        return verdict
+    assert claim.band is not None
+    result = claim.band.check(measured, claim.value)
+    verdict.passed, verdict.margin, verdict.margin_text = result.passed, result.margin, result.margin_text
+    if result.passed:
+        verdict.reason = (
+            f"recorded measured value {fmt(measured)}; WARNING: the report's claim now HOLDS on {claim.pair} "
+            f"({result.margin_text}): change its status to \"claim\" in {Path(claim.source_file).name}"
+        )
+    else:
+        verdict.reason = f"recorded measured value {fmt(measured)}: still does not generalise ({result.margin_text})"
+    return verdict
+
+
+def judge_file(
+    measurements_path: str | Path,
+    pair: str,
+    report_dir: str | Path | None = None,
+    expected_dir: str | Path | None = None,
+    plots: bool = True,
+) -> list[Verdict]:
+    """Judge a measurements JSON against ``expected/<pair>.toml`` and (optionally) write the report.
+
+    See :func:`drope_check.report.judge_file` (this is the same function, importable from here).
+    """
+    from drope_check.report import judge_file as _judge_file
+
+    return _judge_file(measurements_path, pair, report_dir, expected_dir=expected_dir, plots=plots)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from drope_check import __version__, metrics
-from drope_check.batching import make_batches, tokenize_with_bos
+from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
 from drope_check.protocol import FAITHFUL, Protocol
@@ -213,6 +213,32 @@ def resolve_interventions(interventions: str | Sequence[str] | None) -> tuple[st
     return names
 
 
+def load_texts(protocol: Protocol, options: MeasureOptions):
+    """The protocol's text set (a :class:`drope_check.texts.TextSet`)."""
+    from drope_check import texts
+
+    if protocol.text_set == "concatenated":
+        return texts.wikitext_split_text(options.wikitext)
+    return texts.wikitext_lines(
+        n=protocol.n_texts, min_chars=protocol.min_chars, path=options.wikitext, allow_fallback=options.allow_text_fallback
+    )
+
+
+#: Characters of the joined split tokenized for the concatenated text set, per token needed
+#: (WikiText-2 averages ~4.3 characters per Llama/SmolLM token; 8 leaves a wide margin).
+CHARS_PER_TOKEN_MARGIN = 8
+
+
+def token_sequences(text_set, tokenizer: Any, bos_token_id: int, protocol: Protocol) -> list[list[int]]:
+    """Token sequences of the protocol: one per line, or consecutive chunks of the joined split."""
+    if protocol.text_set == "concatenated":
+        needed = protocol.n_texts * protocol.max_tokens
+        prefix = text_set.texts[0][: needed * CHARS_PER_TOKEN_MARGIN]
+        ids = tokenizer.encode(prefix, add_special_tokens=False)
+        return chunk_with_bos(ids, bos_token_id, protocol.max_tokens, protocol.n_texts)
+    return tokenize_with_bos(tokenizer, list(text_set.texts), bos_token_id, protocol.max_tokens)
+
+
 def measure_pair(
     pair: str | PairSpec,
     protocol: Protocol | None = None,
@@ -220,15 +246,11 @@ def measure_pair(
     options: MeasureOptions | None = None,
 ) -> dict[str, Any]:
     """Measure both models of a pair, one at a time, and return the measurements JSON object."""
-    from drope_check.texts import wikitext_lines
-
     spec = get_pair(pair) if isinstance(pair, str) else pair
     protocol = protocol or FAITHFUL
     options = options or MeasureOptions()
     which = resolve_interventions(interventions)
-    texts = wikitext_lines(
-        n=protocol.n_texts, min_chars=protocol.min_chars, path=options.wikitext, allow_fallback=options.allow_text_fallback
-    )
+    texts = load_texts(protocol, options)
     models: dict[str, Any] = {}
     token_info: dict[str, Any] = {}
     for model_spec in spec.models():
@@ -240,7 +262,7 @@ def measure_pair(
             trust_remote_code=options.trust_remote_code,
             quantization=options.quantization,
         )
-        seqs = tokenize_with_bos(loaded.tokenizer, list(texts.texts), loaded.bos_token_id, protocol.max_tokens)
+        seqs = token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
         token_info[model_spec.role] = sum(len(s) for s in seqs)
         models[model_spec.role] = measure_model(loaded, seqs, protocol, which, options.progress)
         del loaded

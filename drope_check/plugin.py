@@ -16,6 +16,8 @@ run with a tolerance report. Options:
                        touched.
 ``--expected-dir DIR`` where the claim files live (default: ``expected/`` under the rootdir, else the
                        repository's).
+``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``
+                       how ``measure_pair`` loads models and texts (fixture ``drope_measure_options``).
 
 How a claims module looks: it sets ``CLAIM_FAMILY = "sink"`` and has a test taking ``claim`` and
 ``claim_verdict``; this plugin parametrizes ``claim`` over the family's claims of every selected pair
@@ -50,6 +52,7 @@ from drope_check.claims import (
     measured_how_text,
     pending_reason,
     regen_expected,
+    regen_verdict,
     skipped_verdict,
     verdict_for,
 )
@@ -111,8 +114,8 @@ class _State:
                 except (OSError, json.JSONDecodeError) as exc:
                     raise pytest.UsageError(f"--measurements {raw}: cannot read it as JSON: {exc}") from None
                 pair = data.get("pair") if isinstance(data, dict) else None
-                if len(given) == 1 and len(named) == 1 and pair in (None, "custom", named[0]):
-                    pair = named[0]
+                if len(given) == 1 and len(named) == 1:
+                    pair = named[0]  # a file of another pair is then refused by check_measurements
                 if not isinstance(pair, str):
                     raise pytest.UsageError(f"--measurements {raw}: no 'pair' in the file; name it with --pair")
                 if pair in files:
@@ -228,6 +231,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="judge this measurements JSON instead of measuring (repeatable, one per pair)")
     group.addoption("--expected-dir", dest="drope_expected_dir", default=None, metavar="DIR",
                     help="folder of the claim files (default: <rootdir>/expected)")
+    group.addoption("--drope-device", dest="drope_device", default=None, metavar="DEVICE",
+                    help="device for measuring (default: the engine's choice, cuda if present)")
+    group.addoption("--drope-dtype", dest="drope_dtype", default=None, metavar="DTYPE",
+                    help="model dtype for measuring: float32, bfloat16, float16 (default: the engine's choice)")
+    group.addoption("--drope-quantization", dest="drope_quantization", default=None,
+                    choices=("nf4", "nf4-double", "fp4"),
+                    help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)")
+    group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
+                    help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -243,6 +255,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state = _State(config=config, expected_dir=expected)
     config.stash[_STATE_KEY] = state
     config.pluginmanager.register(_Aggregator(state), "drope_check-aggregator")
+    if config.getoption("drope_pairs") or config.getoption("drope_measurements"):
+        state.selected_pairs()  # an unknown pair or an unreadable file is a usage error, before collection
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -254,8 +268,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for pair in state.selected_pairs():
         try:
             claim_set = state.claim_set(pair)
-        except ClaimsFileError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        except ClaimsFileError as exc:  # reported as a collection error: the message alone, no traceback
+            raise pytest.Collector.CollectError(str(exc)) from None
         for claim in claim_set.by_family(family):
             marks = [pytest.mark.xdist_group(name=f"drope-{pair}"), pytest.mark.drope_claim]
             if claim.status == "does-not-generalise" and not claim.pending:
@@ -344,6 +358,7 @@ def _write_regen(state: _State, verdicts: list[dict[str, Any]]) -> list[str]:
             continue
         by_pair.setdefault(v["pair"], {})[(v["id"], v["model"])] = {
             "measured_value": v["measured"], "measured_how": v["measured_how"],
+            "texts_sha256": v.get("texts_sha256"),
         }
     changed: list[str] = []
     for pair, updates in sorted(by_pair.items()):
@@ -356,10 +371,22 @@ def _write_regen(state: _State, verdicts: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def drope_measure_options() -> Any:
-    """Options passed to ``measure_pair`` (a ``drope_check.measure.MeasureOptions`` or None for its
-    defaults). Override this fixture in a conftest to choose device, dtype or 4-bit loading."""
-    return None
+def drope_measure_options(request: pytest.FixtureRequest) -> Any:
+    """Options passed to ``measure_pair``: a ``drope_check.measure.MeasureOptions`` built from
+    ``--drope-device`` / ``--drope-dtype`` / ``--drope-quantization`` / ``--drope-wikitext``, or None
+    (the engine's defaults) when none is given. A conftest may override this fixture."""
+    config = request.config
+    chosen = {
+        "device": config.getoption("drope_device"),
+        "dtype": config.getoption("drope_dtype"),
+        "quantization": config.getoption("drope_quantization"),
+        "wikitext": config.getoption("drope_wikitext"),
+    }
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if not chosen:
+        return None
+    measure = importlib.import_module("drope_check.measure")
+    return measure.MeasureOptions(**chosen)
 
 
 @pytest.fixture(scope="session")
@@ -404,8 +431,9 @@ def claim_verdict(
     path or a failed measurement is an error naming the claim and the path.
     """
     state = _state(request.config)
+    regenerating = state.regen and claim.status in ("golden", "does-not-generalise")
     why = pending_reason(claim)
-    if why is not None:
+    if why is not None and not regenerating:
         verdict = skipped_verdict(claim, why)
         _record(record_property, verdict)
         return verdict
@@ -425,12 +453,11 @@ def claim_verdict(
         _record(record_property, skipped_verdict(claim, str(exc), outcome="error"))
         pytest.fail(str(exc), pytrace=False)
     _record_pair(state, record_property, claim.pair, data, True, "")
-    verdict = verdict_for(claim, data)
-    if state.regen and claim.status in ("golden", "does-not-generalise") and verdict.measured is not None:
-        verdict.measured_how = measured_how_text(data, claim, state.origins.get(claim.pair, ""))
-        if claim.status == "golden":
-            verdict.outcome = "regenerated"
-            verdict.reason = f"golden regenerated: {fmt(verdict.measured)} (was {fmt(claim.value)})"
+    if regenerating:
+        how = measured_how_text(data, claim, state.origins.get(claim.pair, ""))
+        verdict = regen_verdict(claim, data, how)
+    else:
+        verdict = verdict_for(claim, data)
     _record(record_property, verdict)
     if verdict.outcome == "error":
         pytest.fail(verdict.reason, pytrace=False)

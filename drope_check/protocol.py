@@ -16,6 +16,7 @@ from typing import Any, Literal
 AttentionSource = Literal["model", "projections"]
 StatsDtype = Literal["float64", "float32", "auto"]
 SpikeRule = Literal["argmax-ratio", "max-write"]
+TextSetName = Literal["lines", "concatenated"]
 SPIKE_RULES: tuple[str, ...] = ("argmax-ratio", "max-write")
 
 
@@ -25,9 +26,12 @@ class Protocol:
 
     Fields
     ------
-    n_texts, min_chars, max_tokens:
-        upstream's WikiText-2 selection: rows longer than ``min_chars`` characters, the first
-        ``n_texts``, each its own sequence with BOS prepended, truncated to ``max_tokens`` in total.
+    text_set, n_texts, min_chars, max_tokens:
+        ``"lines"`` (upstream's WikiText-2 selection): rows longer than ``min_chars`` characters,
+        the first ``n_texts``, each its own sequence with BOS prepended, truncated to
+        ``max_tokens`` in total. ``"concatenated"`` (long context, where lines are too short): the
+        split's rows joined with blank lines, cut into ``n_texts`` consecutive sequences of BOS +
+        ``max_tokens - 1`` tokens.
     batch_size:
         sequences per forward pass (right-padded; padding never changes a statistic of real tokens).
     pad_to, padding_in_stats:
@@ -45,6 +49,7 @@ class Protocol:
     """
 
     name: str = "faithful"
+    text_set: TextSetName = "lines"
     n_texts: int = 20
     min_chars: int = 100
     max_tokens: int = 512
@@ -63,6 +68,8 @@ class Protocol:
             raise ValueError(f"Protocol.max_tokens must be >= 2 (a perplexity needs 2 tokens), got {self.max_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"Protocol.batch_size must be >= 1, got {self.batch_size}")
+        if self.text_set not in ("lines", "concatenated"):
+            raise ValueError(f"Protocol.text_set must be 'lines' or 'concatenated', got {self.text_set!r}")
         if self.attention_source not in ("model", "projections"):
             raise ValueError(f"Protocol.attention_source must be 'model' or 'projections', got {self.attention_source!r}")
         if self.stats_dtype not in ("float64", "float32", "auto"):

@@ -54,7 +54,7 @@ REPORT_SCHEMA_VERSION = 1
 OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "error", "skip", "regenerated")
 OUTCOME_LABEL = {
     "pass": "PASS", "fail": "FAIL", "xfail": "does not generalise (xfail)", "xpass": "XPASS (strict: fails)",
-    "error": "ERROR", "skip": "skip", "regenerated": "golden regenerated",
+    "error": "ERROR", "skip": "skip", "regenerated": "regenerated",
 }
 #: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?).
 PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
@@ -171,13 +171,13 @@ def plot_marks(claim_set: ClaimSet) -> list[dict[str, Any]]:
 
 
 def sort_verdicts(verdicts: Iterable[Verdict | Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Verdict dicts in a fixed order (pair, family, id, model): serial and xdist runs agree."""
+    """Verdict dicts in a fixed order (pair, family, position in the claim file): serial and xdist agree."""
     dicts = [v.to_dict() if isinstance(v, Verdict) else dict(v) for v in verdicts]
 
     def key(v: Mapping[str, Any]) -> tuple[Any, ...]:
         fam = FAMILIES.index(v["family"]) if v.get("family") in FAMILIES else len(FAMILIES)
         mod = MODELS.index(v["model"]) if v.get("model") in MODELS else len(MODELS)
-        return (v.get("pair", ""), fam, v.get("id", ""), mod)
+        return (v.get("pair", ""), fam, v.get("order") or 0, v.get("id", ""), mod)
 
     unique = {d["key"]: d for d in dicts}
     return sorted(unique.values(), key=key)
@@ -283,7 +283,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
         "",
         "## Summary",
         "",
-        "| claim | measured | report value | band | verdict |",
+        "| claim | measured | expected (report; golden) | band | verdict |",
         "| --- | --- | --- | --- | --- |",
     ]
     for v in verdicts:
@@ -426,7 +426,7 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
     lines: list[str] = []
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        band_w = max(20, width - sum(widths[i] for i in (0, 1, 2, 4)) - 12)
+        band_w = max(36, width - sum(widths[i] for i in (0, 1, 2, 4)) - 12)
         widths[3] = min(widths[3], band_w)
         for r in rows:
             band = r[3] if len(r[3]) <= widths[3] else r[3][: widths[3] - 1] + "…"

@@ -57,14 +57,17 @@ _transforms: weakref.WeakKeyDictionary[torch.nn.Module, list[QueryKeyTransform]]
 def allowed_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, batch: int, device) -> torch.Tensor:
     """The boolean "may attend" mask [B, 1|H, Q, K] that the model's attention applies.
 
-    ``None`` means plain causal attention (transformers skips building the mask when nothing is
-    padded); queries are then the last ``q_len`` of ``k_len`` positions (cached decoding).
-    Additive float masks count a position as allowed when its bias is above half the dtype's
-    minimum (transformers writes ``finfo.min`` for masked positions).
+    ``None`` is what the SDPA path then does: transformers skips building the mask when nothing
+    is padded, and SDPA applies ``is_causal`` (an upper-left aligned causal mask) when
+    ``q_len > 1`` and no mask at all for a single query. (A prefill into an empty static cache
+    hands over ``q_len < k_len`` with no mask; the upper-left alignment keeps the empty cache
+    slots out, as SDPA does.) Additive float masks count a position as allowed when its bias is
+    above half the dtype's minimum (transformers writes ``finfo.min`` for masked positions).
     """
     if attention_mask is None:
-        offset = k_len - q_len
-        rows = torch.arange(q_len, device=device)[:, None] + offset
+        if q_len == 1:
+            return torch.ones(batch, 1, 1, k_len, dtype=torch.bool, device=device)
+        rows = torch.arange(q_len, device=device)[:, None]
         cols = torch.arange(k_len, device=device)[None, :]
         return (cols <= rows).view(1, 1, q_len, k_len).expand(batch, 1, q_len, k_len)
     if attention_mask.dtype == torch.bool:

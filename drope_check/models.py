@@ -425,7 +425,9 @@ def _load_hub_or_dir(
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(device)})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+        tokenizer = AutoTokenizer.from_pretrained(
+            spec.source, revision=spec.revision, trust_remote_code=trust_remote_code
+        )
         if is_drope_config(cfg) and not trust_remote_code:
             config = _llama_config_from_drope(cfg)
             from transformers import LlamaForCausalLM

@@ -71,8 +71,8 @@ OUTPUT_TOL = {
 
 # Captured statistics (float64 from the float32 model's q/k and residuals) vs the float64 eager
 # reference of the same weights: float32 rounding through 3 small layers gives <= 2e-7. (HF's eager
-# attention runs its softmax in float32 even for a float64 model, so the reference's attention
-# weights are themselves only ~1e-7 accurate; a tighter tolerance would test HF, not the capture.)
+# attention runs its softmax, and LlamaRMSNorm its normalisation, in float32 even for a float64
+# model, so the reference is itself only ~1e-7 accurate; a tighter tolerance would test HF.)
 MODEL_TOL = 1e-6
 
 
@@ -110,7 +110,7 @@ def attention_inputs(draw):
     t = draw(st.integers(2, 40))
     d = draw(st.sampled_from([4, 8, 16]))
     dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
-    # right padding: every row keeps at least 2 real tokens, row 0 is usually the longest
+    # right padding: each row's real length drawn on its own (>= 2 tokens; may equal T)
     lengths = [draw(st.integers(min(2, t), t)) for _ in range(b)]
     seed = draw(st.integers(0, 2**31 - 1))
     logit_scale = draw(st.sampled_from([0.1, 1.0, 3.0]))
@@ -187,7 +187,9 @@ def test_capture_function_output_equals_math_sdpa_and_observer_sees_inputs(x):
     assert torch.equal(allowed.expand_as(x.mask), x.mask)
     assert scaling == x.scaling
     got = attention_to_position0(query, key, allowed, scaling)
-    torch.testing.assert_close(got, manual_attention_to_position0(x.q, x.k, x.mask, x.scaling), atol=F64_STATS_TOL, rtol=0)
+    torch.testing.assert_close(
+        got, manual_attention_to_position0(x.q, x.k, x.mask, x.scaling), atol=F64_STATS_TOL, rtol=0
+    )
 
 
 def test_observer_gets_default_scaling_when_none():
@@ -199,22 +201,76 @@ def test_observer_gets_default_scaling_when_none():
     assert seen == [8**-0.5]
 
 
-@pytest.mark.parametrize("q_len,k_len", [(1, 1), (5, 5), (1, 7), (3, 7), (6, 9)])
+
+def sdpa_visible_keys(q_len: int, k_len: int) -> torch.Tensor:
+    """Which keys the model's own attention path (sdpa_attention_forward, mask None, causal module)
+    lets each query see: queries of zeros give uniform weights over the visible keys, and one-hot
+    values (value of key j = e_j) read those weights back. bool [q_len, k_len]."""
+    query = torch.zeros(1, 1, q_len, k_len, dtype=torch.float64)
+    key = torch.randn(1, 1, k_len, k_len, dtype=torch.float64)
+    value = torch.eye(k_len, dtype=torch.float64)[None, None]
+    out, _ = drope_check_attention_forward(FakeAttention(1), query, key, value, None, scaling=1.0)
+    weights = out[0, :, 0, :]  # [q_len, k_len]
+    return weights > 0
+
+
+@pytest.mark.parametrize(
+    "q_len,k_len",
+    [
+        (1, 1),
+        (5, 5),
+        (1, 7),  # one decoding step sees the whole cache
+        (3, 7),  # StaticCache prefill: empty cache slots are not keys
+        (6, 9),
+    ],
+)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_allowed_mask_none_is_causal_with_cache_offset(q_len, k_len, batch):
-    """``None`` = plain causal; with a cache the queries are the LAST q_len of k_len positions."""
+def test_allowed_mask_none_is_what_the_model_attends_with(q_len, k_len, batch):
+    """``None`` = transformers skipped the mask and SDPA applies causality itself; the observers'
+    mask must be exactly the keys SDPA lets each query see."""
     got = allowed_mask(None, q_len, k_len, batch, "cpu")
     assert got.shape == (batch, 1, q_len, k_len) and got.dtype == torch.bool
-    expected = torch.zeros(q_len, k_len, dtype=torch.bool)
-    for i in range(q_len):
-        absolute = k_len - q_len + i
-        expected[i, : absolute + 1] = True
-    for b in range(batch):
-        assert torch.equal(got[b, 0], expected)
+    visible = sdpa_visible_keys(q_len, k_len)
     if q_len == k_len:
-        assert torch.equal(got[0, 0], torch.ones(q_len, k_len, dtype=torch.bool).tril())
+        assert torch.equal(visible, torch.ones(q_len, k_len, dtype=torch.bool).tril())
     if q_len == 1:
-        assert bool(got.all())  # a single decoding step sees the whole cache
+        assert bool(visible.all())
+    for b in range(batch):
+        assert torch.equal(got[b, 0], visible)
+
+
+def test_capture_attention_correct_during_static_cache_prefill():
+    """Prefill into an empty StaticCache: transformers hands the attention function mask=None with
+    k_len = max_cache_len > q_len. The observer's attention to BOS must still be the model's."""
+    from transformers import StaticCache
+
+    model = tiny_llama(2)
+    ids = random_ids(1, 10)
+    ref, _, _ = eager_reference(model, ids)
+    seen: dict[int, torch.Tensor] = {}
+
+    def observer(module, query, key, allowed, scaling):
+        seen[module.layer_idx] = attention_to_position0(query, key, allowed, scaling)[0]
+
+    masks = []
+
+    def record_mask(module, query, key, allowed, scaling):
+        masks.append((query.shape[2], key.shape[2]))
+
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    with (
+        observe_attention(model, observer),
+        observe_attention(model, record_mask, layers=[0]),
+        torch.no_grad(),
+    ):
+        out = model(input_ids=ids, cache=cache, use_cache=True)
+    ref_logits = eager_reference(model, ids)[0].logits
+    # the model itself is right (SDPA crops the empty slots) ...
+    torch.testing.assert_close(out.logits.double(), ref_logits, atol=1e-5, rtol=1e-5)
+    assert masks == [(10, 32)]  # ... and this is the q_len < k_len case
+    # ... so the observer must see the model's attention too
+    for layer in range(N_LAYERS):
+        torch.testing.assert_close(seen[layer], ref.attentions[layer][0, :, :, 0], atol=MODEL_TOL, rtol=0)
 
 
 def test_allowed_mask_bool_and_additive():
@@ -222,7 +278,9 @@ def test_allowed_mask_bool_and_additive():
     assert allowed_mask(mask, 4, 4, 2, "cpu") is mask
     additive = torch.zeros(2, 1, 4, 4).masked_fill(~mask, torch.finfo(torch.float32).min)
     assert torch.equal(allowed_mask(additive, 4, 4, 2, "cpu"), mask)
-    additive16 = torch.zeros(2, 1, 4, 4, dtype=torch.bfloat16).masked_fill(~mask, torch.finfo(torch.bfloat16).min)
+    additive16 = torch.zeros(2, 1, 4, 4, dtype=torch.bfloat16).masked_fill(
+        ~mask, torch.finfo(torch.bfloat16).min
+    )
     assert torch.equal(allowed_mask(additive16, 4, 4, 2, "cpu"), mask)
 
 
@@ -271,11 +329,16 @@ def eager_reference(model: LlamaForCausalLM, input_ids, attention_mask=None):
             lambda m, i, o: raw_last.__setitem__("x", o[0] if isinstance(o, tuple) else o)
         )
     ]
-    handles += [layer.mlp.register_forward_hook(lambda m, i, o: mlp_out.append(o)) for layer in ref.model.layers]
+    handles += [
+        layer.mlp.register_forward_hook(lambda m, i, o: mlp_out.append(o)) for layer in ref.model.layers
+    ]
     try:
         with torch.no_grad():
             out = ref(
-                input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_attentions=True,
+                output_hidden_states=True,
             )
     finally:
         for handle in handles:
@@ -355,6 +418,7 @@ def residual_summaries(x: torch.Tensor) -> dict[str, float]:
         "bos_norm": float(norms[0]),
         "bos_ratio": float(norms[0] / norms[1:].mean()),
         "queipo_c": float(sq[0] / sq[1:].sum()),
+        "queipo_alpha": float(((x[1:] @ (x[0] / norms[0])) ** 2).sum() / sq[1:].sum()),
         "entropy": h,
         "entropy_normalized": hn,
         "anisotropy": p1,
@@ -376,7 +440,10 @@ def test_residual_summaries_equal_hidden_states_and_raw_last_layer(kv_heads):
             x = raw_last[b] if layer == N_LAYERS - 1 else hidden[layer + 1][b]
             expected = residual_summaries(x)
             for stat, value in expected.items():
-                assert seq.layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=1e-9), (stat, layer)
+                # abs as well as rel: alpha (a fraction in [0, 1], here ~0.06) is a small difference of
+                # float32-rounded residual energies and shows up to ~1.3e-6 relative error
+                got = seq.layers[stat][layer]
+                assert got == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (stat, layer)
         # the last layer: the capture keeps the raw residual, NOT HF's post-final-norm entry
         last = N_LAYERS - 1
         hf_last = float(hidden[-1][b, 0].norm())
@@ -402,7 +469,9 @@ def test_right_padding_does_not_change_statistics(kv_heads):
         assert got.n_rows == n
         assert got.embedding_bos_norm == pytest.approx(one.embedding_bos_norm, rel=MODEL_TOL)
         for stat in LAYER_STATS:
-            np.testing.assert_allclose(got.layers[stat], one.layers[stat], rtol=MODEL_TOL, atol=1e-9, err_msg=stat)
+            np.testing.assert_allclose(
+                got.layers[stat], one.layers[stat], rtol=MODEL_TOL, atol=1e-9, err_msg=stat
+            )
         for layer in range(N_LAYERS):
             assert got.attn_to_bos[layer].shape == (4, n)
             torch.testing.assert_close(got.attn_to_bos[layer], one.attn_to_bos[layer], atol=MODEL_TOL, rtol=0)
@@ -410,7 +479,9 @@ def test_right_padding_does_not_change_statistics(kv_heads):
     ref, _, _ = eager_reference(model, ids, mask)
     for b, n in enumerate(lengths):
         for layer in range(N_LAYERS):
-            torch.testing.assert_close(batched[b].attn_to_bos[layer], ref.attentions[layer][b, :, :n, 0], atol=MODEL_TOL, rtol=0)
+            torch.testing.assert_close(
+                batched[b].attn_to_bos[layer], ref.attentions[layer][b, :, :n, 0], atol=MODEL_TOL, rtol=0
+            )
     assert_no_hooks(model)
 
 
@@ -424,6 +495,7 @@ def test_hooks_and_registrations_removed_also_when_body_raises():
             assert any(m._forward_hooks for m in model.modules())
             raise ZeroDivisionError("body failed")
     assert_no_hooks(model)
+
     # a failure inside the forward pass (an observer raising) also cleans up
     def bad_observer(*_args):
         raise KeyError("observer failed")
@@ -433,7 +505,9 @@ def test_hooks_and_registrations_removed_also_when_body_raises():
             model(random_ids(1, 5))
     assert_no_hooks(model)
     # projections mode adds hooks on q_proj / k_proj: removed too
-    _ = capture(model, random_ids(1, 6), [6], protocol=Protocol(stats_dtype="float64", attention_source="projections"))
+    _ = capture(
+        model, random_ids(1, 6), [6], protocol=Protocol(stats_dtype="float64", attention_source="projections")
+    )
     assert_no_hooks(model)
     # and after a normal run
     capture(model, random_ids(2, 6), [6, 6])
@@ -493,7 +567,9 @@ def test_projection_attention_is_true_attention_only_without_rotary(kv_heads):
     ref, _, _ = eager_reference(nope, ids)
     for b, seq in enumerate(seqs):
         for layer in range(N_LAYERS):
-            torch.testing.assert_close(seq.attn_to_bos[layer], ref.attentions[layer][b, :, :, 0], atol=MODEL_TOL, rtol=0)
+            torch.testing.assert_close(
+                seq.attn_to_bos[layer], ref.attentions[layer][b, :, :, 0], atol=MODEL_TOL, rtol=0
+            )
 
     rope = tiny_llama(kv_heads)
     _, seqs = capture(rope, ids, [15, 15], protocol=projections)
@@ -535,6 +611,9 @@ def test_stats_dtype_auto_switches_to_float64_for_huge_keys():
     for layer in (0, 2):
         assert auto_seqs[0].attn_to_bos[layer].dtype == torch.float32
         torch.testing.assert_close(
-            auto_seqs[0].attn_to_bos[layer].double(), f64_seqs[0].attn_to_bos[layer], atol=F32_STATS_TOL, rtol=0
+            auto_seqs[0].attn_to_bos[layer].double(),
+            f64_seqs[0].attn_to_bos[layer],
+            atol=F32_STATS_TOL,
+            rtol=0,
         )
     assert_no_hooks(model)

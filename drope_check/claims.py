@@ -100,7 +100,6 @@ __all__ = [
     "default_expected_dir",
     "evaluate",
     "fmt",
-    "judge_file",
     "load_claims",
     "parse_path",
     "resolve",
@@ -1283,18 +1282,3 @@ def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: s
         verdict.reason = f"recorded measured value {fmt(measured)}: still does not generalise ({result.margin_text})"
     return verdict
 
-
-def judge_file(
-    measurements_path: str | Path,
-    pair: str,
-    report_dir: str | Path | None = None,
-    expected_dir: str | Path | None = None,
-    plots: bool = True,
-) -> list[Verdict]:
-    """Judge a measurements JSON against ``expected/<pair>.toml`` and (optionally) write the report.
-
-    See :func:`drope_check.report.judge_file` (this is the same function, importable from here).
-    """
-    from drope_check.report import judge_file as _judge_file
-
-    return _judge_file(measurements_path, pair, report_dir, expected_dir=expected_dir, plots=plots)

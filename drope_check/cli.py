@@ -116,7 +116,7 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from drope_check.claims import judge_file
+    from drope_check.report import judge_file
 
     verdicts = judge_file(args.measurements, args.pair, args.report_dir)
     counts: dict[str, int] = {}

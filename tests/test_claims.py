@@ -441,7 +441,7 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
 
 def test_judge_refuses_measurements_of_another_pair(tmp_path: Path) -> None:
     with pytest.raises(C.MeasurementsMismatch):
-        C.judge_file(DATA / "toy-measurements.json", "llama2-7b", None, REPO_EXPECTED)  # the CLI imports it from here
+        judge_file(DATA / "toy-measurements.json", "llama2-7b", None, REPO_EXPECTED)
 
 
 def test_report_lists_skips_with_reasons(tmp_path: Path) -> None:
@@ -491,8 +491,10 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
             assert new["measured"] == 5.3 and new["value"] == old["value"] == 1249.0
         else:
             assert new == old, key
-    # comments and every untouched line survive
-    kept = [line for line in before_text.splitlines() if not line.startswith("pending = true")]
+    # comments and every line that is not a regenerable key survive, in order (the regenerable keys
+    # of untouched claims are checked value by value above)
+    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ")
+    kept = [line for line in before_text.splitlines() if not line.startswith(regenerable)]
     after_lines = path.read_text().splitlines()
     assert [line for line in after_lines if line in kept] == kept
     # the regenerated file loads, and the golden now evaluates
@@ -537,3 +539,17 @@ def test_atomic_write_leaves_old_file_on_crash(tmp_path: Path, monkeypatch: pyte
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["claims-report.md"]
+
+
+def test_golden_measured_on_another_text_set_is_skipped_not_judged() -> None:
+    """A golden records the text set it was measured on; a run on other texts (the gensim fallback,
+    say) skips it with both text sets named, instead of failing or passing it on the wrong data."""
+    claim = C.load_claims("smollm2-135m", REPO_EXPECTED).get("ppl_baseline", "rope")
+    assert claim.texts_sha256 is not None and len(claim.texts_sha256) == 64
+    other = {"texts": {"sha256": "f" * 64, "name": "gensim fallback sample", "source": "gensim-fallback:x"}, "models": {}}
+    verdict = C.evaluate(claim, other)
+    assert verdict.outcome == "skip"
+    assert claim.texts_sha256[:12] in verdict.reason and "gensim fallback sample" in verdict.reason
+    # the same text set is judged (and here fails to find the metric, proving it was read)
+    with pytest.raises(C.MetricPathError):
+        C.evaluate(claim, {"texts": {"sha256": claim.texts_sha256}, "models": {}})

@@ -80,17 +80,22 @@ def attention_to_position0(
     groups = h // kv_heads
     q = query.to(dtype).view(b, kv_heads, groups, q_len, d)
     k = key.to(dtype)
-    allowed = allowed.expand(b, h, q_len, k_len).reshape(b, kv_heads, groups, q_len, k_len)
+    # Broadcast, never materialise: a shared [B, 1, Q, K] mask stays one mask for all heads.
+    if allowed.shape[1] == 1:
+        allowed = allowed.view(allowed.shape[0], 1, 1, q_len, k_len)
+    else:
+        allowed = allowed.reshape(allowed.shape[0], kv_heads, groups, q_len, k_len)
     chunk = max(1, min(q_len, chunk_elements // max(1, b * h * k_len)))
     out = torch.empty(b, kv_heads, groups, q_len, dtype=dtype, device=query.device)
     for start in range(0, q_len, chunk):
         stop = min(q_len, start + chunk)
         scores = torch.einsum("bkgqd,bksd->bkgqs", q[:, :, :, start:stop], k) * scaling
         mask = allowed[:, :, :, start:stop]
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill_(~mask, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)
         weight0 = torch.exp(scores[..., 0] - lse)
-        out[:, :, :, start:stop] = torch.where(mask.any(dim=-1), weight0, torch.zeros_like(weight0))
+        # rows with no allowed key (left padding) have lse = -inf: 0, not NaN
+        out[:, :, :, start:stop] = torch.where(torch.isneginf(lse), torch.zeros_like(weight0), weight0)
     return out.view(b, h, q_len)
 
 

@@ -1,0 +1,341 @@
+"""Turn the benchmark JSON (+ the long-context memory JSON) into ``docs/performance.md``.
+
+    python benchmarks/make_table.py bench.json --long-context long_context.json \\
+        --load-before "$(cat uptime_before.txt)" --load-after "$(cat uptime_after.txt)" --out docs/performance.md
+
+Times are ratios to the plain SDPA forward on the same batch. The *paired* ratio is the median over
+rounds of (path round time / plain forward run right before that round), which cancels most of the
+drift of a shared machine's load; "best" is min(path) / min(plain). Memory is the peak RSS above
+the pre-path RSS (fresh process per path, ``memory_probe.py``); "extra" is that minus the plain
+forward's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from long_context import summarise  # noqa: E402
+
+MiB = 2**20
+PATH_LABELS = {
+    "sdpa": "plain forward (SDPA)",
+    "drope_attn": "plain forward, drope_check attention, nothing registered",
+    "capture": "one-pass capture (all phase metrics)",
+    "eager_attn": "`output_attentions=True` (eager)",
+    "upstream": "upstream: one forward per layer + T x T softmax",
+}
+TARGETS = {
+    "capture_time": 1.3,
+    "upstream_speedup": 10.0,
+    "memory_ratio": 20.0,
+    "ppl_ratio": 0.9,
+}
+
+
+def _fmt(x: float | None, spec: str = ".2f", none: str = "n/a") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _x(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def load(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path and path.exists() else None
+
+
+def load_long_context(paths: list[Path] | None) -> dict[str, Any] | None:
+    """Merge one or more long_context.py outputs (rows of later files win) and re-summarise."""
+    merged: dict[tuple, dict] = {}
+    created = []
+    for path in paths or []:
+        data = load(path)
+        if not data:
+            continue
+        created.append(data.get("created"))
+        for r in data["rows"]:
+            merged[(r["path"], r["tokens"], r["layers"], r["batch"])] = r
+    if not merged:
+        return None
+    data = {"created": created, "rows": list(merged.values())}
+    data["summary"] = summarise(data)
+    return data
+
+
+def split(bench: dict[str, Any]):
+    """(forward timings, ppl timings, cpu memory, gpu timings, gpu memory) from the JSON's benchmarks."""
+    fwd, ppl, mem, gfwd, gmem = {}, {}, {}, {}, {}
+    for b in bench.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        name = b["name"]
+        path = info.get("path")
+        if name.startswith("test_forward_path"):
+            fwd[(info["T"], info["B"], path)] = (b["stats"], info)
+        elif name.startswith("test_perplexity"):
+            ppl[path] = (b["stats"], info)
+        elif name.startswith("test_peak_memory"):
+            mem[(info["T"], info["B"], path)] = info
+        elif name.startswith("test_gpu_forward_path"):
+            gfwd[path] = (b["stats"], info)
+        elif name.startswith("test_gpu_peak_memory"):
+            gmem[path] = info
+    return fwd, ppl, mem, gfwd, gmem
+
+
+def forward_table(fwd: dict, mem: dict, shapes: list[tuple[int, int]]) -> list[str]:
+    lines = []
+    for t, b in shapes:
+        plain = fwd.get((t, b, "sdpa"))
+        plain_mem = mem.get((t, b, "sdpa"), {}).get("delta_bytes")
+        lines += [
+            f"#### T = {t}, batch {b} ({t * b} tokens per forward)",
+            "",
+            "| path | best round (s) | tokens/s (best) | time vs plain, paired median | time vs plain, best/best "
+            "| peak RSS above baseline (MiB) | peak vs plain | extra over plain (MiB) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for path, label in PATH_LABELS.items():
+            entry = fwd.get((t, b, path))
+            m = mem.get((t, b, path), {})
+            delta = m.get("delta_bytes")
+            if entry is None and delta is None:
+                continue
+            if entry is not None:
+                stats, info = entry
+                best = stats["min"]
+                tps = info.get("tokens_per_s_best")
+                paired = info.get("ratio_to_plain_paired_median", 1.0 if path == "sdpa" else None)
+                bestbest = 1.0 if path == "sdpa" else (best / plain[0]["min"] if plain else None)
+            else:
+                best = tps = paired = bestbest = None
+            mem_ratio = delta / plain_mem if (delta is not None and plain_mem) else None
+            extra = (delta - plain_mem) / MiB if (delta is not None and plain_mem is not None) else None
+            note = ""
+            if path == "upstream" and m.get("upstream_passes"):
+                note = f" (memory: first {m['upstream_passes']} passes)"
+            lines.append(
+                f"| {label}{note} | {_fmt(best, '.3f')} | {_fmt(tps, ',.0f')} | {_x(paired)} | {_x(bestbest)} "
+                f"| {_fmt(delta / MiB if delta is not None else None, ',.0f')} | {_x(mem_ratio)} | {_fmt(extra, ',.0f')} |"
+            )
+        lines.append("")
+    return lines
+
+
+def ppl_table(ppl: dict) -> list[str]:
+    if not ppl:
+        return []
+    labels = {
+        "ppl_plain_batched": "plain batched forward (batch 4, logits only)",
+        "ppl_lines_batched": "`perplexity_lines`, batch 4",
+        "ppl_lines_bs1": "`perplexity_lines`, batch 1",
+    }
+    plain = ppl.get("ppl_plain_batched")
+    lines = [
+        "| evaluation | best round (s) | tokens/s (best) | tokens/s vs plain batched, paired median | best/best |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, label in labels.items():
+        if key not in ppl:
+            continue
+        stats, info = ppl[key]
+        paired = info.get("ratio_to_plain_paired_median")
+        speed = 1.0 if key == "ppl_plain_batched" else (1 / paired if paired else None)
+        bb = 1.0 if key == "ppl_plain_batched" else (plain[0]["min"] / stats["min"] if plain else None)
+        lines.append(
+            f"| {label} | {stats['min']:.3f} | {_fmt(info.get('tokens_per_s_best'), ',.0f')} | {_x(speed)} | {_x(bb)} |"
+        )
+    return lines + [""]
+
+
+def long_context_table(lc: dict | None) -> list[str]:
+    if not lc:
+        return ["Not run (`python benchmarks/long_context.py --out long_context.json`).", ""]
+    lines = [
+        "| path | T | layers run | peak RSS above baseline (MiB) | plain forward, same T (MiB) | extra (MiB) "
+        "| extra scaled to 30 layers (MiB) | growth of extra per doubling of T | wall time of the path (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    labels = {"sdpa": "plain (SDPA)", "sdpa_body": "plain, no LM head (sdpa_body)"}
+    plain = [r for r in lc["rows"] if r["path"] in labels]
+    for r in sorted(plain, key=lambda r: (r["path"], r["layers"], r["tokens"])):
+        lines.append(
+            f"| {labels[r['path']]} | {r['tokens']} | {r['layers']} | {r['delta_bytes'] / MiB:,.0f} | | | | | {r['seconds']:.1f} |"
+        )
+    for s in lc.get("summary", []):
+        growth = s.get("growth_per_doubling")
+        lines.append(
+            f"| {s['path']} | {s['tokens']} | {s['layers_run']} | {s['delta_bytes'] / MiB:,.0f} | {s['plain_delta_bytes'] / MiB:,.0f} "
+            f"| {s['extra_bytes'] / MiB:,.0f} | {s['extra_bytes_full_model'] / MiB:,.0f} | {_fmt(growth)} | {s['seconds']:.1f} |"
+        )
+    return lines + [""]
+
+
+def gpu_section(gfwd: dict, gmem: dict, machine: dict) -> list[str]:
+    if not gfwd and not gmem:
+        return [
+            "Not run in this table's run: no CUDA device on the machine (the GPU benchmarks skip with that "
+            "reason). On a GPU runner the same command adds `test_gpu_forward_path[*]` and "
+            "`test_gpu_peak_memory[*]` (T = 4096, Llama-2-7B shape: 32 layers, hidden 4096, 32 heads, "
+            "bf16, random weights) and this script adds their table here.",
+            "",
+        ]
+    lines = [
+        f"Card: **{machine.get('gpu')}** (compute capability {machine.get('gpu_capability')}, CUDA {machine.get('cuda')}).",
+        "",
+        "| path | best round (s) | tokens/s (best) | time vs plain, paired median | peak above weights (MiB) | peak vs plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    plain_mem = gmem.get("sdpa", {}).get("delta_bytes")
+    for path, label in PATH_LABELS.items():
+        if path not in gfwd and path not in gmem:
+            continue
+        stats, info = gfwd.get(path, ({}, {}))
+        delta = gmem.get(path, {}).get("delta_bytes")
+        paired = info.get("ratio_to_plain_paired_median", 1.0 if path == "sdpa" else None)
+        lines.append(
+            f"| {label} | {_fmt(stats.get('min'), '.3f')} | {_fmt(info.get('tokens_per_s_best'), ',.0f')} | {_x(paired)} "
+            f"| {_fmt(delta / MiB if delta is not None else None, ',.0f')} | {_x(delta / plain_mem if delta and plain_mem else None)} |"
+        )
+    return lines + [""]
+
+
+def targets(fwd: dict, ppl: dict, lc: dict | None, shapes: list[tuple[int, int]]) -> list[str]:
+    rows = ["| target | measured | verdict |", "| --- | --- | --- |"]
+    for t, b in shapes:
+        entry = fwd.get((t, b, "capture"))
+        r = entry[1].get("ratio_to_plain_paired_median") if entry else None
+        rows.append(
+            f"| capture <= {TARGETS['capture_time']}x plain SDPA forward, T = {t} (B = {b}) | {_fmt(r)}x (paired median) "
+            f"| {_verdict(None if r is None else r <= TARGETS['capture_time'])} |"
+        )
+    big = max((s for s in shapes if s[0] == 2048), default=None) or (max(shapes) if shapes else None)
+    if big:
+        cap, up = fwd.get((*big, "capture")), fwd.get((*big, "upstream"))
+        speed = bestbest = None
+        if cap and up:
+            bestbest = up[0]["min"] / cap[0]["min"]
+            r_up, r_cap = up[1].get("ratio_to_plain_paired_median"), cap[1].get("ratio_to_plain_paired_median")
+            speed = r_up / r_cap if r_up and r_cap else bestbest
+        rows.append(
+            f"| capture >= {TARGETS['upstream_speedup']:.0f}x faster than upstream's per-layer method, T = {big[0]} "
+            f"| {_fmt(speed, '.1f')}x (ratio of paired medians; best/best {_fmt(bestbest, '.1f')}x) "
+            f"| {_verdict(None if speed is None else speed >= TARGETS['upstream_speedup'])} |"
+        )
+    ratio = None
+    if lc:
+        by = {(s["path"], s["tokens"]): s for s in lc.get("summary", [])}
+        cap, eager = by.get(("capture", 4096)), by.get(("eager_attn", 4096))
+        if cap and eager and cap["extra_bytes"] > 0:
+            ratio = eager["extra_bytes_full_model"] / cap["extra_bytes"]
+            rows.append(
+                f"| capture's extra peak memory >= {TARGETS['memory_ratio']:.0f}x less than output_attentions, T = 4096 "
+                f"| {eager['extra_bytes_full_model'] / MiB:,.0f} MiB vs {cap['extra_bytes'] / MiB:,.0f} MiB = {ratio:.0f}x "
+                f"(eager: first {eager['layers_run']} layers, scaled to 30) | {_verdict(ratio >= TARGETS['memory_ratio'])} |"
+            )
+    if ratio is None:
+        rows.append("| capture's extra memory >= 20x less than output_attentions, T = 4096 | not measured | not measured |")
+    if "ppl_lines_batched" in ppl:
+        paired = ppl["ppl_lines_batched"][1].get("ratio_to_plain_paired_median")
+        speed = 1 / paired if paired else None
+        rows.append(
+            f"| batched perplexity >= {TARGETS['ppl_ratio']}x tokens/s of a plain batched forward | {_fmt(speed)}x (paired median) "
+            f"| {_verdict(None if speed is None else speed >= TARGETS['ppl_ratio'])} |"
+        )
+    return rows + [""]
+
+
+def render(bench: dict, lc: dict | None, load_before: str | None, load_after: str | None, notes: str | None) -> str:
+    machine = bench.get("machine_info", {})
+    extra = bench.get("drope_check", {})
+    shapes = [tuple(s) for s in extra.get("shapes", [])]
+    fwd, ppl, mem, gfwd, gmem = split(bench)
+    if not shapes:
+        shapes = sorted({(t, b) for t, b, _ in fwd})
+    date = bench.get("datetime") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    commit = bench.get("commit_info", {})
+    out = [
+        "# Performance: one-pass capture vs the alternatives",
+        "",
+        "Generated by `benchmarks/make_table.py` from one run of `pytest benchmarks/ -n 0 --benchmark-enable` "
+        "(`tox -e bench`) and `benchmarks/long_context.py`. Do not edit by hand; rerun (see *Reproduce*).",
+        "",
+        "## Run",
+        "",
+        f"- date: {date} (benchmarks finished {extra.get('finished', 'n/a')})",
+        f"- commit: {commit.get('id', 'n/a')}{' (dirty working tree)' if commit.get('dirty') else ''}",
+        f"- CPU: {machine.get('cpu_model', machine.get('cpu', {}).get('brand_raw', 'n/a'))}, {machine.get('cpu_count')} cores, "
+        f"{_fmt((machine.get('mem_total_kib') or 0) / 2**20, '.1f')} GiB RAM; GPU: {machine.get('gpu') or 'none'}",
+        f"- torch {machine.get('torch')} ({machine.get('torch_threads')} threads), transformers {machine.get('transformers')}, "
+        f"numpy {machine.get('numpy')}, Python {machine.get('python_version')}; thread env: {machine.get('thread_env') or 'none set'}",
+        "- model: embedded SmolLM2-135M-Instruct (30 layers, 9 heads / 3 KV heads, d = 576), float32, CPU",
+        f"- text: {extra.get('text', 'n/a')}; rows are consecutive slices of it, BOS first",
+        f"- rounds per path: {extra.get('rounds')} timed (upstream's method: 1), each preceded by an untimed plain forward",
+        f"- **machine load**: `uptime` before: `{load_before or 'n/a'}`; after: `{load_after or 'n/a'}`; "
+        f"load average at benchmark start / end: {extra.get('loadavg_at_start')} / {extra.get('loadavg_at_end')}",
+        "",
+    ]
+    if notes:
+        out += [notes.strip(), ""]
+    out += ["## Targets", ""] + targets(fwd, ppl, lc, shapes)
+    out += ["## Forward paths (CPU)", ""] + forward_table(fwd, mem, shapes)
+    out += ["## Perplexity evaluation (CPU, `lines` protocol, the 20 WikiText-2 rows, BOS + up to 511 tokens)", ""]
+    out += ppl_table(ppl)
+    out += [
+        "## Long context: peak memory against T (CPU, one sequence)",
+        "",
+        "Each row is a fresh process running one sequence of T real tokens. \"Extra\" is the path's peak "
+        "minus the plain forward's at the same T and layer count. `output_attentions` keeps "
+        "30 x 9 x T^2 float32 maps (18 GB at T = 4096), so at T = 4096 it runs on the first 4 layers and "
+        "its per-layer extra is scaled to 30 layers (each layer's map is kept independently).",
+        "",
+    ] + long_context_table(lc)
+    out += ["## GPU", ""] + gpu_section(gfwd, gmem, machine)
+    out += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "uptime > uptime_before.txt",
+        "tox -e bench        # = pytest benchmarks/ -n 0 --benchmark-enable --benchmark-json=bench.json",
+        "python benchmarks/long_context.py --out long_context.json",
+        "uptime > uptime_after.txt",
+        "python benchmarks/make_table.py bench.json --long-context long_context.json \\",
+        '    --load-before "$(cat uptime_before.txt)" --load-after "$(cat uptime_after.txt)" --out docs/performance.md',
+        "```",
+        "",
+        "Quick try with small sizes: `DROPE_BENCH_SHAPES=128x2 DROPE_BENCH_ROUNDS=1 DROPE_BENCH_MEMORY=0 "
+        "pytest benchmarks/ -n 0 --benchmark-enable`. Timings on a machine shared with other jobs are noisy; "
+        "compare ratios from one run only.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bench", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--long-context", type=Path, nargs="*", default=None, help="long_context.py JSON file(s)")
+    parser.add_argument("--load-before", default=None, help="`uptime` output before the run")
+    parser.add_argument("--load-after", default=None, help="`uptime` output after the run")
+    parser.add_argument("--notes", default=None, help="a paragraph to add under Run (e.g. what else ran)")
+    parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
+    args = parser.parse_args(argv)
+    text = render(load(args.bench) or {}, load_long_context(args.long_context), args.load_before, args.load_after, args.notes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 __all__ = [
@@ -226,10 +227,12 @@ def squared_singular_values(x: Tensor) -> Tensor:
     gram = x64 @ x64.T if t <= d else x64.T @ x64
     _check_finite(gram, "Gram matrix of x (overflow in float64)")
     if gram.device.type == "cpu":
-        # LAPACK through numpy: on the 2-core CI machine torch's MKL eigvalsh stalled for seconds
-        # per call under load (thread oversubscription), numpy's took milliseconds. Same float64
-        # symmetric eigensolver, so the same answer to round-off.
-        eig = torch.from_numpy(np.linalg.eigvalsh(gram.numpy()))
+        # LAPACK through numpy, single-threaded: on the 2-core CI machine torch's MKL eigvalsh took
+        # ~1 s per call inside the forward pass, and numpy's OpenBLAS with its own spinning thread
+        # pool slowed the whole capture 4x (one batch: 98 s vs 24 s single-threaded). These
+        # eigenproblems are small (<= 576 x 576 for SmolLM2, 512 x 512 for Llama-2 at T = 512).
+        with threadpool_limits(limits=1, user_api="blas"):
+            eig = torch.from_numpy(np.linalg.eigvalsh(gram.numpy()))
     else:
         eig = torch.linalg.eigvalsh(gram)
     return torch.flip(eig, dims=(0,)).clamp_min(0.0)

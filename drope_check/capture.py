@@ -113,7 +113,7 @@ class SequenceCapture:
             got = len(self.layers.get(stat, ()))
             if got != n_layers:
                 raise CaptureError(f"{model_name}: captured {got} of {n_layers} layers for {stat!r}")
-        if len(self.attn_to_bos) != n_layers or any(a is None for a in self.attn_to_bos):
+        if len(self.attn_to_bos) != n_layers or any(a is None for a in self.attn_to_bos):  # a layer never attended
             raise CaptureError(f"{model_name}: attention to BOS missing for some layers (attention path not used?)")
 
 
@@ -197,8 +197,6 @@ class OnePassCapture:
         for row, seq in enumerate(self._seqs):
             a0 = weights[row, :, : seq.n_rows].to("cpu")
             _check_finite(a0, self.model_name, layer, "attention to BOS", row)
-            while len(seq.attn_to_bos) <= layer:
-                seq.attn_to_bos.append(None)  # type: ignore[arg-type]
             seq.attn_to_bos[layer] = a0
 
     def _stats_dtype(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.dtype:
@@ -222,7 +220,7 @@ class OnePassCapture:
         """
         if any(r < 2 for r in rows):
             raise CaptureError(f"{self.model_name}: every sequence needs >= 2 tokens, got row lengths {rows}")
-        self._seqs = [SequenceCapture(n_rows=r) for r in rows]
+        self._seqs = [SequenceCapture(n_rows=r, attn_to_bos=[None] * self.n_layers) for r in rows]  # type: ignore[list-item]
         self._projections.clear()
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:

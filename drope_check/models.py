@@ -274,14 +274,14 @@ def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: 
     return int(tid)
 
 
-def _read_config_dict(source: str, revision: str | None) -> tuple[dict[str, Any], Path | None]:
+def _read_config_dict(source: str, revision: str | None) -> dict[str, Any]:
     """config.json of a local directory or a hub id (hub or local HF cache), without remote code."""
     local = Path(source)
     if local.is_dir():
         cfg = local / "config.json"
         if not cfg.is_file():
             raise ModelLoadError(f"{source}: no config.json in the directory")
-        return json.loads(cfg.read_text()), local
+        return json.loads(cfg.read_text())
     try:
         from huggingface_hub import hf_hub_download
 
@@ -291,7 +291,7 @@ def _read_config_dict(source: str, revision: str | None) -> tuple[dict[str, Any]
             f"{source}: cannot read config.json from the hub or the local HF cache ({type(exc).__name__}: {exc}). "
             "Log in (HF_TOKEN) on a machine with hub access, or pass a local directory."
         ) from exc
-    return json.loads(Path(cfg_path).read_text()), Path(cfg_path).parent
+    return json.loads(Path(cfg_path).read_text())
 
 
 def is_drope_config(cfg: dict[str, Any]) -> bool:
@@ -419,7 +419,7 @@ def _load_hub_or_dir(
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg, _ = _read_config_dict(spec.source, spec.revision)
+    cfg = _read_config_dict(spec.source, spec.revision)
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
     qconfig = _quantization_config(quantization)
     if qconfig is not None:

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 AttentionSource = Literal["model", "projections"]
 StatsDtype = Literal["float64", "float32", "auto"]
-SpikeRule = Literal["argmax-ratio", "max-write"]
 TextSetName = Literal["lines", "concatenated"]
 SPIKE_RULES: tuple[str, ...] = ("argmax-ratio", "max-write")
 

@@ -38,24 +38,19 @@ from typing import Any
 
 import pytest
 
-from drope_check.claims import (
+from drope_check.bands import fmt
+from drope_check.claim_file import (
     Claim,
     ClaimSet,
     ClaimsFileError,
     MeasurementsMismatch,
-    Verdict,
     available_pairs,
     check_measurements,
     default_expected_dir,
-    fmt,
     load_claims,
-    measured_how_text,
-    pending_reason,
-    regen_expected,
-    regen_verdict,
-    skipped_verdict,
-    verdict_for,
 )
+from drope_check.regen import measured_how_text, regen_expected, regen_verdict
+from drope_check.verdicts import Verdict, pending_reason, skipped_verdict, verdict_for
 
 __all__ = ["ClaimNotHeld", "PairUnavailable", "check_claim"]
 

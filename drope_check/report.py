@@ -14,25 +14,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from drope_check import __version__
-from drope_check.claims import (
-    FAMILIES,
-    MODELS,
-    Claim,
-    ClaimSet,
-    Verdict,
-    check_measurements,
-    fmt,
-    load_claims,
-    verdict_for,
-)
+from drope_check.atomic import atomic_write_bytes, atomic_write_text
+from drope_check.bands import fmt
+from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
+from drope_check.verdicts import Verdict, verdict_for
 
 __all__ = [
     "OUTCOMES",
@@ -63,34 +54,6 @@ PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
     ("sink_rate", "sink rate (fraction of heads, score >= tau)", False),
 )
 _MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -66,6 +66,14 @@ def _flatten(x: Any) -> list[float]:
     return [float(x)]
 
 
+def _first_non_finite(x: Any) -> float | None:
+    """The first NaN or infinity in a number or (nested) list of numbers, or None when all are finite."""
+    for v in _flatten(x):
+        if not math.isfinite(v):
+            return v
+    return None
+
+
 def _op_holds(a: float, op: str, b: float) -> bool:
     return {">=": a >= b, ">": a > b, "<=": a <= b, "<": a < b}[op]
 
@@ -136,11 +144,18 @@ class Band:
         return result
 
     def _check(self, measured: Any, value: Any) -> BandResult:
+        # A non-finite value is never inside a band, whatever its kind: inf would make the edge
+        # slack infinite and pass an absolute band; inf > b passes an ordering. Refuse it first.
+        bad = _first_non_finite(measured)
+        if bad is not None:
+            return BandResult(False, None, f"measured value is {fmt(bad)}: a non-finite value is never inside a band")
+        if value is not None and self.kind not in ("one_sided", "range", "ordering", "each"):
+            bad = _first_non_finite(value)
+            if bad is not None:
+                return BandResult(False, None, f"expected value is {fmt(bad)}: a band around it is undefined")
         k, p = self.kind, self.params
         if k in ("ordering", "each"):
             values = [float(v) for v in measured]
-            if any(math.isnan(v) for v in values):
-                return BandResult(False, None, "a measured value is NaN")
             if k == "ordering":
                 a, b = values[0], values[1] * float(p.get("factor", 1.0))
                 margin = _op_margin(a, p["op"], b)
@@ -151,8 +166,6 @@ class Band:
             worst = min(margins)
             return BandResult(ok, worst, _margin_text(ok, worst, " (worst of the bounds)"))
         flat_m = _flatten(measured)
-        if any(math.isnan(v) for v in flat_m):
-            return BandResult(False, None, "measured value is NaN")
         if k == "range":
             margins = [min(v - p["lo"], p["hi"] - v) for v in flat_m]
             ok = all(_le(p["lo"], v) and _le(v, p["hi"]) for v in flat_m)

@@ -46,12 +46,14 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drope_check.bands import BAND_KINDS, ONE_SIDED_OPS, Band, _flatten
+from drope_check.measurements_file import VARIANTS, validate_measurements
 from drope_check.metric_paths import MetricPath, MetricPathError, parse_path
+from drope_check.protocol_identity import validate_recorded_identity
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,7 +86,7 @@ COMBINE: tuple[str, ...] = ("ratio", "difference")
 _ID_RE = re.compile(r"^[a-z0-9_]+$")
 _CLAIM_KEYS = frozenset({
     "id", "model", "family", "sentence", "metric", "combine", "value", "status", "rationale", "band",
-    "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256",
+    "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256", "protocol",
 })
 _BAND_KEYS: dict[str, frozenset[str]] = {
     "absolute": frozenset({"tol"}),
@@ -96,10 +98,13 @@ _BAND_KEYS: dict[str, frozenset[str]] = {
     "ordering": frozenset({"op", "factor"}),
     "each": frozenset({"ops", "bounds"}),
 }
-_PAIR_KEYS = frozenset({"name", "description", "drope_variant", "run_hint", "report"})
+_PAIR_KEYS = frozenset({"name", "description", "drope_variant", "run_hint", "report", "models"})
+#: A status-"skip" claim whose skip_reason contains this is about a recalibrated DroPE model, which
+#: a pair without one cannot test; ``--strict`` exempts exactly these skips.
+RECALIBRATED_SKIP = "about a recalibrated DroPE model"
 _PROVENANCE_KEYS = frozenset({"source", "text_set", "notes", "results_value"})
 _PLOT_KEYS = frozenset({"series", "layer"})
-_VARIANTS = ("drope", "nope-zeroshot")
+_VARIANTS = VARIANTS["drope"]
 
 class ClaimsFileError(ValueError):
     """A claim file is malformed. The message names the file, the claim id and the key."""
@@ -146,8 +151,14 @@ class Claim:
     skip_reason: str | None = None
     plot: Mapping[str, Any] | None = None
     texts_sha256: str | None = None  # the text set a golden / does-not-generalise value was measured on
+    protocol: Mapping[str, Any] | None = None  # its protocol identity (drope_check.protocol_identity)
     source_file: str = ""
     order: int = 0  # position in the claim file (the report keeps the file's order)
+
+    @property
+    def skip_is_recalibrated_only(self) -> bool:
+        """A status-skip claim about a recalibrated DroPE model (the one skip ``--strict`` allows)."""
+        return self.status == "skip" and RECALIBRATED_SKIP in (self.skip_reason or "")
 
     @property
     def key(self) -> str:
@@ -195,6 +206,7 @@ class ClaimSet:
     run_hint: str
     report: str
     claims: tuple[Claim, ...]
+    model_ids: Mapping[str, str] = field(default_factory=dict)  # role -> the model id the claims are about
 
     def by_family(self, family: str) -> list[Claim]:
         return [c for c in self.claims if c.family == family]
@@ -222,9 +234,10 @@ def _is_number(x: Any) -> bool:
 
 
 def _is_value(x: Any) -> bool:
+    """A finite number or a non-empty flat-or-nested list of them (TOML can spell nan and inf)."""
     if isinstance(x, list):
         return bool(x) and all(_is_value(v) for v in x)
-    return _is_number(x)
+    return _is_number(x) and math.isfinite(x)
 
 
 def _req_str(table: Mapping[str, Any], key: str, err: Any, allow_empty: bool = False) -> str:
@@ -373,6 +386,11 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
                 parsed = parse_path(m)
             except MetricPathError as exc:
                 raise err("metric", exc.detail + f" (in {m!r})") from None
+            negative = [step for step in parsed.steps if step[0] in ("index", "slice")
+                        and any(isinstance(i, int) and i < 0 for i in step[1:])]
+            if negative:
+                raise err("metric", f"{m!r} counts from the end ([-1], [2:-1]): write explicit layer indices, so "
+                          "that a measurement with another number of layers is an error, not another layer")
             if model != "pair" and parsed.root not in (model, "root"):
                 raise err("metric", f"a {model!r} claim must read a {model}: path, got {m!r}")
         if model == "pair" and len(metric_list) < 2:
@@ -428,6 +446,14 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
     if texts_sha256 is not None and status not in ("golden", "does-not-generalise"):
         raise err("texts_sha256", "is only recorded for suite-measured values (golden / does-not-generalise)")
 
+    protocol = raw.get("protocol")
+    if protocol is not None:
+        if status not in ("golden", "does-not-generalise"):
+            raise err("protocol", "is only recorded for suite-measured values (golden / does-not-generalise)")
+        problem = validate_recorded_identity(protocol, metrics)
+        if problem is not None:
+            raise err("protocol", problem)
+
     plot = raw.get("plot")
     if plot is not None:
         if not isinstance(plot, Mapping) or set(plot) - _PLOT_KEYS or "series" not in plot:
@@ -439,7 +465,8 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
         pair=pair, id=cid, model=model, family=family, sentence=sentence, metrics=metrics, combine=combine,
         value=value, status=status, rationale=rationale, band=band, provenance=dict(prov_raw),
         measured_how=measured_how, recorded=recorded, pending=pending, skip_reason=skip_reason,
-        plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256, source_file=file, order=index,
+        plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256,
+        protocol=dict(protocol) if protocol is not None else None, source_file=file, order=index,
     )
 
 
@@ -477,6 +504,11 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
     if variant not in _VARIANTS:
         raise head_err("drope_variant", f"must be one of {', '.join(_VARIANTS)}")
     run_hint = _req_str(head, "run_hint", head_err)
+    model_ids = head.get("models", {})
+    if not isinstance(model_ids, Mapping) or set(model_ids) - {"rope", "drope"} or not all(
+        isinstance(v, str) and v for v in model_ids.values()
+    ):
+        raise head_err("models", "must be a table { rope = \"<model id>\", drope = \"<model id>\" }")
     raw_claims = data.get("claim")
     if not isinstance(raw_claims, list) or not raw_claims:
         raise ClaimsFileError(file, None, "claim", "at least one [[claim]] is required")
@@ -488,27 +520,47 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
         seen.add((claim.id, claim.model))
     return ClaimSet(
         pair=pair, path=file, description=str(head.get("description", "")), drope_variant=variant,
-        run_hint=run_hint, report=str(head.get("report", "")), claims=tuple(claims),
+        run_hint=run_hint, report=str(head.get("report", "")), claims=tuple(claims), model_ids=dict(model_ids),
     )
 
 
-def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], origin: str = "measurements") -> None:
-    """Refuse measurements of another pair, another schema version or another DroPE variant."""
-    if not isinstance(measurements, Mapping):
-        raise MeasurementsMismatch(f"{origin}: not a JSON object")
-    if measurements.get("schema_version") != SCHEMA_VERSION:
-        raise MeasurementsMismatch(
-            f"{origin}: schema_version {measurements.get('schema_version')!r}, this suite reads {SCHEMA_VERSION}"
-        )
+def measured_model_ids(measurements: Mapping[str, Any]) -> dict[str, str]:
+    """role -> ``provenance.model_id`` of each measured model (``"?"`` where the file does not say)."""
+    out = {}
+    for role, model in (measurements.get("models") or {}).items():
+        prov = model.get("provenance") if isinstance(model, Mapping) else None
+        ident = prov.get("model_id") if isinstance(prov, Mapping) else None
+        out[role] = str(ident) if ident else "?"
+    return out
+
+
+def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], origin: str = "measurements",
+                       as_pair: bool = False) -> None:
+    """Refuse measurements that are malformed, or of another pair, DroPE variant or model.
+
+    The file is validated first (:func:`drope_check.measurements_file.validate_measurements`:
+    raises :class:`~drope_check.measurements_file.MeasurementsFileError`). Then a file of another
+    pair, variant, or whose model ids are not the claim file's ``[pair] models`` raises
+    :class:`MeasurementsMismatch`; ``as_pair`` accepts other model ids (a ``custom`` measurement
+    judged as if it were this pair: every verdict then names the measured models).
+    """
+    validate_measurements(measurements, origin)
     got = measurements.get("pair")
     if got not in (claim_set.pair, "custom"):
         raise MeasurementsMismatch(f"{origin} measures pair {got!r}, but the claims are for {claim_set.pair!r}")
-    models = measurements.get("models")
-    if not isinstance(models, Mapping):
-        raise MeasurementsMismatch(f"{origin}: no 'models' object")
-    drope = models.get("drope")
-    if isinstance(drope, Mapping) and drope.get("variant") not in (None, claim_set.drope_variant):
+    drope = measurements["models"]["drope"]
+    if drope.get("variant") != claim_set.drope_variant:
         raise MeasurementsMismatch(
             f"{origin}: the DroPE side is variant {drope.get('variant')!r}, but {claim_set.path} assumes "
             f"{claim_set.drope_variant!r}"
         )
+    if as_pair:
+        return
+    ids = measured_model_ids(measurements)
+    for role, want in sorted(claim_set.model_ids.items()):
+        if ids.get(role) != want:
+            raise MeasurementsMismatch(
+                f"{origin}: the {role} model is {ids.get(role)!r}, but the claims of pair {claim_set.pair!r} are about "
+                f"{want!r}; to judge other models against them anyway, pass --as-pair (every verdict then names the "
+                "measured models)"
+            )

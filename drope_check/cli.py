@@ -104,9 +104,20 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from drope_check.report import judge_file
+    from drope_check.claim_file import ClaimsFileError, MeasurementsMismatch
+    from drope_check.measurements_file import MeasurementsFileError
+    from drope_check.report import judge_file, unchecked_pair_lines
 
-    verdicts = judge_file(args.measurements, args.pair, args.report_dir)
+    try:
+        verdicts = judge_file(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
+    except (MeasurementsFileError, MeasurementsMismatch, ClaimsFileError) as exc:
+        # a user error: one sentence naming the file, the JSON path or key, and what was expected
+        print(f"drope-check judge: {exc}", file=sys.stderr)
+        return 2
+    for line in unchecked_pair_lines([v.to_dict() for v in verdicts], [args.pair]):
+        print(line, file=sys.stderr)
+    if args.as_pair and verdicts and verdicts[0].measured_models:
+        print(f"--as-pair: judged {verdicts[0].measured_models} against the claims about pair {args.pair}")
     counts: dict[str, int] = {}
     for verdict in verdicts:
         counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
@@ -136,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("measurements", type=Path)
     judge.add_argument("--pair", required=True)
     judge.add_argument("--report-dir", type=Path, default=Path("claims-report"))
+    judge.add_argument("--as-pair", action="store_true",
+                       help="judge measurements of other models than the pair's (refused otherwise); every verdict names them")
+    judge.add_argument("--strict", action="store_true",
+                       help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
     judge.set_defaults(func=_judge)
     pairs = sub.add_parser("pairs", help="list registered pairs and whether they can be loaded here")
     pairs.set_defaults(func=_pairs)

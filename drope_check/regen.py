@@ -14,22 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.atomic import atomic_write_text
-from drope_check.bands import fmt
+from drope_check.bands import _first_non_finite, fmt
 from drope_check.claim_file import Claim, ClaimsFileError
 from drope_check.metric_paths import MetricPathError
-from drope_check.verdicts import Verdict, _base_verdict, _measure
+from drope_check.protocol_identity import identity_for_claim
+from drope_check.verdicts import Verdict, _base_verdict, _measure, protocol_mismatch, text_set_mismatch
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["measured_how_text", "regen_expected", "regen_verdict", "toml_value"]
+__all__ = ["measured_how_text", "regen_expected", "regen_verdict", "toml_value", "updates_from_verdicts"]
 
 # ----------------------------------------------------------------------------------------------
 # --regen-expected: rewrite suite-measured values, never report-derived ones
 
-_REGEN_KEYS = ("value", "measured", "measured_how", "pending", "texts_sha256")
+_REGEN_KEYS = ("value", "measured", "measured_how", "pending", "texts_sha256", "protocol")
+#: A ``key = ...`` line of a claim's own keys (TOML bare keys: letters, digits, ``_`` and ``-``).
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 
 
 def toml_value(x: Any) -> str:
@@ -48,6 +51,11 @@ def toml_value(x: Any) -> str:
         return json.dumps(x, ensure_ascii=False)
     if isinstance(x, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in x) + "]"
+    if isinstance(x, Mapping):
+        for key in x:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", str(key)):
+                raise ValueError(f"cannot write key {key!r} as a bare TOML key")
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in x.items()) + " }"
     raise TypeError(f"cannot write {type(x).__name__} to TOML")
 
 
@@ -95,11 +103,13 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
         new = {target: update["measured_value"], "measured_how": update["measured_how"]}
         if update.get("texts_sha256"):
             new["texts_sha256"] = update["texts_sha256"]
+        if update.get("protocol"):
+            new["protocol"] = update["protocol"]
         block = lines[start:end]
         kept: list[str] = []
         for line in block:
-            m = re.match(r"^\s*([A-Za-z_]+)\s*=", line)
-            if m and m.group(1) in (target, "measured_how", "pending", "texts_sha256"):
+            m = _KEY_LINE.match(line)
+            if m and m.group(1) in (target, "measured_how", "pending", "texts_sha256", "protocol"):
                 continue  # dropped and re-added below
             kept.append(line)
         # insert after the last non-blank, non-comment line of the claim's own keys
@@ -130,6 +140,21 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
     if new_text != text:
         atomic_write_text(file, new_text)
     return changed
+
+
+def updates_from_verdicts(verdicts: list[Mapping[str, Any]]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+    """pair -> ``(id, model)`` -> what :func:`regen_expected` writes, from ``regenerated`` verdict dicts."""
+    by_pair: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for v in verdicts:
+        if v["status"] not in ("golden", "does-not-generalise") or v["measured"] is None:
+            continue
+        if v["outcome"] == "error" or not v.get("measured_how"):
+            continue
+        by_pair.setdefault(v["pair"], {})[(v["id"], v["model"])] = {
+            "measured_value": v["measured"], "measured_how": v["measured_how"],
+            "texts_sha256": v.get("texts_sha256"), "protocol": v.get("protocol_identity"),
+        }
+    return by_pair
 
 
 def measured_how_text(measurements: Mapping[str, Any], claim: Claim, origin: str = "") -> str:
@@ -177,11 +202,18 @@ def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: s
         measured = _measure(claim, measurements)
     except MetricPathError as exc:
         return _base_verdict(claim, outcome="error", reason=str(exc))
+    bad = _first_non_finite(measured)
+    if bad is not None:
+        return _base_verdict(claim, measured=measured, outcome="error",
+                             reason=f"cannot record a non-finite value ({fmt(bad)}) as {claim.key}")
     verdict = _base_verdict(claim, measured=measured, outcome="regenerated", measured_how=measured_how,
                             command=claim.regen_command(),
-                            texts_sha256=(measurements.get("texts") or {}).get("sha256"))
+                            texts_sha256=(measurements.get("texts") or {}).get("sha256"),
+                            protocol_identity=identity_for_claim(measurements, claim.model, claim.metrics))
+    moved = protocol_mismatch(claim, measurements) or text_set_mismatch(claim, measurements)
+    note = "; NOTE: the protocol or text set differs from the recorded one, the new one is recorded" if moved else ""
     if claim.status == "golden":
-        verdict.reason = f"golden regenerated: {fmt(measured)} (was {fmt(claim.value)})"
+        verdict.reason = f"golden regenerated: {fmt(measured)} (was {fmt(claim.value)}){note}"
         return verdict
     assert claim.band is not None
     result = claim.band.check(measured, claim.value)

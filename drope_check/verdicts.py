@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.bands import fmt
-from drope_check.claim_file import Claim, _is_number
+from drope_check.claim_file import Claim, _is_number, measured_model_ids
 from drope_check.metric_paths import MetricPathError, resolve
+from drope_check.protocol_identity import identity_mismatch
 
 __all__ = [
     "Verdict",
     "evaluate",
     "evaluate_all",
     "pending_reason",
+    "protocol_mismatch",
+    "strict_verdict",
     "skipped_verdict",
     "text_set_mismatch",
     "verdict_for",
@@ -62,6 +65,8 @@ class Verdict:
     command: str = ""
     order: int = 0
     texts_sha256: str | None = None  # under --regen-expected: the text set the value was measured on
+    protocol_identity: dict[str, Any] | None = None  # under --regen-expected: the protocol it was measured under
+    measured_models: str | None = None  # under --as-pair: the models actually measured, named on every line
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -86,6 +91,8 @@ class Verdict:
             f"  rationale   : {self.rationale}",
             f"  provenance  : {_provenance_text(self.provenance)}",
         ]
+        if self.measured_models:
+            lines.append(f"  measured on : {self.measured_models} (--as-pair: not the models the claim is about)")
         if self.reason:
             lines.append(f"  note        : {self.reason}")
         lines.append(f"  command     : {self.command}")
@@ -180,6 +187,25 @@ def text_set_mismatch(claim: Claim, measurements: Mapping[str, Any]) -> str | No
     )
 
 
+def protocol_mismatch(claim: Claim, measurements: Mapping[str, Any]) -> str | None:
+    """Why a suite-measured value cannot be compared with measurements made under another protocol, or None.
+
+    The claim's recorded ``protocol`` identity (:mod:`drope_check.protocol_identity`) must agree
+    with the measurements' on every field that changes the value; otherwise the claim is skipped
+    with both named, never failed or passed.
+    """
+    if claim.protocol is None:
+        return None
+    diffs = identity_mismatch(claim.protocol, measurements, claim.model, claim.metrics)
+    if not diffs:
+        return None
+    shown = "; ".join(f"{key} {recorded!r} there, {measured!r} here" for key, recorded, measured in diffs)
+    return (
+        f"{claim.key} was measured under another protocol than this run ({shown}); measure with the recorded "
+        f"protocol or, if the change is intended, {claim.regen_command()}"
+    )
+
+
 def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     """Judge one claim against one measurements dict.
 
@@ -187,7 +213,7 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     ``error`` verdict instead. A skipped or pending claim gives a ``skip`` verdict without reading
     the measurements: a golden that was never measured can never pass.
     """
-    why = pending_reason(claim) or text_set_mismatch(claim, measurements)
+    why = pending_reason(claim) or text_set_mismatch(claim, measurements) or protocol_mismatch(claim, measurements)
     if why is not None:
         return skipped_verdict(claim, why)
     assert claim.band is not None
@@ -222,12 +248,37 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     return verdict
 
 
-def verdict_for(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
-    """Like :func:`evaluate`, but a missing path becomes an ``error`` verdict naming claim and path."""
+def verdict_for(claim: Claim, measurements: Mapping[str, Any], as_pair: bool = False) -> Verdict:
+    """Like :func:`evaluate`, but a missing path becomes an ``error`` verdict naming claim and path.
+
+    ``as_pair``: the measurements are of other models than the claim's (``--as-pair``); the
+    verdict names them (:func:`measured_models_text`).
+    """
     try:
-        return evaluate(claim, measurements)
+        verdict = evaluate(claim, measurements)
     except MetricPathError as exc:
-        return _base_verdict(claim, outcome="error", reason=str(exc))
+        verdict = _base_verdict(claim, outcome="error", reason=str(exc))
+    if as_pair:
+        verdict.measured_models = measured_models_text(measurements)
+    return verdict
+
+
+def measured_models_text(measurements: Mapping[str, Any]) -> str:
+    """``rope=<model id>, drope=<model id>`` of the measured models."""
+    return ", ".join(f"{role}={ident}" for role, ident in sorted(measured_model_ids(measurements).items(), reverse=True))
+
+
+def strict_verdict(claim: Claim, verdict: Verdict) -> Verdict:
+    """Under ``--strict``: a claim of an available pair that was skipped is an ``error``, unless it
+    is a status-skip claim about a recalibrated DroPE model (:attr:`Claim.skip_is_recalibrated_only`).
+
+    Call it only for pairs whose measurements exist (an unavailable pair is ``--require-models``'s job).
+    """
+    if verdict.outcome != "skip" or claim.skip_is_recalibrated_only:
+        return verdict
+    verdict.outcome = "error"
+    verdict.reason = f"--strict: this claim was not evaluated: {verdict.reason}"
+    return verdict
 
 
 def evaluate_all(claims: Iterable[Claim], measurements: Mapping[str, Any]) -> list[Verdict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from drope_check import claims as C
+from drope_check.protocol import FAITHFUL
 from drope_check.report import atomic_write_text, judge_file, render_markdown
 
 if sys.version_info >= (3, 11):
@@ -493,7 +494,7 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
             assert new == old, key
     # comments and every line that is not a regenerable key survive, in order (the regenerable keys
     # of untouched claims are checked value by value above)
-    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ")
+    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ", "protocol = ")
     kept = [line for line in before_text.splitlines() if not line.startswith(regenerable)]
     after_lines = path.read_text().splitlines()
     assert [line for line in after_lines if line in kept] == kept
@@ -551,5 +552,7 @@ def test_golden_measured_on_another_text_set_is_skipped_not_judged() -> None:
     assert verdict.outcome == "skip"
     assert claim.texts_sha256[:12] in verdict.reason and "gensim fallback sample" in verdict.reason
     # the same text set is judged (and here fails to find the metric, proving it was read)
+    same = {"texts": {"sha256": claim.texts_sha256}, "protocol": FAITHFUL.to_dict(),
+            "models": {"rope": {"provenance": {"dtype": "float32"}}}}
     with pytest.raises(C.MetricPathError):
-        C.evaluate(claim, {"texts": {"sha256": claim.texts_sha256}, "models": {}})
+        C.evaluate(claim, same)

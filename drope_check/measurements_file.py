@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "CONSISTENCY_RTOL",
+    "OPTIONAL_FIELDS",
     "SCHEMA_VERSION",
     "VARIANTS",
     "MeasurementsFileError",
@@ -45,6 +46,29 @@ VARIANTS: dict[str, tuple[str, ...]] = {"rope": ("rope",), "drope": ("drope", "n
 #: (~1e-15); 1e-6 also admits a file whose numbers were rounded to 7 significant digits.
 CONSISTENCY_RTOL = 1e-6
 CONSISTENCY_ATOL = 1e-9
+
+
+#: Fields of a model object the schema marks optional (docs/measurements-schema.md): a source that
+#: did not measure one leaves it out, and a claim reading it is skipped as "not measured by this
+#: source" (an error only for a name that is not in the schema: a typo in a claim file).
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("role", "provenance", "n_layers", "n_heads", "layers", "heads", "scalars", "perplexity", "interventions"),
+    "layers": ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "entropy", "entropy_normalized", "anisotropy",
+               "sink_rate", "sink_rate_excl_self", "bos_mlp_write_norm", "mean_token_norm"),
+    "heads": ("sink_score", "sink_score_excl_self"),
+    "scalars": ("embedding_bos_norm", "sink_rate_average", "sink_rate_average_excl_self",
+                "bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write", "max_bos_ratio", "peak_bos_norm",
+                "peak_bos_norm_layer", "min_entropy", "min_entropy_layer", "min_entropy_normalized",
+                "min_entropy_normalized_layer", "ppl_baseline"),
+    "perplexity": ("lines", "prompts", "sliding"),
+    "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
+                      "qk_disruption:jin"),
+}
+
+
+def is_optional_field(name: str) -> bool:
+    """Whether ``name`` is a field the schema allows a source to leave out."""
+    return any(name in names for names in OPTIONAL_FIELDS.values())
 
 
 class MeasurementsFileError(ValueError):

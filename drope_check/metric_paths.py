@@ -25,10 +25,11 @@ PATH_ROOTS: tuple[str, ...] = ("rope", "drope", "root")
 class MetricPathError(LookupError):
     """A metric path is not in the measurements (or has a bad syntax); names the claim and the path."""
 
-    def __init__(self, path: str, detail: str, claim: str | None = None) -> None:
+    def __init__(self, path: str, detail: str, claim: str | None = None, missing_key: str | None = None) -> None:
         self.path = path
         self.detail = detail
         self.claim = claim
+        self.missing_key = missing_key  # the object key that is absent, when that is the problem
         prefix = f"claim {claim}: " if claim else ""
         super().__init__(f"{prefix}metric path {path!r}: {detail}")
 
@@ -166,7 +167,8 @@ def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str 
                 keys = sorted(map(str, node))
                 more = "" if len(keys) <= 25 else f" (+{len(keys) - 25} more)"
                 raise MetricPathError(
-                    parsed.text, f"no key {step[1]!r} under {shown}; available: {', '.join(keys[:25])}{more}", claim
+                    parsed.text, f"no key {step[1]!r} under {shown}; available: {', '.join(keys[:25])}{more}", claim,
+                    missing_key=str(step[1]),
                 )
             node = node[step[1]]
         else:

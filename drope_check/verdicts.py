@@ -19,6 +19,7 @@ from typing import Any
 
 from drope_check.bands import fmt
 from drope_check.claim_file import Claim, _is_number, measured_model_ids
+from drope_check.measurements_file import is_optional_field
 from drope_check.metric_paths import MetricPathError, resolve
 from drope_check.protocol_identity import identity_mismatch
 
@@ -249,7 +250,9 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
 
 
 def verdict_for(claim: Claim, measurements: Mapping[str, Any], as_pair: bool = False) -> Verdict:
-    """Like :func:`evaluate`, but a missing path becomes an ``error`` verdict naming claim and path.
+    """Like :func:`evaluate`, but a missing path becomes an ``error`` verdict naming claim and path,
+    or a ``skip`` ("not measured by this source") when the missing key is one the schema marks
+    optional (:data:`~drope_check.measurements_file.OPTIONAL_FIELDS`).
 
     ``as_pair``: the measurements are of other models than the claim's (``--as-pair``); the
     verdict names them (:func:`measured_models_text`).
@@ -257,7 +260,10 @@ def verdict_for(claim: Claim, measurements: Mapping[str, Any], as_pair: bool = F
     try:
         verdict = evaluate(claim, measurements)
     except MetricPathError as exc:
-        verdict = _base_verdict(claim, outcome="error", reason=str(exc))
+        if exc.missing_key is not None and is_optional_field(exc.missing_key):
+            verdict = skipped_verdict(claim, f"not measured by this source: {exc}")
+        else:
+            verdict = _base_verdict(claim, outcome="error", reason=str(exc))
     if as_pair:
         verdict.measured_models = measured_models_text(measurements)
     return verdict

@@ -16,6 +16,8 @@ Claim file (``expected/<pair>.toml``)
     description = "..."
     drope_variant = "drope"         # the DroPE-side variant the claims assume ("drope" | "nope-zeroshot")
     run_hint = "HF_TOKEN=... pytest claims/ --pair llama2-7b --require-models   (CUDA GPU, 24 GB)"
+    models = { rope = "meta-llama/Llama-2-7b-hf", drope = "SakanaAI/Llama-2-7b-hf-DroPE" }  # optional:
+                                    # provenance.model_id of each side; other models need --as-pair
 
     [[claim]]
     id = "sink_rate_average"        # [a-z0-9_]+; (id, model) is unique within a file
@@ -35,6 +37,9 @@ Claim file (``expected/<pair>.toml``)
     pending = true                  # golden / does-not-generalise not measured yet -> skipped, never passed
     skip_reason = "..."             # status "skip": required
     plot = { series = "bos_norm", layer = 23 }   # optional: mark this value on a per-layer plot
+    texts_sha256 = "..."            # golden / does-not-generalise: the text set it was measured on
+    protocol = { text_set = "lines", ... }  # golden / does-not-generalise: its protocol identity
+                                    # (drope_check.protocol_identity); written by --regen-expected
 
 
 Bands: :mod:`drope_check.bands`. Metric paths: :mod:`drope_check.metric_paths`.

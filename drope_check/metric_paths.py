@@ -7,6 +7,8 @@
 ``[a:b]`` (a Python half-open slice; either bound may be omitted or negative). Examples:
 ``rope:scalars.sink_rate_average``, ``drope:layers.sink_rate[1]``, ``rope:layers.sink_rate[2:-1]``
 (layers 2 .. L-2: for a 32-layer model, 2-30), ``drope:interventions.bos_mlp_ablation:argmax-ratio.ratio``.
+Claim files may not count from the end (:mod:`drope_check.claim_file` refuses ``[-1]``, ``[2:-1]``):
+with explicit indices a model with another number of layers is an error, not a reading of other layers.
 """
 
 from __future__ import annotations

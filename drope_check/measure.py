@@ -128,8 +128,8 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     valley_norm = metrics.argmin_layer(layers["entropy_normalized"])
     scalars = {
         "embedding_bos_norm": embedding_bos_norm,
-        "sink_rate_average": sum(layers["sink_rate"]) / n_layers,
-        "sink_rate_average_excl_self": sum(layers["sink_rate_excl_self"]) / n_layers,
+        "sink_rate_average": metrics.layer_mean(layers["sink_rate"]),
+        "sink_rate_average_excl_self": metrics.layer_mean(layers["sink_rate_excl_self"]),
         "bos_spike_layer_argmax_ratio": metrics.spike_layer_argmax_ratio(layers["bos_ratio"]),
         "bos_spike_layer_max_write": metrics.spike_layer_max_write(embedding_bos_norm, layers["bos_norm"]),
         "max_bos_ratio": max(layers["bos_ratio"]),

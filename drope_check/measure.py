@@ -195,6 +195,7 @@ def measure_model(
         "attention_stats_precision": precision,
         "n_sequences": len(seqs),
         "n_tokens": sum(len(s) for s in seqs),
+        "pad_to": protocol.pad_to or 0,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return result

@@ -102,7 +102,7 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
 
     Each sequence is measured on its own rows, then values are averaged over sequences. The sink
     rate of a layer is the mean over sequences of the fraction of heads whose per-sequence score
-    passes tau (upstream's 0.978125 = 5008 / (5 x 1024) is a per-prompt average).
+    passes tau (upstream's per-layer rates, multiples of 1/320 over 10 prompts, are per-prompt averages).
     """
     if not captures:
         raise ValueError("no sequences were captured")

@@ -75,7 +75,8 @@ def _as_float64(x: Tensor | Sequence[float] | float, name: str) -> Tensor:
     """Convert ``x`` to a detached float64 tensor, rejecting complex and non-numeric input."""
     if not isinstance(x, Tensor):
         try:
-            x = torch.as_tensor(x)
+            # float64 from the start: torch.as_tensor(list of floats) would make float32 and round
+            x = torch.as_tensor(x, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(
                 f"{name}: cannot convert input of type {type(x).__name__} to a tensor: {exc}"

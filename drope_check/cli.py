@@ -3,6 +3,7 @@
     drope-check measure --pair smollm2-135m --out m.json [--interventions all] [--wikitext PATH]
     drope-check measure --rope DIR_OR_ID --drope DIR_OR_ID --out m.json
     drope-check judge m.json --pair smollm2-135m [--report-dir DIR]
+    drope-check import-upstream SOURCE --out upstream.json [--era head]
     drope-check pairs
 """
 
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--strict", action="store_true",
                        help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
     judge.set_defaults(func=_judge)
+    from drope_check import upstream
+
+    imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
+    upstream.add_arguments(imported)
+    imported.set_defaults(func=upstream.run)
     pairs = sub.add_parser("pairs", help="list registered pairs and whether they can be loaded here")
     pairs.set_defaults(func=_pairs)
     return parser

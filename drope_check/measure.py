@@ -102,7 +102,7 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
 
     Each sequence is measured on its own rows, then values are averaged over sequences. The sink
     rate of a layer is the mean over sequences of the fraction of heads whose per-sequence score
-    passes tau (upstream's 0.978125 = 5008 / (5 x 1024) is a per-prompt average).
+    passes tau (upstream's per-layer rates, multiples of 1/320 over 10 prompts, are per-prompt averages).
     """
     if not captures:
         raise ValueError("no sequences were captured")
@@ -128,8 +128,8 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     valley_norm = metrics.argmin_layer(layers["entropy_normalized"])
     scalars = {
         "embedding_bos_norm": embedding_bos_norm,
-        "sink_rate_average": sum(layers["sink_rate"]) / n_layers,
-        "sink_rate_average_excl_self": sum(layers["sink_rate_excl_self"]) / n_layers,
+        "sink_rate_average": metrics.layer_mean(layers["sink_rate"]),
+        "sink_rate_average_excl_self": metrics.layer_mean(layers["sink_rate_excl_self"]),
         "bos_spike_layer_argmax_ratio": metrics.spike_layer_argmax_ratio(layers["bos_ratio"]),
         "bos_spike_layer_max_write": metrics.spike_layer_max_write(embedding_bos_norm, layers["bos_norm"]),
         "max_bos_ratio": max(layers["bos_ratio"]),
@@ -195,6 +195,7 @@ def measure_model(
         "attention_stats_precision": precision,
         "n_sequences": len(seqs),
         "n_tokens": sum(len(s) for s in seqs),
+        "pad_to": protocol.pad_to or 0,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return result

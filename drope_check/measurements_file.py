@@ -55,6 +55,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "model": ("role", "provenance", "n_layers", "n_heads", "layers", "heads", "scalars", "perplexity", "interventions"),
     "layers": ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "entropy", "entropy_normalized", "anisotropy",
                "sink_rate", "sink_rate_excl_self", "bos_mlp_write_norm", "mean_token_norm"),
+    "provenance": ("pad_to",),
     "heads": ("sink_score", "sink_score_excl_self"),
     "scalars": ("embedding_bos_norm", "sink_rate_average", "sink_rate_average_excl_self",
                 "bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write", "max_bos_ratio", "peak_bos_norm",

@@ -322,15 +322,20 @@ def test_check_measurements_refuses_other_pair_or_variant() -> None:
         C.check_measurements(cs, other)
 
 
-def test_verdict_for_turns_missing_optional_field_into_skip_naming_the_path() -> None:
-    """A source that did not measure an optional field skips the claim (never passes it); the
-    reason names the claim and the path. A key the schema does not know is an error instead
-    (tests/test_verdicts.py)."""
+def test_verdict_for_turns_missing_path_into_error() -> None:
+    """A key the schema does not know is an error (a typo in a claim file); an optional schema field
+    the measurements lack is a skip, "not measured by this source"."""
+    import dataclasses
+
     cs = C.load_claims("llama2-7b", REPO_EXPECTED)
-    verdict = C.verdict_for(cs.get("sink_rate_average", "rope"), {"schema_version": 1, "models": {"rope": {"scalars": {}}}})
-    assert verdict.outcome == "skip"
-    assert "not measured by this source" in verdict.reason
-    assert "sink_rate_average[llama2-7b:rope]" in verdict.reason and "rope:scalars.sink_rate_average" in verdict.reason
+    claim = cs.get("sink_rate_average", "rope")
+    data = {"schema_version": 1, "models": {"rope": {"scalars": {}}}}
+    typo = dataclasses.replace(claim, metrics=("rope:scalars.sink_rate_avg",))
+    verdict = C.verdict_for(typo, data)
+    assert verdict.outcome == "error"
+    assert "sink_rate_average[llama2-7b:rope]" in verdict.reason and "rope:scalars.sink_rate_avg" in verdict.reason
+    verdict = C.verdict_for(claim, data)
+    assert verdict.outcome == "skip" and "not measured by this source" in verdict.reason
 
 
 # ----------------------------------------------------------------------------------------------

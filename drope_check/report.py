@@ -33,6 +33,7 @@ from drope_check.claims import (
     load_claims,
     verdict_for,
 )
+from drope_check.file_mode import output_mode
 
 __all__ = [
     "OUTCOMES",
@@ -75,6 +76,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, output_mode(target))  # mkstemp's 0600 would replace the file's own mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

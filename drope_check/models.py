@@ -294,7 +294,9 @@ def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: 
     if token is not None:
         tid = tokenizer.convert_tokens_to_ids(token)
         if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-            raise ModelLoadError(f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows")
+            raise ModelLoadError(
+                f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows (--{what}-token for a custom pair)"
+            )
         return int(tid)
     tid = getattr(tokenizer, f"{what}_token_id", None)
     if tid is None:

@@ -637,7 +637,10 @@ def _load_hub_or_dir(
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"{spec.describe()}: loading failed ({type(exc).__name__}: {exc})") from exc
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(
+            f"{spec.describe()}: loading failed ({type(exc).__name__}: {first_line}); rerun with --debug for the details"
+        ) from exc
     if qconfig is None:
         model = model.to(device)
     local = Path(spec.source)

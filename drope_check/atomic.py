@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from drope_check.file_mode import output_mode
+
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
@@ -21,6 +23,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, output_mode(target))  # mkstemp's 0600 would replace the file's own mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from drope_check import __version__, metrics
+from drope_check import __version__, metrics, preflight
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
@@ -251,6 +251,13 @@ def measure_pair(
     protocol = protocol or FAITHFUL
     options = options or MeasureOptions()
     which = resolve_interventions(interventions)
+    # Every input that can be checked without weights is checked before the first model loads: a
+    # bad DroPE source must not cost a RoPE measurement first.
+    preflight.check_text_source(options.wikitext)
+    preflight.check_pair(
+        spec, device=options.device, dtype=options.dtype, quantization=options.quantization,
+        trust_remote_code=options.trust_remote_code,
+    )
     texts = load_texts(protocol, options)
     models: dict[str, Any] = {}
     token_info: dict[str, Any] = {}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 from drope_check.atomic import atomic_write_json

@@ -17,7 +17,7 @@ import torch
 from test_models import make_checkpoint, make_qwen2_drope_checkpoint, rewrite_checkpoint
 
 import drope_check.measure
-from drope_check import cli, report
+from drope_check import atomic, cli, report
 from drope_check.models import custom_pair
 from drope_check.texts import ENV_WIKITEXT
 
@@ -345,11 +345,10 @@ def test_ctrl_c_while_writing_leaves_the_old_file_and_no_partial_one(tmp_path, m
     out = tmp_path / "m.json"
     out.write_text('{"old": true}\n')
 
-    def interrupted_dump(obj, fh, **_kwargs):
-        fh.write('{"half": ')
+    def interrupted_fsync(_fd):  # the new bytes are in the temporary file, not yet renamed over
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.json, "dump", interrupted_dump)
+    monkeypatch.setattr(atomic.os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
         cli.write_json_atomic(out, {"new": True})
     assert out.read_text() == '{"old": true}\n'

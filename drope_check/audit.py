@@ -532,3 +532,82 @@ def report_section(report_dir: str | Path) -> list[str]:
             out.append(f"| {_md(row['key'])} | {_md(row['robustness']['verdict'])} | {_md(row['robustness']['text'])} |")
         out.append("")
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# command line: `drope-check audit`
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``drope-check audit`` on the CLI's subparsers (cli.py calls this)."""
+    parser = sub.add_parser("audit", help="re-judge every claim of a pair under each protocol variant (confound audit)")
+    parser.add_argument("--pair", default="smollm2-135m", help="registered pair with an expected/<pair>.toml")
+    parser.add_argument("--out-dir", type=Path, default=Path("audit"), help="where audit.md, audit.json, the heatmap go")
+    parser.add_argument("--variants", default=None,
+                        help="comma list (default: all; suite is always included); see README 'Confound audit'")
+    parser.add_argument("--n-texts", type=int, default=FAITHFUL.n_texts,
+                        help="texts of every variant (recorded in each protocol; goldens assume the default)")
+    parser.add_argument("--wikitext", default=None, help="local WikiText-2 raw test file; env DROPE_CHECK_WIKITEXT")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=cli_audit)
+
+
+def cli_audit(args: Any) -> int:
+    """``drope-check audit``: user errors (unknown pair or variant, bad --n-texts) exit 2 before any weights load."""
+    from drope_check.measure import MeasureOptions
+    from drope_check.models import get_pair
+
+    try:
+        get_pair(args.pair)
+        claim_set = claims.load_claims(args.pair)
+        get_variants(args.variants)
+        base = FAITHFUL.replace(n_texts=args.n_texts)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"drope-check audit: {message}", file=sys.stderr)
+        return 2
+    options = MeasureOptions(wikitext=args.wikitext, device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    start = time.perf_counter()
+    result = run_audit(args.pair, args.variants, options=options, base=base, claim_set=claim_set,
+                       progress=not args.no_progress)
+    write_audit(result, args.out_dir)
+    s = result["audit"]["summary"]
+    print(f"audit of {args.pair}: {len(result['audit']['claims'])} claims x {len(result['audit']['variants'])} variants "
+          f"in {time.perf_counter() - start:.0f} s; {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} "
+          f"{s[UPSTREAM_ONLY]}, {NOT_EVALUATED} {s[NOT_EVALUATED]}; {args.out_dir / 'audit.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# pytest claims/ --audit
+
+
+def audit_session(config: Any, state: Any, pairs: Sequence[str], report_dir: str | None, options: Any,
+                  pair_available: Callable[[str], tuple[bool, str]]) -> list[str]:
+    """Run the audit of every available pair of a pytest session; returns lines for the terminal summary.
+
+    Writes ``<report_dir>/audit/<pair>/`` (``./audit/<pair>/`` without ``--claims-report``), where
+    the claims report finds it. A pair that is not available here is listed as not audited.
+    """
+    root = Path(report_dir) if report_dir else Path(".")
+    if not root.is_absolute():
+        root = Path(str(config.invocation_params.dir)) / root
+    lines = []
+    for pair in pairs:
+        ok, reason = pair_available(pair)
+        if not ok:
+            lines.append(f"audit of {pair}: not run ({reason})")
+            continue
+        out = root / "audit" / pair
+        try:
+            result = run_audit(pair, source=default_source(pair, options), claim_set=state.claim_set(pair), progress=True)
+        except AuditError as exc:
+            lines.append(f"audit failed: {pair}: {exc}")
+            continue
+        write_audit(result, out)
+        s = result["audit"]["summary"]
+        lines.append(f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
+                     f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {out / 'audit.md'}")
+    return lines

@@ -4,6 +4,7 @@
     drope-check measure --rope DIR_OR_ID --drope DIR_OR_ID --out m.json
     drope-check judge m.json --pair smollm2-135m [--report-dir DIR]
     drope-check pairs
+    drope-check audit --pair smollm2-135m --out-dir audit [--variants a,b,...]
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     judge.set_defaults(func=_judge)
     pairs = sub.add_parser("pairs", help="list registered pairs and whether they can be loaded here")
     pairs.set_defaults(func=_pairs)
+    from drope_check.audit import add_cli as add_audit_cli
+
+    add_audit_cli(sub)
     return parser
 
 

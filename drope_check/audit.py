@@ -184,7 +184,8 @@ def robustness(claim: Any, cells: Mapping[str, Mapping[str, Any]], variants: Map
     if suite.get("value") is None:
         return {"verdict": NOT_EVALUATED, "variants": [],
                 "text": f"no suite value: {suite.get('error') or suite.get('note') or 'not measured'}"}
-    judged = {n: c for n, c in cells.items() if c.get("value") is not None}
+    order = [n for n in variants if n in cells] + [n for n in cells if n not in variants]
+    judged = {n: cells[n] for n in order if cells[n].get("value") is not None}
     unjudged = sorted(n for n, c in cells.items() if c.get("value") is None and not c.get("skipped"))
     tail = f" (no value under {', '.join(unjudged)})" if unjudged else ""
     if claim.status == "golden":
@@ -346,7 +347,7 @@ def run_audit(
         rows.append({
             "key": claim.key, "id": claim.id, "model": claim.model, "family": claim.family, "status": claim.status,
             "sentence": claim.sentence, "expected": _json(claim.value), "band": claim.band_text(),
-            "kind": "golden" if claim.status == "golden" else ("verdict" if evaluated(claim) else "not evaluated"),
+            "kind": "not evaluated" if not evaluated(claim) else ("golden" if claim.status == "golden" else "verdict"),
             "cells": cells, "robustness": robustness(claim, cells, {v.name: v for v in variants}),
         })
     audit = {

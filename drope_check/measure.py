@@ -107,7 +107,6 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     """
     if not captures:
         raise ValueError("no sequences were captured")
-    n_layers = len(captures[0].attn_to_bos)
     layers: dict[str, list[float]] = {
         stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in LAYER_STATS
     }

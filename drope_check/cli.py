@@ -5,6 +5,7 @@
     drope-check judge m.json --pair smollm2-135m [--report-dir DIR]
     drope-check import-upstream SOURCE --out upstream.json [--era head]
     drope-check pairs
+    drope-check audit --pair smollm2-135m --out-dir audit [--variants a,b,...]
 
 A user error (a bad path or option value) exits 2 with one sentence on stderr; add --debug for the
 traceback. Ctrl-C exits 130 and never leaves a half-written file.
@@ -198,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from drope_check.audit import add_cli as add_audit_cli
+
+    add_audit_cli(sub)
     return parser
 
 

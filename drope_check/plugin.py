@@ -19,6 +19,7 @@ run with a tolerance report. Options:
                        model") is an ERROR: a run that checked nothing is never green.
 ``--as-pair``          judge ``--measurements`` of other models than the pair's (refused otherwise);
                        every verdict then names the measured models.
+``--audit``            also run the confound audit of each available pair (``drope_check.audit``).
 ``--expected-dir DIR`` where the claim files live (default: ``expected/`` under the rootdir, else the
                        repository's).
 ``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``
@@ -258,6 +259,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drope-quantization", dest="drope_quantization", default=None,
                     choices=("nf4", "nf4-double", "fp4"),
                     help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)")
+    group.addoption("--audit", action="store_true", dest="drope_audit", default=False,
+                    help="also run the confound audit of each available pair (drope_check.audit): audit/<pair>/ "
+                    "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report")
     group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
                     help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
 
@@ -309,6 +313,7 @@ class _Aggregator:
         self.state = state
         self.regenerated: list[str] | None = None
         self.report_dir: Path | None = None
+        self.audit_lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller this sees every worker's reports, with their user properties."""
@@ -334,6 +339,13 @@ class _Aggregator:
         if self.state.regen:
             self.regenerated = _write_regen(self.state, verdicts)
         out = config.getoption("drope_claims_report")
+        if config.getoption("drope_audit"):
+            from drope_check.audit import audit_session
+
+            self.audit_lines = audit_session(config, self.state, sorted({v["pair"] for v in verdicts}), out,
+                                             _measure_options(config), _pair_available)
+            if any(line.startswith("audit failed") for line in self.audit_lines):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:
             from drope_check.report import build_report, plot_marks, write_report
 
@@ -370,6 +382,8 @@ class _Aggregator:
                 f"--regen-expected: rewrote {len(self.regenerated)} measured value(s): "
                 f"{', '.join(self.regenerated) or 'none'}"
             )
+        for line in self.audit_lines:
+            terminalreporter.write_line(line)
         if self.report_dir is not None:
             terminalreporter.write_line(f"claims report: {self.report_dir / 'claims-report.md'}")
 
@@ -390,7 +404,10 @@ def drope_measure_options(request: pytest.FixtureRequest) -> Any:
     """Options passed to ``measure_pair``: a ``drope_check.measure.MeasureOptions`` built from
     ``--drope-device`` / ``--drope-dtype`` / ``--drope-quantization`` / ``--drope-wikitext``, or None
     (the engine's defaults) when none is given. A conftest may override this fixture."""
-    config = request.config
+    return _measure_options(request.config)
+
+
+def _measure_options(config: pytest.Config) -> Any:
     chosen = {
         "device": config.getoption("drope_device"),
         "dtype": config.getoption("drope_dtype"),

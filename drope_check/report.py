@@ -375,7 +375,10 @@ def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = T
     plot_files = write_plots(doc, folder) if plots else {}
     paths = [folder / f for files in plot_files.values() for f in files]
     paths.append(atomic_write_text(folder / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"))
-    paths.append(atomic_write_text(folder / "claims-report.md", render_markdown(doc, plot_files)))
+    from drope_check.audit import report_section  # an audit.json next to the report: robustness per claim
+
+    markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
+    paths.append(atomic_write_text(folder / "claims-report.md", markdown))
     return paths
 
 

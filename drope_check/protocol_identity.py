@@ -114,16 +114,36 @@ def measurement_identity(measurements: Mapping[str, Any], roles: Iterable[str] =
     return {
         "text_set": get("text_set"),
         "n_texts": get("n_texts"),
-        "max_tokens": get("max_tokens"),
+        "max_tokens": _max_tokens(protocol, get("max_tokens")),
         "padding": _padding(protocol),
         "dtype": _model_dtype(measurements, roles),
         "attention_source": get("attention_source"),
         "stats_dtype": get("stats_dtype"),
         "sink_tau": get("sink_tau"),
         "sink_strict": get("sink_strict"),
-        # the suite's sink fields include t = 0 (the *_excl_self ones never do); a source may say otherwise
-        "sink_t0": protocol.get("sink_t0", "included" if "sink_tau" in protocol else UNKNOWN),
+        "sink_t0": _sink_t0(protocol),
     }
+
+
+def _max_tokens(protocol: Mapping[str, Any], max_tokens: Any) -> Any:
+    """``max_tokens``, or the short-prompt cut when ``Protocol.prompt_tokens`` shortened every sequence
+    (the confound audit's ``short-prompts``): a different length, never equal to a recorded cap."""
+    prompt_tokens = protocol.get("prompt_tokens")
+    if prompt_tokens is None:
+        return max_tokens
+    lo, hi = prompt_tokens
+    return f"short prompts: BOS + {lo}-{hi} tokens"
+
+
+def _sink_t0(protocol: Mapping[str, Any]) -> str:
+    """Whether the sink fields count the query at t = 0. The suite's ``sink_rate`` / ``sink_score`` /
+    ``sink_rate_average`` include it unless ``Protocol.sink_self_term`` is false (the ``*_excl_self``
+    fields never do); a source may state ``sink_t0`` itself."""
+    if protocol.get("sink_self_term") is False:
+        return "excluded"
+    if "sink_t0" in protocol:
+        return protocol["sink_t0"]
+    return "included" if "sink_tau" in protocol else UNKNOWN
 
 
 def identity_for_claim(measurements: Mapping[str, Any], model: str, metrics: Iterable[str]) -> dict[str, Any]:

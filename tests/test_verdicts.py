@@ -129,6 +129,22 @@ def test_a_golden_is_skipped_under_another_protocol_naming_both() -> None:
     assert "max_tokens 512 there, 256 here" in C.verdict_for(ppl, data).reason
 
 
+@pytest.mark.parametrize(("change", "field", "text"), [
+    ({"sink_self_term": False}, "sink_t0", "sink_t0 'included' there, 'excluded' here"),
+    ({"prompt_tokens": [6, 12]}, "max_tokens", "max_tokens 512 there, 'short prompts: BOS + 6-12 tokens' here"),
+])
+def test_audit_variants_protocol_fields_enter_the_identity(change: dict[str, Any], field: str, text: str) -> None:
+    """The confound audit's self-excluded and short-prompts variants change the numbers a golden
+    holds: a measurement under either is never judged against the suite's goldens."""
+    cs = C.load_claims("smollm2-135m", REPO_EXPECTED)
+    data = smollm_measurement()
+    sink = cs.get("sink_rate_average", "rope")
+    assert C.verdict_for(sink, data).outcome == "pass"
+    data["protocol"].update(change)
+    verdict = C.verdict_for(sink, data)
+    assert verdict.outcome == "skip" and text in verdict.reason, verdict.reason
+
+
 def test_a_measurement_that_cannot_state_its_protocol_is_not_judged_against_goldens() -> None:
     cs = C.load_claims("smollm2-135m", REPO_EXPECTED)
     data = smollm_measurement()

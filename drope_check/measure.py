@@ -93,7 +93,10 @@ def run_capture(
                 captures[index] = caps[row]
                 nll[index] = (float(sums[row]), int(counts[row]))
     n_calls = len(batches) * capture.n_layers
-    precision = f"{protocol.stats_dtype}: {capture.layers_in_float64} of {n_calls} layer passes in float64, the rest float32"
+    precision = (
+        f"{protocol.stats_dtype}: {capture.layers_in_float64} of {n_calls} layer passes in float64, "
+        f"{capture.layers_from_kernel} from the SDPA kernel's float32 log-sum-exp, the rest float32"
+    )
     return captures, nll, precision  # type: ignore[return-value]
 
 

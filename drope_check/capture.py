@@ -73,6 +73,16 @@ LAYER_STATS = (
 )
 
 
+#: Residual statistics known inside the forward (:func:`drope_check.metrics.residual_moments`) and
+#: those from the spectrum, solved in batches after it (:meth:`OnePassCapture._finish_spectra`).
+MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
+SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
+
+#: Pending Gram matrices (float64) kept before their eigenproblems are solved as one batch:
+#: 64 MiB = 32 sequences x layers at n = 512.
+GRAM_BUFFER_BYTES = 64 << 20
+
+
 class CaptureError(RuntimeError):
     """A captured quantity was non-finite or inconsistent; the message names model, layer, quantity."""
 
@@ -184,6 +194,8 @@ class OnePassCapture:
         self._rows: list[int] = []
         self._seqs: list[SequenceCapture] = []
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
+        self._pending: list[tuple[SequenceCapture, metrics.ResidualMoments]] = []
+        self._pending_bytes = 0
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -197,25 +209,34 @@ class OnePassCapture:
         def hook(_m: nn.Module, _i: tuple, out) -> None:
             hidden = out[0] if isinstance(out, tuple) else out
             for row, seq in enumerate(self._seqs):
-                x = hidden[row, : seq.n_rows].detach().to(torch.float64)
-                _check_finite(x, self.model_name, layer, "residual", row)
-                norms = metrics.token_norms(x)
-                c, alpha = metrics.queipo_c_alpha(x)
-                ent = metrics.matrix_entropy(x)
-                values = {
-                    "bos_norm": float(norms[0]),
-                    "bos_ratio": metrics.bos_ratio_from_norms(norms),
-                    "queipo_c": c,
-                    "queipo_alpha": alpha,
-                    "entropy": ent.entropy,
-                    "entropy_normalized": ent.entropy_normalized,
-                    "anisotropy": ent.anisotropy,
-                    "mean_token_norm": float(norms.mean()),
-                }
-                for name, value in values.items():
-                    seq.layers.setdefault(name, []).append(value)
+                x = hidden[row, : seq.n_rows].detach()
+                try:
+                    moments = metrics.residual_moments(x, name="residual")
+                except ValueError as exc:
+                    what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
+                    raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
+                for name in MOMENT_STATS:
+                    seq.layers.setdefault(name, []).append(getattr(moments, name))
+                self._pending.append((seq, moments))
+                self._pending_bytes += moments.gram.nbytes
+            if self._pending_bytes > GRAM_BUFFER_BYTES:
+                self._finish_spectra()
 
         return hook
+
+    def _finish_spectra(self) -> None:
+        """Solve the pending eigenproblems in one batch (off the per-layer path, all cores) and
+        append each sequence's spectrum statistics in layer order."""
+        if not self._pending:
+            return
+        summaries = metrics.residual_summaries(
+            [], workers=max(1, torch.get_num_threads()), moments=[m for _, m in self._pending]
+        )
+        for (seq, _), summary in zip(self._pending, summaries, strict=True):
+            for name in SPECTRUM_STATS:
+                seq.layers.setdefault(name, []).append(getattr(summary, name))
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def _mlp_hook(self, layer: int):
         def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
@@ -280,6 +301,8 @@ class OnePassCapture:
             raise CaptureError(f"{self.model_name}: every sequence needs >= 2 tokens, got row lengths {rows}")
         self._seqs = [SequenceCapture(n_rows=r, attn_to_bos=[None] * self.n_layers) for r in rows]  # type: ignore[list-item]
         self._projections.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
             handles.append(self.model.model.embed_tokens.register_forward_hook(self._embedding_hook))
@@ -290,11 +313,14 @@ class OnePassCapture:
                 for idx, attn in enumerate(attention_modules(self.model)):
                     handles.append(attn.q_proj.register_forward_hook(self._projection_hook(idx, "q"), prepend=True))
                     handles.append(attn.k_proj.register_forward_hook(self._projection_hook(idx, "k"), prepend=True))
-            with observe_attention(self.model, self._observer):
+            with metrics.single_threaded_blas(), observe_attention(self.model, self._observer):
                 yield self._seqs
+                self._finish_spectra()
             for seq in self._seqs:
                 seq.check_complete(self.n_layers, self.model_name)
         finally:
             for handle in handles:
                 handle.remove()
             self._projections.clear()
+            self._pending.clear()
+            self._pending_bytes = 0

@@ -146,6 +146,22 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     return {"layers": layers, "heads": heads, "scalars": scalars}
 
 
+def baseline_perplexity(nll: Sequence[tuple[float, int]]):
+    """The ``lines``-protocol baseline (:class:`~drope_check.perplexity.PerplexityResult`) from the
+    per-sequence (NLL sum, predicted tokens) of the capture pass: no second forward."""
+    from drope_check.perplexity import PerplexityResult
+
+    nll_sum = sum(s for s, _ in nll)
+    n_predicted = sum(n for _, n in nll)
+    return PerplexityResult(
+        protocol="lines",
+        ppl=float(torch.exp(torch.tensor(nll_sum / n_predicted, dtype=torch.float64))),
+        nll_sum=nll_sum,
+        n_predicted=n_predicted,
+        per_sequence=list(nll),
+    )
+
+
 def measure_model(
     loaded: LoadedModel,
     seqs: list[list[int]],
@@ -154,20 +170,10 @@ def measure_model(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The measurements of one loaded model (the ``<model>`` object of the schema)."""
-    from drope_check.perplexity import PerplexityResult
-
     start = time.perf_counter()
     captures, nll, precision = run_capture(loaded, seqs, protocol, progress)
     summary = summarise(captures, protocol)
-    nll_sum = sum(s for s, _ in nll)
-    n_predicted = sum(n for _, n in nll)
-    baseline = PerplexityResult(
-        protocol="lines",
-        ppl=float(torch.exp(torch.tensor(nll_sum / n_predicted, dtype=torch.float64))),
-        nll_sum=nll_sum,
-        n_predicted=n_predicted,
-        per_sequence=list(nll),
-    )
+    baseline = baseline_perplexity(nll)
     summary["scalars"]["ppl_baseline"] = baseline.ppl
     result: dict[str, Any] = {
         "role": loaded.spec.role,

@@ -319,14 +319,15 @@ def single_threaded_blas() -> Iterator[None]:
 class ResidualMoments:
     """Everything :func:`residual_summary` reports except the spectrum, plus the float64 Gram
     matrix whose eigenvalues are the squared singular values (``X X^T`` when ``T <= d``, else
-    ``X^T X``; numpy ``[n, n]``, ``n = min(T, d)``)."""
+    ``X^T X``; ``[n, n]``, ``n = min(T, d)``: a numpy array for CPU input, a tensor on the input's
+    device otherwise)."""
 
     bos_norm: float
     bos_ratio: float
     queipo_c: float
     queipo_alpha: float
     mean_token_norm: float
-    gram: np.ndarray
+    gram: np.ndarray | Tensor
 
 
 @dataclass(frozen=True)
@@ -374,9 +375,11 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     if x64.device.type == "cpu":
         a = x64.numpy()
         gram = a @ a.T if t <= d else a.T @ a  # numpy recognises a @ a.T: one symmetric rank-k update
-    else:  # the Gram on the device, only the small [n, n] matrix travels
-        gram = (x64 @ x64.T if t <= d else x64.T @ x64).cpu().numpy()
-    if not np.isfinite(gram).all():
+        finite = bool(np.isfinite(gram).all())
+    else:  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
+        gram = x64 @ x64.T if t <= d else x64.T @ x64
+        finite = bool(torch.isfinite(gram).all())
+    if not finite:
         raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
     return ResidualMoments(
         bos_norm=float(norms[0]),
@@ -388,15 +391,19 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     )
 
 
-def _eigvalsh_stack(grams: Sequence[np.ndarray]) -> list[np.ndarray]:
-    return [np.linalg.eigvalsh(g) for g in grams]
+def _eigvalsh_stack(grams: Sequence[np.ndarray | Tensor]) -> list[np.ndarray]:
+    return [
+        np.linalg.eigvalsh(g) if isinstance(g, np.ndarray) else torch.linalg.eigvalsh(g).cpu().numpy() for g in grams
+    ]
 
 
-def gram_entropies(grams: Sequence[np.ndarray], workers: int = 1) -> list[SpectrumEntropy]:
+def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:
     """:func:`spectrum_entropy` of the eigenvalues (= squared singular values, clamped at 0) of
-    each Gram matrix, in float64 (LAPACK ``syevd`` through numpy), ``workers`` threads at a time
-    (numpy releases the GIL in LAPACK; the matrices are independent)."""
-    if workers > 1 and len(grams) > 1:
+    each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, ``workers``
+    threads at a time (numpy releases the GIL in LAPACK; the matrices are independent), and
+    ``torch.linalg.eigvalsh`` on the device for device tensors."""
+    on_cpu = [g for g in grams if isinstance(g, np.ndarray)]
+    if workers > 1 and len(on_cpu) > 1 and len(on_cpu) == len(grams):
         parts = [grams[i::workers] for i in range(workers)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             solved = list(pool.map(_eigvalsh_stack, parts))

@@ -275,9 +275,80 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+#: Environment variable naming drope_check's cache directory (default: the user cache dir).
+CACHE_ENV = "DROPE_CHECK_CACHE_DIR"
+
+#: Bump when the layout of a cached dequantised model changes (old entries are then ignored).
+DEQUANT_CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """drope_check's cache directory: ``$DROPE_CHECK_CACHE_DIR``, else the platform's user cache
+    dir (``platformdirs``; on Linux ``$XDG_CACHE_HOME/drope_check`` or ``~/.cache/drope_check``)."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given).expanduser()
+    try:
+        import platformdirs
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "drope_check"
+    return Path(platformdirs.user_cache_dir("drope_check"))
+
+
+def dequantized_cache_path(gguf_sha256: str) -> Path:
+    """Where the dequantised float32 copy of the GGUF with this sha256 is kept (a folder with
+    ``model.safetensors``, ``config.json`` and the tokenizer files)."""
+    return cache_dir() / "dequantized" / f"{gguf_sha256}-v{DEQUANT_CACHE_FORMAT}"
+
+
+def _dequantize_gguf(path: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, gguf_sha256: str) -> None:
+    """Save to a temporary sibling folder, then rename it into place: a reader never sees a
+    half-written entry, and of two processes writing at once the second simply drops its copy."""
+    import tempfile
+
+    import transformers
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        # save_pretrained refuses a model loaded from GGUF ("not serializable"); its weights are
+        # plain float32 tensors after dequantisation, so write them and a config without the
+        # GGUF loading details directly (shared tensors, e.g. tied embeddings, stored once).
+        from safetensors.torch import save_model
+
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        manifest = {"gguf_sha256": gguf_sha256, "format": DEQUANT_CACHE_FORMAT, "transformers": transformers.__version__}
+        (tmp / "drope_check_cache.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "drope_check_cache.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @functools.lru_cache(maxsize=1)
-def _embedded_base() -> tuple[nn.Module, Any, str]:
-    """Load (dequantise) the embedded GGUF once per process; callers get deep copies."""
+def _embedded_base() -> tuple[nn.Module, Any, str, str]:
+    """Load the embedded GGUF once per process (callers get deep copies), dequantised once per
+    machine: the float32 weights are kept as safetensors in :func:`dequantized_cache_path`, keyed by
+    the GGUF's sha256. Returns (model, tokenizer, GGUF sha256, where the weights came from)."""
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
@@ -285,9 +356,20 @@ def _embedded_base() -> tuple[nn.Module, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return model.eval(), tokenizer, file_sha256(path)
+    sha = file_sha256(path)
+    cached = dequantized_cache_path(sha)
+    if (cached / "drope_check_cache.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(cached))
+        model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
+        return model.eval(), tokenizer, sha, f"dequantised cache {cached}"
+    model, tokenizer = _dequantize_gguf(path)
+    origin = f"dequantised from {path.name} in this process"
+    try:
+        _write_dequantized_cache(model, tokenizer, cached, sha)
+        origin += f" (cached to {cached})"
+    except OSError as exc:  # a read-only or full cache dir costs time, never the measurement
+        origin += f" (not cached: {exc})"
+    return model.eval(), tokenizer, sha, origin
 
 
 def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
@@ -557,13 +639,14 @@ def load_model(
     provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
 
     if spec.source == "embedded":
-        base, tokenizer, sha = _embedded_base()
+        base, tokenizer, sha, origin = _embedded_base()
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         if spec.variant != "rope":
             apply_identity_rotation(model)
         provenance.update(
             model_id=f"HuggingFaceTB/SmolLM2-135M-Instruct ({EMBEDDED_GGUF}, dequantised)",
             weights_sha256=sha,
+            weights_loaded_from=origin,
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:

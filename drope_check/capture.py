@@ -261,9 +261,12 @@ class OnePassCapture:
         if self.protocol.attention_source == "projections":
             # Upstream's "manual Q/K": raw projection outputs, no rotary step (not what the kernel used).
             b, t = query.shape[0], query.shape[2]
-            query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
-            key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
-            from_kernel = False
+            raw_query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
+            raw_key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
+            # The kernel's log-sum-exp belongs to the q/k it attended with; it serves the raw projections
+            # only where they are those very tensors (an identity rotation and no QK-norm).
+            from_kernel = from_kernel and torch.equal(raw_query, query) and torch.equal(raw_key, key)
+            query, key = raw_query, raw_key
         fp16_eager = self.protocol.stats_dtype == "fp16-eager"  # upstream's confound: NaN heads kept
         if fp16_eager:
             weights = attention_to_position0_fp16_eager(query, key, call.allowed(), scaling)

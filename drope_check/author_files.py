@@ -46,6 +46,7 @@ __all__ = [
     "AuthorFilesBroken",
     "AuthorFilesUnavailable",
     "author_files_measurements",
+    "author_files_skip",
     "author_files_verdict",
     "is_author_files_import",
     "locate_upstream",
@@ -167,8 +168,12 @@ def _base(claim: Claim, verdict: Verdict, provs: Sequence[Mapping[str, Any] | No
     return verdict
 
 
-def _skip(claim: Claim, reason: str, outcome: str = "skip") -> Verdict:
+def author_files_skip(claim: Claim, reason: str, outcome: str = "skip") -> Verdict:
+    """A verdict of the author-files source that was not evaluated (no copy found, a broken copy)."""
     return _base(claim, skipped_verdict(claim, reason, outcome=outcome))
+
+
+_skip = author_files_skip
 
 
 def _nearest(claim: Claim, measurements: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:

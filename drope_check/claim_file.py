@@ -174,10 +174,10 @@ class Claim:
         return ("suite",)
 
     def source_key(self, source: str) -> str:
-        """The test id of the claim under ``source``: ``sink_rate_average[llama2-7b:rope:author-files]``.
-
-        A claim without an evidence table has the one source ``suite`` and keeps :attr:`key`."""
-        if self.author_files is None:
+        """The test id of the claim under ``source``: :attr:`key` for this suite's measurement
+        (``sink_rate_average[llama2-7b:rope]``), the key with the source named for any other
+        (``sink_rate_average[llama2-7b:rope:author-files]``)."""
+        if source == "suite":
             return self.key
         return f"{self.id}[{self.pair}:{self.model}:{source}]"
 
@@ -211,7 +211,9 @@ class Claim:
 
     def rerun_command(self, source: str | None = None) -> str:
         """The command that reruns this claim (under ``source``, for a claim with several)."""
-        only = f" and {source}" if source is not None and self.author_files is not None else ""
+        only = ""
+        if source is not None and self.author_files is not None and self.author_files.has_test:
+            only = " and not author-files" if source == "suite" else f" and {source}"
         return f'pytest claims/ --pair {self.pair} -k "{self.id} and {self.pair} and {self.model}{only}"'
 
 

@@ -190,6 +190,8 @@ def _cell(text: Any) -> str:
 def _outcome_text(v: Mapping[str, Any]) -> str:
     """The verdict label; under ``--as-pair`` it names the models actually measured."""
     label = OUTCOME_LABEL.get(v["outcome"], v["outcome"])
+    if v["outcome"] in ("xfail", "xpass") and v.get("source", "suite") != "suite":
+        label = "contradicted by the author's files (xfail)" if v["outcome"] == "xfail" else label
     if v.get("measured_models"):
         label += f" (measured on {v['measured_models']})"
     return label
@@ -292,7 +294,9 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
     listing("Prose only", ("prose-only",),
             "Findings: no committed result of the report's author holds these numbers; the nearest committed "
             "numbers, with their commits and protocols.")
-    out.extend(render_skip_groups(skip_groups(verdicts)))
+    groups = skip_groups(verdicts)
+    out.extend(render_skip_groups(groups))
+    group_of = {key: g.label for g in groups for key in g.keys}
 
     out += ["## Claims", ""]
     for v in verdicts:
@@ -315,7 +319,9 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             out.append(f"- measured how: {v['measured_how']}")
         if v.get("recorded") is not None:
             out.append(f"- recorded measurement on this pair: {fmt(v['recorded'])}")
-        if v.get("reason"):
+        if v["key"] in group_of:  # the reason is listed once, under "Skipped claims"
+            out.append(f"- verdict: not evaluated [{group_of[v['key']]}] (see Skipped claims)")
+        elif v.get("reason"):
             out.append(f"- verdict: {v['reason']}")
         if v["outcome"] in ("fail", "xpass", "error") and v.get("command"):
             out.append(f"- rerun: `{v['command']}`")

@@ -519,6 +519,7 @@ def _record_author_files(state: _State, record_property: Callable[[str, Any], No
     info = pair_info(claim.pair, data, state.claim_set(claim.pair),
                      origin=f"the report author's committed result files (era {era}) from {path}")
     info["upstream"] = data.get("upstream")
+    info.pop("created", None)  # the import's wall-clock time: serial and xdist runs must write the same report
     record_property(AUTHOR_FILES_PROPERTY, json.dumps(info, sort_keys=True))
 
 

@@ -494,11 +494,13 @@ def judge_file(
     claim_set = load_claims(pair, expected_dir)
     check_measurements(claim_set, measurements, origin=str(path), as_pair=as_pair)
     if is_author_files_import(measurements):  # judged as the author-files source: per-field protocol identity
-        verdicts = [author_files_verdict(claim, measurements) for claim in claim_set.claims]
+        claims = [c for c in claim_set.claims if c.author_files is None or c.author_files.has_test]  # not suite_only
+        verdicts = [author_files_verdict(claim, measurements) for claim in claims]
     else:
-        verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claim_set.claims]
+        claims = list(claim_set.claims)
+        verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claims]
     if strict:
-        verdicts = [strict_verdict(claim, v) for claim, v in zip(claim_set.claims, verdicts, strict=True)]
+        verdicts = [strict_verdict(claim, v) for claim, v in zip(claims, verdicts, strict=True)]
     if report_dir is not None:
         info = pair_info(pair, measurements, claim_set, origin=path.name)
         doc = build_report(verdicts, {pair: info}, {pair: plot_marks(claim_set)})

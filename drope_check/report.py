@@ -219,10 +219,11 @@ def _pair_section(name: str, info: Mapping[str, Any], plots: Sequence[str]) -> l
         lines.append(f"- created: {info['created']}")
     texts = info.get("texts") or {}
     if texts:
-        sha = str(texts.get("sha256", ""))[:16]
+        sha = f", sha256 {str(texts['sha256'])[:16]}…" if texts.get("sha256") else ""
+        count = f", {texts['n_texts']} texts" if texts.get("n_texts") is not None else ""
         lines.append(
-            f"- texts: {texts.get('name', '?')} ({texts.get('source', '?')}), {texts.get('n_texts', '?')} texts, "
-            f"selection {texts.get('selection', '?')}, sha256 {sha}…"
+            f"- texts: {texts.get('name', '?')} ({texts.get('source', '?')}){count}, "
+            f"selection {texts.get('selection', '?')}{sha}"
         )
     env = info.get("environment") or {}
     if env:

@@ -37,6 +37,8 @@ Claim file (``expected/<pair>.toml``)
     pending = true                  # golden / does-not-generalise not measured yet -> skipped, never passed
     skip_reason = "..."             # status "skip": required
     plot = { series = "bos_norm", layer = 23 }   # optional: mark this value on a per-layer plot
+    [claim.evidence."author-files"]  # optional: judge it against the author's files too
+                                    # (drope_check.evidence_spec; then test ids name the source)
     texts_sha256 = "..."            # golden / does-not-generalise: the text set it was measured on
     protocol = { text_set = "lines", ... }  # golden / does-not-generalise: its protocol identity
                                     # (drope_check.protocol_identity); written by --regen-expected
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.bands import BAND_KINDS, ONE_SIDED_OPS, Band, _flatten
+from drope_check.evidence_spec import AuthorFilesEvidence, parse_evidence
 from drope_check.measurements_file import VARIANTS, validate_measurements
 from drope_check.metric_paths import MetricPath, MetricPathError, parse_path
 from drope_check.protocol_identity import validate_recorded_identity
@@ -92,6 +95,7 @@ _ID_RE = re.compile(r"^[a-z0-9_]+$")
 _CLAIM_KEYS = frozenset({
     "id", "model", "family", "sentence", "metric", "combine", "value", "status", "rationale", "band",
     "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256", "protocol",
+    "evidence",
 })
 _BAND_KEYS: dict[str, frozenset[str]] = {
     "absolute": frozenset({"tol"}),
@@ -159,6 +163,23 @@ class Claim:
     protocol: Mapping[str, Any] | None = None  # its protocol identity (drope_check.protocol_identity)
     source_file: str = ""
     order: int = 0  # position in the claim file (the report keeps the file's order)
+    author_files: AuthorFilesEvidence | None = None  # [claim.evidence."author-files"] (drope_check.evidence_spec)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The evidence sources with a test of their own: ``("suite",)``, plus ``"author-files"``
+        when the claim has an author-files table that is not ``suite_only``."""
+        if self.author_files is not None and self.author_files.has_test:
+            return ("author-files", "suite")
+        return ("suite",)
+
+    def source_key(self, source: str) -> str:
+        """The test id of the claim under ``source``: :attr:`key` for this suite's measurement
+        (``sink_rate_average[llama2-7b:rope]``), the key with the source named for any other
+        (``sink_rate_average[llama2-7b:rope:author-files]``)."""
+        if source == "suite":
+            return self.key
+        return f"{self.id}[{self.pair}:{self.model}:{source}]"
 
     @property
     def skip_is_recalibrated_only(self) -> bool:
@@ -188,8 +209,12 @@ class Claim:
     def regen_command(self) -> str:
         return f"pytest claims/ --pair {self.pair} --regen-expected"
 
-    def rerun_command(self) -> str:
-        return f'pytest claims/ --pair {self.pair} -k "{self.id} and {self.pair} and {self.model}"'
+    def rerun_command(self, source: str | None = None) -> str:
+        """The command that reruns this claim (under ``source``, for a claim with several)."""
+        only = ""
+        if source is not None and self.author_files is not None and self.author_files.has_test:
+            only = " and not author-files" if source == "suite" else f" and {source}"
+        return f'pytest claims/ --pair {self.pair} -k "{self.id} and {self.pair} and {self.model}{only}"'
 
 
 def _short_path(path: str) -> str:
@@ -466,12 +491,15 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
         if not isinstance(plot["series"], str) or ("layer" in plot and not isinstance(plot["layer"], int)):
             raise err("plot", "series must be a string and layer an integer")
 
+    author_files = parse_evidence(raw.get("evidence"), err, model, status, metrics)
+
     return Claim(
         pair=pair, id=cid, model=model, family=family, sentence=sentence, metrics=metrics, combine=combine,
         value=value, status=status, rationale=rationale, band=band, provenance=dict(prov_raw),
         measured_how=measured_how, recorded=recorded, pending=pending, skip_reason=skip_reason,
         plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256,
         protocol=dict(protocol) if protocol is not None else None, source_file=file, order=index,
+        author_files=author_files,
     )
 
 

@@ -20,6 +20,10 @@ run with a tolerance report. Options:
 ``--as-pair``          judge ``--measurements`` of other models than the pair's (refused otherwise);
                        every verdict then names the measured models.
 ``--audit``            also run the confound audit of each available pair (``drope_check.audit``).
+``--upstream PATH``    the report author's committed result files (a git clone of the upstream repository
+                       or a ``<commit>/<path>`` folder; also ``DROPE_CHECK_UPSTREAM``). Default: the
+                       shipped copy ``shared/data/upstream-results`` above the repository
+                       (:mod:`drope_check.author_files`).
 ``--expected-dir DIR`` where the claim files live (default: ``expected/`` under the rootdir, else the
                        repository's).
 ``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``
@@ -27,8 +31,17 @@ run with a tolerance report. Options:
 
 How a claims module looks: it sets ``CLAIM_FAMILY = "sink"`` and has a test taking ``claim`` and
 ``claim_verdict``; this plugin parametrizes ``claim`` over the family's claims of every selected pair
-(ids like ``sink_rate_average[llama2-7b:rope]``, grouped per pair for ``--dist loadgroup``), and
-``claim_verdict`` judges it against the session's measurements. Each verdict travels to the
+(ids like ``sink_rate_average[smollm2-135m:rope]``, grouped per pair for ``--dist loadgroup``), and
+``claim_verdict`` judges it against the session's measurements.
+
+Evidence sources: a claim with a ``[claim.evidence."author-files"]`` table
+(:mod:`drope_check.evidence_spec`) has one test per source, ``claim_source`` naming it:
+``sink_rate_average[llama2-7b:rope:author-files]`` judges the author's committed files (no model
+needed: evaluated on every machine), ``sink_rate_average[llama2-7b:rope:suite]`` this suite's
+measurement. A prose-only claim (no committed file holds its number) is reported as an expected
+failure (``pytest.xfail``): a finding, never a pass, and evaluated for ``--strict-claims``. Under
+``--strict-claims`` an author-files claim that was not evaluated (no copy of the files found, a path
+the files lack, another protocol) is an error. Each verdict travels to the
 controller as a ``record_property`` (``drope_claim``), so ``pytest -n 2 --dist loadgroup`` writes the
 same report as a serial run: the report is assembled and written on the controller only.
 """
@@ -44,6 +57,14 @@ from typing import Any
 
 import pytest
 
+from drope_check.author_files import (
+    AuthorFilesBroken,
+    AuthorFilesUnavailable,
+    author_files_measurements,
+    author_files_skip,
+    author_files_verdict,
+    locate_upstream,
+)
 from drope_check.bands import fmt
 from drope_check.claim_file import (
     Claim,
@@ -55,6 +76,7 @@ from drope_check.claim_file import (
     default_expected_dir,
     load_claims,
 )
+from drope_check.evidence_spec import AUTHOR_FILES, SUITE
 from drope_check.measurements_file import MeasurementsFileError, load_measurements
 from drope_check.regen import measured_how_text, regen_expected, regen_verdict, updates_from_verdicts
 from drope_check.verdicts import Verdict, pending_reason, skipped_verdict, strict_verdict, verdict_for
@@ -63,6 +85,7 @@ __all__ = ["ClaimNotHeld", "PairUnavailable", "check_claim"]
 
 CLAIM_PROPERTY = "drope_claim"
 PAIR_PROPERTY = "drope_pair"
+AUTHOR_FILES_PROPERTY = "drope_author_files"
 
 
 class ClaimNotHeld(pytest.fail.Exception):  # type: ignore[misc,name-defined]
@@ -85,6 +108,9 @@ class _State:
     cache: dict[str, Any] = field(default_factory=dict)  # pair -> dict | Exception
     origins: dict[str, str] = field(default_factory=dict)
     recorded_pairs: set[str] = field(default_factory=set)
+    recorded_author_files: set[str] = field(default_factory=set)
+    author_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair -> info of the author's files (controller)
+    _upstream: Any = None  # the author's files: (path, measurements) or the exception that explains their absence
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodeid -> verdict dict
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair -> info (controller)
     _selected: list[str] | None = None
@@ -111,6 +137,24 @@ class _State:
     @property
     def regen(self) -> bool:
         return bool(self.config.getoption("drope_regen"))
+
+    def upstream_path(self) -> Path:
+        """Where the author's files are (``--upstream``, ``DROPE_CHECK_UPSTREAM``, or the shipped copy);
+        raises :class:`AuthorFilesUnavailable` / :class:`AuthorFilesBroken`."""
+        package_repo = Path(__file__).resolve().parent.parent
+        return locate_upstream(self.config.getoption("drope_upstream"), [Path(str(self.config.rootpath)), package_repo])
+
+    def upstream(self) -> tuple[Path, dict[str, Any]]:
+        """``(path, measurements)`` of the author's files, imported once per process."""
+        if self._upstream is None:
+            try:
+                path = self.upstream_path()
+                self._upstream = (path, author_files_measurements(str(path)))
+            except (AuthorFilesUnavailable, AuthorFilesBroken) as exc:
+                self._upstream = exc
+        if isinstance(self._upstream, Exception):
+            raise self._upstream
+        return self._upstream
 
     def claim_set(self, pair: str) -> ClaimSet:
         if pair not in self.claim_sets:
@@ -250,6 +294,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="judge --measurements of other models than the pair's; every verdict names the measured models")
     group.addoption("--measurements", action="append", dest="drope_measurements", default=None, metavar="FILE",
                     help="judge this measurements JSON instead of measuring (repeatable, one per pair)")
+    group.addoption("--upstream", dest="drope_upstream", default=None, metavar="PATH",
+                    help="the report author's result files: a git clone of DavidDemitriAfrica/drope-activations or a "
+                    "<commit>/<path> folder (default: $DROPE_CHECK_UPSTREAM, else shared/data/upstream-results above "
+                    "the repository)")
     group.addoption("--expected-dir", dest="drope_expected_dir", default=None, metavar="DIR",
                     help="folder of the claim files (default: <rootdir>/expected)")
     group.addoption("--drope-device", dest="drope_device", default=None, metavar="DEVICE",
@@ -285,6 +333,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Aggregator(state), "drope_check-aggregator")
     if config.getoption("drope_pairs") or config.getoption("drope_measurements"):
         state.selected_pairs()  # an unknown pair or an unreadable file is a usage error, before collection
+    try:
+        state.upstream_path()
+    except AuthorFilesBroken as exc:  # --upstream / DROPE_CHECK_UPSTREAM is not a folder: a usage error
+        raise pytest.UsageError(str(exc)) from None
+    except AuthorFilesUnavailable:
+        pass  # the author-files tests skip (or error under --strict-claims) saying where it looked
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -317,15 +371,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         except ClaimsFileError as exc:  # reported as a collection error: the message alone, no traceback
             raise pytest.Collector.CollectError(str(exc)) from None
         for claim in claim_set.by_family(family):
-            marks = [pytest.mark.xdist_group(name=f"drope-{pair}"), pytest.mark.drope_claim]
-            if claim.status == "does-not-generalise" and not claim.pending:
-                marks.append(pytest.mark.xfail(
-                    strict=True, raises=ClaimNotHeld,
-                    reason=(f"does not generalise to {pair}: this suite measured {fmt(claim.recorded)} where the "
-                            f"report claims {fmt(claim.value)} ({claim.band_text()})"),
-                ))
-            params.append(pytest.param(claim, id=claim.key, marks=marks))
-    metafunc.parametrize("claim", params)
+            for source in claim.sources:
+                params.append(pytest.param(claim, source, id=claim.source_key(source), marks=_marks(claim, source)))
+    metafunc.parametrize(("claim", "claim_source"), params)
+
+
+def _marks(claim: Claim, source: str) -> list[Any]:
+    """xdist group (the author-files tests need no models: a group of their own) and strict xfails."""
+    group = f"drope-{claim.pair}" if source == SUITE else f"drope-{claim.pair}-{source}"
+    marks = [pytest.mark.xdist_group(name=group), pytest.mark.drope_claim]
+    if source == SUITE and claim.status == "does-not-generalise" and not claim.pending:
+        marks.append(pytest.mark.xfail(
+            strict=True, raises=ClaimNotHeld,
+            reason=(f"does not generalise to {claim.pair}: this suite measured {fmt(claim.recorded)} where the "
+                    f"report claims {fmt(claim.value)} ({claim.band_text()})"),
+        ))
+    if source == AUTHOR_FILES and claim.author_files is not None and claim.author_files.contradicted:
+        marks.append(pytest.mark.xfail(
+            strict=True, raises=ClaimNotHeld,
+            reason=f"the author's own files contradict the claim: {claim.author_files.contradicted}",
+        ))
+    return marks
 
 
 class _Aggregator:
@@ -342,6 +408,9 @@ class _Aggregator:
         for name, value in getattr(report, "user_properties", ()):
             if name == CLAIM_PROPERTY:
                 self.state.verdicts[report.nodeid] = json.loads(value)
+            elif name == AUTHOR_FILES_PROPERTY:
+                info = json.loads(value)
+                self.state.author_files.setdefault(info["pair"], info)
             elif name == PAIR_PROPERTY:
                 info = json.loads(value)
                 old = self.state.pairs.get(info["pair"])
@@ -377,7 +446,7 @@ class _Aggregator:
                 for p in pairs
             }
             marks = {p: plot_marks(self.state.claim_set(p)) for p in pairs}
-            doc = build_report(verdicts, infos, marks)
+            doc = build_report(verdicts, infos, marks, author_files=self.state.author_files)
             report_dir = Path(out)
             if not report_dir.is_absolute():
                 report_dir = Path(str(config.invocation_params.dir)) / report_dir
@@ -473,18 +542,67 @@ def _record_pair(state: _State, record_property: Callable[[str, Any], None], pai
 
 
 @pytest.fixture
+def claim_source() -> str:
+    """The evidence source a claims test judges (parametrized by this plugin; ``suite`` otherwise)."""
+    return SUITE
+
+
+def _record_author_files(state: _State, record_property: Callable[[str, Any], None], claim: Claim,
+                         path: Path, data: Any) -> None:
+    if claim.pair in state.recorded_author_files:
+        return
+    from drope_check.report import pair_info
+
+    state.recorded_author_files.add(claim.pair)
+    era = (data.get("upstream") or {}).get("era", "?")
+    info = pair_info(claim.pair, data, state.claim_set(claim.pair),
+                     origin=f"the report author's committed result files (era {era}) from {path}")
+    info["upstream"] = data.get("upstream")
+    info.pop("created", None)  # the import's wall-clock time: serial and xdist runs must write the same report
+    record_property(AUTHOR_FILES_PROPERTY, json.dumps(info, sort_keys=True))
+
+
+def _author_files_claim_verdict(state: _State, claim: Claim, record_property: Callable[[str, Any], None]) -> Verdict:
+    """The verdict of ``claim`` against the author's files; no copy found is a skip (an error under
+    ``--strict-claims``), a copy that cannot be imported an error."""
+    try:
+        path, data = state.upstream()
+    except AuthorFilesUnavailable as exc:
+        verdict = author_files_skip(claim, str(exc))
+        if state.strict:
+            verdict = author_files_skip(claim, f"--strict: this claim was not evaluated: {exc}", outcome="error")
+        return verdict
+    except AuthorFilesBroken as exc:
+        return author_files_skip(claim, str(exc), outcome="error")
+    _record_author_files(state, record_property, claim, path, data)
+    verdict = author_files_verdict(claim, data)
+    if state.strict:
+        verdict = strict_verdict(claim, verdict)
+    return verdict
+
+
+@pytest.fixture
 def claim_verdict(
     request: pytest.FixtureRequest,
     claim: Claim,
+    claim_source: str,
     pair_measurements: Callable[[str], dict[str, Any]],
     record_property: Callable[[str, Any], None],
 ) -> Verdict:
-    """The verdict of ``claim`` against its pair's session measurements (recorded for the report).
+    """The verdict of ``claim`` under ``claim_source`` (recorded for the report).
 
-    An unavailable pair gives a skip verdict (an error with ``--require-models``); a missing metric
-    path or a failed measurement is an error naming the claim and the path.
+    ``suite``: against its pair's session measurements; an unavailable pair gives a skip verdict (an
+    error with ``--require-models``); a missing metric path or a failed measurement is an error
+    naming the claim and the path. ``author-files``: against the author's committed files
+    (:func:`drope_check.author_files.author_files_verdict`).
     """
     state = _state(request.config)
+    if claim_source == AUTHOR_FILES:
+        verdict = _author_files_claim_verdict(state, claim, record_property)
+        _record(record_property, verdict)
+        if verdict.outcome == "error":
+            pytest.fail(verdict.reason, pytrace=False)
+        return verdict
     regenerating = state.regen and claim.status in ("golden", "does-not-generalise")
     why = pending_reason(claim)
     if why is not None and not regenerating and not state.strict:
@@ -525,6 +643,8 @@ def check_claim(verdict: Verdict) -> None:
     __tracebackhide__ = True
     if verdict.outcome in ("skip", "regenerated"):
         pytest.skip(verdict.reason or "skipped without a reason (a bug: report it)")
+    if verdict.outcome == "prose-only":  # a finding, never a pass, not a failure of the suite
+        pytest.xfail(verdict.reason)
     if verdict.outcome in ("fail", "xfail"):
         raise ClaimNotHeld(verdict.failure_message(), pytrace=False)
     if verdict.outcome == "xpass":

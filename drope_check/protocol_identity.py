@@ -27,8 +27,14 @@ The last five only change attention-to-BOS numbers (sink scores and rates), so a
 metric paths read none of those records and compares only the first five. A measurements file
 that does not state a field gives :data:`UNKNOWN` for it, which never equals a recorded value: a
 source that cannot say how it measured is not judged against a golden (the claim is skipped,
-naming both). Named protocol variants and other evidence sources (an importer of upstream's
-result files, say) build their ``protocol`` object with these keys and are compared the same way.
+naming both). Named protocol variants build their ``protocol`` object with these keys and are
+compared the same way.
+
+A source whose values were made under several protocols (the author's committed files, imported by
+``drope-check import-upstream``) records one per value in ``models.<m>.field_provenance``; each
+value's identity is then :func:`field_identity` (:data:`FIELD_FIELDS`: the protocol's name in
+``drope_check/upstream_sources.toml`` and its text set), compared by :func:`field_identity_mismatch`
+with the same rule (:data:`UNKNOWN` never matches).
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from typing import Any
 __all__ = [
     "ALL_FIELDS",
     "ATTENTION_FIELDS",
+    "FIELD_FIELDS",
     "UNKNOWN",
+    "field_identity",
+    "field_identity_mismatch",
     "identity_for_claim",
     "identity_mismatch",
     "is_attention_metric",
@@ -53,6 +62,8 @@ COMMON_FIELDS: tuple[str, ...] = ("text_set", "n_texts", "max_tokens", "padding"
 #: Fields that change only attention-to-BOS numbers (sink scores and rates).
 ATTENTION_FIELDS: tuple[str, ...] = ("attention_source", "stats_dtype", "sink_tau", "sink_strict", "sink_t0")
 ALL_FIELDS: tuple[str, ...] = COMMON_FIELDS + ATTENTION_FIELDS
+#: The identity of one value of a source with per-field provenance: its named protocol and text set.
+FIELD_FIELDS: tuple[str, ...] = ("protocol", "text_set")
 #: The value of a field a measurements file does not state; it never matches a recorded value.
 UNKNOWN = "unknown"
 
@@ -171,7 +182,12 @@ def identity_mismatch(recorded: Mapping[str, Any], measurements: Mapping[str, An
     value measured under an unknown protocol, or a run that cannot say how it measured, is never
     compared.
     """
-    got = identity_for_claim(measurements, model, metrics)
+    return _differences(recorded, identity_for_claim(measurements, model, metrics))
+
+
+def _differences(recorded: Mapping[str, Any], got: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, recorded, measured)`` for each field of ``got`` that ``recorded`` holds and that
+    differs, :data:`UNKNOWN` on either side counting as a difference."""
     out = []
     for key, measured in got.items():
         if key not in recorded:
@@ -179,6 +195,26 @@ def identity_mismatch(recorded: Mapping[str, Any], measurements: Mapping[str, An
         if recorded[key] == UNKNOWN or measured == UNKNOWN or not _same(recorded[key], measured):
             out.append((key, recorded[key], measured))
     return out
+
+
+def field_identity(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The identity (:data:`FIELD_FIELDS`) of one value from its ``field_provenance`` entry.
+
+    ``{"protocol": <name>, "text_set": <text>}`` read from ``provenance["protocol"]``; a value
+    without provenance, or a provenance that does not state a field, gives :data:`UNKNOWN` there.
+    """
+    protocol = provenance.get("protocol") if isinstance(provenance, Mapping) else None
+    protocol = protocol if isinstance(protocol, Mapping) else {}
+    return {
+        "protocol": protocol.get("name") or UNKNOWN,
+        "text_set": protocol.get("text_set") or UNKNOWN,
+    }
+
+
+def field_identity_mismatch(expected: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """``(field, expected, recorded)`` for every field of :data:`FIELD_FIELDS` on which the identity
+    the claim's value came from (``expected``) and the value's own (:func:`field_identity`) differ."""
+    return _differences(expected, field_identity(provenance))
 
 
 def validate_recorded_identity(raw: Any, metrics: Iterable[str]) -> str | None:

@@ -21,8 +21,11 @@ from typing import Any
 
 from drope_check import __version__
 from drope_check.atomic import atomic_write_bytes, atomic_write_text
+from drope_check.author_files import author_files_verdict, is_author_files_import
 from drope_check.bands import fmt
 from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
+from drope_check.evidence import render_evidence_table, render_skip_groups, skip_groups
+from drope_check.evidence_spec import SOURCES
 from drope_check.measurements_file import load_measurements
 from drope_check.verdicts import Verdict, strict_verdict, verdict_for
 
@@ -43,10 +46,10 @@ __all__ = [
 ]
 
 REPORT_SCHEMA_VERSION = 1
-OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "error", "skip", "regenerated")
+OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "error", "prose-only", "skip", "regenerated")
 OUTCOME_LABEL = {
     "pass": "PASS", "fail": "FAIL", "xfail": "does not generalise (xfail)", "xpass": "XPASS (strict: fails)",
-    "error": "ERROR", "skip": "skip", "regenerated": "regenerated",
+    "error": "ERROR", "prose-only": "prose only (finding)", "skip": "skip", "regenerated": "regenerated",
 }
 #: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?).
 PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
@@ -141,7 +144,9 @@ def sort_verdicts(verdicts: Iterable[Verdict | Mapping[str, Any]]) -> list[dict[
     def key(v: Mapping[str, Any]) -> tuple[Any, ...]:
         fam = FAMILIES.index(v["family"]) if v.get("family") in FAMILIES else len(FAMILIES)
         mod = MODELS.index(v["model"]) if v.get("model") in MODELS else len(MODELS)
-        return (v.get("pair", ""), fam, v.get("order") or 0, v.get("id", ""), mod)
+        src = v.get("source", "suite")
+        return (v.get("pair", ""), fam, v.get("order") or 0, v.get("id", ""), mod,
+                SOURCES.index(src) if src in SOURCES else len(SOURCES))
 
     unique = {d["key"]: d for d in dicts}
     return sorted(unique.values(), key=key)
@@ -156,15 +161,20 @@ def build_report(
     verdicts: Iterable[Verdict | Mapping[str, Any]],
     pairs: Mapping[str, Mapping[str, Any]],
     marks: Mapping[str, list[dict[str, Any]]] | None = None,
+    author_files: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of the report (also the input of :func:`render_markdown`)."""
+    """The JSON document of the report (also the input of :func:`render_markdown`).
+
+    ``author_files``: pair -> :func:`pair_info` of the author's committed files (the per-layer
+    arrays plotted next to the report's values), for pairs judged against them."""
     ordered = sort_verdicts(verdicts)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "tool": {"name": "drope_check", "version": __version__},
         "summary": summary_counts(ordered),
         "pairs": {name: dict(pairs[name]) for name in sorted(pairs)},
-        "marks": {name: list((marks or {}).get(name, [])) for name in sorted(pairs)},
+        "author_files": {name: dict(info) for name, info in sorted((author_files or {}).items())},
+        "marks": {name: list((marks or {}).get(name, [])) for name in sorted(set(pairs) | set(author_files or {}))},
         "verdicts": ordered,
     }
 
@@ -180,6 +190,8 @@ def _cell(text: Any) -> str:
 def _outcome_text(v: Mapping[str, Any]) -> str:
     """The verdict label; under ``--as-pair`` it names the models actually measured."""
     label = OUTCOME_LABEL.get(v["outcome"], v["outcome"])
+    if v["outcome"] in ("xfail", "xpass") and v.get("source", "suite") != "suite":
+        label = "contradicted by the author's files (xfail)" if v["outcome"] == "xfail" else label
     if v.get("measured_models"):
         label += f" (measured on {v['measured_models']})"
     return label
@@ -207,10 +219,11 @@ def _pair_section(name: str, info: Mapping[str, Any], plots: Sequence[str]) -> l
         lines.append(f"- created: {info['created']}")
     texts = info.get("texts") or {}
     if texts:
-        sha = str(texts.get("sha256", ""))[:16]
+        sha = f", sha256 {str(texts['sha256'])[:16]}…" if texts.get("sha256") else ""
+        count = f", {texts['n_texts']} texts" if texts.get("n_texts") is not None else ""
         lines.append(
-            f"- texts: {texts.get('name', '?')} ({texts.get('source', '?')}), {texts.get('n_texts', '?')} texts, "
-            f"selection {texts.get('selection', '?')}, sha256 {sha}…"
+            f"- texts: {texts.get('name', '?')} ({texts.get('source', '?')}){count}, "
+            f"selection {texts.get('selection', '?')}{sha}"
         )
     env = info.get("environment") or {}
     if env:
@@ -248,6 +261,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
         "",
         "Verdicts: " + ", ".join(f"{OUTCOME_LABEL[o]} {counts[o]}" for o in OUTCOMES if counts.get(o)),
         "",
+        *render_evidence_table(doc),
         "## Summary",
         "",
         "| claim | measured | expected (report; golden) | band | verdict |",
@@ -261,6 +275,8 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
     out += ["", "## Pairs", ""]
     for name, info in doc["pairs"].items():
         out += _pair_section(name, info, plots.get(name, ()))
+    for name, info in (doc.get("author_files") or {}).items():
+        out += _pair_section(f"{name}: the report author's committed files", info, plots.get(f"{name}:author-files", ()))
 
     def listing(title: str, outcomes: tuple[str, ...], intro: str) -> None:
         chosen = [v for v in verdicts if v["outcome"] in outcomes]
@@ -273,9 +289,15 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
 
     listing("Failures", ("fail", "error", "xpass"), "Claims that do not hold (or could not be evaluated).")
     listing("Does not generalise", ("xfail",),
-            "Findings, not failures: the report's claim measurably does not hold on this pair; each test is "
-            "a strict xfail that turns red if the claim starts to hold.")
-    listing("Skipped claims", ("skip", "regenerated"), "Every skip and its reason.")
+            "Findings, not failures: the report's claim measurably does not hold on this pair (or, for the "
+            "author-files source, the author's own files contradict it); each test is a strict xfail that turns "
+            "red if the claim starts to hold.")
+    listing("Prose only", ("prose-only",),
+            "Findings: no committed result of the report's author holds these numbers; the nearest committed "
+            "numbers, with their commits and protocols.")
+    groups = skip_groups(verdicts)
+    out.extend(render_skip_groups(groups))
+    group_of = {key: g.label for g in groups for key in g.keys}
 
     out += ["## Claims", ""]
     for v in verdicts:
@@ -292,11 +314,15 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             f"- rationale: {v['rationale']}",
             f"- provenance: {_provenance_line(v['provenance'])}",
         ]
+        if v.get("source", "suite") != "suite":
+            out.append(f"- source: {v['source']} @{v.get('source_commit') or '-'} ({v.get('source_protocol') or '-'})")
         if v.get("measured_how"):
             out.append(f"- measured how: {v['measured_how']}")
         if v.get("recorded") is not None:
             out.append(f"- recorded measurement on this pair: {fmt(v['recorded'])}")
-        if v.get("reason"):
+        if v["key"] in group_of:  # the reason is listed once, under "Skipped claims"
+            out.append(f"- verdict: not evaluated [{group_of[v['key']]}] (see Skipped claims)")
+        elif v.get("reason"):
             out.append(f"- verdict: {v['reason']}")
         if v["outcome"] in ("fail", "xpass", "error") and v.get("command"):
             out.append(f"- rerun: `{v['command']}`")
@@ -308,7 +334,8 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
 # plots
 
 
-def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], series: str, label: str, log: bool) -> bytes | None:
+def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], series: str, label: str, log: bool,
+                 title_suffix: str = "", line_label: str = "measured") -> bytes | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -324,7 +351,7 @@ def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], se
             continue
         ys = model["layers"][series]
         colour = _MODEL_COLOURS[role]
-        ax.plot(range(len(ys)), ys, marker=".", color=colour, label=f"{role} ({model.get('variant')}) measured")
+        ax.plot(range(len(ys)), ys, marker=".", color=colour, label=f"{role} ({model.get('variant')}) {line_label}")
         n = len(ys)
         for mark in marks:
             if mark["series"] != series or mark["model"] != role:
@@ -343,7 +370,7 @@ def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], se
         ax.set_yscale("log")
     ax.set_xlabel("layer (output of decoder block l)")
     ax.set_ylabel(label)
-    ax.set_title(f"{info.get('pair', '')}: {series}")
+    ax.set_title(f"{info.get('pair', '')}: {series}{title_suffix}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -365,6 +392,15 @@ def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, lis
             file = f"{name}-{series}.png"
             atomic_write_bytes(Path(report_dir) / file, png)
             written.setdefault(name, []).append(file)
+    for name, info in (doc.get("author_files") or {}).items():  # the author's per-layer arrays, report values marked
+        for series, label, log in PLOT_SERIES:
+            png = _plot_series(info, doc["marks"].get(name, []), series, label, log,
+                               title_suffix=" (the author's committed files)", line_label="author's files")
+            if png is None:
+                continue
+            file = f"{name}-author-files-{series}.png"
+            atomic_write_bytes(Path(report_dir) / file, png)
+            written.setdefault(f"{name}:author-files", []).append(file)
     return written
 
 
@@ -410,7 +446,7 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
 
 
 #: Outcomes that mean a claim was actually compared with a measured value.
-EVALUATED_OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass")
+EVALUATED_OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "prose-only")
 
 
 def unchecked_pair_lines(verdicts: Iterable[Mapping[str, Any]], available: Iterable[str]) -> list[str]:
@@ -453,15 +489,22 @@ def judge_file(
     the same ``claims-report.md`` / ``.json`` / plots as ``pytest claims/ --claims-report``. Raises
     :class:`~drope_check.measurements_file.MeasurementsFileError` for a malformed file and
     :class:`~drope_check.claim_file.MeasurementsMismatch` for measurements of another pair, variant
-    or (without ``as_pair``) other models. ``strict``: see :func:`~drope_check.verdicts.strict_verdict`.
+    or (without ``as_pair``) other models. A file written by ``drope-check import-upstream`` is judged
+    as the ``author-files`` source (:func:`drope_check.author_files.author_files_verdict`): each value
+    only under the protocol the report's value came from. ``strict``: see :func:`~drope_check.verdicts.strict_verdict`.
     """
     path = Path(measurements_path)
     measurements = load_measurements(path)
     claim_set = load_claims(pair, expected_dir)
     check_measurements(claim_set, measurements, origin=str(path), as_pair=as_pair)
-    verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claim_set.claims]
+    if is_author_files_import(measurements):  # judged as the author-files source: per-field protocol identity
+        claims = [c for c in claim_set.claims if c.author_files is None or c.author_files.has_test]  # not suite_only
+        verdicts = [author_files_verdict(claim, measurements) for claim in claims]
+    else:
+        claims = list(claim_set.claims)
+        verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claims]
     if strict:
-        verdicts = [strict_verdict(claim, v) for claim, v in zip(claim_set.claims, verdicts, strict=True)]
+        verdicts = [strict_verdict(claim, v) for claim, v in zip(claims, verdicts, strict=True)]
     if report_dir is not None:
         info = pair_info(pair, measurements, claim_set, origin=path.name)
         doc = build_report(verdicts, {pair: info}, {pair: plot_marks(claim_set)})

@@ -6,7 +6,12 @@ Verdict outcomes
 hold), ``xpass`` (does-not-generalise but now holds: a strict xfail, so the test fails),
 ``skip`` (status skip, pending goldens, unavailable pairs, another text set), ``error`` (a path that
 is not in the measurements, or measurements that do not belong to this file), ``regenerated``
-(under ``--regen-expected``, :mod:`drope_check.regen`).
+(under ``--regen-expected``, :mod:`drope_check.regen`), ``prose-only`` (the author's files hold no
+number for the claim: a finding, never a pass; :mod:`drope_check.author_files`).
+
+Every verdict names its evidence ``source``: ``suite`` (this suite's measurement, or a file given
+to ``judge``) or ``author-files`` (the report author's committed files), and for the latter the
+commit(s) and protocol(s) the value came from.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class Verdict:
     expected: Any
     band: str
     passed: bool | None
-    outcome: str  # pass | fail | xfail | xpass | skip | error | regenerated
+    outcome: str  # pass | fail | xfail | xpass | skip | error | regenerated | prose-only
     margin: float | None
     margin_text: str
     rationale: str
@@ -68,6 +73,10 @@ class Verdict:
     texts_sha256: str | None = None  # under --regen-expected: the text set the value was measured on
     protocol_identity: dict[str, Any] | None = None  # under --regen-expected: the protocol it was measured under
     measured_models: str | None = None  # under --as-pair: the models actually measured, named on every line
+    source: str = "suite"  # the evidence source: "suite" or "author-files" (drope_check.evidence_spec)
+    source_commit: str | None = None  # author-files: the commit(s) the value was read at (", "-joined)
+    source_protocol: str | None = None  # author-files: the protocol(s) of the value (labels, "; "-joined)
+    nearest: list[dict[str, Any]] | None = None  # prose-only: the nearest committed numbers {path, value, commit, protocol}
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -94,6 +103,8 @@ class Verdict:
         ]
         if self.measured_models:
             lines.append(f"  measured on : {self.measured_models} (--as-pair: not the models the claim is about)")
+        if self.source != "suite":
+            lines.append(f"  source      : {self.source} @{self.source_commit or '?'} ({self.source_protocol or '?'})")
         if self.reason:
             lines.append(f"  note        : {self.reason}")
         lines.append(f"  command     : {self.command}")
@@ -142,11 +153,11 @@ def _measure(claim: Claim, measurements: Mapping[str, Any]) -> Any:
 
 def _base_verdict(claim: Claim, **kw: Any) -> Verdict:
     fields: dict[str, Any] = dict(
-        key=claim.key, pair=claim.pair, id=claim.id, model=claim.model, family=claim.family,
+        key=claim.source_key("suite"), pair=claim.pair, id=claim.id, model=claim.model, family=claim.family,
         status=claim.status, sentence=claim.sentence, metrics=list(claim.metrics), measured=None,
         expected=claim.value, band=claim.band_text(), passed=None, outcome="skip", margin=None,
         margin_text="", rationale=claim.rationale, provenance=dict(claim.provenance),
-        measured_how=claim.measured_how, recorded=claim.recorded, command=claim.rerun_command(),
+        measured_how=claim.measured_how, recorded=claim.recorded, command=claim.rerun_command("suite"),
         order=claim.order,
     )
     fields.update(kw)
@@ -239,11 +250,11 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
         verdict.outcome = "pass" if result.passed else "fail"
         if claim.status == "golden":
             verdict.command = (
-                f"{claim.rerun_command()}   # if the change is intended: {claim.regen_command()}"
+                f"{claim.rerun_command('suite')}   # if the change is intended: {claim.regen_command()}"
             )
         else:
             verdict.command = (
-                f"{claim.rerun_command()}   # a report-derived value is never regenerated; "
+                f"{claim.rerun_command('suite')}   # a report-derived value is never regenerated; "
                 f"a band change needs a new rationale in {Path(claim.source_file).name}"
             )
     return verdict

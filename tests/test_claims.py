@@ -475,8 +475,11 @@ def test_report_lists_skips_with_reasons(tmp_path: Path) -> None:
     assert outcomes.count("xfail") == 1 and outcomes.count("skip") == 2
     md = (tmp_path / "claims-report.md").read_text()
     skipped = md[md.index("## Skipped claims"):md.index("## Claims")]
-    assert "bos_spike_layer[toy:drope]**: golden not yet measured" in skipped
-    assert "bos_mlp_ablation_ratio[toy:drope]**: about a recalibrated DroPE model (toy skip reason)" in skipped
+    # grouped: one line per distinct reason, with its count and the claims it applies to
+    lines = {line.rsplit(" — ", 1)[-1]: line for line in skipped.splitlines() if line.startswith("- **S")}
+    assert set(lines) == {"bos_spike_layer[toy:drope]", "bos_mlp_ablation_ratio[toy:drope]"}
+    assert "(1): golden not yet measured" in lines["bos_spike_layer[toy:drope]"]
+    assert "(1): about a recalibrated DroPE model (toy skip reason)" in lines["bos_mlp_ablation_ratio[toy:drope]"]
     assert "## Does not generalise" in md
     doc = json.loads((tmp_path / "claims-report.json").read_text())
     assert all(v["reason"] for v in doc["verdicts"] if v["outcome"] in ("skip", "xfail"))

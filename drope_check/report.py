@@ -33,6 +33,7 @@ from drope_check.claims import (
     load_claims,
     verdict_for,
 )
+from drope_check.generalisation import generalisation_table
 
 __all__ = [
     "OUTCOMES",
@@ -291,7 +292,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             f"| {_cell(v['key'])} | {_cell(fmt(v['measured']))} | {_cell(fmt(v['expected']))} | "
             f"{_cell(v['band'])} | {_cell(_outcome_text(v))} |"
         )
-    out += ["", "## Pairs", ""]
+    out += ["", *generalisation_table(verdicts), "## Pairs", ""]
     for name, info in doc["pairs"].items():
         out += _pair_section(name, info, plots.get(name, ()))
 

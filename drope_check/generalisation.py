@@ -9,8 +9,9 @@ hold for other families. Each cell is the measured value with what it means:
 * ``does not generalise``: a strict-xfail record (the statement measurably does not hold there);
 * ``golden``: a regression value measured by this suite (the report's number is about another model);
 * ``about a recalibrated DroPE: n/a``: a ``skip`` record of a zero-shot pair;
-* ``not measured here (report: X)``: the pair could not be loaded (e.g. Llama-2-7B without a GPU);
-  the report's own value is shown.
+* ``skipped (report: X)``: not judged in this run (e.g. Llama-2-7B without a GPU, or a measurement
+  on another text set than the recorded value's); the report's own value, or the value recorded on
+  that pair, is shown, and the reason is listed under "Skipped claims".
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def cell_text(v: Mapping[str, Any]) -> str:
     measured = v.get("measured")
     if status == "skip":
         return "about a recalibrated DroPE: n/a"
-    if outcome == "skip" and measured is None:
+    if outcome == "skip":  # the reason is in the report's "Skipped claims" list
         if status == "golden":
-            return "golden: not yet measured"
-        return f"not measured here (report: {fmt(v.get('expected'))})"
+            return "golden: skipped"
+        if status == "does-not-generalise" and v.get("recorded") is not None:
+            return f"skipped (recorded {fmt(v['recorded'])}: does not generalise)"
+        return f"skipped (report: {fmt(v.get('expected'))})"
     shown = fmt(measured if measured is not None else v.get("recorded"))
     if status == "golden":
         return f"{shown} (golden{'' if outcome == 'pass' else ': ' + str(outcome)})"
@@ -50,7 +53,8 @@ def cell_text(v: Mapping[str, Any]) -> str:
 
 def generalisation_table(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines of the table (empty when fewer than two pairs were judged)."""
-    pairs = list(dict.fromkeys(v["pair"] for v in verdicts if v.get("pair")))
+    seen = list(dict.fromkeys(v["pair"] for v in verdicts if v.get("pair")))
+    pairs = [p for p in FAMILY_TITLES if p in seen] + [p for p in seen if p not in FAMILY_TITLES]
     if len(pairs) < 2:
         return []
     rows: dict[str, dict[str, Mapping[str, Any]]] = {}

@@ -21,31 +21,34 @@ VERDICTS = [
     verdict("smollm2-135m", "bos_mlp_ablation_ratio", "drope", "skip", "skip"),
     verdict("smollm2-135m", "ppl_baseline", "rope", "golden", "pass", measured=42.56, expected=42.56),
     verdict("gemma3-270m", "ppl_baseline", "rope", "golden", "skip"),
+    verdict("smollm2-135m", "valley_entropy_ratio", "pair", "does-not-generalise", "skip", recorded=0.91),
 ]
 
 
 def test_cells_say_what_each_verdict_means():
     texts = [cell_text(v) for v in VERDICTS]
     assert texts == [
-        "not measured here (report: 1249)",
+        "skipped (report: 1249)",
         "5.31: does not generalise",
         "412: holds",
         "about a recalibrated DroPE: n/a",
         "42.56 (golden)",
-        "golden: not yet measured",
+        "golden: skipped",
+        "skipped (recorded 0.91: does not generalise)",
     ]
 
 
 def test_one_row_per_claim_one_column_per_family():
-    lines = generalisation_table(VERDICTS)
+    lines = generalisation_table(list(reversed(VERDICTS)))  # columns in family order whatever the input order
     assert lines[0] == "## Generalisation across model families"
     header = next(line for line in lines if line.startswith("| claim |"))
     assert header == "| claim | Llama-2-7B | SmolLM2-135M | Gemma-3-270M |"
-    rows = [line for line in lines if line.startswith("| bos_") or line.startswith("| ppl_")]
-    assert rows == [
-        "| bos_mlp_ablation_ratio[rope] | not measured here (report: 1249) | 5.31: does not generalise | 412: holds |",
+    rows = [line for line in lines if line.startswith(("| bos_", "| ppl_", "| valley_"))]
+    assert rows[::-1] == [  # rows in the order the verdicts come (the report sorts them), columns by family
+        "| bos_mlp_ablation_ratio[rope] | skipped (report: 1249) | 5.31: does not generalise | 412: holds |",
         "| bos_mlp_ablation_ratio[drope] | — | about a recalibrated DroPE: n/a | — |",
-        "| ppl_baseline[rope] | — | 42.56 (golden) | golden: not yet measured |",
+        "| ppl_baseline[rope] | — | 42.56 (golden) | golden: skipped |",
+        "| valley_entropy_ratio[pair] | — | skipped (recorded 0.91: does not generalise) | — |",
     ]
 
 

@@ -335,13 +335,15 @@ def test_verdict_for_turns_missing_path_into_error() -> None:
 def test_repository_claim_files_load_with_the_same_ids() -> None:
     llama = C.load_claims("llama2-7b", REPO_EXPECTED)
     smol = C.load_claims("smollm2-135m", REPO_EXPECTED)
+    gemma = C.load_claims("gemma3-270m", REPO_EXPECTED)
     assert {(c.id, c.model) for c in llama.claims} == {(c.id, c.model) for c in smol.claims}
+    assert {(c.id, c.model) for c in llama.claims} == {(c.id, c.model) for c in gemma.claims}
     assert len(llama.claims) == 32
-    assert llama.drope_variant == "drope" and smol.drope_variant == "nope-zeroshot"
+    assert llama.drope_variant == "drope" and smol.drope_variant == gemma.drope_variant == "nope-zeroshot"
     assert {c.status for c in llama.claims} == {"claim"}  # every value in it is the report's
-    for claim in llama.claims + smol.claims:
+    for claim in llama.claims + smol.claims + gemma.claims:
         assert claim.rationale.strip()
-    for claim in smol.claims:
+    for claim in smol.claims + gemma.claims:
         if claim.status == "golden":
             assert claim.provenance["source"] == "suite-measured"
             assert claim.pending or claim.measured_how

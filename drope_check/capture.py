@@ -30,6 +30,7 @@ from torch import nn
 from drope_check import metrics
 from drope_check.architectures import architecture_of
 from drope_check.attention import observe_attention
+from drope_check.fp16_eager import attention_to_position0_fp16_eager
 from drope_check.protocol import Protocol
 
 #: Upper bound on the elements of one chunk of attention scores ([B, H, chunk, K]).
@@ -196,10 +197,14 @@ class OnePassCapture:
             b, t = query.shape[0], query.shape[2]
             query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
             key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
-        weights = attention_to_position0(query, key, allowed, scaling, dtype=self._stats_dtype(query, key, scaling))
+        if self.protocol.stats_dtype == "fp16-eager":  # upstream's confound: NaN heads kept (drope_check.fp16_eager)
+            weights = attention_to_position0_fp16_eager(query, key, allowed, scaling)
+        else:
+            weights = attention_to_position0(query, key, allowed, scaling, dtype=self._stats_dtype(query, key, scaling))
         for row, seq in enumerate(self._seqs):
             a0 = weights[row, :, : seq.n_rows].to("cpu")
-            _check_finite(a0, self.model_name, layer, "attention to BOS", row)
+            if self.protocol.stats_dtype != "fp16-eager":
+                _check_finite(a0, self.model_name, layer, "attention to BOS", row)
             seq.attn_to_bos[layer] = a0
 
     def _stats_dtype(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.dtype:

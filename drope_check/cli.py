@@ -3,34 +3,30 @@
     drope-check measure --pair smollm2-135m --out m.json [--interventions all] [--wikitext PATH]
     drope-check measure --rope DIR_OR_ID --drope DIR_OR_ID --out m.json
     drope-check judge m.json --pair smollm2-135m [--report-dir DIR]
+    drope-check import-upstream SOURCE --out upstream.json [--era head]
     drope-check pairs
+    drope-check audit --pair smollm2-135m --out-dir audit [--variants a,b,...]
+
+A user error (a bad path or option value) exits 2 with one sentence on stderr; add --debug for the
+traceback. Ctrl-C exits 130 and never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from drope_check.atomic import atomic_write_json
+from drope_check.errors import UserError
 from drope_check.protocol import SPIKE_RULES, Protocol
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON through a temporary file and a rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, payload)
 
 
 def _add_measure_args(parser: argparse.ArgumentParser) -> None:
@@ -67,16 +63,55 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from drope_check.measure import MeasureOptions, measure_pair
-    from drope_check.models import custom_pair
+    import re
+
+    from drope_check.measure import MeasureOptions, measure_pair, resolve_interventions
+    from drope_check.models import PAIRS, custom_pair
+    from drope_check.preflight import check_output_file
 
     if args.rope or args.drope:
         if not (args.rope and args.drope):
-            raise SystemExit("drope-check measure: a custom pair needs both --rope and --drope")
+            raise UserError("a custom pair needs both --rope and --drope (each a local model directory or a hub id)")
         pair = custom_pair(args.rope, args.drope, args.bos_token)
     else:
         pair = args.pair or "smollm2-135m"
-    protocol = Protocol(
+        if pair not in PAIRS:
+            raise UserError(f"--pair {pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
+    try:
+        resolve_interventions(args.interventions)
+    except ValueError as exc:
+        raise UserError(f"--interventions {args.interventions!r}: {exc}") from None
+    try:
+        protocol = _protocol(args)
+    except ValueError as exc:  # Protocol's own checks; its field names are the options' names
+        raise UserError(re.sub(r"Protocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))) from None
+    if check_output_file(args.out):
+        print(f"note: --out {args.out} exists and will be replaced when the run completes", file=sys.stderr)
+    options = MeasureOptions(
+        wikitext=args.wikitext,
+        device=args.device,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        trust_remote_code=args.trust_remote_code,
+        allow_text_fallback=not args.no_text_fallback,
+        progress=not args.no_progress,
+    )
+    result = measure_pair(pair, protocol, args.interventions, options)
+    replaced = args.out.exists()
+    try:
+        write_json_atomic(args.out, result)
+    except OSError as exc:  # the folder went away or filled up during the run: keep the measurements
+        fd, rescue = tempfile.mkstemp(prefix="drope-check-measurements.", suffix=".json")
+        os.close(fd)
+        write_json_atomic(Path(rescue), result)
+        raise UserError(f"cannot write --out {args.out} ({exc.strerror or exc}); the measurements were saved to {rescue}") from exc
+    _print_summary(result)
+    print(f"wrote {args.out}" + (" (replaced the previous file)" if replaced else ""))
+    return 0
+
+
+def _protocol(args: argparse.Namespace) -> Protocol:
+    return Protocol(
         name="cli",
         text_set=args.text_set,
         n_texts=args.n_texts,
@@ -89,17 +124,9 @@ def _measure(args: argparse.Namespace) -> int:
         sink_tau=args.sink_tau,
         sink_strict=args.sink_strict,
     )
-    options = MeasureOptions(
-        wikitext=args.wikitext,
-        device=args.device,
-        dtype=args.dtype,
-        quantization=args.quantization,
-        trust_remote_code=args.trust_remote_code,
-        allow_text_fallback=not args.no_text_fallback,
-        progress=not args.no_progress,
-    )
-    result = measure_pair(pair, protocol, args.interventions, options)
-    write_json_atomic(args.out, result)
+
+
+def _print_summary(result: dict) -> None:
     for role, model in result["models"].items():
         s = model["scalars"]
         print(
@@ -111,14 +138,23 @@ def _measure(args: argparse.Namespace) -> int:
         for name, iv in model.get("interventions", {}).items():
             layer = f" L{iv['layer']}" if iv.get("layer") is not None else ""
             print(f"      {name}{layer}: ppl {iv['ppl']:.3f} ({iv['ratio']:.3f}x)")
-    print(f"wrote {args.out}")
-    return 0
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from drope_check.report import judge_file
+    from drope_check.claim_file import ClaimsFileError, MeasurementsMismatch
+    from drope_check.measurements_file import MeasurementsFileError
+    from drope_check.report import judge_file, unchecked_pair_lines
 
-    verdicts = judge_file(args.measurements, args.pair, args.report_dir)
+    try:
+        verdicts = judge_file(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
+    except (MeasurementsFileError, MeasurementsMismatch, ClaimsFileError) as exc:
+        # a user error: one sentence naming the file, the JSON path or key, and what was expected
+        print(f"drope-check judge: {exc}", file=sys.stderr)
+        return 2
+    for line in unchecked_pair_lines([v.to_dict() for v in verdicts], [args.pair]):
+        print(line, file=sys.stderr)
+    if args.as_pair and verdicts and verdicts[0].measured_models:
+        print(f"--as-pair: judged {verdicts[0].measured_models} against the claims about pair {args.pair}")
     counts: dict[str, int] = {}
     for verdict in verdicts:
         counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
@@ -148,15 +184,47 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("measurements", type=Path)
     judge.add_argument("--pair", required=True)
     judge.add_argument("--report-dir", type=Path, default=Path("claims-report"))
+    judge.add_argument("--as-pair", action="store_true",
+                       help="judge measurements of other models than the pair's (refused otherwise); every verdict names them")
+    judge.add_argument("--strict", action="store_true",
+                       help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
     judge.set_defaults(func=_judge)
+    from drope_check import upstream
+
+    imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
+    upstream.add_arguments(imported)
+    imported.set_defaults(func=upstream.run)
     pairs = sub.add_parser("pairs", help="list registered pairs and whether they can be loaded here")
     pairs.set_defaults(func=_pairs)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
+    for command in sub.choices.values():  # accepted after the command too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from drope_check.audit import add_cli as add_audit_cli
+
+    add_audit_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A :class:`UserError` exits 2 with its one sentence on stderr (the traceback
+    too with ``--debug``); Ctrl-C exits 130 (atomic writes leave no partial file)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        if getattr(args, "report_dir", None) is not None:
+            from drope_check.preflight import check_output_folder
+
+            check_output_folder(args.report_dir, "--report-dir")
+        return int(args.func(args))
+    except UserError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"drope-check {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"drope-check {args.command}: interrupted; no partial output file was left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

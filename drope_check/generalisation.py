@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drope_check.claims import fmt
+from drope_check.bands import fmt
 
 #: Column titles: the model family of each registered pair (others are shown by pair name).
 FAMILY_TITLES = {"llama2-7b": "Llama-2-7B", "smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from drope_check import metrics
 from drope_check.architectures import architecture_of
 from drope_check.attention import decoder_layers, transform_query_key
 
@@ -618,7 +619,7 @@ def measure_interventions(
             "protocol": result.protocol,
             "ppl": result.ppl,
             "baseline_ppl": baseline.ppl,
-            "ratio": result.ppl / baseline.ppl,
+            "ratio": metrics.perplexity_ratio(result.ppl, baseline.ppl),
             "n_sequences": len(seqs),
             "n_predicted": result.n_predicted,
             "perplexity": result.to_dict(),

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from drope_check import __version__, metrics
+from drope_check import __version__, metrics, preflight, sink_stats
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
@@ -70,7 +70,7 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def run_capture(
-    loaded: LoadedModel, seqs: list[list[int]], protocol: Protocol, progress: bool = False
+    loaded: LoadedModel, seqs: list[list[int]], protocol: Protocol, progress: bool = False, label: str | None = None
 ) -> tuple[list[SequenceCapture], list[tuple[float, int]], str]:
     """One capture forward per batch: per-sequence summaries, per-sequence (NLL sum, predicted),
     and a note of the precision the attention statistics were computed in."""
@@ -82,7 +82,7 @@ def run_capture(
     batches = make_batches(seqs, protocol.batch_size, loaded.pad_token_id, pad_to=protocol.pad_to)
     device = next(loaded.model.parameters()).device
     with torch.inference_mode():
-        for batch in _progress(batches, progress, f"measure {loaded.spec.role}"):
+        for batch in _progress(batches, progress, label or f"measure {loaded.spec.role}"):
             rows = [batch.padded_length] * len(batch.lengths) if protocol.padding_in_stats else batch.lengths
             input_ids = batch.input_ids.to(device)
             mask = batch.attention_mask.to(device)
@@ -102,25 +102,20 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
 
     Each sequence is measured on its own rows, then values are averaged over sequences. The sink
     rate of a layer is the mean over sequences of the fraction of heads whose per-sequence score
-    passes tau (upstream's 0.978125 = 5008 / (5 x 1024) is a per-prompt average).
+    passes tau (upstream's per-layer rates, multiples of 1/320 over 10 prompts, are per-prompt
+    averages); the sink numbers come from :func:`drope_check.sink_stats.sink_statistics`, which also keeps the per-sequence scores.
     """
     if not captures:
         raise ValueError("no sequences were captured")
-    n_layers = len(captures[0].attn_to_bos)
     layers: dict[str, list[float]] = {
         stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in LAYER_STATS
     }
-    heads: dict[str, list[list[float]]] = {}
-    for key, include_self in (("sink_score", True), ("sink_score_excl_self", False)):
-        rate_key = "sink_rate" if include_self else "sink_rate_excl_self"
-        per_layer_scores, per_layer_rates = [], []
-        for layer in range(n_layers):
-            scores = [metrics.sink_scores(c.attn_to_bos[layer], include_self=include_self) for c in captures]
-            rates = [metrics.sink_rate(s, tau=protocol.sink_tau, strict=protocol.sink_strict) for s in scores]
-            per_layer_scores.append(torch.stack(scores).mean(dim=0).tolist())
-            per_layer_rates.append(sum(rates) / len(rates))
-        heads[key] = per_layer_scores
-        layers[rate_key] = per_layer_rates
+    attn = [c.attn_to_bos for c in captures]
+    sinks = sink_stats.sink_statistics(
+        sink_stats.per_sequence_scores(attn, include_self=True), sink_stats.per_sequence_scores(attn, include_self=False), protocol
+    )
+    layers.update(sinks["layers"])
+    heads: dict[str, Any] = sinks["heads"]
 
     embedding_bos_norm = float(metrics.mean_over_sequences([c.embedding_bos_norm for c in captures]))
     peak_layer = metrics.argmax_layer(layers["bos_norm"])
@@ -128,8 +123,7 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     valley_norm = metrics.argmin_layer(layers["entropy_normalized"])
     scalars = {
         "embedding_bos_norm": embedding_bos_norm,
-        "sink_rate_average": sum(layers["sink_rate"]) / n_layers,
-        "sink_rate_average_excl_self": sum(layers["sink_rate_excl_self"]) / n_layers,
+        **sinks["scalars"],
         "bos_spike_layer_argmax_ratio": metrics.spike_layer_argmax_ratio(layers["bos_ratio"]),
         "bos_spike_layer_max_write": metrics.spike_layer_max_write(embedding_bos_norm, layers["bos_norm"]),
         "max_bos_ratio": max(layers["bos_ratio"]),
@@ -149,12 +143,14 @@ def measure_model(
     protocol: Protocol = FAITHFUL,
     interventions: Sequence[str] = (),
     progress: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """The measurements of one loaded model (the ``<model>`` object of the schema)."""
+    """The measurements of one loaded model (the ``<model>`` object of the schema); ``label`` names
+    the progress bar (default ``measure <role>``)."""
     from drope_check.perplexity import PerplexityResult
 
     start = time.perf_counter()
-    captures, nll, precision = run_capture(loaded, seqs, protocol, progress)
+    captures, nll, precision = run_capture(loaded, seqs, protocol, progress, label)
     summary = summarise(captures, protocol)
     nll_sum = sum(s for s, _ in nll)
     n_predicted = sum(n for _, n in nll)
@@ -195,6 +191,7 @@ def measure_model(
         "attention_stats_precision": precision,
         "n_sequences": len(seqs),
         "n_tokens": sum(len(s) for s in seqs),
+        "pad_to": protocol.pad_to or 0,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return result
@@ -236,7 +233,17 @@ def token_sequences(text_set, tokenizer: Any, bos_token_id: int, protocol: Proto
         prefix = text_set.texts[0][: needed * CHARS_PER_TOKEN_MARGIN]
         ids = tokenizer.encode(prefix, add_special_tokens=False)
         return chunk_with_bos(ids, bos_token_id, protocol.max_tokens, protocol.n_texts)
-    return tokenize_with_bos(tokenizer, list(text_set.texts), bos_token_id, protocol.max_tokens)
+    seqs = tokenize_with_bos(tokenizer, list(text_set.texts), bos_token_id, protocol.max_tokens)
+    return cut_to_prompt_tokens(seqs, protocol.prompt_tokens)
+
+
+def cut_to_prompt_tokens(seqs: list[list[int]], prompt_tokens: tuple[int, int] | None) -> list[list[int]]:
+    """``Protocol.prompt_tokens``: sequence ``i`` keeps BOS + ``lo + i % (hi - lo + 1)`` tokens
+    (upstream's 6-12-token sink prompts); shorter sequences stay whole. ``None``: unchanged."""
+    if prompt_tokens is None:
+        return seqs
+    lo, hi = prompt_tokens
+    return [s[: 1 + lo + i % (hi - lo + 1)] for i, s in enumerate(seqs)]
 
 
 def measure_pair(
@@ -250,6 +257,13 @@ def measure_pair(
     protocol = protocol or FAITHFUL
     options = options or MeasureOptions()
     which = resolve_interventions(interventions)
+    # Every input that can be checked without weights is checked before the first model loads: a
+    # bad DroPE source must not cost a RoPE measurement first.
+    preflight.check_text_source(options.wikitext)
+    preflight.check_pair(
+        spec, device=options.device, dtype=options.dtype, quantization=options.quantization,
+        trust_remote_code=options.trust_remote_code,
+    )
     texts = load_texts(protocol, options)
     models: dict[str, Any] = {}
     token_info: dict[str, Any] = {}
@@ -269,6 +283,14 @@ def measure_pair(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return measurements_document(spec, protocol, options, texts, token_info, models)
+
+
+def measurements_document(
+    spec: PairSpec, protocol: Protocol, options: MeasureOptions, texts: Any, token_info: dict[str, Any],
+    models: dict[str, Any],
+) -> dict[str, Any]:
+    """The measurements JSON object around the model objects of one run (schema header, texts, environment)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "drope_check", "version": __version__},

@@ -45,8 +45,10 @@ __all__ = [
     "bos_norm",
     "bos_ratio",
     "bos_ratio_from_norms",
+    "layer_mean",
     "matrix_entropy",
     "mean_over_sequences",
+    "perplexity_ratio",
     "queipo_c_alpha",
     "sink_rate",
     "sink_scores",
@@ -73,7 +75,8 @@ def _as_float64(x: Tensor | Sequence[float] | float, name: str) -> Tensor:
     """Convert ``x`` to a detached float64 tensor, rejecting complex and non-numeric input."""
     if not isinstance(x, Tensor):
         try:
-            x = torch.as_tensor(x)
+            # float64 from the start: torch.as_tensor(list of floats) would make float32 and round
+            x = torch.as_tensor(x, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(
                 f"{name}: cannot convert input of type {type(x).__name__} to a tensor: {exc}"
@@ -386,6 +389,29 @@ def spike_layer_max_write(embedding_bos_norm: float, bos_norm_per_layer: Tensor 
         raise ValueError("bos_norm_per_layer: L2 norms must be non-negative")
     prev = torch.cat([n.new_tensor([emb]), n[:-1]])
     return argmax_layer(n - prev)
+
+
+def layer_mean(values: Tensor | Sequence[float]) -> float:
+    """Return the mean over layers of a per-layer vector (the report's "average" sink rate).
+
+    Rejects empty, non-1-D and non-finite input.
+    """
+    v = _vector(values, "values")
+    return float(v.sum() / v.numel())
+
+
+def perplexity_ratio(ppl: float, baseline_ppl: float) -> float:
+    """Return ``ppl / baseline_ppl``: how many times an intervention multiplies the perplexity.
+
+    Both must be finite perplexities (>= 1: a perplexity below 1 is impossible, and 0 is the
+    sentinel upstream's files use for a run that never happened). Only meaningful when both were
+    measured under the same protocol on the same texts; the caller guarantees that.
+    """
+    a = _finite_scalar(ppl, "ppl")
+    b = _finite_scalar(baseline_ppl, "baseline_ppl")
+    if a < 1 or b < 1:
+        raise ValueError(f"a perplexity is >= 1, got ppl {a} and baseline {b}")
+    return a / b
 
 
 def mean_over_sequences(per_sequence: Sequence[Tensor | Sequence[float] | float]) -> Tensor:

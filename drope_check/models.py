@@ -14,6 +14,12 @@ and with ``softmax_scale`` replacing ``head_dim ** -0.5`` when the config has on
 stock ``LlamaForCausalLM`` with :class:`IdentityRotaryEmbedding`, the norms attached as forward
 hooks on the projections, and the scale set on each attention module. Weights come from
 safetensors only; remote code runs only with an explicit ``trust_remote_code=True``.
+
+Only Llama DroPE checkpoints are implemented natively (:data:`NATIVE_DROPE_MODEL_TYPES`). SakanaAI's
+code also builds ``qwen2_drope`` checkpoints (Qwen2 has q/k/v biases a Llama does not): those, and
+any other DroPE model type, are refused with the supported list, never loaded as Llama. A QK-norm
+checkpoint must carry both norms' weights for every layer; a checkpoint whose tensors do not match
+the model exactly (missing, unexpected or mis-shaped weights) is refused naming them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
 )
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
 from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.errors import UserError
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
 Role = Literal["rope", "drope"]
@@ -51,10 +58,13 @@ QK_NORM_VARIANTS: dict[str, tuple[bool, bool]] = {
     "k_norm_nope": (False, True),
 }
 
+#: ``model_type`` values of DroPE checkpoints the native loader implements. SakanaAI's code names a
+#: DroPE config ``f"{base.model_type}_drope"`` (custom_models/drope.py: ``llama_drope``,
+#: ``qwen2_drope``); a plain ``llama`` config carrying ``attention_type`` is the same architecture.
+NATIVE_DROPE_MODEL_TYPES: tuple[str, ...] = ("llama_drope", "llama")
 
 
-
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model of a pair could not be loaded; the message names the model and the fix."""
 
 
@@ -162,23 +172,41 @@ def _norm_hook(norm: nn.Module):
     return hook
 
 
-def install_qk_norm(model: nn.Module, attention_type: str) -> None:
-    """Attach DroPE's QK-norm modules (``self_attn.q_norm`` / ``k_norm``) and apply them to the
-    projection outputs through forward hooks (registered first, so interventions that hook the
-    projections with ``prepend=True`` see the pre-norm values, as upstream's hooks did)."""
+def _qk_norm_variant(attention_type: str) -> tuple[bool, bool]:
     if attention_type not in QK_NORM_VARIANTS:
         raise ValueError(
             f"unknown DroPE attention_type {attention_type!r}; known: {', '.join(sorted(QK_NORM_VARIANTS))}"
         )
-    use_q, use_k = QK_NORM_VARIANTS[attention_type]
+    return QK_NORM_VARIANTS[attention_type]
+
+
+def add_qk_norm_modules(model: nn.Module, attention_type: str) -> None:
+    """Give every attention module DroPE's ``q_norm`` / ``k_norm`` (RMSNorm over the whole
+    projection output), unless the variant is ``nope`` or they exist already. Both norms exist in
+    every QK-norm variant's state dict; only the selected ones are applied (:func:`install_qk_norm`)."""
+    _qk_norm_variant(attention_type)
+    if attention_type == "nope":
+        return
     config = model.config
-    eps = config.rms_norm_eps
     param = next(model.parameters())
     for attn in attention_modules(model):
-        # Both norms exist in every QK-norm variant's state dict; only the selected ones are applied.
-        if attention_type != "nope":
-            attn.q_norm = nn.RMSNorm(config.num_attention_heads * attn.head_dim, eps=eps).to(param.device, param.dtype)
-            attn.k_norm = nn.RMSNorm(config.num_key_value_heads * attn.head_dim, eps=eps).to(param.device, param.dtype)
+        if not hasattr(attn, "q_norm"):
+            attn.q_norm = nn.RMSNorm(
+                config.num_attention_heads * attn.head_dim, eps=config.rms_norm_eps, device=param.device, dtype=param.dtype
+            )
+        if not hasattr(attn, "k_norm"):
+            attn.k_norm = nn.RMSNorm(
+                config.num_key_value_heads * attn.head_dim, eps=config.rms_norm_eps, device=param.device, dtype=param.dtype
+            )
+
+
+def install_qk_norm(model: nn.Module, attention_type: str) -> None:
+    """Attach DroPE's QK-norm modules (:func:`add_qk_norm_modules`) and apply them to the
+    projection outputs through forward hooks (registered first, so interventions that hook the
+    projections with ``prepend=True`` see the pre-norm values, as upstream's hooks did)."""
+    use_q, use_k = _qk_norm_variant(attention_type)
+    add_qk_norm_modules(model, attention_type)
+    for attn in attention_modules(model):
         if use_q:
             attn.q_proj.register_forward_hook(_norm_hook(attn.q_norm))
         if use_k:
@@ -254,7 +282,9 @@ def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: 
     if token is not None:
         tid = tokenizer.convert_tokens_to_ids(token)
         if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
-            raise ModelLoadError(f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows")
+            raise ModelLoadError(
+                f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows (--{what}-token for a custom pair)"
+            )
         return int(tid)
     tid = getattr(tokenizer, f"{what}_token_id", None)
     if tid is None:
@@ -264,28 +294,80 @@ def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: 
     return int(tid)
 
 
+def looks_like_local_path(source: str) -> bool:
+    """Whether ``source`` can only be meant as a local path (so it is never tried as a hub id): it
+    exists, starts with ``/``, ``.`` or ``~``, has more than one ``/``, or is no valid hub id."""
+    if Path(source).exists() or source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _parse_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc}); fix it or copy the checkpoint's config.json again") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} holds a JSON {type(data).__name__}, not the object a model config is")
+    return data
+
+
 def _read_config_dict(source: str, revision: str | None) -> dict[str, Any]:
-    """config.json of a local directory or a hub id (hub or local HF cache), without remote code."""
+    """config.json of a local directory or a hub id (hub or local HF cache), without remote code.
+    A source that can only be a local path (:func:`looks_like_local_path`) is never tried on the hub."""
     local = Path(source)
     if local.is_dir():
         cfg = local / "config.json"
         if not cfg.is_file():
-            raise ModelLoadError(f"{source}: no config.json in the directory")
-        return json.loads(cfg.read_text())
+            raise ModelLoadError(f"{source}: no config.json in the directory; pass the folder the checkpoint was saved to")
+        return _parse_config_file(cfg)
+    if looks_like_local_path(source):
+        what = "is a file, not a model directory" if local.exists() else "does not exist"
+        raise ModelLoadError(f"{source} {what}; pass a local model directory (config.json, *.safetensors, tokenizer) or a hub id")
     try:
         from huggingface_hub import hf_hub_download
 
         cfg_path = hf_hub_download(source, "config.json", revision=revision)
     except Exception as exc:  # hub unreachable, gated, or not cached
         raise ModelLoadError(
-            f"{source}: cannot read config.json from the hub or the local HF cache ({type(exc).__name__}: {exc}). "
-            "Log in (HF_TOKEN) on a machine with hub access, or pass a local directory."
+            f"{source} is no local directory, and its config.json cannot be read from the hub or the local HF cache "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); log in (HF_TOKEN) on a machine "
+            "with hub access, or pass a local directory"
         ) from exc
-    return json.loads(Path(cfg_path).read_text())
+    return _parse_config_file(Path(cfg_path))
 
 
 def is_drope_config(cfg: dict[str, Any]) -> bool:
-    return cfg.get("model_type") == "llama_drope" or "attention_type" in cfg
+    """A DroPE checkpoint's config: SakanaAI's ``<base>_drope`` model types, or any config with an
+    ``attention_type`` (the DroPE attention variant)."""
+    model_type = str(cfg.get("model_type") or "")
+    return model_type.endswith("_drope") or "attention_type" in cfg
+
+
+def native_drope_attention_type(cfg: dict[str, Any], name: str) -> str:
+    """The DroPE attention variant of a checkpoint the native loader implements; refuses any other
+    (naming the model, its model_type and the supported ones) so it is never loaded as Llama."""
+    model_type = cfg.get("model_type")
+    if model_type not in NATIVE_DROPE_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{name}: DroPE checkpoints of model_type {model_type!r} are not implemented by drope_check's native "
+            f"loader (supported: {', '.join(NATIVE_DROPE_MODEL_TYPES)}); pass --trust-remote-code to run the "
+            "checkpoint's own code instead"
+        )
+    attention_type = cfg.get("attention_type", "nope")
+    try:
+        _qk_norm_variant(attention_type)
+    except ValueError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from None
+    return attention_type
 
 
 def _llama_config_from_drope(cfg: dict[str, Any]):
@@ -297,27 +379,121 @@ def _llama_config_from_drope(cfg: dict[str, Any]):
     return config
 
 
-def _load_extra_safetensors(model: nn.Module, folder: Path, suffixes: tuple[str, ...]) -> int:
-    """Copy tensors whose names end with one of ``suffixes`` from the checkpoint's safetensors
-    files into ``model`` (the QK-norm weights a stock Llama does not know). Returns the count."""
-    from safetensors import safe_open
+@functools.cache
+def native_drope_llama_class() -> type:
+    """``LlamaForCausalLM`` plus DroPE's QK-norm modules, created before the weights load.
 
+    ``from_pretrained`` then loads ``q_norm`` / ``k_norm`` like any other weight: they are never
+    reported as unexpected, and a missing one is reported missing (and refused by the loader)."""
+    from transformers import LlamaForCausalLM
+
+    class NativeDropeLlamaForCausalLM(LlamaForCausalLM):
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            add_qk_norm_modules(self, getattr(config, "attention_type", "nope"))
+
+    return NativeDropeLlamaForCausalLM
+
+
+def qk_norm_tensor_names(n_layers: int) -> list[str]:
+    """The QK-norm weights a DroPE QK-norm checkpoint carries: both norms, every layer."""
+    return [f"model.layers.{i}.self_attn.{norm}.weight" for i in range(n_layers) for norm in ("q_norm", "k_norm")]
+
+
+def _canonical_key(key: str) -> str:
+    return key if key.startswith(("model.", "lm_head.")) else f"model.{key}"
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The folder's ``*.safetensors`` files; refuses a folder without any (weights are never unpickled)."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise ModelLoadError(f"{folder}: no .safetensors files (drope_check never unpickles .bin weights)")
-    params = dict(model.named_parameters())
-    loaded = 0
-    for file in files:
+        raise ModelLoadError(
+            f"{folder}: no .safetensors files (drope_check never unpickles .bin weights); convert the weights with "
+            "`model.save_pretrained(folder, safe_serialization=True)`"
+        )
+    return files
+
+
+def checkpoint_tensor_names(folder: Path) -> set[str]:
+    """Names of the tensors in a folder's safetensors files (headers only, no weights read),
+    with the ``model.`` prefix of a causal LM."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in safetensors_files(folder):
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                names.update(_canonical_key(k) for k in fh.keys())
+        except Exception as exc:  # a truncated or foreign file
+            raise ModelLoadError(f"{file} is not a readable safetensors file ({exc}); copy the checkpoint again") from exc
+    return names
+
+
+def require_qk_norm_tensors(folder: Path, n_layers: int, attention_type: str, name: str) -> list[str]:
+    """The QK-norm tensor names of a QK-norm checkpoint (none for ``nope``); refuses a checkpoint
+    that lacks any of them, naming the missing tensors (a missing norm would silently load as ones)."""
+    if attention_type == "nope":
+        return []
+    wanted = qk_norm_tensor_names(n_layers)
+    present = checkpoint_tensor_names(folder)
+    missing = [t for t in wanted if t not in present]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ModelLoadError(
+            f"{name}: attention_type={attention_type} but {len(missing)} of the {len(wanted)} QK-norm weights are "
+            f"missing from {folder} ({shown}); a DroPE QK-norm checkpoint carries q_norm and k_norm for every layer"
+        )
+    return wanted
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes in its own dtype (row-major, native byte order)."""
+    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def checkpoint_tensor_digests(folder: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of the named tensors as stored in the folder's safetensors files."""
+    from safetensors import safe_open
+
+    wanted = set(names)
+    digests: dict[str, str] = {}
+    for file in safetensors_files(folder):
         with safe_open(str(file), framework="pt") as fh:
             for key in fh.keys():
-                if key.endswith(suffixes):
-                    name = key if key in params else f"model.{key}" if f"model.{key}" in params else None
-                    if name is None:
-                        raise ModelLoadError(f"{file}: tensor {key!r} matches no parameter of the model")
-                    with torch.no_grad():
-                        params[name].copy_(fh.get_tensor(key).to(params[name].dtype))
-                    loaded += 1
-    return loaded
+                if _canonical_key(key) in wanted:
+                    digests[_canonical_key(key)] = tensor_sha256(fh.get_tensor(key))
+    return dict(sorted(digests.items()))
+
+
+def _refuse_incomplete_load(info: dict[str, Any], name: str) -> None:
+    """A natively loaded DroPE checkpoint must match the model exactly: a missing weight would be
+    random, an unexpected one (e.g. Qwen2's q/k/v biases) silently dropped."""
+    problems = []
+    for what, keys in (
+        ("missing", info.get("missing_keys") or ()),
+        ("unexpected", info.get("unexpected_keys") or ()),
+        ("mis-shaped", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()]),
+    ):
+        keys = sorted(keys)
+        if keys:
+            problems.append(f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+    if problems:
+        raise ModelLoadError(
+            f"{name}: the checkpoint's weights do not match a Llama DroPE model: {'; '.join(problems)}; "
+            "drope_check's native loader implements Llama DroPE checkpoints only (--trust-remote-code runs the checkpoint's own code)"
+        )
+
+
+def load_tokenizer(source: str, revision: str | None, trust_remote_code: bool, config: Any = None) -> Any:
+    """The tokenizer of a local directory or hub id (``config`` saves transformers a lookup of a
+    DroPE model_type it does not know)."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if config is not None:
+        kwargs["config"] = config
+    return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
 def _snapshot_dir(source: str, revision: str | None) -> Path:
@@ -412,7 +588,7 @@ def _load_hub_or_dir(
     quantization: str | None,
     provenance: dict[str, Any],
 ) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     cfg = _read_config_dict(spec.source, spec.revision)
     try:  # refused before any weights load, with the supported list
@@ -424,25 +600,30 @@ def _load_hub_or_dir(
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(device)})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            spec.source, revision=spec.revision, trust_remote_code=trust_remote_code
-        )
         if is_drope_config(cfg) and not trust_remote_code:
+            name = spec.describe()
+            attention_type = native_drope_attention_type(cfg, name)
             config = _llama_config_from_drope(cfg)
-            from transformers import LlamaForCausalLM
-
-            model = LlamaForCausalLM.from_pretrained(spec.source, config=config, **kwargs)
-            attention_type = cfg.get("attention_type", "nope")
+            folder = _snapshot_dir(spec.source, spec.revision)
+            safetensors_files(folder)
+            norm_names = require_qk_norm_tensors(folder, config.num_hidden_layers, attention_type, name)
+            tokenizer = load_tokenizer(spec.source, spec.revision, trust_remote_code, config=config)
+            model, info = native_drope_llama_class().from_pretrained(
+                spec.source, config=config, output_loading_info=True, **kwargs
+            )
+            _refuse_incomplete_load(info, name)
             apply_identity_rotation(model)
             install_qk_norm(model, attention_type)
-            if attention_type != "nope":
-                n = _load_extra_safetensors(model, _snapshot_dir(spec.source, spec.revision), ("q_norm.weight", "k_norm.weight"))
-                if n == 0:
-                    raise ModelLoadError(f"{spec.source}: attention_type={attention_type} but no q_norm/k_norm weights found")
             if cfg.get("softmax_scale") is not None:
                 set_softmax_scale(model, cfg["softmax_scale"])
-            provenance.update(attention_type=attention_type, softmax_scale=cfg.get("softmax_scale"), loader="native")
+            provenance.update(
+                attention_type=attention_type,
+                softmax_scale=cfg.get("softmax_scale"),
+                loader="native",
+                qk_norm_weights=checkpoint_tensor_digests(folder, norm_names),
+            )
         else:
+            tokenizer = load_tokenizer(spec.source, spec.revision, trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(
                 spec.source, trust_remote_code=trust_remote_code, **kwargs
             )
@@ -453,7 +634,10 @@ def _load_hub_or_dir(
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"{spec.describe()}: loading failed ({type(exc).__name__}: {exc})") from exc
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelLoadError(
+            f"{spec.describe()}: loading failed ({type(exc).__name__}: {first_line}); rerun with --debug for the details"
+        ) from exc
     if qconfig is None:
         model = model.to(device)
     local = Path(spec.source)

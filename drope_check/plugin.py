@@ -14,6 +14,12 @@ run with a tolerance report. Options:
 ``--regen-expected``   rewrite the ``golden`` values (and the recorded measurements of
                        ``does-not-generalise`` claims) from this run; report-derived values are never
                        touched.
+``--strict-claims``    (also implied by pytest's ``--strict``) a claim of an available pair that was not evaluated (pending golden, another
+                       text set or protocol, a skip for any reason but "about a recalibrated DroPE
+                       model") is an ERROR: a run that checked nothing is never green.
+``--as-pair``          judge ``--measurements`` of other models than the pair's (refused otherwise);
+                       every verdict then names the measured models.
+``--audit``            also run the confound audit of each available pair (``drope_check.audit``).
 ``--expected-dir DIR`` where the claim files live (default: ``expected/`` under the rootdir, else the
                        repository's).
 ``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``
@@ -38,24 +44,20 @@ from typing import Any
 
 import pytest
 
-from drope_check.claims import (
+from drope_check.bands import fmt
+from drope_check.claim_file import (
     Claim,
     ClaimSet,
     ClaimsFileError,
     MeasurementsMismatch,
-    Verdict,
     available_pairs,
     check_measurements,
     default_expected_dir,
-    fmt,
     load_claims,
-    measured_how_text,
-    pending_reason,
-    regen_expected,
-    regen_verdict,
-    skipped_verdict,
-    verdict_for,
 )
+from drope_check.measurements_file import MeasurementsFileError, load_measurements
+from drope_check.regen import measured_how_text, regen_expected, regen_verdict, updates_from_verdicts
+from drope_check.verdicts import Verdict, pending_reason, skipped_verdict, strict_verdict, verdict_for
 
 __all__ = ["ClaimNotHeld", "PairUnavailable", "check_claim"]
 
@@ -93,6 +95,20 @@ class _State:
         return bool(self.config.getoption("drope_require_models"))
 
     @property
+    def strict(self) -> bool:
+        """``--strict-claims``, or pytest's strict mode (``--strict`` / ``strict = true``): a run in
+        strict mode must not go green on claims it never evaluated."""
+        try:
+            pytest_strict = bool(self.config.getini("strict"))
+        except ValueError:  # a pytest without the strict ini option
+            pytest_strict = False
+        return bool(self.config.getoption("drope_strict")) or pytest_strict
+
+    @property
+    def as_pair(self) -> bool:
+        return bool(self.config.getoption("drope_as_pair"))
+
+    @property
     def regen(self) -> bool:
         return bool(self.config.getoption("drope_regen"))
 
@@ -110,10 +126,10 @@ class _State:
             for raw in given:
                 path = Path(raw).resolve()
                 try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, json.JSONDecodeError) as exc:
-                    raise pytest.UsageError(f"--measurements {raw}: cannot read it as JSON: {exc}") from None
-                pair = data.get("pair") if isinstance(data, dict) else None
+                    data = load_measurements(path)
+                except MeasurementsFileError as exc:
+                    raise pytest.UsageError(f"--measurements: {exc}") from None
+                pair = data.get("pair")
                 if len(given) == 1 and len(named) == 1:
                     pair = named[0]  # a file of another pair is then refused by check_measurements
                 if not isinstance(pair, str):
@@ -168,9 +184,9 @@ class _State:
                 )
             path = files[pair]
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                check_measurements(claim_set, data, origin=str(path))
-            except (OSError, json.JSONDecodeError, MeasurementsMismatch) as exc:
+                data = load_measurements(path)
+                check_measurements(claim_set, data, origin=str(path), as_pair=self.as_pair)
+            except (MeasurementsFileError, MeasurementsMismatch) as exc:
                 raise MeasurementFailed(f"pair {pair}: {exc}") from None
             self.origins[pair] = path.name
             return data
@@ -180,7 +196,7 @@ class _State:
         try:
             measure = importlib.import_module("drope_check.measure")
             data = measure.measure_pair(pair, protocol=None, interventions="all", options=options)
-            check_measurements(claim_set, data, origin=f"measure_pair({pair!r})")
+            check_measurements(claim_set, data, origin=f"measure_pair({pair!r})", as_pair=self.as_pair)
         except Exception as exc:  # any failure of a model that should load is an error, never a skip
             raise MeasurementFailed(f"pair {pair}: measuring failed: {type(exc).__name__}: {exc}") from exc
         self.origins[pair] = f"measured in this session by measure_pair({pair!r})"
@@ -227,6 +243,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write claims-report.md, claims-report.json and per-layer plots into DIR")
     group.addoption("--regen-expected", action="store_true", dest="drope_regen", default=False,
                     help="rewrite golden values in expected/<pair>.toml from this run (never report values)")
+    group.addoption("--strict-claims", action="store_true", dest="drope_strict", default=False,
+                    help="a claim of an available pair that was not evaluated (other than one about a recalibrated "
+                    "DroPE model) is an error; pytest's own --strict (strict mode) implies it")
+    group.addoption("--as-pair", action="store_true", dest="drope_as_pair", default=False,
+                    help="judge --measurements of other models than the pair's; every verdict names the measured models")
     group.addoption("--measurements", action="append", dest="drope_measurements", default=None, metavar="FILE",
                     help="judge this measurements JSON instead of measuring (repeatable, one per pair)")
     group.addoption("--expected-dir", dest="drope_expected_dir", default=None, metavar="DIR",
@@ -238,6 +259,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drope-quantization", dest="drope_quantization", default=None,
                     choices=("nf4", "nf4-double", "fp4"),
                     help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)")
+    group.addoption("--audit", action="store_true", dest="drope_audit", default=False,
+                    help="also run the confound audit of each available pair (drope_check.audit): audit/<pair>/ "
+                    "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report")
     group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
                     help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
 
@@ -289,6 +313,7 @@ class _Aggregator:
         self.state = state
         self.regenerated: list[str] | None = None
         self.report_dir: Path | None = None
+        self.audit_lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller this sees every worker's reports, with their user properties."""
@@ -314,6 +339,13 @@ class _Aggregator:
         if self.state.regen:
             self.regenerated = _write_regen(self.state, verdicts)
         out = config.getoption("drope_claims_report")
+        if config.getoption("drope_audit"):
+            from drope_check.audit import audit_session
+
+            self.audit_lines = audit_session(config, self.state, sorted({v["pair"] for v in verdicts}), out,
+                                             _measure_options(config), _pair_available)
+            if any(line.startswith("audit failed") for line in self.audit_lines):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:
             from drope_check.report import build_report, plot_marks, write_report
 
@@ -338,30 +370,27 @@ class _Aggregator:
         writer = getattr(terminalreporter, "_tw", None)
         width = writer.fullwidth if writer is not None else 120
         terminalreporter.section("drope_check claims")
+        from drope_check.report import unchecked_pair_lines
+
         for line in terminal_lines(self.verdicts(), width=width):
             terminalreporter.write_line(line)
+        available = {p for p, info in self.state.pairs.items() if info.get("available")}
+        for line in unchecked_pair_lines(self.verdicts(), available):
+            terminalreporter.write_line(line, red=True, bold=True)
         if self.regenerated is not None:
             terminalreporter.write_line(
                 f"--regen-expected: rewrote {len(self.regenerated)} measured value(s): "
                 f"{', '.join(self.regenerated) or 'none'}"
             )
+        for line in self.audit_lines:
+            terminalreporter.write_line(line)
         if self.report_dir is not None:
             terminalreporter.write_line(f"claims report: {self.report_dir / 'claims-report.md'}")
 
 
 def _write_regen(state: _State, verdicts: list[dict[str, Any]]) -> list[str]:
-    by_pair: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-    for v in verdicts:
-        if v["status"] not in ("golden", "does-not-generalise") or v["measured"] is None:
-            continue
-        if v["outcome"] == "error" or not v.get("measured_how"):
-            continue
-        by_pair.setdefault(v["pair"], {})[(v["id"], v["model"])] = {
-            "measured_value": v["measured"], "measured_how": v["measured_how"],
-            "texts_sha256": v.get("texts_sha256"),
-        }
     changed: list[str] = []
-    for pair, updates in sorted(by_pair.items()):
+    for pair, updates in sorted(updates_from_verdicts(verdicts).items()):
         changed += regen_expected(state.claim_set(pair).path, updates)
     return changed
 
@@ -375,7 +404,10 @@ def drope_measure_options(request: pytest.FixtureRequest) -> Any:
     """Options passed to ``measure_pair``: a ``drope_check.measure.MeasureOptions`` built from
     ``--drope-device`` / ``--drope-dtype`` / ``--drope-quantization`` / ``--drope-wikitext``, or None
     (the engine's defaults) when none is given. A conftest may override this fixture."""
-    config = request.config
+    return _measure_options(request.config)
+
+
+def _measure_options(config: pytest.Config) -> Any:
     chosen = {
         "device": config.getoption("drope_device"),
         "dtype": config.getoption("drope_dtype"),
@@ -433,7 +465,7 @@ def claim_verdict(
     state = _state(request.config)
     regenerating = state.regen and claim.status in ("golden", "does-not-generalise")
     why = pending_reason(claim)
-    if why is not None and not regenerating:
+    if why is not None and not regenerating and not state.strict:
         verdict = skipped_verdict(claim, why)
         _record(record_property, verdict)
         return verdict
@@ -457,7 +489,9 @@ def claim_verdict(
         how = measured_how_text(data, claim, state.origins.get(claim.pair, ""))
         verdict = regen_verdict(claim, data, how)
     else:
-        verdict = verdict_for(claim, data)
+        verdict = verdict_for(claim, data, as_pair=state.as_pair)
+        if state.strict:
+            verdict = strict_verdict(claim, verdict)
     _record(record_property, verdict)
     if verdict.outcome == "error":
         pytest.fail(verdict.reason, pytrace=False)

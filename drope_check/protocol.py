@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 AttentionSource = Literal["model", "projections"]
-StatsDtype = Literal["float64", "float32", "auto"]
+StatsDtype = Literal["float64", "float32", "auto", "fp16-eager"]
 TextSetName = Literal["lines", "concatenated"]
 SPIKE_RULES: tuple[str, ...] = ("argmax-ratio", "max-write")
 
@@ -42,9 +42,26 @@ class Protocol:
         outputs without the rotary step (true attention only for identity-rotation models).
     stats_dtype:
         dtype of the attention-to-BOS computation. ``"auto"`` uses float32 where a rounding bound
-        shows it is accurate to 1e-6 and float64 elsewhere.
+        shows it is accurate to 1e-6 and float64 elsewhere. ``"fp16-eager"`` is upstream's confound,
+        not a precision choice: eager attention's arithmetic in float16 (q.k^T in fp16, then the
+        scaling, then the softmax), where an overflow gives NaN heads; those count as non-sinks (as
+        upstream's did) and their number is reported (:mod:`drope_check.fp16_eager`).
     sink_tau, sink_strict:
         a head is a sink when its score is >= tau (upstream), or > tau with ``sink_strict`` (Gu et al.).
+    sink_self_term:
+        whether query t = 0 (which can only attend to BOS, weight 1) counts in the sink score and
+        rate (upstream: yes; it adds ~1/T to every score). ``heads.sink_score_excl_self`` and
+        ``layers.sink_rate_excl_self`` are always the excluded ones.
+    spike_rule:
+        which BOS spike layer the spike-layer and BOS-MLP-ablation claims read: ``"argmax-ratio"``
+        (upstream) or ``"max-write"``. Both are always measured; this only picks one.
+    prompt_tokens:
+        ``(lo, hi)``: cut sequence ``i`` to ``lo + i % (hi - lo + 1)`` tokens after BOS (upstream's
+        6-12-token sink prompts), or ``None`` to keep the text set's lengths.
+
+    ``sink_tau``, ``sink_strict``, ``sink_self_term`` and ``spike_rule`` are
+    :data:`STATISTICS_FIELDS`: they change no forward pass, so a measurement under one value holds
+    what is needed to recompute the others (``drope_check.sink_stats``).
     """
 
     name: str = "faithful"
@@ -59,6 +76,9 @@ class Protocol:
     stats_dtype: StatsDtype = "auto"
     sink_tau: float = 0.3
     sink_strict: bool = False
+    sink_self_term: bool = True
+    spike_rule: str = "argmax-ratio"
+    prompt_tokens: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.n_texts < 1:
@@ -71,8 +91,18 @@ class Protocol:
             raise ValueError(f"Protocol.text_set must be 'lines' or 'concatenated', got {self.text_set!r}")
         if self.attention_source not in ("model", "projections"):
             raise ValueError(f"Protocol.attention_source must be 'model' or 'projections', got {self.attention_source!r}")
-        if self.stats_dtype not in ("float64", "float32", "auto"):
-            raise ValueError(f"Protocol.stats_dtype must be float64, float32 or auto, got {self.stats_dtype!r}")
+        if self.stats_dtype not in ("float64", "float32", "auto", "fp16-eager"):
+            raise ValueError(f"Protocol.stats_dtype must be float64, float32, auto or fp16-eager, got {self.stats_dtype!r}")
+        if self.spike_rule not in SPIKE_RULES:
+            raise ValueError(f"Protocol.spike_rule must be one of {', '.join(SPIKE_RULES)}, got {self.spike_rule!r}")
+        if self.prompt_tokens is not None:
+            object.__setattr__(self, "prompt_tokens", tuple(self.prompt_tokens))  # a JSON list reads back
+            lo, hi = self.prompt_tokens
+            if not 1 <= lo <= hi or hi + 1 > self.max_tokens:
+                raise ValueError(
+                    f"Protocol.prompt_tokens must be (lo, hi) with 1 <= lo <= hi < max_tokens ({self.max_tokens}), "
+                    f"got {self.prompt_tokens!r}"
+                )
         if not 0.0 < self.sink_tau < 1.0:
             raise ValueError(f"Protocol.sink_tau must be in (0, 1), got {self.sink_tau}")
         if self.padding_in_stats and self.pad_to is None:
@@ -86,5 +116,8 @@ class Protocol:
     def replace(self, **changes: Any) -> Protocol:
         return dataclasses.replace(self, **changes)
 
+
+#: Fields that change only statistics computed from one pass's per-sequence values, never a forward pass.
+STATISTICS_FIELDS: tuple[str, ...] = ("sink_tau", "sink_strict", "sink_self_term", "spike_rule")
 
 FAITHFUL = Protocol()

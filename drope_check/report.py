@@ -14,26 +14,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from drope_check import __version__
-from drope_check.claims import (
-    FAMILIES,
-    MODELS,
-    Claim,
-    ClaimSet,
-    Verdict,
-    check_measurements,
-    fmt,
-    load_claims,
-    verdict_for,
-)
+from drope_check.atomic import atomic_write_bytes, atomic_write_text
+from drope_check.bands import fmt
+from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
 from drope_check.generalisation import generalisation_table
+from drope_check.measurements_file import load_measurements
+from drope_check.verdicts import Verdict, strict_verdict, verdict_for
 
 __all__ = [
     "OUTCOMES",
@@ -64,34 +56,6 @@ PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
     ("sink_rate", "sink rate (fraction of heads, score >= tau)", False),
 )
 _MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
-
-
-# ----------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return target
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +179,10 @@ def _cell(text: Any) -> str:
 
 
 def _outcome_text(v: Mapping[str, Any]) -> str:
+    """The verdict label; under ``--as-pair`` it names the models actually measured."""
     label = OUTCOME_LABEL.get(v["outcome"], v["outcome"])
+    if v.get("measured_models"):
+        label += f" (measured on {v['measured_models']})"
     return label
 
 
@@ -409,7 +376,10 @@ def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = T
     plot_files = write_plots(doc, folder) if plots else {}
     paths = [folder / f for files in plot_files.values() for f in files]
     paths.append(atomic_write_text(folder / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"))
-    paths.append(atomic_write_text(folder / "claims-report.md", render_markdown(doc, plot_files)))
+    from drope_check.audit import report_section  # an audit.json next to the report: robustness per claim
+
+    markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
+    paths.append(atomic_write_text(folder / "claims-report.md", markdown))
     return paths
 
 
@@ -423,7 +393,7 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
         if v["outcome"] == "skip":
             grouped_skips[v.get("reason", "")] += 1
             continue
-        rows.append((v["key"], fmt(v["measured"]), fmt(v["expected"]), v["band"], OUTCOME_LABEL.get(v["outcome"], v["outcome"])))
+        rows.append((v["key"], fmt(v["measured"]), fmt(v["expected"]), v["band"], _outcome_text(v)))
     lines: list[str] = []
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -440,6 +410,31 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
     return lines
 
 
+#: Outcomes that mean a claim was actually compared with a measured value.
+EVALUATED_OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass")
+
+
+def unchecked_pair_lines(verdicts: Iterable[Mapping[str, Any]], available: Iterable[str]) -> list[str]:
+    """A loud line for each measured (available) pair of which no claim was evaluated at all.
+
+    "1 pass, 31 skip" on another text set used to look green; a pair that checked nothing says so.
+    """
+    by_pair: dict[str, Counter[str]] = {}
+    for v in verdicts:
+        by_pair.setdefault(v["pair"], Counter())[v["outcome"]] += 1
+    lines = []
+    for pair in sorted(set(available) & set(by_pair)):
+        counts = by_pair[pair]
+        if not any(counts[o] for o in EVALUATED_OUTCOMES):
+            total = sum(counts.values())
+            lines.append(
+                f"WARNING: pair {pair}: NOTHING WAS CHECKED: 0 of {total} claims evaluated "
+                f"({', '.join(f'{n} {o}' for o, n in sorted(counts.items()))}); see the skip reasons above, "
+                "and use --strict to make this a failure"
+            )
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------
 # judge
 
@@ -450,18 +445,24 @@ def judge_file(
     report_dir: str | Path | None = None,
     expected_dir: str | Path | None = None,
     plots: bool = True,
+    as_pair: bool = False,
+    strict: bool = False,
 ) -> list[Verdict]:
     """Judge a measurements JSON made elsewhere against ``expected/<pair>.toml``.
 
     Returns one :class:`Verdict` per claim (skips included) and, when ``report_dir`` is given, writes
     the same ``claims-report.md`` / ``.json`` / plots as ``pytest claims/ --claims-report``. Raises
-    :class:`~drope_check.claims.MeasurementsMismatch` for measurements of another pair or variant.
+    :class:`~drope_check.measurements_file.MeasurementsFileError` for a malformed file and
+    :class:`~drope_check.claim_file.MeasurementsMismatch` for measurements of another pair, variant
+    or (without ``as_pair``) other models. ``strict``: see :func:`~drope_check.verdicts.strict_verdict`.
     """
     path = Path(measurements_path)
-    measurements = json.loads(path.read_text(encoding="utf-8"))
+    measurements = load_measurements(path)
     claim_set = load_claims(pair, expected_dir)
-    check_measurements(claim_set, measurements, origin=str(path))
-    verdicts = [verdict_for(claim, measurements) for claim in claim_set.claims]
+    check_measurements(claim_set, measurements, origin=str(path), as_pair=as_pair)
+    verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claim_set.claims]
+    if strict:
+        verdicts = [strict_verdict(claim, v) for claim, v in zip(claim_set.claims, verdicts, strict=True)]
     if report_dir is not None:
         info = pair_info(pair, measurements, claim_set, origin=path.name)
         doc = build_report(verdicts, {pair: info}, {pair: plot_marks(claim_set)})

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drope_check.errors import UserError
+
 __all__ = [
     "ENV_WIKITEXT",
     "GENSIM_WIKI_SAMPLE",
@@ -83,7 +85,7 @@ WIKITEXT2_TEST_NONEMPTY_ROWS = 2891
 GENSIM_WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
-class TextSourceError(RuntimeError):
+class TextSourceError(UserError, RuntimeError):
     """An evaluation text source is missing, unreadable or malformed.
 
     The message always says which path (or which route) failed and how to fix it.
@@ -226,6 +228,12 @@ def _read_wikitext_file(path: Path, origin: str) -> _WikiRows:
         ) from exc
     if not any(rows):
         raise TextSourceError(f"the WikiText-2 file {str(path)!r} (given by {origin}) holds no text")
+    nul_rows = [i + 1 for i, row in enumerate(rows) if "\x00" in row]
+    if nul_rows:
+        raise TextSourceError(
+            f"the WikiText-2 file {str(path)!r} (given by {origin}) contains NUL bytes (first on line "
+            f"{nul_rows[0]}, {len(nul_rows)} line(s) in all); it is not wiki.test.raw: use the file from wikitext-2-raw-v1.zip"
+        )
     return _WikiRows(rows=rows, source=f"file:{path}", file_sha256=_file_sha256(data))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from drope_check import claims as C
+from drope_check.protocol import FAITHFUL
 from drope_check.report import atomic_write_text, judge_file, render_markdown
 
 if sys.version_info >= (3, 11):
@@ -322,25 +323,43 @@ def test_check_measurements_refuses_other_pair_or_variant() -> None:
 
 
 def test_verdict_for_turns_missing_path_into_error() -> None:
+    """A key the schema does not know is an error (a typo in a claim file); an optional schema field
+    the measurements lack is a skip, "not measured by this source"."""
+    import dataclasses
+
     cs = C.load_claims("llama2-7b", REPO_EXPECTED)
-    verdict = C.verdict_for(cs.get("sink_rate_average", "rope"), {"schema_version": 1, "models": {"rope": {"scalars": {}}}})
+    claim = cs.get("sink_rate_average", "rope")
+    data = {"schema_version": 1, "models": {"rope": {"scalars": {}}}}
+    typo = dataclasses.replace(claim, metrics=("rope:scalars.sink_rate_avg",))
+    verdict = C.verdict_for(typo, data)
     assert verdict.outcome == "error"
-    assert "sink_rate_average[llama2-7b:rope]" in verdict.reason and "rope:scalars.sink_rate_average" in verdict.reason
+    assert "sink_rate_average[llama2-7b:rope]" in verdict.reason and "rope:scalars.sink_rate_avg" in verdict.reason
+    verdict = C.verdict_for(claim, data)
+    assert verdict.outcome == "skip" and "not measured by this source" in verdict.reason
 
 
 # ----------------------------------------------------------------------------------------------
 # the repository's claim files
 
 
+LLAMA_ONLY = {
+    ("peak_bos_norm_layer_plateau", "pair"), ("valley_more_isotropic", "pair"), ("identical_conditions", "pair"),
+    ("eager_attention_nan", "drope"),
+}
+
+
 def test_repository_claim_files_load_with_the_same_ids() -> None:
     llama = C.load_claims("llama2-7b", REPO_EXPECTED)
     smol = C.load_claims("smollm2-135m", REPO_EXPECTED)
     gemma = C.load_claims("gemma3-270m", REPO_EXPECTED)
-    assert {(c.id, c.model) for c in llama.claims} == {(c.id, c.model) for c in smol.claims}
-    assert {(c.id, c.model) for c in llama.claims} == {(c.id, c.model) for c in gemma.claims}
-    assert len(llama.claims) == 32
+    # report claims encoded for llama2-7b only so far (issue 9): not yet in the embedded pairs' files
+    assert {(c.id, c.model) for c in llama.claims} - LLAMA_ONLY == {(c.id, c.model) for c in smol.claims}
+    assert {(c.id, c.model) for c in smol.claims} == {(c.id, c.model) for c in gemma.claims}
+    assert len(llama.claims) == 32 + len(LLAMA_ONLY)
     assert llama.drope_variant == "drope" and smol.drope_variant == gemma.drope_variant == "nope-zeroshot"
-    assert {c.status for c in llama.claims} == {"claim"}  # every value in it is the report's
+    # every value in it is the report's; the one skip is a GPU check no field records yet
+    assert {c.status for c in llama.claims} == {"claim", "skip"}
+    assert [c.key for c in llama.claims if c.status == "skip"] == ["eager_attention_nan[llama2-7b:drope]"]
     for claim in llama.claims + smol.claims + gemma.claims:
         assert claim.rationale.strip()
     for claim in smol.claims + gemma.claims:
@@ -399,22 +418,27 @@ def test_llama2_file_holds_every_report_value_and_no_band_passes_anything() -> N
 #:   drope layer-1 sink rate 0.85 vs 0.31 +- 0.125 -> fail
 #:   only RoPE collapses: rope 5.05 < 100 -> fail
 #:   valley ratio 0.12 / 0.002 = 60 vs 11.05 (factor 3): 5.4x off -> fail
+#:   RoPE BOS norm at layer 23 / peak = 760 / 900 = 0.844 < 0.998 -> fail (peak_bos_norm_layer_plateau)
+#:   anisotropy drope[2] 0.98 < rope[1] 0.999 -> pass; pad_to 0 - 0 = 0 -> pass; eager NaN -> skip
 #:   everything else inside its band, e.g. rope PPL 9.9 vs 10.2 (2.9% < 6%), drope peak BOS norm
 #:   520 vs 632.2 (1.216x < 1.25x), sink-rate gap 0.944375 - 0.98125 = -0.0369 (within 0.05).
 HAND_FAILS = {
     "bos_mlp_ablation_ppl[llama2-7b:rope]", "bos_mlp_ablation_ratio[llama2-7b:rope]",
     "min_entropy[llama2-7b:rope]", "sink_rate_layer1[llama2-7b:drope]",
     "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]", "valley_entropy_ratio[llama2-7b:pair]",
+    "peak_bos_norm_layer_plateau[llama2-7b:pair]",
 }
+HAND_SKIPS = {"eager_attention_nan[llama2-7b:drope]"}
 
 
 def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     verdicts = judge_file(DATA / "llama2-7b-handwritten.json", "llama2-7b", tmp_path / "rep", REPO_EXPECTED)
-    assert len(verdicts) == 32
+    assert len(verdicts) == 36
     got = {v.key: v.outcome for v in verdicts}
     assert {k for k, o in got.items() if o == "fail"} == HAND_FAILS
-    assert {k for k, o in got.items() if o != "fail"} == {v.key for v in verdicts} - HAND_FAILS
-    assert set(got.values()) == {"pass", "fail"}
+    assert {k for k, o in got.items() if o == "skip"} == HAND_SKIPS
+    assert {k for k, o in got.items() if o == "pass"} == {v.key for v in verdicts} - HAND_FAILS - HAND_SKIPS
+    assert set(got.values()) == {"pass", "fail", "skip"}
     by_key = {v.key: v for v in verdicts}
     gap = by_key["sink_rates_nearly_identical[llama2-7b:pair]"]
     assert gap.measured == pytest.approx(0.944375 - 0.98125)
@@ -427,7 +451,7 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     # the report
     rep = tmp_path / "rep"
     doc = json.loads((rep / "claims-report.json").read_text())
-    assert doc["summary"]["fail"] == 6 and doc["summary"]["pass"] == 26
+    assert doc["summary"]["fail"] == 7 and doc["summary"]["pass"] == 28 and doc["summary"]["skip"] == 1
     assert [v["key"] for v in doc["verdicts"]][:2] == ["ppl_baseline[llama2-7b:rope]", "ppl_baseline[llama2-7b:drope]"]
     md = (rep / "claims-report.md").read_text()
     assert md.index("## Summary") < md.index("## Claims")
@@ -495,7 +519,7 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
             assert new == old, key
     # comments and every line that is not a regenerable key survive, in order (the regenerable keys
     # of untouched claims are checked value by value above)
-    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ")
+    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ", "protocol = ")
     kept = [line for line in before_text.splitlines() if not line.startswith(regenerable)]
     after_lines = path.read_text().splitlines()
     assert [line for line in after_lines if line in kept] == kept
@@ -553,5 +577,7 @@ def test_golden_measured_on_another_text_set_is_skipped_not_judged() -> None:
     assert verdict.outcome == "skip"
     assert claim.texts_sha256[:12] in verdict.reason and "gensim fallback sample" in verdict.reason
     # the same text set is judged (and here fails to find the metric, proving it was read)
+    same = {"texts": {"sha256": claim.texts_sha256}, "protocol": FAITHFUL.to_dict(),
+            "models": {"rope": {"provenance": {"dtype": "float32"}}}}
     with pytest.raises(C.MetricPathError):
-        C.evaluate(claim, {"texts": {"sha256": claim.texts_sha256}, "models": {}})
+        C.evaluate(claim, same)

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drope_check import metrics
 from drope_check.metrics import (
     SpectrumEntropy,
     argmax_layer,
@@ -488,3 +489,21 @@ def test_mean_over_sequences_errors() -> None:
         mean_over_sequences([torch.ones(2, 2)])
     with pytest.raises(ValueError, match="non-finite"):
         mean_over_sequences([torch.ones(3), torch.tensor([1.0, float("inf"), 1.0])])
+
+
+# --------------------------------------------------------------------------------------------------
+# layer_mean / perplexity_ratio (used by measure, interventions and import-upstream)
+
+
+def test_layer_mean_is_the_plain_mean_and_rejects_nan() -> None:
+    values = [0.6625, 0.78125] + [1.0] * 30
+    assert metrics.layer_mean(values) == pytest.approx(sum(values) / 32, rel=1e-15)
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.layer_mean([1.0, float("nan")])
+
+
+def test_perplexity_ratio_refuses_what_is_not_a_perplexity() -> None:
+    assert metrics.perplexity_ratio(14422.0, 10.0) == 1442.2
+    for bad in ((0.0, 3.8), (3332.6, 0.0), (float("nan"), 3.8), (5.0, float("inf"))):
+        with pytest.raises(ValueError):
+            metrics.perplexity_ratio(*bad)

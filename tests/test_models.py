@@ -9,6 +9,7 @@ the WHOLE q_proj / k_proj output, no rotary step, masked softmax(q k^T * scale) 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -299,15 +300,26 @@ VARIANTS = [
 
 @pytest.mark.parametrize("attention_type,softmax_scale", VARIANTS)
 def test_native_drope_checkpoint_loads_and_matches_hand_built_reference(
-    tmp_path, attention_type, softmax_scale
+    tmp_path, capfd, attention_type, softmax_scale
 ):
     folder = tmp_path / "drope-ckpt"
     sd, config, marker = make_checkpoint(folder, attention_type, softmax_scale)
+    capfd.readouterr()
     loaded = load_dir(folder)
     model = loaded.model
 
-    # loaded natively: a stock Llama with an identity rotation, no remote code
-    assert type(model) is LlamaForCausalLM
+    # transformers' load report never calls the QK-norm weights UNEXPECTED (they are loaded)
+    err = capfd.readouterr().err
+    assert "UNEXPECTED" not in err and "LOAD REPORT" not in err, err
+    # provenance names every norm weight loaded, with the sha256 of its bytes as saved
+    norms = {k: v for k, v in sd.items() if "q_norm" in k or "k_norm" in k}
+    assert len(norms) == (0 if attention_type == "nope" else 2 * config.num_hidden_layers)
+    assert loaded.provenance["qk_norm_weights"] == {
+        k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in sorted(norms.items())
+    }
+
+    # loaded natively: a stock Llama (plus the norm modules) with an identity rotation, no remote code
+    assert isinstance(model, LlamaForCausalLM)
     assert isinstance(model.model.rotary_emb, IdentityRotaryEmbedding)
     assert model.config._attn_implementation == ATTN_IMPLEMENTATION
     assert loaded.provenance["loader"] == "native"
@@ -396,6 +408,93 @@ def test_unknown_attention_type_is_named(tmp_path):
         load_dir(folder)
     assert str(folder) in str(info.value)
     assert "qk_norm_nope" in str(info.value)  # lists the known ones
+
+
+def make_qwen2_drope_checkpoint(folder: Path, attention_type: str = "qk_norm_nope") -> None:
+    """A tiny checkpoint as SakanaAI's DroPEQwen2ForCausalLM saves it (custom_models/drope.py:
+    model_type ``qwen2_drope``, architectures ``DroPEQwen2ForCausalLM``, Qwen2 weights with q/k/v
+    biases, the QK-norm weights under the same names as the Llama variants)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Qwen2Config(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(13)
+    sd = {k: v.detach().clone().contiguous() for k, v in Qwen2ForCausalLM(config).state_dict().items()}
+    assert any(k.endswith("self_attn.q_proj.bias") for k in sd)
+    for layer in range(config.num_hidden_layers):
+        sd[f"model.layers.{layer}.self_attn.q_norm.weight"] = torch.rand(32) + 0.5
+        sd[f"model.layers.{layer}.self_attn.k_norm.weight"] = torch.rand(16) + 0.5
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_dict()
+    cfg.update(
+        model_type="qwen2_drope",
+        architectures=["DroPEQwen2ForCausalLM"],
+        attention_type=attention_type,
+        auto_map={"AutoConfig": "drope.DroPEQwen2Config", "AutoModelForCausalLM": "drope.DroPEQwen2ForCausalLM"},
+    )
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    save_tokenizer(folder)
+
+
+def test_qwen2_drope_checkpoint_is_refused_never_loaded_as_llama(tmp_path):
+    folder = tmp_path / "qwen2-drope-ckpt"
+    make_qwen2_drope_checkpoint(folder)
+    with pytest.raises(ModelLoadError) as info:
+        load_dir(folder)
+    message = str(info.value)
+    assert str(folder) in message and "'qwen2_drope'" in message
+    assert "supported: llama_drope" in message  # the supported list
+    assert "--trust-remote-code" in message
+
+
+def rewrite_checkpoint(folder: Path, drop: tuple[str, ...] = (), add: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(folder / "model.safetensors"))
+    for key in drop:
+        del sd[key]
+    sd.update(add or {})
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "attention_type,drop",
+    [
+        ("qk_norm_nope", ("model.layers.1.self_attn.k_norm.weight",)),
+        ("qk_norm_nope", ("model.layers.0.self_attn.q_norm.weight",)),
+        # q_norm_nope applies only q_norm, but SakanaAI's checkpoints carry both norms for every variant
+        ("q_norm_nope", ("model.layers.0.self_attn.k_norm.weight", "model.layers.1.self_attn.k_norm.weight")),
+    ],
+)
+def test_qk_norm_checkpoint_missing_a_norm_is_refused_naming_the_tensors(tmp_path, attention_type, drop):
+    folder = tmp_path / "drope-ckpt"
+    make_checkpoint(folder, attention_type)
+    rewrite_checkpoint(folder, drop=drop)
+    with pytest.raises(ModelLoadError) as info:
+        load_dir(folder)
+    message = str(info.value)
+    assert str(folder) in message
+    for key in drop:
+        assert key in message
+    assert f"{len(drop)} of the 4 QK-norm weights are missing" in message
+
+
+def test_checkpoint_with_weights_a_llama_lacks_or_needs_is_refused(tmp_path):
+    """A checkpoint labelled llama_drope but carrying q/k/v biases (dropped silently by a Llama), or
+    lacking a weight (left random), is refused naming the tensors."""
+    folder = tmp_path / "drope-ckpt"
+    make_checkpoint(folder, "nope")
+    rewrite_checkpoint(folder, add={"model.layers.0.self_attn.q_proj.bias": torch.ones(32)})
+    with pytest.raises(ModelLoadError, match=r"1 unexpected \(model\.layers\.0\.self_attn\.q_proj\.bias\)"):
+        load_dir(folder)
+    make_checkpoint(folder, "nope")
+    rewrite_checkpoint(folder, drop=("model.layers.1.mlp.down_proj.weight",))
+    with pytest.raises(ModelLoadError, match=r"1 missing \(model\.layers\.1\.mlp\.down_proj\.weight\)"):
+        load_dir(folder)
 
 
 # --------------------------------------------------------------------------------------------------

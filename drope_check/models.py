@@ -591,10 +591,11 @@ def _load_hub_or_dir(
     from transformers import AutoModelForCausalLM
 
     cfg = _read_config_dict(spec.source, spec.revision)
-    try:  # refused before any weights load, with the supported list
-        architecture_for_model_type(cfg.get("model_type"))
-    except UnsupportedArchitecture as exc:
-        raise ModelLoadError(f"{spec.describe()}: {exc}") from None
+    if not is_drope_config(cfg):  # (a DroPE config: the native loader refuses what it does not implement)
+        try:  # refused before any weights load, with the supported list
+            architecture_for_model_type(cfg.get("model_type"))
+        except UnsupportedArchitecture as exc:
+            raise ModelLoadError(f"{spec.describe()}: {exc}") from None
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
     qconfig = _quantization_config(quantization)
     if qconfig is not None:

@@ -1,4 +1,4 @@
-"""Long-context memory of the capture path: peak RSS above the baseline at T = 1024 ... 8192.
+"""Long-context memory of the capture path: peak RSS above the baseline at T = 1024 ... 16384.
 
 Each point is a fresh process (``memory_probe.probe_subprocess``) running ONE real-text sequence of
 T tokens (the WikiText-2 test split joined with ``"\\n\\n"``, BOS first), so this does not depend on
@@ -126,7 +126,7 @@ def summarise(data: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("long_context.json"))
-    parser.add_argument("--tokens", default="1024,2048,4096,8192", help="T values for sdpa and capture")
+    parser.add_argument("--tokens", default="1024,2048,4096,8192,16384", help="T values for sdpa and capture")
     parser.add_argument(
         "--body-tokens",
         default="1024,2048,4096,8192",

@@ -16,6 +16,7 @@ the ratios. ``benchmarks/make_table.py`` turns the JSON into ``docs/performance.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -29,12 +30,15 @@ from memory_probe import (
     bench_warmup,
     memory_enabled,
     run_path,
+    runs_at,
     synchronize,
 )
 
 pytestmark = pytest.mark.bench
 
-CPU_CASES = [(t, b, path) for t, b in bench_shapes() for path in PATHS]
+CPU_CASES = [(t, b, path) for t, b in bench_shapes() for path in PATHS if runs_at(path, t)]
+#: From this T on, each CPU path gets one timed round (T = 8192: ~70 s per plain forward on 2 cores).
+LONG_T = 8192
 PPL_VARIANTS = ("plain_batched", "lines_batched", "lines_bs1")
 PPL_BATCH = 4
 GPU_TOKENS = 4096
@@ -43,7 +47,7 @@ GPU_TOKENS = 4096
 #: 8192, and output_attentions at T = 4096, which needs ~18 GB for the full model) is
 #: ``benchmarks/long_context.py``. Upstream's method is probed on its first 2 per-layer passes:
 #: every pass is one full forward plus one [B, H, T, T] matrix, so all passes have the same peak.
-MEMORY_CASES = [(t, b, path) for t, b in bench_shapes() for path in PATHS]
+MEMORY_CASES = [(t, b, path) for t, b in bench_shapes() for path in PATHS if runs_at(path, t)]
 UPSTREAM_MEMORY_PASSES = 2
 
 
@@ -56,10 +60,19 @@ def _round_times(benchmark) -> list[float]:
     return list(benchmark.stats.stats.data)
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _record(benchmark, tokens: int, plain: list[float] | None, reference: dict | None = None) -> None:
-    """tokens/s and ratios to the plain forward into ``extra_info``."""
+    """tokens/s, ratios to the plain forward and the machine load (1/5/15-min averages, at the
+    test's start and end: the machine may be shared) into ``extra_info``."""
     times = _round_times(benchmark)
     info = benchmark.extra_info
+    info["loadavg_after"] = _loadavg()
     info["tokens"] = tokens
     info["round_s"] = [round(t, 4) for t in times]
     info["tokens_per_s_best"] = tokens / min(times)
@@ -83,9 +96,13 @@ def test_forward_path(benchmark, embedded, bench_batches, plain_times, case):
     tokens, batch, path = case
     ids, mask = bench_batches[(tokens, batch)]
     benchmark.group = f"cpu forward T={tokens} B={batch}"
-    benchmark.extra_info.update(path=path, T=tokens, B=batch, device="cpu")
+    benchmark.extra_info.update(path=path, T=tokens, B=batch, device="cpu", loadavg_before=_loadavg())
+    long = tokens >= LONG_T  # minutes per forward on 2 cores: one timed round, no warm-up
     if path == "sdpa":
-        benchmark.pedantic(run_path, args=(path, embedded, ids, mask), rounds=bench_rounds(), warmup_rounds=bench_warmup())
+        benchmark.pedantic(
+            run_path, args=(path, embedded, ids, mask),
+            rounds=1 if long else bench_rounds(), warmup_rounds=0 if long else bench_warmup(),
+        )
         times = _round_times(benchmark)
         plain_times[(tokens, batch)] = {"best": min(times), "median": statistics.median(times)}
         _record(benchmark, tokens * batch, None)
@@ -98,7 +115,7 @@ def test_forward_path(benchmark, embedded, bench_batches, plain_times, case):
         run_path("sdpa", embedded, ids, mask)
         plain.append(time.perf_counter() - start)
 
-    slow = path == "upstream"  # L full forwards per round
+    slow = path == "upstream" or long  # upstream: L full forwards per round
     benchmark.pedantic(
         run_path,
         args=(path, embedded, ids, mask),

@@ -10,8 +10,18 @@ For every decoder layer and every sequence of the batch, the capture keeps
   architecture's ``block_mlp_write``: Llama's MLP output, Gemma 3's post-feed-forward norm output);
 * each head's attention to position 0 for every query, computed from the exact query/key tensors
   the model attends with (post-rotary, post-QK-norm, GQA-grouped, the model's own scaling and
-  mask) as handed to :mod:`drope_check.attention`, in float64 (or float32) whatever the model
-  dtype, in query chunks so no [heads, T, T] tensor larger than a chunk ever exists.
+  mask) as handed to :mod:`drope_check.attention`. Two paths, chosen per layer and batch:
+
+  - **from the kernel's log-sum-exp** (the default where it applies): the SDPA kernel that computes
+    the layer's output also returns each query's log-sum-exp, so ``a_0 = exp(s q.k_0 - lse)``
+    costs O(H T D) on top of the forward (:func:`attention_to_position0_from_lse`). Used when the
+    float32 logits are accurate enough by the rounding bound (:data:`AUTO_FLOAT32_BOUND`, or
+    ``stats_dtype="float32"``) and the kernel path applied
+    (:func:`drope_check.attention.sdpa_with_logsumexp`);
+  - **chunked exact log-sum-exp** (:func:`attention_to_position0`) in float64 (or float32),
+    a chunk of queries at a time so no [heads, T, T] tensor larger than a chunk ever exists: for
+    layers the bound flags (e.g. DroPE Llama-2-7B layer 1), ``stats_dtype="float64"``, upstream's
+    projection-based Q/K, and any call the kernel path cannot take.
 
 Only each sequence's real tokens enter its statistics (right padding never changes them), unless
 the protocol deliberately keeps pad rows (upstream's RoPE confound). Any non-finite value raises
@@ -29,7 +39,7 @@ from torch import nn
 
 from drope_check import metrics
 from drope_check.architectures import architecture_of
-from drope_check.attention import observe_attention
+from drope_check.attention import AttentionCall, observe_attention
 from drope_check.fp16_eager import attention_to_position0_fp16_eager
 from drope_check.protocol import Protocol
 
@@ -43,6 +53,15 @@ SCORE_CHUNK_ELEMENTS = 1 << 24
 #: where float32 logits would be off by ~0.4).
 AUTO_FLOAT32_BOUND = 2e-5
 
+#: (device type, q/k dtype) whose SDPA-kernel log-sum-exp the capture uses for attention to BOS.
+#: Measured on CPU (torch 2.13, tests/test_attention_capture.py): float32 q/k give the log-sum-exp of
+#: float32 logits (abs. error ~1e-5 at logits ~35, so a_0 within 1e-4 relative wherever the rounding
+#: bound allows float32); bfloat16 / float16 q/k give a constant ~5e-5 error even for tiny logits
+#: (the kernel's reduced-precision exp), too close to the promised 1e-4, so those use the chunked
+#: path. CUDA kernels are not listed until benchmarks/gpu_smoke.py has measured their error on a GPU
+#: (it reports it as ``kernel_lse_max_rel_error``).
+KERNEL_LSE_TRUSTED: frozenset[tuple[str, torch.dtype]] = frozenset({("cpu", torch.float32), ("cpu", torch.float64)})
+
 #: Per-layer residual statistics a sequence gets, in this order (names of ``SequenceCapture.layers``).
 LAYER_STATS = (
     "bos_norm",
@@ -55,6 +74,16 @@ LAYER_STATS = (
     "mean_token_norm",
     "bos_mlp_write_norm",
 )
+
+
+#: Residual statistics known inside the forward (:func:`drope_check.metrics.residual_moments`) and
+#: those from the spectrum, solved in batches after it (:meth:`OnePassCapture._finish_spectra`).
+MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
+SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
+
+#: Pending Gram matrices (float64) kept before their eigenproblems are solved as one batch:
+#: 64 MiB = 32 sequences x layers at n = 512.
+GRAM_BUFFER_BYTES = 64 << 20
 
 
 class CaptureError(RuntimeError):
@@ -102,6 +131,32 @@ def attention_to_position0(
     return out.view(b, h, q_len)
 
 
+def attention_to_position0_from_lse(
+    query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, first_key_allowed: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Attention weight of every query on key 0 from the kernel's log-sum-exp, in O(B H Q D).
+
+    ``softmax(s q k^T + mask)[..., 0] = exp(s q.k_0 - lse)`` where ``lse`` [B, H, Q] is the
+    log-sum-exp of each query's allowed scores (returned by the SDPA kernel that computed the
+    layer's output, :func:`drope_check.attention.sdpa_with_logsumexp`) and key 0 is allowed
+    (``first_key_allowed`` [B, 1|H, Q]); 0 where it is not. ``q.k_0`` is computed in float64, so
+    the error is the kernel's float32 log-sum-exp (~2^-24 relative to the largest logit; the
+    capture's rounding bound decides when that is good enough). GQA as in
+    :func:`attention_to_position0`. Returns float64 [B, H, Q].
+    """
+    b, h, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    if h % kv_heads:
+        raise ValueError(f"{h} query heads are not a multiple of {kv_heads} key/value heads")
+    if lse.shape != (b, h, q_len):
+        raise ValueError(f"lse has shape {tuple(lse.shape)}, expected {(b, h, q_len)}")
+    q = query.to(torch.float64).view(b, kv_heads, h // kv_heads, q_len, d)
+    k0 = key[:, :, 0].to(torch.float64)  # [B, KVH, D]
+    logit0 = torch.einsum("bkgqd,bkd->bkgq", q, k0).reshape(b, h, q_len) * scaling
+    weight0 = torch.exp(logit0 - lse.to(torch.float64))
+    return torch.where(first_key_allowed, weight0, torch.zeros((), dtype=torch.float64, device=weight0.device))
+
+
 @dataclass
 class SequenceCapture:
     """What one sequence contributes: per-layer residual statistics and attention to BOS."""
@@ -139,9 +194,12 @@ class OnePassCapture:
         self.architecture = architecture_of(model)
         self.n_layers = len(self.architecture.decoder_layers(model))
         self.layers_in_float64 = 0
+        self.layers_from_kernel = 0
         self._rows: list[int] = []
         self._seqs: list[SequenceCapture] = []
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
+        self._pending: list[tuple[SequenceCapture, metrics.ResidualMoments]] = []
+        self._pending_bytes = 0
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -155,25 +213,34 @@ class OnePassCapture:
         def hook(_m: nn.Module, _i: tuple, out) -> None:
             hidden = out[0] if isinstance(out, tuple) else out
             for row, seq in enumerate(self._seqs):
-                x = hidden[row, : seq.n_rows].detach().to(torch.float64)
-                _check_finite(x, self.model_name, layer, "residual", row)
-                norms = metrics.token_norms(x)
-                c, alpha = metrics.queipo_c_alpha(x)
-                ent = metrics.matrix_entropy(x)
-                values = {
-                    "bos_norm": float(norms[0]),
-                    "bos_ratio": metrics.bos_ratio_from_norms(norms),
-                    "queipo_c": c,
-                    "queipo_alpha": alpha,
-                    "entropy": ent.entropy,
-                    "entropy_normalized": ent.entropy_normalized,
-                    "anisotropy": ent.anisotropy,
-                    "mean_token_norm": float(norms.mean()),
-                }
-                for name, value in values.items():
-                    seq.layers.setdefault(name, []).append(value)
+                x = hidden[row, : seq.n_rows].detach()
+                try:
+                    moments = metrics.residual_moments(x, name="residual")
+                except ValueError as exc:
+                    what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
+                    raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
+                for name in MOMENT_STATS:
+                    seq.layers.setdefault(name, []).append(getattr(moments, name))
+                self._pending.append((seq, moments))
+                self._pending_bytes += moments.gram.nbytes
+            if self._pending_bytes > GRAM_BUFFER_BYTES:
+                self._finish_spectra()
 
         return hook
+
+    def _finish_spectra(self) -> None:
+        """Solve the pending eigenproblems in one batch (off the per-layer path, all cores) and
+        append each sequence's spectrum statistics in layer order."""
+        if not self._pending:
+            return
+        summaries = metrics.residual_summaries(
+            [], workers=max(1, torch.get_num_threads()), moments=[m for _, m in self._pending]
+        )
+        for (seq, _), summary in zip(self._pending, summaries, strict=True):
+            for name in SPECTRUM_STATS:
+                seq.layers.setdefault(name, []).append(getattr(summary, name))
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def _mlp_hook(self, layer: int):
         def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
@@ -190,24 +257,40 @@ class OnePassCapture:
 
         return hook
 
-    def _observer(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float) -> None:
+    def _observer(self, call: AttentionCall) -> None:
+        module, query, key, scaling = call.module, call.query, call.key, call.scaling
         layer = int(module.layer_idx)
+        from_kernel = call.lse is not None and (query.device.type, query.dtype) in KERNEL_LSE_TRUSTED
         if self.protocol.attention_source == "projections":
-            # Upstream's "manual Q/K": raw projection outputs, no rotary step.
+            # Upstream's "manual Q/K": raw projection outputs, no rotary step (not what the kernel used).
             b, t = query.shape[0], query.shape[2]
-            query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
-            key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
-        if self.protocol.stats_dtype == "fp16-eager":  # upstream's confound: NaN heads kept (drope_check.fp16_eager)
-            weights = attention_to_position0_fp16_eager(query, key, allowed, scaling)
+            raw_query = self._projections.pop((layer, "q")).view(b, t, -1, module.head_dim).transpose(1, 2)
+            raw_key = self._projections.pop((layer, "k")).view(b, t, -1, module.head_dim).transpose(1, 2)
+            # The kernel's log-sum-exp belongs to the q/k it attended with; it serves the raw projections
+            # only where they are those very tensors (an identity rotation and no QK-norm).
+            from_kernel = from_kernel and torch.equal(raw_query, query) and torch.equal(raw_key, key)
+            query, key = raw_query, raw_key
+        fp16_eager = self.protocol.stats_dtype == "fp16-eager"  # upstream's confound: NaN heads kept
+        if fp16_eager:
+            weights = attention_to_position0_fp16_eager(query, key, call.allowed(), scaling)
         else:
-            weights = attention_to_position0(query, key, allowed, scaling, dtype=self._stats_dtype(query, key, scaling))
+            dtype = self._stats_dtype(query, key, scaling)
+            if from_kernel and dtype == torch.float32:
+                weights = attention_to_position0_from_lse(query, key, call.lse, call.first_key_allowed(), scaling)
+                self.layers_from_kernel += 1
+            else:
+                weights = attention_to_position0(query, key, call.allowed(), scaling, dtype=dtype)
+        weights = weights.to("cpu")
         for row, seq in enumerate(self._seqs):
-            a0 = weights[row, :, : seq.n_rows].to("cpu")
-            if self.protocol.stats_dtype != "fp16-eager":
+            a0 = weights[row, :, : seq.n_rows]
+            if not fp16_eager:
                 _check_finite(a0, self.model_name, layer, "attention to BOS", row)
             seq.attn_to_bos[layer] = a0
 
     def _stats_dtype(self, query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.dtype:
+        """float64 when the protocol asks for it, or (``auto``) when float32 logits could be off by
+        more than :data:`AUTO_FLOAT32_BOUND`; float32 otherwise (then the kernel's float32
+        log-sum-exp, where available, is as good as a float32 recomputation)."""
         choice = self.protocol.stats_dtype
         if choice == "auto":
             bound = 2.0 * abs(scaling) * float(query.float().norm(dim=-1).max()) * float(key.float().norm(dim=-1).max()) * 2.0**-24
@@ -230,6 +313,8 @@ class OnePassCapture:
             raise CaptureError(f"{self.model_name}: every sequence needs >= 2 tokens, got row lengths {rows}")
         self._seqs = [SequenceCapture(n_rows=r, attn_to_bos=[None] * self.n_layers) for r in rows]  # type: ignore[list-item]
         self._projections.clear()
+        self._pending.clear()
+        self._pending_bytes = 0
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
             arch = self.architecture
@@ -242,11 +327,14 @@ class OnePassCapture:
                     for which in ("q", "k"):
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
-            with observe_attention(self.model, self._observer):
+            with metrics.single_threaded_blas(), observe_attention(self.model, self._observer):
                 yield self._seqs
+                self._finish_spectra()
             for seq in self._seqs:
                 seq.check_complete(self.n_layers, self.model_name)
         finally:
             for handle in handles:
                 handle.remove()
             self._projections.clear()
+            self._pending.clear()
+            self._pending_bytes = 0

@@ -29,10 +29,23 @@ class EmbeddedUnavailable(RuntimeError):
     """The package carrying an embedded model is missing or its file is broken; the message says how to fix it."""
 
 
+#: Environment variable naming drope_check's cache directory (default: the user cache dir).
+CACHE_ENV = "DROPE_CHECK_CACHE_DIR"
+
+
 def cache_dir() -> Path:
-    """Where assembled model files are written: ``$DROPE_CHECK_CACHE_DIR`` or ``~/.cache/drope_check``."""
-    root = os.environ.get("DROPE_CHECK_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "drope_check"
+    """drope_check's cache directory: ``$DROPE_CHECK_CACHE_DIR``, else the platform's user cache
+    dir (``platformdirs``; on Linux ``$XDG_CACHE_HOME/drope_check`` or ``~/.cache/drope_check``).
+    Assembled GGUF files and dequantised weights (:mod:`drope_check.models`) are kept there."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given).expanduser()
+    try:
+        import platformdirs
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "drope_check"
+    return Path(platformdirs.user_cache_dir("drope_check"))
 
 
 @dataclass(frozen=True)

@@ -602,14 +602,20 @@ def measure_interventions(
             f"need a 'lines' result on the same {len(seqs)} sequences (or pass baseline=None)"
         )
     results: dict[str, dict[str, Any]] = {}
+    # Two spike rules often pick the same layer (both L11 on the embedded pair): one ablation
+    # pass serves both names instead of repeating the same forwards.
+    ablations: dict[int, tuple[PerplexityResult, Any]] = {}
     for name, kind, rule, layer in parsed:
         if kind == "bos_mlp_ablation":
             assert layer is not None
-            context = bos_mlp_ablation(model, layer)
+            if layer not in ablations:
+                with bos_mlp_ablation(model, layer) as record:
+                    ablations[layer] = (perplexity_lines(model, seqs, pad_token_id, batch_size=batch_size), record)
+            result, record = ablations[layer]
         else:
             context = qk_disruption(model, rule, threshold=5.0 if rule == "report" else None, top_k=1)
-        with context as record:
-            result = perplexity_lines(model, seqs, pad_token_id, batch_size=batch_size)
+            with context as record:
+                result = perplexity_lines(model, seqs, pad_token_id, batch_size=batch_size)
         results[name] = {
             "intervention": name,
             "kind": kind,

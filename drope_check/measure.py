@@ -93,7 +93,10 @@ def run_capture(
                 captures[index] = caps[row]
                 nll[index] = (float(sums[row]), int(counts[row]))
     n_calls = len(batches) * capture.n_layers
-    precision = f"{protocol.stats_dtype}: {capture.layers_in_float64} of {n_calls} layer passes in float64, the rest float32"
+    precision = (
+        f"{protocol.stats_dtype}: {capture.layers_in_float64} of {n_calls} layer passes in float64, "
+        f"{capture.layers_from_kernel} from the SDPA kernel's float32 log-sum-exp, the rest float32"
+    )
     return captures, nll, precision  # type: ignore[return-value]
 
 
@@ -137,6 +140,22 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     return {"layers": layers, "heads": heads, "scalars": scalars}
 
 
+def baseline_perplexity(nll: Sequence[tuple[float, int]]):
+    """The ``lines``-protocol baseline (:class:`~drope_check.perplexity.PerplexityResult`) from the
+    per-sequence (NLL sum, predicted tokens) of the capture pass: no second forward."""
+    from drope_check.perplexity import PerplexityResult
+
+    nll_sum = sum(s for s, _ in nll)
+    n_predicted = sum(n for _, n in nll)
+    return PerplexityResult(
+        protocol="lines",
+        ppl=float(torch.exp(torch.tensor(nll_sum / n_predicted, dtype=torch.float64))),
+        nll_sum=nll_sum,
+        n_predicted=n_predicted,
+        per_sequence=list(nll),
+    )
+
+
 def measure_model(
     loaded: LoadedModel,
     seqs: list[list[int]],
@@ -147,20 +166,10 @@ def measure_model(
 ) -> dict[str, Any]:
     """The measurements of one loaded model (the ``<model>`` object of the schema); ``label`` names
     the progress bar (default ``measure <role>``)."""
-    from drope_check.perplexity import PerplexityResult
-
     start = time.perf_counter()
     captures, nll, precision = run_capture(loaded, seqs, protocol, progress, label)
     summary = summarise(captures, protocol)
-    nll_sum = sum(s for s, _ in nll)
-    n_predicted = sum(n for _, n in nll)
-    baseline = PerplexityResult(
-        protocol="lines",
-        ppl=float(torch.exp(torch.tensor(nll_sum / n_predicted, dtype=torch.float64))),
-        nll_sum=nll_sum,
-        n_predicted=n_predicted,
-        per_sequence=list(nll),
-    )
+    baseline = baseline_perplexity(nll)
     summary["scalars"]["ppl_baseline"] = baseline.ppl
     result: dict[str, Any] = {
         "role": loaded.spec.role,

@@ -29,9 +29,11 @@ wrong dimensionality, too few rows, empty input or non-finite values; no functio
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,6 +41,8 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 __all__ = [
+    "ResidualMoments",
+    "ResidualSummary",
     "SpectrumEntropy",
     "argmax_layer",
     "argmin_layer",
@@ -50,6 +54,11 @@ __all__ = [
     "mean_over_sequences",
     "perplexity_ratio",
     "queipo_c_alpha",
+    "gram_entropies",
+    "residual_moments",
+    "residual_summaries",
+    "residual_summary",
+    "single_threaded_blas",
     "sink_rate",
     "sink_scores",
     "spectrum_entropy",
@@ -290,6 +299,158 @@ def matrix_entropy(x: Tensor) -> SpectrumEntropy:
     Every row passed in counts; strip padding rows before calling.
     """
     return spectrum_entropy(squared_singular_values(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# every residual statistic of one matrix at once (the capture's path)
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit numpy's BLAS / LAPACK to one thread while the context is open.
+
+    Inside a torch forward pass on few cores, numpy's OpenBLAS pool spinning against torch's
+    OpenMP pool slowed the capture ~4x (one batch: 98 s vs 24 s); entering the limit costs ~1-3 ms,
+    so callers enter it once around many calls (the capture: once per batch).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@dataclass(frozen=True)
+class ResidualMoments:
+    """Everything :func:`residual_summary` reports except the spectrum, plus the float64 Gram
+    matrix whose eigenvalues are the squared singular values (``X X^T`` when ``T <= d``, else
+    ``X^T X``; ``[n, n]``, ``n = min(T, d)``: a numpy array for CPU input, a tensor on the input's
+    device otherwise)."""
+
+    bos_norm: float
+    bos_ratio: float
+    queipo_c: float
+    queipo_alpha: float
+    mean_token_norm: float
+    gram: np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class ResidualSummary:
+    """The per-layer statistics of one sequence's ``[T, d]`` residual matrix, each equal to its
+    public definition (:func:`bos_norm`, :func:`bos_ratio`, :func:`queipo_c_alpha`,
+    :func:`matrix_entropy`; ``mean_token_norm`` = mean of :func:`token_norms`)."""
+
+    bos_norm: float
+    bos_ratio: float
+    queipo_c: float
+    queipo_alpha: float
+    entropy: float
+    entropy_normalized: float
+    anisotropy: float
+    mean_token_norm: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
+    """Validate a ``[T, d]`` residual ONCE (T >= 2, min(T, d) >= 2, finite) and compute, in float64,
+    its token norms, BOS ratio, Queipo-de-Llano ``c, alpha`` and Gram matrix.
+
+    The same formulas as the public functions, sharing one float64 copy: ``||x_t||^2`` row sums,
+    ``c = M / R``, ``alpha = sum_{i>=1} <x_i, x_0>^2 / (M R)`` (= the definition with
+    ``u = x_0 / sqrt(M)``). Raises ``ValueError`` naming ``name`` where those would.
+    """
+    x64 = _matrix(x, name, min_rows=2)
+    t, d = x64.shape
+    if min(t, d) < 2:
+        raise ValueError(f"{name}: min(T, d) must be >= 2 for a spectrum entropy, got shape {(t, d)}")
+    sq = torch.einsum("td,td->t", x64, x64)
+    m = float(sq[0])
+    r = float(sq[1:].sum())
+    if not (math.isfinite(m) and math.isfinite(r)):
+        raise ValueError(f"{name}: squared norms overflow float64")
+    if m == 0.0:
+        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
+    if r == 0.0:
+        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
+    norms = torch.sqrt(sq)
+    proj = x64[1:] @ x64[0]
+    if x64.device.type == "cpu":
+        a = x64.numpy()
+        gram = a @ a.T if t <= d else a.T @ a  # numpy recognises a @ a.T: one symmetric rank-k update
+        finite = bool(np.isfinite(gram).all())
+    else:  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
+        gram = x64 @ x64.T if t <= d else x64.T @ x64
+        finite = bool(torch.isfinite(gram).all())
+    if not finite:
+        raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
+    return ResidualMoments(
+        bos_norm=float(norms[0]),
+        bos_ratio=float(norms[0] / norms[1:].mean()),
+        queipo_c=m / r,
+        queipo_alpha=float(proj @ proj) / (m * r),
+        mean_token_norm=float(norms.mean()),
+        gram=gram,
+    )
+
+
+def _eigvalsh_stack(grams: Sequence[np.ndarray | Tensor]) -> list[np.ndarray]:
+    return [
+        np.linalg.eigvalsh(g) if isinstance(g, np.ndarray) else torch.linalg.eigvalsh(g).cpu().numpy() for g in grams
+    ]
+
+
+def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:
+    """:func:`spectrum_entropy` of the eigenvalues (= squared singular values, clamped at 0) of
+    each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, ``workers``
+    threads at a time (numpy releases the GIL in LAPACK; the matrices are independent), and
+    ``torch.linalg.eigvalsh`` on the device for device tensors."""
+    on_cpu = [g for g in grams if isinstance(g, np.ndarray)]
+    if workers > 1 and len(on_cpu) > 1 and len(on_cpu) == len(grams):
+        parts = [grams[i::workers] for i in range(workers)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            solved = list(pool.map(_eigvalsh_stack, parts))
+        eigs: list[np.ndarray] = [None] * len(grams)  # type: ignore[list-item]
+        for i, part in enumerate(solved):
+            eigs[i::workers] = part
+    else:
+        eigs = _eigvalsh_stack(grams)
+    return [spectrum_entropy(torch.from_numpy(np.clip(e, 0.0, None))) for e in eigs]
+
+
+def _summary(moments: ResidualMoments, ent: SpectrumEntropy) -> ResidualSummary:
+    return ResidualSummary(
+        bos_norm=moments.bos_norm,
+        bos_ratio=moments.bos_ratio,
+        queipo_c=moments.queipo_c,
+        queipo_alpha=moments.queipo_alpha,
+        entropy=ent.entropy,
+        entropy_normalized=ent.entropy_normalized,
+        anisotropy=ent.anisotropy,
+        mean_token_norm=moments.mean_token_norm,
+    )
+
+
+def residual_summaries(
+    xs: Sequence[Tensor], workers: int = 1, moments: Sequence[ResidualMoments] | None = None
+) -> list[ResidualSummary]:
+    """:func:`residual_summary` of many residual matrices, their eigenproblems solved in a batch
+    (``workers`` threads). Pass precomputed ``moments`` (from :func:`residual_moments`) instead of
+    ``xs`` to finish them (the capture computes moments inside the forward, spectra after)."""
+    if moments is None:
+        moments = [residual_moments(x, f"xs[{i}]") for i, x in enumerate(xs)]
+    ents = gram_entropies([m.gram for m in moments], workers=workers)
+    return [_summary(m, e) for m, e in zip(moments, ents, strict=True)]
+
+
+def residual_summary(x: Tensor) -> ResidualSummary:
+    """Every per-layer residual statistic of ONE sequence's ``[T, d]`` matrix, validated once.
+
+    BOS norm, BOS ratio, Queipo-de-Llano ``c`` and ``alpha``, matrix entropy (raw, normalised) and
+    anisotropy, mean token norm: the values of the public functions (tests compare them to those and
+    to a float64 numpy SVD), from one float64 copy, one Gram matrix and one symmetric eigenproblem.
+    """
+    return residual_summaries([x])[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
     architecture_of,
 )
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
-from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.embedded import CACHE_ENV, EmbeddedUnavailable, cache_dir, embedded_model, is_embedded  # noqa: F401 (CACHE_ENV re-exported)
 from drope_check.errors import UserError
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
@@ -263,9 +263,63 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+#: Bump when the layout of a cached dequantised model changes (old entries are then ignored).
+DEQUANT_CACHE_FORMAT = 1
+
+
+def dequantized_cache_path(gguf_sha256: str) -> Path:
+    """Where the dequantised float32 copy of the GGUF with this sha256 is kept (a folder with
+    ``model.safetensors``, ``config.json`` and the tokenizer files)."""
+    return cache_dir() / "dequantized" / f"{gguf_sha256}-v{DEQUANT_CACHE_FORMAT}"
+
+
+def _dequantize_gguf(path: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, gguf_sha256: str) -> None:
+    """Save to a temporary sibling folder, then rename it into place: a reader never sees a
+    half-written entry, and of two processes writing at once the second simply drops its copy."""
+    import tempfile
+
+    import transformers
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        # save_pretrained refuses a model loaded from GGUF ("not serializable"); its weights are
+        # plain float32 tensors after dequantisation, so write them and a config without the
+        # GGUF loading details directly (shared tensors, e.g. tied embeddings, stored once).
+        from safetensors.torch import save_model
+
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        manifest = {"gguf_sha256": gguf_sha256, "format": DEQUANT_CACHE_FORMAT, "transformers": transformers.__version__}
+        (tmp / "drope_check_cache.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "drope_check_cache.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @functools.lru_cache(maxsize=2)
-def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str]:
-    """Load (dequantise) an embedded GGUF once per process; callers get deep copies."""
+def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str, str]:
+    """Load an embedded GGUF once per process (callers get deep copies), dequantised once per
+    machine: the float32 weights are kept as safetensors in :func:`dequantized_cache_path`, keyed by
+    the GGUF's sha256. Returns (model, tokenizer, GGUF sha256, where the weights came from)."""
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
@@ -273,9 +327,20 @@ def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_gguf_path(source)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return model.eval(), tokenizer, file_sha256(path)
+    sha = file_sha256(path)
+    cached = dequantized_cache_path(sha)
+    if (cached / "drope_check_cache.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(cached))
+        model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
+        return model.eval(), tokenizer, sha, f"dequantised cache {cached}"
+    model, tokenizer = _dequantize_gguf(path)
+    origin = f"dequantised from {path.name} in this process"
+    try:
+        _write_dequantized_cache(model, tokenizer, cached, sha)
+        origin += f" (cached to {cached})"
+    except OSError as exc:  # a read-only or full cache dir costs time, never the measurement
+        origin += f" (not cached: {exc})"
+    return model.eval(), tokenizer, sha, origin
 
 
 def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
@@ -546,7 +611,7 @@ def load_model(
 
     if is_embedded(spec.source):
         embedded = embedded_model(spec.source)
-        base, tokenizer, sha = _embedded_base(spec.source)
+        base, tokenizer, sha, origin = _embedded_base(spec.source)
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         if spec.variant != "rope":
             apply_identity_rotation(model)
@@ -554,6 +619,7 @@ def load_model(
             model_id=f"{embedded.model_id} ({embedded.gguf_name}, dequantised)",
             weights_sha256=sha,
             licence=embedded.licence,
+            weights_loaded_from=origin,
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:

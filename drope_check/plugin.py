@@ -269,6 +269,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
     config.addinivalue_line("markers", "drope_claim: a claim of the report judged by drope_check")
+    if _is_worker(config):  # split the cores (and GPUs) between workers before any model loads
+        from drope_check.workers import apply_to_this_worker
+
+        apply_to_this_worker(config.workerinput["workerid"], int(config.workerinput["workercount"]))
     given = config.getoption("drope_expected_dir", None)
     if given:
         expected = Path(given).resolve()
@@ -281,6 +285,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Aggregator(state), "drope_check-aggregator")
     if config.getoption("drope_pairs") or config.getoption("drope_measurements"):
         state.selected_pairs()  # an unknown pair or an unreadable file is a usage error, before collection
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: every claim test of a pair on one worker (see drope_check.workers)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from drope_check.workers import make_pair_group_scheduler
+
+    state = _state(config)
+    groups: dict[str, str] = {}
+    for pair in state.selected_pairs():
+        try:
+            claims = state.claim_set(pair).claims
+        except ClaimsFileError:
+            continue  # reported at collection
+        groups.update({claim.key: f"drope-{pair}" for claim in claims})
+    return make_pair_group_scheduler(config, log, groups)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

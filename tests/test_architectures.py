@@ -120,11 +120,22 @@ def gemma_eager_reference(model: Gemma3ForCausalLM, input_ids, attention_mask=No
     return out, raw_last["x"], ffn_write
 
 
-def capture(model, input_ids, rows, attention_mask=None):
-    cap = OnePassCapture(model, Protocol(stats_dtype="float64"), "tiny-gemma3")
+def capture(model, input_ids, rows, attention_mask=None, stats_dtype="float64", kernel_layers=None):
+    """The one-pass capture's sequences. ``stats_dtype="float32"`` takes the SDPA kernel's
+    log-sum-exp path (float32 CPU calls); ``kernel_layers`` asserts how many layer passes took it."""
+    cap = OnePassCapture(model, Protocol(stats_dtype=stats_dtype), "tiny-gemma3")
     with torch.no_grad(), cap.batch(rows) as seqs:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    if kernel_layers is not None:
+        assert cap.layers_from_kernel == kernel_layers
     return seqs
+
+
+#: Both ways the capture computes attention to BOS: float64 recomputation, and the float32 SDPA
+#: kernel's own log-sum-exp (every layer of the tiny model takes it).
+STATS_PATHS = pytest.mark.parametrize(
+    "stats_dtype,kernel_layers", [("float64", 0), ("float32", N_LAYERS)], ids=["float64", "kernel-lse"]
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,17 +215,18 @@ def test_features_the_engine_does_not_apply_are_refused():
 # the capture on Gemma 3
 
 
+@STATS_PATHS
 @pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa2", "gqa4"])
-def test_gemma3_attention_to_bos_equals_eager_output_attentions(kv_heads):
+def test_gemma3_attention_to_bos_equals_eager_output_attentions(kv_heads, stats_dtype, kernel_layers):
     model = tiny_gemma3(kv_heads)
     ids = random_ids(2, T)
-    seqs = capture(model, ids, [T, T])
+    seqs = capture(model, ids, [T, T], stats_dtype=stats_dtype, kernel_layers=kernel_layers)
     ref, _, _ = gemma_eager_reference(model, ids)
     assert len(ref.attentions) == N_LAYERS
     for b, seq in enumerate(seqs):
         for layer in range(N_LAYERS):
             got = seq.attn_to_bos[layer]
-            assert got.shape == (4, T) and got.dtype == torch.float64
+            assert got.shape == (4, T)
             torch.testing.assert_close(got, ref.attentions[layer][b, :, :, 0], atol=GEMMA_ATTN_TOL, rtol=0)
         # sliding layers: a query at t >= window cannot see BOS (exactly 0); t < window can
         for layer in (0, 2):
@@ -227,7 +239,8 @@ def test_gemma3_attention_to_bos_equals_eager_output_attentions(kv_heads):
     assert_no_hooks(model)
 
 
-def test_gemma3_right_padded_batch_equals_eager_on_real_rows():
+@STATS_PATHS
+def test_gemma3_right_padded_batch_equals_eager_on_real_rows(stats_dtype, kernel_layers):
     """Padding composes with the sliding window: the mask the capture sees is the model's own."""
     model = tiny_gemma3(2)
     lengths = [T, 4, 9]
@@ -238,7 +251,7 @@ def test_gemma3_right_padded_batch_equals_eager_on_real_rows():
         ids[b, :n] = torch.randint(3, 64, (n,), generator=g)
         ids[b, 0] = 2
         mask[b, :n] = 1
-    seqs = capture(model, ids, lengths, attention_mask=mask)
+    seqs = capture(model, ids, lengths, attention_mask=mask, stats_dtype=stats_dtype, kernel_layers=kernel_layers)
     # Reference: each sequence alone, unpadded. (Gemma's float64 eager path on the padded batch is
     # not one: a pad query of a sliding layer with no real key in its window gets finfo.min + score
     # = -inf on every key, a NaN row, whose NaN values then reach real rows through 0 * NaN.)
@@ -273,11 +286,12 @@ def test_gemma3_residuals_equal_hidden_states_and_bos_write_is_after_post_ffn_no
     assert_no_hooks(model)
 
 
-def test_gemma3_sliding_window_hides_bos_beyond_the_window_at_long_t():
-    """The same at T well past the window and a window > 1 chunk apart: nothing leaks through."""
+@STATS_PATHS
+def test_gemma3_sliding_window_hides_bos_beyond_the_window_at_long_t(stats_dtype, kernel_layers):
+    """The same at T well past the window: nothing leaks through."""
     model = tiny_gemma3(1, window=16)
     t = 80
-    seqs = capture(model, random_ids(1, t, seed=9), [t])
+    seqs = capture(model, random_ids(1, t, seed=9), [t], stats_dtype=stats_dtype, kernel_layers=kernel_layers)
     ref, _, _ = gemma_eager_reference(model, random_ids(1, t, seed=9))
     for layer in range(N_LAYERS):
         torch.testing.assert_close(seqs[0].attn_to_bos[layer], ref.attentions[layer][0, :, :, 0], atol=GEMMA_ATTN_TOL, rtol=0)

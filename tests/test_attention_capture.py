@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 import drope_check.attention  # noqa: F401  (registers the "drope_check" attention function)
 from drope_check.attention import (
@@ -33,13 +33,16 @@ from drope_check.attention import (
     allowed_mask,
     drope_check_attention_forward,
     observe_attention,
+    sdpa_with_logsumexp,
 )
 from drope_check.capture import (
     AUTO_FLOAT32_BOUND,
+    KERNEL_LSE_TRUSTED,
     LAYER_STATS,
     CaptureError,
     OnePassCapture,
     attention_to_position0,
+    attention_to_position0_from_lse,
 )
 from drope_check.models import apply_identity_rotation
 from drope_check.protocol import Protocol
@@ -164,8 +167,8 @@ def test_attention_to_position0_equals_manual_softmax(x):
 def test_capture_function_output_equals_math_sdpa_and_observer_sees_inputs(x):
     seen = []
 
-    def observer(module, query, key, allowed, scaling):
-        seen.append((query, key, allowed, scaling))
+    def observer(call):
+        seen.append((call.query, call.key, call.allowed(), call.scaling))
 
     module = FakeAttention(x.groups)
     with observing(module, observer):
@@ -196,10 +199,96 @@ def test_observer_gets_default_scaling_when_none():
     seen = []
     module = FakeAttention(1)
     q = torch.randn(1, 2, 5, 8)
-    with observing(module, lambda m, q_, k_, a, s: seen.append(s)):
+    with observing(module, lambda call: seen.append(call.scaling)):
         drope_check_attention_forward(module, q, q, q, None, scaling=None)
     assert seen == [8**-0.5]
 
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernel path: layer output and log-sum-exp from the SDPA kernel, attention to BOS from the lse
+# --------------------------------------------------------------------------------------------------
+
+# Relative error of a_0 = exp(s q.k_0 - lse) promised by the capture where the rounding bound
+# 2 s max|q| max|k| 2^-24 is <= AUTO_FLOAT32_BOUND (the suite's 1e-4 on attention to BOS).
+PROMISED_RELATIVE = 1e-4
+
+
+def left_padded_mask(lengths: list[int], t: int) -> torch.Tensor:
+    """bool [B, 1, T, T]: causal AND key is real, real tokens at the END of each row (left padding):
+    the pad query rows see no key at all."""
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    real = torch.arange(t)[None, :] >= (t - torch.tensor(lengths))[:, None]
+    return (causal[None] & real[:, None, :]).unsqueeze(1)
+
+
+@st.composite
+def kernel_inputs(draw):
+    x = draw(attention_inputs())
+    lengths = [int(n) for n in x.mask[:, 0].any(dim=1).sum(dim=1)]
+    kind = draw(st.sampled_from(["none", "right", "left"]))
+    t = x.q.shape[2]
+    x.mask = {"none": None, "right": x.mask, "left": left_padded_mask(lengths, t)}[kind]
+    x.kind = kind
+    return x
+
+
+def rounding_bound(q: torch.Tensor, k: torch.Tensor, scaling: float) -> float:
+    return 2 * abs(scaling) * float(q.double().norm(dim=-1).max()) * float(k.double().norm(dim=-1).max()) * 2.0**-24
+
+
+@PROPERTY
+@given(kernel_inputs())
+def test_kernel_path_output_is_bit_identical_and_lse_gives_attention_to_bos(x):
+    """The kernel path computes the layer output exactly as transformers' SDPA path (same kernel,
+    same arguments: bit for bit) and its log-sum-exp gives the attention to BOS of a float64
+    softmax, within the promised 1e-4 relative wherever the rounding bound allows float32."""
+    module = FakeAttention(x.groups)
+    fused = sdpa_with_logsumexp(module, x.q, x.k, x.v, x.mask, scaling=x.scaling)
+    assert fused is not None, "the CPU flash kernel should take every case drawn here"
+    out, lse = fused
+    ref, _ = sdpa_attention_forward(module, x.q, x.k, x.v, x.mask, scaling=x.scaling)
+    assert torch.equal(out, ref)
+    b, h, t, _ = x.q.shape
+    assert lse.shape == (b, h, t) and lse.dtype == torch.float32
+
+    allowed = allowed_mask(x.mask, t, t, b, "cpu")
+    expected = manual_attention_to_position0(x.q, x.k, allowed, x.scaling)
+    got = attention_to_position0_from_lse(x.q, x.k, lse, allowed[..., 0], x.scaling)
+    assert got.dtype == torch.float64 and got.shape == expected.shape
+    # rows with no allowed key (left padding) get 0, as the chunked path gives them
+    assert not bool(got[~allowed[..., 0].expand_as(got)].any())
+    chunked = attention_to_position0(x.q, x.k, allowed, x.scaling, dtype=torch.float64)
+    assert torch.equal(got == 0, chunked == 0) or bool((chunked[got == 0] < 1e-30).all())
+    seen = allowed[..., 0].expand_as(got)  # the textbook softmax of a row without keys is NaN
+    got, expected, chunked = got[seen], expected[seen], chunked[seen]
+    if got.numel() == 0:  # left padding hides key 0 from every query of the batch
+        return
+    if x.dtype != torch.float32:
+        # the CPU kernel's half-precision exp: ~5e-5 abs. on the lse, so the capture keeps the
+        # chunked path for these dtypes (KERNEL_LSE_TRUSTED)
+        assert ("cpu", x.dtype) not in KERNEL_LSE_TRUSTED
+        torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
+        return
+    if rounding_bound(x.q, x.k, x.scaling) <= AUTO_FLOAT32_BOUND:
+        rel = (got - expected).abs() / expected.clamp_min(1e-300)
+        assert float(rel.max()) <= PROMISED_RELATIVE
+        assert float((got - chunked).abs().max()) <= 1e-5
+    # whatever the bound: the float32 log-sum-exp error is that of float32 logits (F32_STATS_TOL abs)
+    torch.testing.assert_close(got, expected, atol=F32_STATS_TOL, rtol=0)
+
+
+def test_kernel_path_declines_what_it_cannot_take():
+    """Decoding steps, a static-cache prefill (Q < K), additive masks and dropout go to the plain
+    path (``None``), which the capture then pairs with the chunked computation."""
+    module = FakeAttention(1)
+    q = torch.randn(1, 2, 6, 8)
+    assert sdpa_with_logsumexp(module, q[:, :, :1], q, q, None) is None
+    assert sdpa_with_logsumexp(module, q[:, :, :3], q, q, None) is None
+    additive = torch.zeros(1, 1, 6, 6)
+    assert sdpa_with_logsumexp(module, q, q, q, additive) is None
+    assert sdpa_with_logsumexp(module, q, q, q, None, dropout=0.1) is None
+    assert sdpa_with_logsumexp(module, q, q, q, None) is not None
 
 
 def sdpa_visible_keys(q_len: int, k_len: int) -> torch.Tensor:
@@ -249,13 +338,13 @@ def test_capture_attention_correct_during_static_cache_prefill():
     ref, _, _ = eager_reference(model, ids)
     seen: dict[int, torch.Tensor] = {}
 
-    def observer(module, query, key, allowed, scaling):
-        seen[module.layer_idx] = attention_to_position0(query, key, allowed, scaling)[0]
+    def observer(call):
+        seen[call.module.layer_idx] = attention_to_position0(call.query, call.key, call.allowed(), call.scaling)[0]
 
     masks = []
 
-    def record_mask(module, query, key, allowed, scaling):
-        masks.append((query.shape[2], key.shape[2]))
+    def record_mask(call):
+        masks.append((call.query.shape[2], call.key.shape[2]))
 
     cache = StaticCache(config=model.config, max_cache_len=32)
     with (
@@ -596,8 +685,9 @@ def test_stats_dtype_auto_switches_to_float64_for_huge_keys():
     # the bound the capture uses, from the layer's own q/k: far above the float32 threshold
     qk = {}
 
-    def grab(_m, query, key, _allowed, scaling):
-        qk["bound"] = 2 * scaling * float(query.norm(dim=-1).max()) * float(key.norm(dim=-1).max()) * 2.0**-24
+    def grab(call):
+        norms = float(call.query.norm(dim=-1).max()) * float(call.key.norm(dim=-1).max())
+        qk["bound"] = 2 * call.scaling * norms * 2.0**-24
 
     with observe_attention(model, grab, layers=[1]), torch.no_grad():
         model(ids)
@@ -605,15 +695,44 @@ def test_stats_dtype_auto_switches_to_float64_for_huge_keys():
 
     cap, auto_seqs = capture(model, ids, [12], protocol=auto)
     assert cap.layers_in_float64 == 1  # only layer 1
+    assert cap.layers_from_kernel == 2  # the others from the kernel's log-sum-exp
     _, f64_seqs = capture(model, ids, [12], protocol=Protocol(stats_dtype="float64"))
     # layer 1 was computed in float64 exactly as the float64 protocol does
     assert torch.equal(auto_seqs[0].attn_to_bos[1], f64_seqs[0].attn_to_bos[1])
     for layer in (0, 2):
-        assert auto_seqs[0].attn_to_bos[layer].dtype == torch.float32
         torch.testing.assert_close(
             auto_seqs[0].attn_to_bos[layer].double(),
             f64_seqs[0].attn_to_bos[layer],
             atol=F32_STATS_TOL,
             rtol=0,
         )
+    assert_no_hooks(model)
+
+
+@MODELS
+@pytest.mark.parametrize("padding", ["none", "right"])
+def test_capture_kernel_path_equals_chunked_float64_path_and_eager(kv_heads, padding):
+    """The capture's two attention-to-BOS paths on the same model and batch: the kernel path (auto,
+    small q/k norms) and the chunked float64 path agree to float32 rounding, and both match the
+    model's own float64 eager attention within MODEL_TOL."""
+    model = tiny_llama(kv_heads)
+    if padding == "none":
+        ids, mask, lengths = random_ids(3, 19, seed=11), None, [19, 19, 19]
+    else:
+        lengths = [19, 7, 12]
+        ids, mask = right_padded_batch(lengths, seed=11)
+    fast, fast_seqs = capture(model, ids, lengths, attention_mask=mask, protocol=Protocol(stats_dtype="auto"))
+    assert fast.layers_from_kernel == N_LAYERS and fast.layers_in_float64 == 0
+    slow, slow_seqs = capture(model, ids, lengths, attention_mask=mask)
+    assert slow.layers_from_kernel == 0 and slow.layers_in_float64 == N_LAYERS
+    ref, _, _ = eager_reference(model, ids, mask)
+    for b, n in enumerate(lengths):
+        for layer in range(N_LAYERS):
+            got = fast_seqs[b].attn_to_bos[layer]
+            assert got.shape == (4, n)
+            torch.testing.assert_close(got, slow_seqs[b].attn_to_bos[layer], atol=MODEL_TOL, rtol=0)
+            torch.testing.assert_close(got, ref.attentions[layer][b, :, :n, 0], atol=MODEL_TOL, rtol=0)
+        # the residual statistics do not depend on the attention path
+        for stat in LAYER_STATS:
+            assert fast_seqs[b].layers[stat] == slow_seqs[b].layers[stat], stat
     assert_no_hooks(model)

@@ -8,7 +8,6 @@ from drope_check.embedded import (
     EMBEDDED_MODELS,
     EmbeddedModel,
     EmbeddedUnavailable,
-    cache_dir,
     embedded_model,
     is_embedded,
 )
@@ -38,10 +37,3 @@ def test_missing_package_is_named_with_the_install_command():
     for call in (ghost.check_installed, ghost.gguf_path):
         with pytest.raises(EmbeddedUnavailable, match=r"needs the 'no_such_package_for_drope_check' package: `pip install ghost`"):
             call()
-
-
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("DROPE_CHECK_CACHE_DIR", str(tmp_path))
-    assert cache_dir() == tmp_path
-    monkeypatch.delenv("DROPE_CHECK_CACHE_DIR")
-    assert cache_dir().parts[-2:] == (".cache", "drope_check")

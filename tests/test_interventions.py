@@ -402,8 +402,8 @@ def test_report_rule_runs_before_a_qk_norm_hook() -> None:
 def capture_qk(model: LlamaForCausalLM, ids: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     store: dict[str, torch.Tensor] = {}
 
-    def observer(module, query, key, allowed, scaling) -> None:
-        store["q"], store["k"] = query.clone(), key.clone()
+    def observer(call) -> None:
+        store["q"], store["k"] = call.query.clone(), call.key.clone()
 
     with attention.observe_attention(model, observer, [layer]):
         logits_of(model, ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,6 +21,8 @@ from drope_check.metrics import (
     matrix_entropy,
     mean_over_sequences,
     queipo_c_alpha,
+    residual_summaries,
+    residual_summary,
     sink_rate,
     sink_scores,
     spectrum_entropy,
@@ -507,3 +510,96 @@ def test_perplexity_ratio_refuses_what_is_not_a_perplexity() -> None:
     for bad in ((0.0, 3.8), (3332.6, 0.0), (float("nan"), 3.8), (5.0, float("inf"))):
         with pytest.raises(ValueError):
             metrics.perplexity_ratio(*bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# residual_summary: every statistic at once, equal to the definitions
+# --------------------------------------------------------------------------------------------------
+
+# Promised agreement of the one-pass summary with the float64 SVD definition (issue 11).
+SUMMARY_RELATIVE = 1e-6
+
+
+def svd_definition(x: torch.Tensor) -> dict[str, float]:
+    """Each statistic written out from its definition on a float64 numpy SVD of the matrix."""
+    a = x.detach().to(torch.float64).numpy()
+    norms = np.linalg.norm(a, axis=1)
+    sq = norms**2
+    s2 = np.linalg.svd(a, compute_uv=False) ** 2
+    p = s2 / s2.sum()
+    nz = p[p > 0]
+    h = float(-(nz * np.log(nz)).sum())
+    u = a[0] / norms[0]
+    return {
+        "bos_norm": float(norms[0]),
+        "bos_ratio": float(norms[0] / norms[1:].mean()),
+        "queipo_c": float(sq[0] / sq[1:].sum()),
+        "queipo_alpha": float(((a[1:] @ u) ** 2).sum() / sq[1:].sum()),
+        "entropy": h,
+        "entropy_normalized": h / math.log(min(a.shape)),
+        "anisotropy": float(p.max()),
+        "mean_token_norm": float(norms.mean()),
+    }
+
+
+def assert_summary_matches(got: dict[str, float], expected: dict[str, float], what: str) -> None:
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        # abs floor: an entropy of a rank-one-like matrix is ~1e-300-ish noise around 0
+        assert got[name] == pytest.approx(value, rel=SUMMARY_RELATIVE, abs=1e-12), (what, name)
+
+
+@PROPERTY
+@given(x=matrices, dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_residual_summary_equals_svd_definition_and_public_functions(x: torch.Tensor, dtype) -> None:
+    x = x.to(dtype)
+    got = residual_summary(x).as_dict()
+    assert_summary_matches(got, svd_definition(x), "svd")
+    ent = matrix_entropy(x)
+    c, alpha = queipo_c_alpha(x)
+    public = {
+        "bos_norm": bos_norm(x),
+        "bos_ratio": bos_ratio(x),
+        "queipo_c": c,
+        "queipo_alpha": alpha,
+        "entropy": ent.entropy,
+        "entropy_normalized": ent.entropy_normalized,
+        "anisotropy": ent.anisotropy,
+        "mean_token_norm": float(token_norms(x).mean()),
+    }
+    assert_summary_matches(got, public, "public")
+
+
+def test_residual_summary_at_model_scale_with_massive_bos() -> None:
+    """One sequence of SmolLM2 shape (T = 512 <= d = 576: the T x T Gram) and one with T > d (the
+    d x d Gram), BOS row ~1e4 x the others as at the spike layer: still 1e-6 of the SVD definition."""
+    for t, d in ((512, 576), (700, 96)):
+        x = random_matrix(7, t, d, massive=True).float()
+        assert_summary_matches(residual_summary(x).as_dict(), svd_definition(x), f"{t}x{d}")
+
+
+def test_residual_summaries_batched_and_threaded_equal_one_by_one() -> None:
+    xs = [random_matrix(s, t, 20, massive=s % 2 == 0) for s, t in enumerate((5, 17, 30, 9, 2))]
+    one = [residual_summary(x) for x in xs]
+    assert residual_summaries(xs) == one
+    assert residual_summaries(xs, workers=3) == one
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (NAN_MATRIX, "non-finite"),
+        (INF_MATRIX, "non-finite"),
+        (torch.ones(4), "2-D"),
+        (torch.ones(0, 3), "empty"),
+        (torch.ones(1, 5), "at least 2 rows"),
+        (torch.ones(3, 1), r"min\(T, d\)"),
+        (torch.tensor([[0.0, 0.0], [1.0, 0.0]]), "BOS row x_0 is zero"),
+        (torch.tensor([[1.0, 0.0], [0.0, 0.0]]), "R = 0"),
+        (torch.full((2, 2), 1e200, dtype=torch.float64), "overflow"),
+    ],
+    ids=["nan", "inf", "1d", "empty", "one_token", "one_column", "zero_bos", "zero_rest", "overflow"],
+)
+def test_residual_summary_rejects_what_the_definitions_reject(bad: torch.Tensor, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        residual_summary(bad)

@@ -1,0 +1,78 @@
+"""The baseline perplexity comes from the capture pass's own logits (no second forward), and it is
+exactly the separate ``lines``-protocol computation; spike rules that pick the same layer share
+one ablation pass."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import drope_check.attention  # noqa: F401  (registers the attention function)
+from drope_check import interventions
+from drope_check.attention import ATTN_IMPLEMENTATION
+from drope_check.measure import measure_model
+from drope_check.models import LoadedModel, ModelSpec
+from drope_check.perplexity import perplexity_lines
+from drope_check.protocol import Protocol
+
+BOS, PAD = 1, 0
+
+
+def tiny_loaded(seed: int = 0) -> LoadedModel:
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=False,
+        initializer_range=0.15,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    spec = ModelSpec(role="rope", source="tiny", variant="rope")
+    return LoadedModel(model, None, spec, BOS, PAD, {"model_id": "tiny"})
+
+
+def seqs_of(lengths: list[int], seed: int = 3) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [[BOS, *torch.randint(2, 64, (n - 1,), generator=g).tolist()] for n in lengths]
+
+
+def test_baseline_from_capture_pass_equals_separate_lines_perplexity(monkeypatch):
+    loaded = tiny_loaded()
+    seqs = seqs_of([23, 9, 17, 30, 5, 12])  # batches of 4 with right padding, and a short last batch
+    protocol = Protocol(batch_size=4, n_texts=len(seqs), max_tokens=32)
+    forwards = []
+    handle = loaded.model.register_forward_hook(lambda m, i, o: forwards.append(i))
+    try:
+        result = measure_model(loaded, seqs, protocol)
+    finally:
+        handle.remove()
+    assert len(forwards) == 2  # one capture forward per batch and nothing else
+    separate = perplexity_lines(loaded.model, seqs, PAD, batch_size=4)
+    got = result["perplexity"]["lines"]
+    # same kernel, same batches: the same logits, so the same sums bit for bit
+    assert got["per_sequence"] == [[float(n), int(c)] for n, c in separate.per_sequence]
+    assert got["ppl"] == separate.ppl
+    assert result["scalars"]["ppl_baseline"] == separate.ppl
+
+
+def test_spike_rules_on_the_same_layer_share_one_ablation_pass(monkeypatch):
+    loaded = tiny_loaded()
+    seqs = seqs_of([11, 7, 14])
+    calls = []
+    real = interventions.bos_mlp_ablation
+
+    def counting(model, layer, **kwargs):
+        calls.append(layer)
+        return real(model, layer, **kwargs)
+
+    monkeypatch.setattr(interventions, "bos_mlp_ablation", counting)
+    which = ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write")
+    same = interventions.measure_interventions(loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 1}, which)
+    assert calls == [1]
+    assert same["bos_mlp_ablation:argmax-ratio"]["ppl"] == same["bos_mlp_ablation:max-write"]["ppl"]
+    assert same["bos_mlp_ablation:max-write"]["spike_rule"] == "max-write"
+    calls.clear()
+    differ = interventions.measure_interventions(loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 2}, which)
+    assert calls == [1, 2]
+    assert differ["bos_mlp_ablation:argmax-ratio"]["ppl"] == same["bos_mlp_ablation:argmax-ratio"]["ppl"]
+    assert differ["bos_mlp_ablation:max-write"]["ppl"] != differ["bos_mlp_ablation:argmax-ratio"]["ppl"]

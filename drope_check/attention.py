@@ -31,6 +31,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward, use_gqa_in_sdpa
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from drope_check.architectures import architecture_of
+
 #: Name under which the function is registered; models are switched to it with
 #: ``model.set_attn_implementation(ATTN_IMPLEMENTATION)``.
 ATTN_IMPLEMENTATION = "drope_check"
@@ -257,19 +259,15 @@ AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention module of every decoder layer, in layer order."""
-    layers = decoder_layers(model)
-    return [layer.self_attn for layer in layers]
+    """The self-attention module of every decoder layer, in layer order (from the model's
+    :class:`~drope_check.architectures.Architecture`)."""
+    return architecture_of(model).attention_modules(model)
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """``model.model.layers`` of a Llama-family causal LM, with a clear error otherwise."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
-        raise TypeError(f"model {name!r} has no `model.layers`: drope_check supports Llama-family decoders only")
-    return layers
+    """The decoder blocks of a supported causal LM (from its architecture record); an unsupported
+    ``model_type`` raises :class:`~drope_check.architectures.UnsupportedArchitecture` with the supported list."""
+    return architecture_of(model).decoder_layers(model)
 
 
 def require_capture_attention(model: torch.nn.Module) -> None:

@@ -6,7 +6,8 @@ For every decoder layer and every sequence of the batch, the capture keeps
   HF ``hidden_states[l + 1]`` for l < L - 1 and, for the last layer, the residual *before* the
   final RMSNorm, which ``hidden_states`` does not expose): BOS norm, BOS ratio, Queipo's c and
   alpha, matrix entropy (raw and normalised), anisotropy, mean token norm;
-* the norm of the layer's MLP output at position 0 (what the block writes into BOS);
+* the norm of the feed-forward branch's write at position 0, as it enters the residual (the
+  architecture's ``block_mlp_write``: Llama's MLP output, Gemma 3's post-feed-forward norm output);
 * each head's attention to position 0 for every query, computed from the exact query/key tensors
   the model attends with (post-rotary, post-QK-norm, GQA-grouped, the model's own scaling and
   mask) as handed to :mod:`drope_check.attention`. Two paths, chosen per layer and batch:
@@ -37,7 +38,8 @@ import torch
 from torch import nn
 
 from drope_check import metrics
-from drope_check.attention import AttentionCall, attention_modules, decoder_layers, observe_attention
+from drope_check.architectures import architecture_of
+from drope_check.attention import AttentionCall, observe_attention
 from drope_check.fp16_eager import attention_to_position0_fp16_eager
 from drope_check.protocol import Protocol
 
@@ -189,7 +191,8 @@ class OnePassCapture:
         self.model = model
         self.protocol = protocol
         self.model_name = model_name
-        self.n_layers = len(decoder_layers(model))
+        self.architecture = architecture_of(model)
+        self.n_layers = len(self.architecture.decoder_layers(model))
         self.layers_in_float64 = 0
         self.layers_from_kernel = 0
         self._rows: list[int] = []
@@ -314,14 +317,16 @@ class OnePassCapture:
         self._pending_bytes = 0
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
-            handles.append(self.model.model.embed_tokens.register_forward_hook(self._embedding_hook))
-            for idx, layer in enumerate(decoder_layers(self.model)):
+            arch = self.architecture
+            handles.append(arch.embedding(self.model).register_forward_hook(self._embedding_hook))
+            for idx, layer in enumerate(arch.decoder_layers(self.model)):
                 handles.append(layer.register_forward_hook(self._layer_hook(idx)))
-                handles.append(layer.mlp.register_forward_hook(self._mlp_hook(idx)))
+                handles.append(arch.mlp_write(layer).register_forward_hook(self._mlp_hook(idx)))
             if self.protocol.attention_source == "projections":
-                for idx, attn in enumerate(attention_modules(self.model)):
-                    handles.append(attn.q_proj.register_forward_hook(self._projection_hook(idx, "q"), prepend=True))
-                    handles.append(attn.k_proj.register_forward_hook(self._projection_hook(idx, "k"), prepend=True))
+                for idx, attn in enumerate(arch.attention_modules(self.model)):
+                    for which in ("q", "k"):
+                        proj = arch.projection(attn, which)
+                        handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
             with metrics.single_threaded_blas(), observe_attention(self.model, self._observer):
                 yield self._seqs
                 self._finish_spectra()

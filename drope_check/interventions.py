@@ -7,7 +7,9 @@ unchanged; replacing massive Q/K values by their mean costs RoPE 6.7x and DroPE 
 Both interventions are implemented exactly as upstream's code defined them, next to the principled
 variant, because the numbers hinge on the details:
 
-* :func:`bos_mlp_ablation` zeroes ``layers[L].mlp``'s output at the BOS row. Upstream's hook zeroed
+* :func:`bos_mlp_ablation` zeroes the feed-forward branch's write into the residual at the BOS row
+  (the architecture's ``block_mlp_write``: ``layers[L].mlp`` for Llama, ``layers[L].post_feedforward_layernorm``
+  for Gemma 3, whose MLP output is normed before it is added). Upstream's hook zeroed
   row 0 of *every* forward call, which during cached generation is the newly generated token, not
   the BOS (confound documented below; ``every_call=True`` reproduces it). Which ``L`` is used matters
   more than anything else here: the notes' confound 4 shows DroPE's massive BOS write happens at
@@ -16,7 +18,7 @@ variant, because the numbers hinge on the details:
   visibly near-silent.
 * :func:`qk_disruption` replaces, per head, the top-k dims of q and k by their mean over the
   sequence. ``rule="report"`` is upstream's code: hooks on the raw ``q_proj`` / ``k_proj`` outputs
-  (before the rotary step), replacement only where the dim's L2 norm over the sequence exceeds
+  (before the rotary step and before any per-head QK-norm, e.g. Gemma 3's), replacement only where the dim's L2 norm over the sequence exceeds
   ``threshold`` (5.0) x the mean of that head's dim norms. (The report's prose says ">10 std"; no
   such rule exists in the code.) ``rule="jin"`` is Jin et al. (ICML 2025): the same replacement on
   the *post-rotary* q/k the model attends with, top-1 per head, no threshold, through
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from drope_check import metrics
+from drope_check.architectures import architecture_of
 from drope_check.attention import decoder_layers, transform_query_key
 
 if TYPE_CHECKING:
@@ -227,9 +230,9 @@ class _CallState:
 
 @contextlib.contextmanager
 def _track_calls(model: torch.nn.Module) -> Iterator[_CallState]:
-    base = getattr(model, "model", None)
-    if base is None or not hasattr(base, "layers"):
-        base = model
+    # The module holding the decoder layers (``model.model`` for both families): it sees the 2-D mask.
+    layers_path = architecture_of(model).layers
+    base = model.get_submodule(layers_path.rpartition(".")[0]) if "." in layers_path else model
     state = _CallState()
 
     def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -260,10 +263,13 @@ def _track_calls(model: torch.nn.Module) -> Iterator[_CallState]:
 def bos_mlp_ablation(
     model: torch.nn.Module, layer: int, every_call: bool = False
 ) -> Iterator[InterventionRecord]:
-    """Zero ``model.model.layers[layer].mlp``'s output at each sequence's BOS row while open.
+    """Zero the feed-forward write of ``layers[layer]`` at each sequence's BOS row while open.
 
     What is claimed: the report's "BOS-MLP ablation" = a forward hook on ``layers[L].mlp`` setting
-    ``output[:, 0, :] = 0``. For right-padded batches (this suite's convention) and any uncached call
+    ``output[:, 0, :] = 0``. The hooked module is the architecture's ``block_mlp_write`` (the output
+    that is added to the residual): Llama's ``mlp``; Gemma 3's ``post_feedforward_layernorm``. (Zeroing
+    Gemma's MLP output instead has the same effect, as the RMSNorm of a zero row is zero, but the
+    recorded norm would then be of the pre-norm tensor, not of what the block wrote into BOS.) For right-padded batches (this suite's convention) and any uncached call
     that is exactly what happens here: row 0 of every sequence is its BOS. Two deliberate differences:
 
     * With LEFT padding (a 2-D ``attention_mask`` whose rows start with zeros) the row zeroed is each
@@ -285,8 +291,9 @@ def bos_mlp_ablation(
         ValueError: ``layer`` outside ``0..num_layers-1`` (the message names the model and range).
     """
     layer = _check_layer(model, layer)
-    mlp = decoder_layers(model)[layer].mlp
-    name = _module_names(model).get(id(mlp), f"layers.{layer}.mlp")
+    arch = architecture_of(model)
+    mlp = arch.mlp_write(arch.decoder_layers(model)[layer])
+    name = _module_names(model).get(id(mlp), f"layers.{layer}.{arch.block_mlp_write}")
     record = InterventionRecord(
         kind="bos_mlp_ablation",
         rule="every-call" if every_call else "bos",
@@ -475,7 +482,8 @@ def qk_disruption(
         params={"threshold": threshold, "top_k": top_k, "position": "pre-rotary" if rule == "report" else "post-rotary"},
     )
     names = _module_names(model)
-    blocks = decoder_layers(model)
+    arch = architecture_of(model)
+    blocks = arch.decoder_layers(model)
 
     with _track_calls(model) as state:
         if rule == "report":
@@ -500,10 +508,11 @@ def qk_disruption(
 
             try:
                 for i in chosen:
-                    attn = blocks[i].self_attn
+                    attn = arch.attention(blocks[i])
                     head_dim = int(attn.head_dim)
-                    for tensor, proj in (("q", attn.q_proj), ("k", attn.k_proj)):
-                        name = names.get(id(proj), f"layers.{i}.self_attn.{tensor}_proj")
+                    for tensor in ("q", "k"):
+                        proj = arch.projection(attn, tensor)
+                        name = names.get(id(proj), f"layers.{i}.{arch.attn}.{tensor}_proj")
                         handles.append(
                             proj.register_forward_hook(make_hook(i, tensor, head_dim, name), prepend=True)
                         )
@@ -512,7 +521,7 @@ def qk_disruption(
                 for handle in handles:
                     handle.remove()
         else:
-            layer_of = {id(blocks[i].self_attn): i for i in chosen}
+            layer_of = {id(arch.attention(blocks[i])): i for i in chosen}
 
             def transform(
                 module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor

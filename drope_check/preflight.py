@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from drope_check.architectures import UnsupportedArchitecture, architecture_for_model_type
+from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
 from drope_check.errors import UserError
 from drope_check.models import (
     ModelLoadError,
@@ -33,7 +35,6 @@ from drope_check.models import (
     _llama_config_from_drope,
     _read_config_dict,
     _resolve_token_id,
-    embedded_gguf_path,
     is_drope_config,
     load_tokenizer,
     native_drope_attention_type,
@@ -98,13 +99,20 @@ def _check_model_type(cfg: dict[str, Any], config_file: str, trust_remote_code: 
             f"{config_file}: model_type {model_type!r} is unknown to transformers; use a supported checkpoint "
             "(or --trust-remote-code to run the checkpoint's own code)"
         )
+    try:  # a family the engine has no adapter for is refused with the supported list
+        architecture_for_model_type(model_type)
+    except UnsupportedArchitecture as exc:
+        raise ModelLoadError(f"{config_file}: {exc}") from None
 
 
 def check_model_source(spec: ModelSpec, bos_token: str | None, trust_remote_code: bool = False) -> None:
     """Everything about one model of a pair that can be known without loading its weights."""
     name = spec.describe()
-    if spec.source == "embedded":
-        embedded_gguf_path()
+    if is_embedded(spec.source):
+        try:  # the package (and every chunk) is there; nothing is read or written yet
+            embedded_model(spec.source).check_installed()
+        except EmbeddedUnavailable as exc:
+            raise ModelLoadError(str(exc)) from None
         if importlib.util.find_spec("gguf") is None:
             raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`")
         return

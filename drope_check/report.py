@@ -26,6 +26,7 @@ from drope_check.bands import fmt
 from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
 from drope_check.evidence import render_evidence_table, render_skip_groups, skip_groups
 from drope_check.evidence_spec import SOURCES
+from drope_check.generalisation import generalisation_table
 from drope_check.measurements_file import load_measurements
 from drope_check.verdicts import Verdict, strict_verdict, verdict_for
 
@@ -272,7 +273,7 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             f"| {_cell(v['key'])} | {_cell(fmt(v['measured']))} | {_cell(fmt(v['expected']))} | "
             f"{_cell(v['band'])} | {_cell(_outcome_text(v))} |"
         )
-    out += ["", "## Pairs", ""]
+    out += ["", *generalisation_table(verdicts), "## Pairs", ""]
     for name, info in doc["pairs"].items():
         out += _pair_section(name, info, plots.get(name, ()))
     for name, info in (doc.get("author_files") or {}).items():

@@ -351,16 +351,18 @@ LLAMA_ONLY = {
 def test_repository_claim_files_load_with_the_same_ids() -> None:
     llama = C.load_claims("llama2-7b", REPO_EXPECTED)
     smol = C.load_claims("smollm2-135m", REPO_EXPECTED)
-    # report claims encoded for llama2-7b only so far (issue 9): not yet in the embedded pair's file
+    gemma = C.load_claims("gemma3-270m", REPO_EXPECTED)
+    # report claims encoded for llama2-7b only so far (issue 9): not yet in the embedded pairs' files
     assert {(c.id, c.model) for c in llama.claims} - LLAMA_ONLY == {(c.id, c.model) for c in smol.claims}
+    assert {(c.id, c.model) for c in smol.claims} == {(c.id, c.model) for c in gemma.claims}
     assert len(llama.claims) == 32 + len(LLAMA_ONLY)
-    assert llama.drope_variant == "drope" and smol.drope_variant == "nope-zeroshot"
+    assert llama.drope_variant == "drope" and smol.drope_variant == gemma.drope_variant == "nope-zeroshot"
     # every value in it is the report's; the one skip is a GPU check no field records yet
     assert {c.status for c in llama.claims} == {"claim", "skip"}
     assert [c.key for c in llama.claims if c.status == "skip"] == ["eager_attention_nan[llama2-7b:drope]"]
-    for claim in llama.claims + smol.claims:
+    for claim in llama.claims + smol.claims + gemma.claims:
         assert claim.rationale.strip()
-    for claim in smol.claims:
+    for claim in smol.claims + gemma.claims:
         if claim.status == "golden":
             assert claim.provenance["source"] == "suite-measured"
             assert claim.pending or claim.measured_how

@@ -305,12 +305,14 @@ def test_other_models_are_refused_unless_as_pair(tmp_path: Path, capsys: pytest.
 
 def test_the_pairs_model_ids_match_the_registry() -> None:
     models = pytest.importorskip("drope_check.models")
+    from drope_check.embedded import embedded_model, is_embedded
+
     for pair in C.available_pairs(REPO_EXPECTED):
         cs = C.load_claims(pair, REPO_EXPECTED)
         spec = models.PAIRS[pair]
         for role, model in (("rope", spec.rope), ("drope", spec.drope)):
-            want = (f"HuggingFaceTB/SmolLM2-135M-Instruct ({models.EMBEDDED_GGUF}, dequantised)"
-                    if model.source == "embedded" else model.source)
+            embedded = embedded_model(model.source) if is_embedded(model.source) else None
+            want = f"{embedded.model_id} ({embedded.gguf_name}, dequantised)" if embedded else model.source
             assert cs.model_ids[role] == want
 
 

@@ -186,6 +186,22 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
 
 
+def write_shard_index(folder: Path) -> None:
+    """``model.safetensors.index.json`` over every ``*.safetensors`` file of ``folder`` (HF's sharded
+    layout), so the loader reads the q/k norm shard beside the model's own weights."""
+    from safetensors import safe_open
+
+    weight_map: dict[str, str] = {}
+    total = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():
+                weight_map[name] = f.name
+        total += f.stat().st_size
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
 def write_checkpoints(rope, root: Path) -> tuple[Path, Path]:
     """The RoPE model as a plain Llama checkpoint and the DroPE one in SakanaAI's layout (same
     weights plus q/k norm weights; layer 1's scaled to DroPE-like q/k norms)."""
@@ -199,9 +215,9 @@ def write_checkpoints(rope, root: Path) -> tuple[Path, Path]:
     write_tokenizer(rope_dir, config.vocab_size)
     drope_dir.mkdir(parents=True)
     for f in rope_dir.glob("*.safetensors"):
-        os.link(f, drope_dir / f.name) if hasattr(os, "link") else shutil.copy(f, drope_dir / f.name)
-    if (rope_dir / "model.safetensors.index.json").exists():
-        shutil.copy(rope_dir / "model.safetensors.index.json", drope_dir / "model.safetensors.index.json")
+        # a lone model.safetensors would shadow the index transformers needs to find the norm shard
+        name = "model-base.safetensors" if f.name == "model.safetensors" else f.name
+        os.link(f, drope_dir / name) if hasattr(os, "link") else shutil.copy(f, drope_dir / name)
     write_tokenizer(drope_dir, config.vocab_size)
     norms: dict[str, torch.Tensor] = {}
     g = torch.Generator().manual_seed(3)
@@ -215,6 +231,7 @@ def write_checkpoints(rope, root: Path) -> tuple[Path, Path]:
         norms[f"model.layers.{layer}.self_attn.q_norm.weight"] = q.to(torch.bfloat16)
         norms[f"model.layers.{layer}.self_attn.k_norm.weight"] = k.to(torch.bfloat16)
     save_file(norms, str(drope_dir / "qk_norms.safetensors"), metadata={"format": "pt"})
+    write_shard_index(drope_dir)
     cfg = json.loads((rope_dir / "config.json").read_text())
     cfg.update(model_type="llama_drope", architectures=["DropeForCausalLM"], attention_type="qk_norm_nope",
                auto_map={"AutoConfig": "drope.DropeConfig", "AutoModelForCausalLM": "drope.DropeForCausalLM"})

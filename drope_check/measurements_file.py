@@ -56,7 +56,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "layers": ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "entropy", "entropy_normalized", "anisotropy",
                "sink_rate", "sink_rate_excl_self", "bos_mlp_write_norm", "mean_token_norm"),
     "provenance": ("pad_to",),
-    "heads": ("sink_score", "sink_score_excl_self"),
+    "heads": ("sink_score", "sink_score_excl_self", "sink_score_per_sequence", "sink_score_excl_self_per_sequence"),
     "scalars": ("embedding_bos_norm", "sink_rate_average", "sink_rate_average_excl_self",
                 "bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write", "max_bos_ratio", "peak_bos_norm",
                 "peak_bos_norm_layer", "min_entropy", "min_entropy_layer", "min_entropy_normalized",
@@ -65,6 +65,10 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
                       "qk_disruption:jin"),
 }
+
+
+#: ``heads`` fields holding one ``[layer][head]`` grid per sequence (drope_check.sink_stats).
+PER_SEQUENCE_SUFFIX = "_per_sequence"
 
 
 def is_optional_field(name: str) -> bool:
@@ -210,16 +214,15 @@ def _validate_model(model: Any, at: str, role: str, err: Callable[[str | None, s
     heads = model.get("heads")
     if heads is not None and not isinstance(heads, Mapping):
         raise err(f"{at}.heads", "expected an object of per-layer, per-head arrays")
-    for key, grid in (heads or {}).items():
+    for key, value in (heads or {}).items():
         where = f"{at}.heads.{key}"
-        if not isinstance(grid, list):
-            raise err(where, "expected a list (layers) of lists (heads) of numbers")
-        if n_layers is not None and len(grid) != n_layers:
-            raise err(where, f"has {len(grid)} rows: expected n_layers = {n_layers}")
-        for i, row in enumerate(grid):
-            _flat_numbers(row, f"{where}[{i}]", err)
-            if n_heads is not None and len(row) != n_heads:
-                raise err(f"{where}[{i}]", f"has {len(row)} values: expected n_heads = {n_heads}")
+        if key.endswith(PER_SEQUENCE_SUFFIX):  # [sequence][layer][head] (drope_check.sink_stats)
+            if not isinstance(value, list) or not value:
+                raise err(where, "expected a non-empty list (sequences) of [layer][head] grids")
+            for n, grid in enumerate(value):
+                _head_grid(grid, f"{where}[{n}]", n_layers, n_heads, err)
+        else:
+            _head_grid(value, where, n_layers, n_heads, err)
 
     scalars = model.get("scalars")
     if scalars is not None and not isinstance(scalars, Mapping):
@@ -240,14 +243,28 @@ def _optional_count(model: Mapping[str, Any], key: str, at: str, err: Callable[.
     return value
 
 
-def _flat_numbers(series: Any, where: str, err: Callable[..., MeasurementsFileError]) -> None:
+def _flat_numbers(series: Any, where: str, err: Callable[..., MeasurementsFileError], allow_null: bool = False) -> None:
     if not isinstance(series, list) or not series:
         raise err(where, "expected a non-empty list of numbers")
     for i, value in enumerate(series):
         if isinstance(value, list):
             raise err(f"{where}[{i}]", "is a nested list: expected a number (one per layer)")
-        if not _is_number(value):
-            raise err(f"{where}[{i}]", f"is {value!r}: expected a number")
+        if not (_is_number(value) or (allow_null and value is None)):
+            raise err(f"{where}[{i}]", f"is {value!r}: expected a number" + (" or null" if allow_null else ""))
+
+
+def _head_grid(grid: Any, where: str, n_layers: int | None, n_heads: int | None,
+               err: Callable[..., MeasurementsFileError]) -> None:
+    """A ``[layer][head]`` grid of sink scores; ``null`` marks a head whose fp16-eager attention
+    overflowed (``protocol.stats_dtype = "fp16-eager"``, docs/measurements-schema.md)."""
+    if not isinstance(grid, list):
+        raise err(where, "expected a list (layers) of lists (heads) of numbers")
+    if n_layers is not None and len(grid) != n_layers:
+        raise err(where, f"has {len(grid)} rows: expected n_layers = {n_layers}")
+    for i, row in enumerate(grid):
+        _flat_numbers(row, f"{where}[{i}]", err, allow_null=True)
+        if n_heads is not None and len(row) != n_heads:
+            raise err(f"{where}[{i}]", f"has {len(row)} values: expected n_heads = {n_heads}")
 
 
 def _argmax(values: list[float]) -> int:

@@ -436,3 +436,20 @@ provenance = { source = "prose-only", text_set = "t" }
         for claim in C.load_claims(pair, REPO_EXPECTED).claims:
             assert not any("-" in m.split("[", 1)[-1] for m in claim.metrics if "[" in m), claim.key
 
+
+
+def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
+    """``heads.*_per_sequence`` (kept for the confound audit) is ``[sequence][layer][head]``: valid
+    with any number of sequences, ``null`` marking an overflowed fp16-eager head; a grid of the
+    wrong shape is named by its JSON path. (The suite's own measurements carry it: a validator that
+    read it as ``[layer][head]`` refused every real run.)"""
+    from drope_check.measurements_file import MeasurementsFileError, validate_measurements
+
+    data = llama()
+    rope = data["models"]["rope"]
+    grid = [[0.5] * rope["n_heads"] for _ in range(rope["n_layers"])]
+    rope["heads"]["sink_score_per_sequence"] = [grid, [[None] + row[1:] for row in grid], grid]
+    validate_measurements(data, "per-seq.json")
+    rope["heads"]["sink_score_per_sequence"][1] = grid[:-1]
+    with pytest.raises(MeasurementsFileError, match=r"heads\.sink_score_per_sequence\[1\].*n_layers = 32"):
+        validate_measurements(data, "per-seq.json")

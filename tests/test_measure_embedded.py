@@ -101,8 +101,12 @@ def test_measure_pair_completes_and_every_number_is_finite(measured):
         assert (n_layers, n_heads) == (30, 9), role
         for name, values in model["layers"].items():
             assert len(values) == n_layers, (role, name)
-        for name, per_layer in model["heads"].items():
-            assert len(per_layer) == n_layers and all(len(h) == n_heads for h in per_layer), (role, name)
+        for name, grid in model["heads"].items():
+            grids = grid if name.endswith("_per_sequence") else [grid]  # [sequence][layer][head]
+            if name.endswith("_per_sequence"):
+                assert len(grids) == PROTOCOL.n_texts, (role, name)
+            for per_layer in grids:
+                assert len(per_layer) == n_layers and all(len(h) == n_heads for h in per_layer), (role, name)
         assert model["provenance"]["n_sequences"] == PROTOCOL.n_texts
         assert model["provenance"]["bos_token"] == BOS
 

@@ -1,8 +1,10 @@
 """The embedded Gemma-3-270M pair on real weights (CPU, extra ``[gemma]``).
 
 Marked ``slow`` and ``gemma`` (deselect with ``-m 'not gemma'``); skipped with the reason when the
-extra is not installed. Loading dequantises the Q4_K_M GGUF once per process (measured here: ~45 s
-alone on 2 cores, ~4 min with five other jobs on them); the tests after it take about a minute.
+extra is not installed. The first load on a machine dequantises the Q4_K_M GGUF and caches the float32
+weights (drope_check.models.dequantized_cache_path); measured on the 2-core workplace machine shared
+with five other jobs (load average 4-8): 341 s for that cold load, then 13 s and 189 s for the two
+tests after it, 9.5 min in all. On an idle machine expect a fraction of that.
 
 * the pair loads with its provenance (architecture record, sliding layers, licence, one weight file);
 * nope-zeroshot: the BOS residual of every layer is bitwise the RoPE model's (position 0 never sees

@@ -123,9 +123,11 @@ def test_manual_projection_attention_fails_for_rope(seed: int, shape: tuple[int,
 
 
 @pytest.fixture(scope="module")
-def embedded_models():
+def embedded_models(claim_pairs: list[str]):
     from drope_check.models import PAIRS, load_model, pair_available
 
+    if "smollm2-135m" not in claim_pairs:
+        pytest.skip(f"pair smollm2-135m not selected (this run judges {', '.join(claim_pairs)})")
     ok, why = pair_available("smollm2-135m")
     if not ok:
         pytest.skip(why)

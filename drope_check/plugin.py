@@ -513,6 +513,14 @@ def _measure_options(config: pytest.Config) -> Any:
 
 
 @pytest.fixture(scope="session")
+def claim_pairs(request: pytest.FixtureRequest) -> list[str]:
+    """The pairs this run judges (``--pair``, the pairs of ``--measurements``, or every claim file):
+    a test that loads a pair's models itself asks this first, so ``--pair gemma3-270m`` never loads
+    SmolLM2."""
+    return list(_state(request.config).selected_pairs())
+
+
+@pytest.fixture(scope="session")
 def pair_measurements(request: pytest.FixtureRequest, drope_measure_options: Any) -> Callable[[str], dict[str, Any]]:
     """``pair_measurements(pair) -> dict``: the measurements of a pair, measured once per session
     (or read from ``--measurements``). Raises :class:`PairUnavailable` when its models are not

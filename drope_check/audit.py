@@ -17,6 +17,14 @@ Robustness per claim: *robust* (same verdict, or for a golden never moved, under
 *fragile* (naming the variants that flip or move it), or *holds only under upstream's choices*
 (fails under ``suite`` and holds only under variants that are upstream's choices).
 
+For a pair whose claims carry author-files tables (llama2-7b) the matrix also shows the report
+author's committed result files as an ``author-files`` column beside the ``upstream`` variant, and
+per claim whether the suite, measuring the author's way, reproduces the author's number
+(:mod:`drope_check.audit_author`). That column is a source, not a variant: it is kept out of the
+variant cells and never counts in a robustness verdict. It needs no model, so without the pair's
+models (``models_unavailable``) the audit still runs: every variant *not measured* with the reason,
+the ``author-files`` column filled.
+
 Outputs (:func:`write_audit`): ``audit.json``, ``audit.md``, ``audit-heatmap.png`` and the
 measurements of each variant under ``measurements/<variant>.json`` (with the per-sequence scores, so
 a reader can recompute any threshold). Any non-finite number in a variant's measurements is an
@@ -41,6 +49,20 @@ from pathlib import Path
 from typing import Any
 
 from drope_check import __version__, claims
+from drope_check.audit_author import (
+    AUTHOR_COLUMN,
+    UPSTREAM_VARIANT,
+    AuthorFiles,
+    agreement,
+    author_cell,
+    author_files_info,
+    author_reading,
+    default_author_files,
+    has_author_files,
+    load_author_files,
+    reproduction_summary,
+    summary_line,
+)
 from drope_check.protocol import FAITHFUL, STATISTICS_FIELDS, Protocol
 from drope_check.sink_stats import derive_statistics
 from drope_check.variants import ROLES, Variant, get_variants, measurement_key
@@ -52,6 +74,9 @@ ROBUST = "robust"
 FRAGILE = "fragile"
 UPSTREAM_ONLY = "holds only under upstream's choices"
 NOT_EVALUATED = "not evaluated"
+#: Status of a variant that was not measured: GPU-only without a GPU, or no models here at all.
+SKIPPED = "skipped"
+NOT_MEASURED = "not measured"
 
 #: Metric-path rewrites under ``spike_rule = "max-write"``: the claims name the argmax-ratio rule.
 SPIKE_ALIASES = (("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write"),
@@ -246,13 +271,22 @@ def run_audit(
     progress: bool = False,
     gpu_available: bool | None = None,
     log: Callable[[str], None] | None = None,
+    models_unavailable: str | None = None,
+    author_files: Callable[[], tuple[Path, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Measure every variant, evaluate every claim under each; returns ``{"audit": doc, "measurements": {...}}``."""
+    """Measure every variant, evaluate every claim under each; returns ``{"audit": doc, "measurements": {...}}``.
+
+    ``models_unavailable``: why the pair's models cannot be loaded here; then no variant is measured
+    (each is *not measured* with that reason, nothing loads) and the audit still shows what needs no
+    model: the ``author-files`` column. That column is added whenever a claim of the pair has an
+    author-files table; ``author_files`` returns ``(folder, measurements)`` of the author's files
+    (default: :func:`drope_check.audit_author.default_author_files`), and a missing or broken copy
+    fills the column with the reason.
+    """
     import torch
 
     variants = get_variants(variant_names)
     claim_set = claim_set or claims.load_claims(pair)
-    source = source or default_source(pair, options, base)
     gpu_available = torch.cuda.is_available() if gpu_available is None else gpu_available
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True) if progress else None)
 
@@ -261,8 +295,11 @@ def run_audit(
     plan: dict[tuple[str | None, str, Protocol], dict[str, Any]] = {}  # (quantization, role, key) -> job
     for v in variants:
         protocols[v.name] = {role: v.protocol(role, base) for role in ROLES}
+        if models_unavailable is not None:
+            status[v.name] = {"status": NOT_MEASURED, "reason": models_unavailable}
+            continue
         if v.kind == "gpu" and not gpu_available:
-            status[v.name] = {"status": "skipped", "reason": "bitsandbytes 4-bit needs a CUDA GPU; run "
+            status[v.name] = {"status": SKIPPED, "reason": "bitsandbytes 4-bit needs a CUDA GPU; run "
                               f"`drope-check audit --pair {pair} --variants {v.name}` (or tox -e audit-gpu) on a GPU runner"}
             continue
         status[v.name] = {"status": "derived" if v.kind == "statistics" else "measured"}
@@ -274,6 +311,8 @@ def run_audit(
 
     results: dict[tuple[str | None, str, Protocol], dict[str, Any]] = {}
     token_info: dict[str, dict[str, int]] = {}
+    if plan:  # texts and models only when something is measured
+        source = source or default_source(pair, options, base)
     for quantization in dict.fromkeys(q for q, _, _ in plan):
         for role in ROLES:
             jobs = [(k, j) for k, j in plan.items() if k[0] == quantization and k[1] == role]
@@ -313,7 +352,7 @@ def run_audit(
 
     docs: dict[str, dict[str, Any]] = {}
     for v in variants:
-        if status[v.name]["status"] == "skipped":
+        if status[v.name]["status"] in (SKIPPED, NOT_MEASURED):
             continue
         models = {}
         for role in ROLES:
@@ -332,24 +371,10 @@ def run_audit(
         status[v.name]["attention_nan_heads"] = {r: models[r]["scalars"].get("attention_nan_heads", 0) for r in ROLES}
         docs[v.name] = doc
 
-    rows = []
-    for claim in claim_set.claims:
-        cells: dict[str, dict[str, Any]] = {}
-        for v in variants:
-            if v.name not in docs:
-                cells[v.name] = {"value": None, "skipped": True, "note": status[v.name]["reason"]}
-            elif evaluated(claim):
-                cells[v.name] = _cell(claim, docs[v.name], protocols[v.name])
-            else:
-                cells[v.name] = {"value": None, "note": claims.pending_reason(claim)}
-        if evaluated(claim) and claim.status == "golden":
-            _fill_golden(claim, cells)
-        rows.append({
-            "key": claim.key, "id": claim.id, "model": claim.model, "family": claim.family, "status": claim.status,
-            "sentence": claim.sentence, "expected": _json(claim.value), "band": claim.band_text(),
-            "kind": "not evaluated" if not evaluated(claim) else ("golden" if claim.status == "golden" else "verdict"),
-            "cells": cells, "robustness": robustness(claim, cells, {v.name: v for v in variants}),
-        })
+    files = None
+    if has_author_files(claim_set):
+        files = load_author_files(author_files or default_author_files)
+    rows = audit_rows(claim_set, variants, docs, status, protocols, files)
     audit = {
         "schema_version": AUDIT_SCHEMA_VERSION,
         "tool": {"name": "drope_check", "version": __version__},
@@ -364,7 +389,64 @@ def run_audit(
         "summary": {k: sum(1 for r in rows if r["robustness"]["verdict"] == k)
                     for k in (ROBUST, FRAGILE, UPSTREAM_ONLY, NOT_EVALUATED)},
     }
+    if files is not None:
+        summary = reproduction_summary(rows)
+        audit["author_files"] = author_files_info(files)
+        audit["reproduction"] = {"summary": summary, "line": summary_line(summary)}
     return {"audit": audit, "measurements": docs}
+
+
+def _unmeasured_cell(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The cell of a variant with no measurements: skipped (GPU only) or not measured (no models here)."""
+    note = f"not measured: {state['reason']}" if state["status"] == NOT_MEASURED else state["reason"]
+    return {"value": None, "skipped": True, "status": state["status"], "note": note}
+
+
+def _upstream_at(claim: Any, reading: Any, cells: Mapping[str, Mapping[str, Any]], docs: Mapping[str, Any],
+                 protocols: Mapping[str, Mapping[str, Protocol]]) -> Mapping[str, Any] | None:
+    """The ``upstream`` variant's cell for ``reading`` (the claim at the author's paths), or None without the variant."""
+    if UPSTREAM_VARIANT not in cells:
+        return None
+    if reading is claim or UPSTREAM_VARIANT not in docs or not evaluated(claim):
+        return cells[UPSTREAM_VARIANT]
+    return _cell(reading, docs[UPSTREAM_VARIANT], protocols[UPSTREAM_VARIANT])
+
+
+def audit_rows(claim_set: Any, variants: Sequence[Variant], docs: Mapping[str, Mapping[str, Any]],
+               status: Mapping[str, Mapping[str, Any]], protocols: Mapping[str, Mapping[str, Protocol]],
+               author_files: AuthorFiles | None = None) -> list[dict[str, Any]]:
+    """One row per claim: a cell per variant (from ``docs``, the measurements of each measured variant),
+    its robustness verdict, and with ``author_files`` the ``author-files`` cell and the reproduction
+    verdict (:mod:`drope_check.audit_author`), kept apart from the variant cells."""
+    rows = []
+    for claim in claim_set.claims:
+        cells: dict[str, dict[str, Any]] = {}
+        for v in variants:
+            if v.name not in docs:
+                cells[v.name] = _unmeasured_cell(status[v.name])
+            elif evaluated(claim):
+                cells[v.name] = _cell(claim, docs[v.name], protocols[v.name])
+            else:
+                cells[v.name] = {"value": None, "note": claims.pending_reason(claim)}
+        if evaluated(claim) and claim.status == "golden":
+            _fill_golden(claim, cells)
+        row = {
+            "key": claim.key, "id": claim.id, "model": claim.model, "family": claim.family, "status": claim.status,
+            "sentence": claim.sentence, "expected": _json(claim.value), "band": claim.band_text(),
+            "kind": "not evaluated" if not evaluated(claim) else ("golden" if claim.status == "golden" else "verdict"),
+            "cells": cells, "robustness": robustness(claim, cells, {v.name: v for v in variants}),
+        }
+        if author_files is not None:
+            row["author_files"] = author_cell(claim, author_files)
+            reading = author_reading(claim)
+            upstream = _upstream_at(claim, reading, cells, docs, protocols)
+            row["reproduction"] = agreement(claim, upstream, row["author_files"])
+            if reading is not claim:
+                row["reproduction"]["read"] = list(reading.metrics)
+            if upstream is not None and upstream.get("value") is not None:
+                row["reproduction"]["suite_value"] = upstream["value"]
+        rows.append(row)
+    return rows
 
 
 def _json(x: Any) -> Any:
@@ -380,14 +462,14 @@ def _json(x: Any) -> Any:
 
 
 def _cell_text(row: Mapping[str, Any], name: str) -> str:
+    if name == AUTHOR_COLUMN:
+        return _author_text(row[AUTHOR_COLUMN_KEY])
     cell = row["cells"][name]
     if cell.get("skipped"):
-        return "skipped"
+        return cell.get("status", SKIPPED)
     if cell.get("value") is None:
         return "error" if cell.get("error") else "-"
-    text = claims.fmt(cell["value"], 3)
-    if len(text) > 24:
-        text = text[:21] + "…"
+    text = _short(cell["value"])
     if "holds" in cell:
         return f"{'holds' if cell['holds'] else 'FAILS'} {text}"
     if name != "suite" and cell.get("change") is not None:
@@ -395,9 +477,61 @@ def _cell_text(row: Mapping[str, Any], name: str) -> str:
     return text
 
 
-def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE) -> str:
-    """``audit.md``: the variants, the claims x variants matrix, each claim's robustness verdict."""
+#: Where a row keeps its ``author-files`` cell (apart from the variant cells, which robustness reads).
+AUTHOR_COLUMN_KEY = "author_files"
+
+
+def _short(value: Any) -> str:
+    text = claims.fmt(value, 3)
+    return text[:21] + "…" if len(text) > 24 else text
+
+
+def _author_text(cell: Mapping[str, Any]) -> str:
+    """The ``author-files`` cell in the matrix: the author's value and its verdict, or why there is none."""
+    outcome = cell["outcome"]
+    if cell.get("value") is None:
+        return {"prose-only": "prose only", "skip": "not judged", "error": "error"}.get(outcome, outcome)
+    word = "holds" if cell.get("holds") else "FAILS"
+    return f"{word} {_short(cell['value'])}" + (" (contradicted)" if outcome == "xfail" else "")
+
+
+def matrix_columns(audit: Mapping[str, Any]) -> list[str]:
+    """The matrix's columns: the variants, with ``author-files`` right after ``upstream`` when the audit has it."""
     names = [v["name"] for v in audit["variants"]]
+    if "author_files" not in audit:
+        return names
+    at = names.index(UPSTREAM_VARIANT) + 1 if UPSTREAM_VARIANT in names else len(names)
+    return names[:at] + [AUTHOR_COLUMN] + names[at:]
+
+
+def _author_lines(audit: Mapping[str, Any]) -> list[str]:
+    """The section on the author's files: where they came from and, per claim, whether the suite reproduces them."""
+    info = audit["author_files"]
+    where = (f"era {info.get('era')} of {info.get('repository')} ({info.get('file')}), read from {info.get('source')}"
+             if info.get("available") else f"no copy: {info.get('reason')}")
+    out = ["## Reproducing the author's numbers", "",
+           f"The `{AUTHOR_COLUMN}` column is the report author's committed result files ({where}), each claim judged "
+           "as the claims tests' author-files source judges it, under the protocol the report's value came from. It "
+           "is a source, not a measurement choice: no robustness verdict counts it. Beside it, the suite's own "
+           f"`{UPSTREAM_VARIANT}` variant makes the author's measurement choices on this suite's texts and weights; a "
+           "claim *agrees* when the two values lie within the claim's band of each other (centred on the author's "
+           "value), or, for a bound (one-sided, range, ordering, each), when both give the same verdict.", "",
+           f"Summary: {audit['reproduction']['line']}.", ""]
+    for row in audit["claims"]:
+        rep, cell = row["reproduction"], row[AUTHOR_COLUMN_KEY]
+        source = f" @{str(cell['commit'])[:7]} ({cell.get('protocol', '?')})" if cell.get("commit") else ""
+        read = f" (both read at {', '.join(rep['read'])})" if rep.get("read") else ""
+        out.append(f"- **{_md(row['key'])}**: *{rep['verdict']}* — {_md(rep['text'])}{read}. Author's files{source}: "
+                   f"{_md(_author_text(cell))}" + (f"; {_md(cell['note'])}" if cell.get("note") else ""))
+    out.append("")
+    return out
+
+
+def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE) -> str:
+    """``audit.md``: the variants, the claims x variants matrix (with the ``author-files`` column beside
+    ``upstream`` where the pair has one), each claim's robustness verdict and reproduction verdict."""
+    names = matrix_columns(audit)
+    authored = "author_files" in audit
     s = audit["summary"]
     out = [
         f"# Confound audit: {audit['pair']}",
@@ -407,7 +541,8 @@ def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE
         "",
         f"Robustness: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
         f"{NOT_EVALUATED} {s[NOT_EVALUATED]}.",
-        "",
+        *([f"Author's files: {audit['reproduction']['line']} (see \"Reproducing the author's numbers\").", ""]
+          if authored else [""]),
         "A claim with a report value or a comparison is judged under every variant (holds / FAILS against the "
         "report's value and band). A golden (a value this suite measured under `suite`) gets no verdict under "
         "another protocol: its cell holds the value and the change (Δ) from the `suite` column, *moved* when the "
@@ -421,22 +556,33 @@ def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE
     for v in audit["variants"]:
         secs = {**{r: f"pass of {f}" for r, f in (v.get("pass_of") or {}).items()}, **(v.get("seconds") or {})}
         nan = v.get("attention_nan_heads") or {}
-        state = v["status"] + (f": {v['reason']}" if v.get("reason") else "")
+        shown = v.get("reason") if v["status"] != NOT_MEASURED else None  # said once, above the matrix
+        state = v["status"] + (f": {shown}" if shown else "")
         out.append(f"| `{v['name']}` | {v['kind']} | {_md(state)} | {secs.get('rope', '-')} / {secs.get('drope', '-')} | "
                    f"{nan.get('rope', '-')} / {nan.get('drope', '-')} | {_md(v['description'])} |")
     out += ["", "## Matrix", ""]
+    unmeasured = {v["reason"]: [] for v in audit["variants"] if v["status"] == NOT_MEASURED}
+    for v in audit["variants"]:
+        if v["status"] == NOT_MEASURED:
+            unmeasured[v["reason"]].append(f"`{v['name']}`")
+    for reason, which in unmeasured.items():
+        out += [f"Not measured here ({', '.join(which)}): {_md(reason)}", ""]
     if heatmap:
         out += [f"![claims x variants]({heatmap})", ""]
-    out += ["| claim | " + " | ".join(f"`{n}`" for n in names) + " | robustness |",
-            "| --- | " + " | ".join("---" for _ in names) + " | --- |"]
+    extra = " | reproduces the author's? |" if authored else " |"
+    out += ["| claim | " + " | ".join(f"`{n}`" for n in names) + " | robustness" + extra,
+            "| --- | " + " | ".join("---" for _ in names) + " | ---" + (" | --- |" if authored else " |")]
     for row in audit["claims"]:
         cells = " | ".join(_md(_cell_text(row, n)) for n in names)
-        out.append(f"| {_md(row['key'])} | {cells} | {_md(row['robustness']['verdict'])} |")
+        tail = f" {_md(row['reproduction']['verdict'])} |" if authored else ""
+        out.append(f"| {_md(row['key'])} | {cells} | {_md(row['robustness']['verdict'])} |{tail}")
+    if authored:
+        out += [""] + _author_lines(audit)[:-1]
     out += ["", "## Robustness per claim", ""]
     for row in audit["claims"]:
         rob = row["robustness"]
         out.append(f"- **{row['key']}** ({row['status']}): *{rob['verdict']}* — {_md(rob['text'])}")
-        for name in names:
+        for name in (n for n in names if n in row["cells"]):
             cell = row["cells"][name]
             if cell.get("error"):
                 out.append(f"  - `{name}`: error: {_md(cell['error'])}")
@@ -459,14 +605,14 @@ def heatmap_png(audit: Mapping[str, Any]) -> bytes:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    names = [v["name"] for v in audit["variants"]]
+    names = matrix_columns(audit)
     rows = audit["claims"]
     colours = ["#d9d9d9", "#d62728", "#ff7f0e", "#b7e4b0", "#2ca02c"]  # n/a, fails, moved, stable, holds
     grid = []
     for row in rows:
         line = []
         for n in names:
-            cell = row["cells"][n]
+            cell = row[AUTHOR_COLUMN_KEY] if n == AUTHOR_COLUMN else row["cells"][n]
             if cell.get("value") is None:
                 line.append(0)
             elif "holds" in cell:
@@ -476,7 +622,8 @@ def heatmap_png(audit: Mapping[str, Any]) -> bytes:
         grid.append(line)
     fig, ax = plt.subplots(figsize=(2.5 + 0.7 * len(names), 1.5 + 0.28 * max(1, len(rows))))
     ax.imshow(grid or [[0]], cmap=ListedColormap(colours), vmin=0, vmax=4, aspect="auto")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    labels_x = [f"{n} (source)" if n == AUTHOR_COLUMN else n for n in names]
+    ax.set_xticks(range(len(names)), labels_x, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [r["key"] for r in rows], fontsize=7)
     ax.set_title(f"confound audit: {audit['pair']}", fontsize=10)
     labels = ["not evaluated / no value", "fails", "golden: moved out of band", "golden: within band of suite", "holds"]
@@ -527,8 +674,10 @@ def report_section(report_dir: str | Path) -> list[str]:
     for path, audit in audits:
         rel = path.relative_to(Path(report_dir)).with_name("audit.md").as_posix()
         names = ", ".join(v["name"] for v in audit["variants"])
-        out += [f"[{audit['pair']}: audit.md]({rel}) — variants {names}.", "", "| claim | robustness | why |",
-                "| --- | --- | --- |"]
+        out += [f"[{audit['pair']}: audit.md]({rel}) — variants {names}.", ""]
+        if audit.get("reproduction"):
+            out += [f"Author's files: {audit['reproduction']['line']}.", ""]
+        out += ["| claim | robustness | why |", "| --- | --- | --- |"]
         for row in audit["claims"]:
             out.append(f"| {_md(row['key'])} | {_md(row['robustness']['verdict'])} | {_md(row['robustness']['text'])} |")
         out.append("")
@@ -551,12 +700,41 @@ def add_cli(sub: Any) -> None:
     parser.add_argument("--wikitext", default=None, help="local WikiText-2 raw test file; env DROPE_CHECK_WIKITEXT")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--upstream", default=None,
+                        help="the report author's result files for the author-files column (a git clone or a "
+                        "<commit>/<path> folder); default $DROPE_CHECK_UPSTREAM, else the shipped copy")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=cli_audit)
 
 
+def models_here(pair: str) -> tuple[bool, str]:
+    """Whether the pair's models can be loaded here, and if not why (never raises)."""
+    try:
+        from drope_check.models import pair_available
+
+        ok, reason = pair_available(pair)
+    except Exception as exc:  # a broken engine is a reason not to measure, said in the audit
+        return False, f"pair_available({pair!r}) raised {type(exc).__name__}: {exc}"
+    return bool(ok), str(reason)
+
+
+def summary_lines(pair: str, audit: Mapping[str, Any], where: Path) -> list[str]:
+    """What the CLI and ``pytest --audit`` print for one audit: robustness counts, reproduction, the file."""
+    s = audit["summary"]
+    lines = [f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
+             f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {where}"]
+    unmeasured = sorted({v["reason"] for v in audit["variants"] if v["status"] == NOT_MEASURED})
+    lines += [f"audit of {pair}: suite variants not measured: {reason}" for reason in unmeasured]
+    if audit.get("reproduction"):
+        lines.append(f"audit of {pair}: {audit['reproduction']['line']}")
+    return lines
+
+
 def cli_audit(args: Any) -> int:
-    """``drope-check audit``: user errors (unknown pair or variant, bad --n-texts) exit 2 before any weights load."""
+    """``drope-check audit``: user errors (unknown pair or variant, bad --n-texts or --upstream) exit 2 before
+    any weights load. Without the pair's models, a pair with the author's files is audited without them
+    (the ``author-files`` column filled, every variant *not measured* with the reason); any other pair exits 2."""
+    from drope_check.author_files import AuthorFilesBroken, locate_upstream
     from drope_check.measure import MeasureOptions
     from drope_check.models import get_pair
 
@@ -565,19 +743,28 @@ def cli_audit(args: Any) -> int:
         claim_set = claims.load_claims(args.pair)
         get_variants(args.variants)
         base = FAITHFUL.replace(n_texts=args.n_texts)
-    except (KeyError, ValueError, FileNotFoundError) as exc:
+        if args.upstream is not None:
+            locate_upstream(args.upstream, [])
+    except (KeyError, ValueError, FileNotFoundError, AuthorFilesBroken) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"drope-check audit: {message}", file=sys.stderr)
+        return 2
+    ok, why = models_here(args.pair)
+    if not ok and not has_author_files(claim_set):
+        print(f"drope-check audit: pair {args.pair} cannot be measured here ({why}) and its claims have no "
+              "author-files tables: nothing to audit without its models", file=sys.stderr)
         return 2
     options = MeasureOptions(wikitext=args.wikitext, device=args.device, dtype=args.dtype, progress=not args.no_progress)
     start = time.perf_counter()
     result = run_audit(args.pair, args.variants, options=options, base=base, claim_set=claim_set,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, models_unavailable=None if ok else why,
+                       author_files=lambda: default_author_files(args.upstream))
     write_audit(result, args.out_dir)
-    s = result["audit"]["summary"]
-    print(f"audit of {args.pair}: {len(result['audit']['claims'])} claims x {len(result['audit']['variants'])} variants "
-          f"in {time.perf_counter() - start:.0f} s; {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} "
-          f"{s[UPSTREAM_ONLY]}, {NOT_EVALUATED} {s[NOT_EVALUATED]}; {args.out_dir / 'audit.md'}")
+    audit = result["audit"]
+    print(f"audit of {args.pair}: {len(audit['claims'])} claims x {len(audit['variants'])} variants in "
+          f"{time.perf_counter() - start:.0f} s")
+    for line in summary_lines(args.pair, audit, args.out_dir / "audit.md"):
+        print(line)
     return 0
 
 
@@ -587,10 +774,13 @@ def cli_audit(args: Any) -> int:
 
 def audit_session(config: Any, state: Any, pairs: Sequence[str], report_dir: str | None, options: Any,
                   pair_available: Callable[[str], tuple[bool, str]]) -> list[str]:
-    """Run the audit of every available pair of a pytest session; returns lines for the terminal summary.
+    """Run the audit of every pair of a pytest session; returns lines for the terminal summary.
 
     Writes ``<report_dir>/audit/<pair>/`` (``./audit/<pair>/`` without ``--claims-report``), where
-    the claims report finds it. A pair that is not available here is listed as not audited.
+    the claims report finds it. A pair whose models are not available here is audited without them
+    when its claims have author-files tables (the ``author-files`` column from the session's copy of
+    the author's files, every variant *not measured* with the reason); any other such pair is listed
+    as not audited.
     """
     root = Path(report_dir) if report_dir else Path(".")
     if not root.is_absolute():
@@ -598,17 +788,17 @@ def audit_session(config: Any, state: Any, pairs: Sequence[str], report_dir: str
     lines = []
     for pair in pairs:
         ok, reason = pair_available(pair)
-        if not ok:
+        claim_set = state.claim_set(pair)
+        if not ok and not has_author_files(claim_set):
             lines.append(f"audit of {pair}: not run ({reason})")
             continue
         out = root / "audit" / pair
         try:
-            result = run_audit(pair, source=default_source(pair, options), claim_set=state.claim_set(pair), progress=True)
+            result = run_audit(pair, source=default_source(pair, options) if ok else None, claim_set=claim_set,
+                               progress=True, models_unavailable=None if ok else reason, author_files=state.upstream)
         except AuditError as exc:
             lines.append(f"audit failed: {pair}: {exc}")
             continue
         write_audit(result, out)
-        s = result["audit"]["summary"]
-        lines.append(f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
-                     f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {out / 'audit.md'}")
+        lines += summary_lines(pair, result["audit"], out / "audit.md")
     return lines

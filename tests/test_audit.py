@@ -322,3 +322,244 @@ def test_cli_user_errors_exit_2_before_loading():
                               cwd=Path(__file__).resolve().parents[1], timeout=300)
         assert proc.returncode == 2
         assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# llama2-7b: the author's files beside the suite's `upstream` variant (no model anywhere)
+
+REPO = Path(__file__).resolve().parents[1]
+NO_WEIGHTS = "no Llama-2 weights in this test (a reason as pair_available gives one)"
+
+
+@pytest.fixture(scope="module")
+def author():
+    """``(folder, measurements)`` of the shipped author's files; skipped where no copy is beside the repository."""
+    from drope_check.author_files import AuthorFilesUnavailable, author_files_measurements, locate_upstream
+
+    try:
+        path = locate_upstream(None, [REPO])
+    except AuthorFilesUnavailable as exc:
+        pytest.skip(str(exc))
+    return path, author_files_measurements(str(path))
+
+
+@pytest.fixture(scope="module")
+def llama_claims():
+    return claims.load_claims("llama2-7b")
+
+
+def model_free_audit(llama_claims, author, variants=None):
+    return audit.run_audit("llama2-7b", variants, claim_set=llama_claims, gpu_available=False,
+                           models_unavailable=NO_WEIGHTS, author_files=lambda: author)
+
+
+def test_without_models_the_author_files_column_is_the_author_files_evidence(llama_claims, author):
+    from drope_check.author_files import author_files_verdict
+
+    result = model_free_audit(llama_claims, author)
+    doc = result["audit"]
+    assert result["measurements"] == {}
+    assert doc["author_files"]["available"] and doc["author_files"]["source"] == str(author[0])
+    assert doc["author_files"]["era"] == "report"
+    rows = {r["key"]: r for r in doc["claims"]}
+    assert list(rows) == [c.key for c in llama_claims.claims]
+    judged = 0
+    for claim in llama_claims.claims:
+        cell = rows[claim.key][audit.AUTHOR_COLUMN_KEY]
+        verdict = author_files_verdict(claim, author[1]).to_dict()  # the claims tests' author-files source
+        assert cell["outcome"] == verdict["outcome"], claim.key
+        if verdict["outcome"] in ("pass", "fail", "xfail", "xpass"):
+            judged += 1
+            assert cell["value"] == verdict["measured"] and cell["holds"] == verdict["passed"], claim.key
+            assert cell["commit"] == verdict["source_commit"] and cell["protocol"] == verdict["source_protocol"]
+        else:
+            assert cell["value"] is None and cell["note"] == verdict["reason"], claim.key
+    assert judged == 33  # 36 claims: two prose-only, one suite-only
+    # exact values of the author's committed files (README of shared/data/upstream-results)
+    assert rows["sink_rate_average[llama2-7b:rope]"]["author_files"]["value"] == 0.978125
+    assert rows["peak_bos_norm[llama2-7b:drope]"]["author_files"]["value"] == pytest.approx(632.2048, abs=1e-4)
+    assert rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["author_files"]["read"] == \
+        ["rope:interventions.layer1_ablation:bos_only.ppl"]
+    assert rows["bos_mlp_ablation_ppl[llama2-7b:drope]"]["author_files"]["outcome"] == "prose-only"
+    ident = rows["identical_conditions[llama2-7b:pair]"]["author_files"]
+    assert ident["outcome"] == "xfail" and ident["value"] == 512 and ident["holds"] is False
+
+
+def test_without_models_every_suite_cell_says_not_measured_and_why(llama_claims, author):
+    doc = model_free_audit(llama_claims, author)["audit"]
+    from drope_check.variants import VARIANTS
+
+    assert [v["name"] for v in doc["variants"]] == list(VARIANTS)
+    for v in doc["variants"]:
+        assert v["status"] == audit.NOT_MEASURED and v["reason"] == NO_WEIGHTS
+    for row in doc["claims"]:
+        assert audit.AUTHOR_COLUMN not in row["cells"]  # a source, never a variant
+        for cell in row["cells"].values():
+            assert cell["value"] is None and cell["status"] == audit.NOT_MEASURED
+            assert cell["note"] == f"not measured: {NO_WEIGHTS}"
+        assert row["robustness"]["verdict"] == audit.NOT_EVALUATED
+        assert row["reproduction"]["verdict"] == "not compared"
+    rows = {r["key"]: r for r in doc["claims"]}
+    assert rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]["text"] == \
+        f"the suite's `upstream` variant has no value: not measured: {NO_WEIGHTS}"
+    assert rows["sink_rate_average[llama2-7b:rope]"]["robustness"]["text"] == f"no suite value: not measured: {NO_WEIGHTS}"
+    assert doc["reproduction"]["summary"] == {"agrees": 0, "disagrees": 0, "not compared": 36}
+
+
+def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims, author, tmp_path):
+    result = model_free_audit(llama_claims, author)
+    audit.write_audit(result, tmp_path)
+    md = (tmp_path / "audit.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| claim | `suite`"))
+    assert "| `upstream` | `author-files` |" in header and header.endswith("| robustness | reproduces the author's? |")
+    row = next(line for line in md.splitlines() if line.startswith("| sink_rate_average[llama2-7b:rope] |"))
+    assert "| not measured | holds 0.978 | not measured |" in row and row.endswith("| not evaluated | not compared |")
+    assert "Not measured here (`suite`, `no-rotary`" in md and NO_WEIGHTS in md
+    assert "0 of 0 compared claims agree, 0 disagree, 36 not compared" in md
+    assert (tmp_path / audit.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "audit.json").read_text())["reproduction"] == result["audit"]["reproduction"]
+
+
+def synthetic_rows(llama_claims, author, edit, suite=None):
+    """Audit rows with a synthetic ``upstream`` measurement: the author's values, changed by ``edit(doc)``."""
+    from drope_check.audit_author import load_author_files
+    from drope_check.variants import get_variants
+
+    variants = get_variants("upstream")
+    upstream = json.loads(json.dumps(author[1]))
+    edit(upstream)
+    docs = {"upstream": upstream, **({"suite": suite} if suite is not None else {})}
+    status = {v.name: {"status": "measured"} if v.name in docs else {"status": audit.NOT_MEASURED, "reason": "synthetic"}
+              for v in variants}
+    protocols = {v.name: {r: v.protocol(r) for r in ("rope", "drope")} for v in variants}
+    rows = audit.audit_rows(llama_claims, variants, docs, status, protocols, load_author_files(lambda: author))
+    return {r["key"]: r for r in rows}
+
+
+def test_reproduction_agrees_when_upstream_measures_the_authors_numbers(llama_claims, author):
+    rows = synthetic_rows(llama_claims, author, lambda doc: None)
+    verdicts = {k: r["reproduction"]["verdict"] for k, r in rows.items()}
+    assert sorted(k for k, v in verdicts.items() if v != "agrees") == [
+        "bos_mlp_ablation_ppl[llama2-7b:drope]", "bos_mlp_ablation_ratio[llama2-7b:drope]",
+        "eager_attention_nan[llama2-7b:drope]",
+    ]  # prose-only twice, suite-only once: no author value
+    rep = rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]
+    assert rep["band"] == "the claim's absolute band centred on the author's value: |m - v| <= 0.03: [0.9481, 1.008]"
+    assert rep["suite_value"] == 0.978125
+    # read where the author's value was read, not at the claim's own (MLP-only) path
+    ablation = rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["reproduction"]
+    assert ablation["read"] == ["rope:interventions.layer1_ablation:bos_only.ppl"]
+    assert ablation["suite_value"] == rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["author_files"]["value"]
+    prose = rows["bos_mlp_ablation_ppl[llama2-7b:drope]"]["reproduction"]
+    assert prose["text"].startswith("the author's files give no value (prose-only): prose only: no committed result")
+
+
+def test_reproduction_disagrees_outside_the_claims_band_around_the_authors_value(llama_claims, author):
+    def edit(doc):
+        doc["models"]["rope"]["scalars"]["sink_rate_average"] = 0.978125 - 0.04  # tol 0.03: out
+        doc["models"]["drope"]["scalars"]["sink_rate_average"] = 0.95576171875 + 0.02  # in
+        doc["models"]["rope"]["layers"]["sink_rate"][10] = 0.9  # range [0.91, 1]: fails, the author's holds
+        q = {r: doc["models"][r]["interventions"]["qk_disruption:report"] for r in ("rope", "drope")}
+        q["rope"]["ratio"], q["drope"]["ratio"] = q["drope"]["ratio"], q["rope"]["ratio"]  # ordering flips
+
+    rows = synthetic_rows(llama_claims, author, edit)
+    out = rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]
+    assert out["verdict"] == "disagrees" and "outside by 0.01" in out["text"] and "absolute band" in out["band"]
+    assert rows["sink_rate_average[llama2-7b:drope]"]["reproduction"]["verdict"] == "agrees"
+    middle = rows["sink_rate_middle_layers[llama2-7b:rope]"]["reproduction"]
+    assert middle["verdict"] == "disagrees" and "a bound, not a width: agreement is the same verdict" in middle["band"]
+    assert middle["text"].endswith("fails, author [0.9719 .. 1] (29 values) holds")
+    qk = rows["qk_disruption_drope_more_robust[llama2-7b:pair]"]["reproduction"]
+    assert qk["verdict"] == "disagrees" and "ordering bound" in qk["band"]
+    # the rope ratio moved from 6.708 to 1.291: outside the claim's factor-2 band around the author's value
+    assert rows["qk_disruption_ratio[llama2-7b:rope]"]["reproduction"]["verdict"] == "disagrees"
+    # both fail the bound: identical_conditions (512 pad tokens on one side) agrees with the contradicting files
+    assert rows["identical_conditions[llama2-7b:pair]"]["reproduction"]["verdict"] == "agrees"
+
+
+def test_reproduction_not_compared_when_a_side_is_missing(llama_claims, author):
+    def edit(doc):
+        del doc["models"]["rope"]["interventions"]["layer1_ablation:bos_only"]  # the suite never measures it
+
+    rows = synthetic_rows(llama_claims, author, edit)
+    missing = rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["reproduction"]
+    assert missing["verdict"] == "not compared" and "suite_value" not in missing
+    assert missing["text"].startswith("the suite's `upstream` variant has no value: ")
+    assert "layer1_ablation:bos_only" in missing["text"]
+    # the variant not in the audit at all (--variants without upstream)
+    from drope_check.audit_author import agreement, author_cell
+
+    claim = llama_claims.get("sink_rate_average", "rope")
+    alone = agreement(claim, None, author_cell(claim, author))
+    assert alone == {"verdict": "not compared", "text": "the suite's `upstream` variant is not in this audit (--variants)"}
+    # no copy of the author's files: every author cell says where the search looked, nothing is compared
+    from drope_check.author_files import AuthorFilesUnavailable
+
+    gone = AuthorFilesUnavailable("no copy found (looked in /nowhere)")
+    cell = author_cell(claim, gone)
+    assert cell == {"value": None, "outcome": "skip", "note": "no copy found (looked in /nowhere)"}
+    assert agreement(claim, {"value": 0.97, "holds": True}, cell)["verdict"] == "not compared"
+
+
+def test_robustness_never_counts_the_author_files_column(llama_claims, author):
+    """suite and upstream both fail sink_rate_average[rope] (0.90 vs 0.978 +- 0.03); the author's files
+    hold. Robust ("fails under every variant"), not fragile: the author's files are a source."""
+    def edit(doc):
+        doc["models"]["rope"]["scalars"]["sink_rate_average"] = 0.90
+
+    suite = json.loads(json.dumps(author[1]))
+    suite["models"]["rope"]["scalars"]["sink_rate_average"] = 0.90
+    rows = synthetic_rows(llama_claims, author, edit, suite=suite)
+    row = rows["sink_rate_average[llama2-7b:rope]"]
+    assert row["author_files"]["holds"] is True
+    assert [c["holds"] for c in row["cells"].values()] == [False, False]
+    assert row["robustness"] == {"verdict": audit.ROBUST, "variants": [], "text": "fails under every variant"}
+    assert row["reproduction"]["verdict"] == "disagrees"
+
+
+def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims, author, tmp_path):
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(claim_set=lambda pair: llama_claims if pair == "llama2-7b" else claims.load_claims(pair, TOY_EXPECTED),
+                            upstream=lambda: author)
+    config = SimpleNamespace(invocation_params=SimpleNamespace(dir=tmp_path))
+    lines = audit.audit_session(config, state, ["llama2-7b", "toy"], "report", None, lambda pair: (False, NO_WEIGHTS))
+    assert lines[0] == (f"audit of llama2-7b: robust 0, fragile 0, holds only under upstream's choices 0, not evaluated 36: "
+                        f"{tmp_path / 'report' / 'audit' / 'llama2-7b' / 'audit.md'}")
+    assert lines[1] == f"audit of llama2-7b: suite variants not measured: {NO_WEIGHTS}"
+    assert lines[2].endswith("0 of 0 compared claims agree, 0 disagree, 36 not compared")
+    assert lines[3] == f"audit of toy: not run ({NO_WEIGHTS})"  # no author's files: nothing to show without models
+    written = json.loads((tmp_path / "report" / "audit" / "llama2-7b" / "audit.json").read_text())
+    assert written["claims"][0]["author_files"]["value"] == pytest.approx(10.2648, abs=1e-4)
+    section = "\n".join(audit.report_section(tmp_path / "report"))
+    assert "Author's files: reproduces the author's numbers" in section
+
+
+def test_cli_audits_llama2_without_models(author, tmp_path):
+    if audit.models_here("llama2-7b")[0]:
+        pytest.skip("the llama2-7b weights are here: the CLI would measure them (not a unit test)")
+    proc = subprocess.run([sys.executable, "-m", "drope_check.cli", "audit", "--pair", "llama2-7b", "--out-dir",
+                           str(tmp_path), "--no-progress", "--upstream", str(author[0])],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "audit.json").read_text())
+    assert all(v["status"] == audit.NOT_MEASURED for v in doc["variants"])
+    assert doc["claims"][10]["key"] == "sink_rate_average[llama2-7b:rope]"
+    assert doc["claims"][10]["author_files"]["value"] == 0.978125
+    assert "reproduces the author's numbers" in proc.stdout and "suite variants not measured" in proc.stdout
+
+
+def test_cli_pair_without_models_or_author_files_exits_2(monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    load = claims.load_claims
+    monkeypatch.setattr(audit, "models_here", lambda pair: (False, NO_WEIGHTS))
+    monkeypatch.setattr(audit.claims, "load_claims", lambda pair: load(pair, TOY_EXPECTED))
+    monkeypatch.setattr("drope_check.models.get_pair", lambda pair: None)
+    args = SimpleNamespace(pair="toy", variants=None, n_texts=FAITHFUL.n_texts, upstream=None, out_dir=tmp_path,
+                           wikitext=None, device=None, dtype=None, no_progress=True)
+    assert audit.cli_audit(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"drope-check audit: pair toy cannot be measured here ({NO_WEIGHTS}) and its claims have no "
+                   "author-files tables: nothing to audit without its models\n")
+    assert not (tmp_path / "audit.json").exists()

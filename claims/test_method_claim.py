@@ -25,9 +25,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from drope_check.models import apply_identity_rotation
+from drope_check.tiny_models import build_llama, llama_config
 
 #: Manual float32 vs eager float64 on tiny models: float32 round-off only.
 HOLDS_TOL = 1e-5
@@ -82,18 +83,12 @@ def max_gap(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
 
 
 def tiny_model(seed: int, heads: int, kv_heads: int, rope_theta: float) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=heads * 8, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=8,
-        max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # q/k weights large enough that attention is far from uniform
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.normal_(0.0, 0.5)
-            layer.self_attn.k_proj.weight.normal_(0.0, 0.5)
-    return model
+    """A random Llama at transformers' default initializer range, its q/k weights re-drawn N(0, 0.5)
+    so that attention is far from uniform."""
+    config = llama_config(vocab_size=64, hidden_size=heads * 8, intermediate_size=32, layers=2, heads=heads,
+                          kv_heads=kv_heads, head_dim=8, max_positions=64, initializer_range=0.02,
+                          rope_theta=rope_theta)
+    return build_llama(config, seed=seed, attn=None, qk_weight_std=0.5)
 
 
 model_shapes = st.sampled_from([(4, 4), (4, 2), (6, 3), (2, 1)])

@@ -32,7 +32,7 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
 from drope_check.embedded import CACHE_ENV, EmbeddedUnavailable, cache_dir, embedded_model, is_embedded  # noqa: F401 (CACHE_ENV re-exported)
 from drope_check.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
 
 Variant = Literal["rope", "drope", "nope-zeroshot"]
 Role = Literal["rope", "drope"]
@@ -343,7 +346,12 @@ def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str, str]:
     return model.eval(), tokenizer, sha, origin
 
 
-def _resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
+def resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
+    """The id of the ``what`` ("bos", ...) token: of ``token`` when one is named, else the tokenizer's own.
+
+    Refuses, naming ``model_name``, a named token the tokenizer does not know (it would map to the
+    unknown token) and a tokenizer that defines no such token, so a wrong BOS is never prepended silently.
+    The loader and the preflight check both resolve the BOS here, so they refuse the same pairs."""
     if token is not None:
         tid = tokenizer.convert_tokens_to_ids(token)
         if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
@@ -385,9 +393,12 @@ def _parse_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_config_dict(source: str, revision: str | None) -> dict[str, Any]:
+def read_config_dict(source: str, revision: str | None) -> dict[str, Any]:
     """config.json of a local directory or a hub id (hub or local HF cache), without remote code.
-    A source that can only be a local path (:func:`looks_like_local_path`) is never tried on the hub."""
+
+    A source that can only be a local path (:func:`looks_like_local_path`) is never tried on the hub.
+    Raises :class:`ModelLoadError` naming the source for a missing directory, a directory without
+    config.json, an unreadable or non-JSON file, or a hub id whose config cannot be fetched."""
     local = Path(source)
     if local.is_dir():
         cfg = local / "config.json"
@@ -435,7 +446,11 @@ def native_drope_attention_type(cfg: dict[str, Any], name: str) -> str:
     return attention_type
 
 
-def _llama_config_from_drope(cfg: dict[str, Any]):
+def llama_config_from_drope(cfg: dict[str, Any]) -> LlamaConfig:
+    """The ``LlamaConfig`` the native loader builds a DroPE checkpoint on: the checkpoint's config.json
+    without its remote-code keys (``auto_map``, ``architectures``, ``model_type``), so the DroPE keys
+    (``attention_type``, ``softmax_scale``) stay readable as attributes. Raises what ``LlamaConfig``
+    raises on an invalid config; its callers turn that into a :class:`ModelLoadError` naming the model or file."""
     from transformers import LlamaConfig
 
     plain = {k: v for k, v in cfg.items() if k not in ("auto_map", "architectures", "model_type")}
@@ -630,7 +645,7 @@ def load_model(
     architecture.check_supported(model)
     provenance["architecture"] = architecture.provenance(model)
     name = spec.describe()
-    bos_id = _resolve_token_id(tokenizer, bos_token, "bos", name)
+    bos_id = resolve_token_id(tokenizer, bos_token, "bos", name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         pad_id = bos_id
@@ -656,7 +671,7 @@ def _load_hub_or_dir(
 ) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM
 
-    cfg = _read_config_dict(spec.source, spec.revision)
+    cfg = read_config_dict(spec.source, spec.revision)
     if not is_drope_config(cfg):  # (a DroPE config: the native loader refuses what it does not implement)
         try:  # refused before any weights load, with the supported list
             architecture_for_model_type(cfg.get("model_type"))
@@ -670,7 +685,7 @@ def _load_hub_or_dir(
         if is_drope_config(cfg) and not trust_remote_code:
             name = spec.describe()
             attention_type = native_drope_attention_type(cfg, name)
-            config = _llama_config_from_drope(cfg)
+            config = llama_config_from_drope(cfg)
             folder = _snapshot_dir(spec.source, spec.revision)
             safetensors_files(folder)
             norm_names = require_qk_norm_tensors(folder, config.num_hidden_layers, attention_type, name)

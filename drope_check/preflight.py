@@ -32,13 +32,13 @@ from drope_check.models import (
     ModelLoadError,
     ModelSpec,
     PairSpec,
-    _llama_config_from_drope,
-    _read_config_dict,
-    _resolve_token_id,
     is_drope_config,
+    llama_config_from_drope,
     load_tokenizer,
     native_drope_attention_type,
+    read_config_dict,
     require_qk_norm_tensors,
+    resolve_token_id,
     safetensors_files,
 )
 from drope_check.texts import ENV_WIKITEXT
@@ -116,14 +116,14 @@ def check_model_source(spec: ModelSpec, bos_token: str | None, trust_remote_code
         if importlib.util.find_spec("gguf") is None:
             raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`")
         return
-    cfg = _read_config_dict(spec.source, spec.revision)  # refuses a missing path, names a bad config.json
+    cfg = read_config_dict(spec.source, spec.revision)  # refuses a missing path, names a bad config.json
     local = Path(spec.source)
     config_file = str(local / "config.json") if local.is_dir() else f"{spec.source}: config.json"
     tokenizer_config = None
     if is_drope_config(cfg) and not trust_remote_code:
         attention_type = native_drope_attention_type(cfg, name)
         try:
-            tokenizer_config = _llama_config_from_drope(cfg)
+            tokenizer_config = llama_config_from_drope(cfg)
         except Exception as exc:
             raise ModelLoadError(f"{config_file} is not a valid Llama config ({type(exc).__name__}: {exc})") from exc
         if local.is_dir():
@@ -139,7 +139,7 @@ def check_model_source(spec: ModelSpec, bos_token: str | None, trust_remote_code
             f"{name}: its tokenizer does not load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "check the tokenizer files of the checkpoint"
         ) from exc
-    _resolve_token_id(tokenizer, bos_token, "bos", name)
+    resolve_token_id(tokenizer, bos_token, "bos", name)
 
 
 def check_device(device: str | None, dtype: str | None, quantization: str | None) -> None:

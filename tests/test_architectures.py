@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_attention_capture import MODEL_TOL, assert_no_hooks, residual_summaries, tiny_llama
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, MistralConfig, MistralForCausalLM
+from transformers import Gemma3ForCausalLM, MistralConfig, MistralForCausalLM
 
 from drope_check.architectures import (
     GEMMA3,
@@ -36,11 +36,12 @@ from drope_check.architectures import (
     architecture_of,
     supported_model_types,
 )
-from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules, decoder_layers
+from drope_check.attention import attention_modules, decoder_layers
 from drope_check.capture import LAYER_STATS, OnePassCapture
 from drope_check.interventions import bos_mlp_ablation, qk_disruption
 from drope_check.models import ModelLoadError, ModelSpec, apply_identity_rotation, load_model
 from drope_check.protocol import Protocol
+from drope_check.tiny_models import build_gemma3, gemma3_config
 
 #: Captured attention to BOS (float64 statistics from the float32 model's q/k) vs Gemma 3's own
 #: eager attention of a float64 copy. Gemma3RMSNorm normalises in float32 even in a float64 model,
@@ -61,31 +62,9 @@ def tiny_gemma3(kv_heads: int = 2, seed: int = 0, window: int = WINDOW) -> Gemma
     by ``1 + w``; at the default w = 0 the per-head q/k norms make every logit small and attention
     nearly uniform), so a wrong mask, grouping, norm or rotation changes the attention visibly.
     """
-    config = Gemma3TextConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        head_dim=8,
-        query_pre_attn_scalar=8,
-        sliding_window=window,
-        layer_types=LAYER_TYPES,
-        max_position_embeddings=4096,
-        initializer_range=0.15,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=1,
-    )
-    torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.normal_(0.0, 0.5)
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    return model
+    config = gemma3_config(kv_heads=kv_heads, sliding_window=window, layer_types=LAYER_TYPES, max_positions=4096,
+                           initializer_range=0.15)
+    return build_gemma3(config, seed=seed, norm_weight_std=0.5)
 
 
 def random_ids(b: int, t: int, seed: int = 1) -> torch.Tensor:

@@ -23,12 +23,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 import drope_check.attention  # noqa: F401  (registers the "drope_check" attention function)
 from drope_check.attention import (
-    ATTN_IMPLEMENTATION,
     active_registrations,
     allowed_mask,
     drope_check_attention_forward,
@@ -46,6 +45,7 @@ from drope_check.capture import (
 )
 from drope_check.models import apply_identity_rotation
 from drope_check.protocol import Protocol
+from drope_check.tiny_models import build_llama, llama_config
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -388,22 +388,8 @@ def tiny_llama(kv_heads: int, seed: int = 0) -> LlamaForCausalLM:
     while float32 rounding keeps the capture within ~2e-7 of the float64 reference (5x below
     MODEL_TOL; at 0.3 it reaches 1.3e-6).
     """
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        head_dim=8,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        initializer_range=0.15,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    return model
+    config = llama_config(layers=N_LAYERS, kv_heads=kv_heads, max_positions=256, initializer_range=0.15)
+    return build_llama(config, seed=seed)
 
 
 def eager_reference(model: LlamaForCausalLM, input_ids, attention_mask=None):

@@ -18,16 +18,17 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from drope_check import audit, claims
-from drope_check.attention import ATTN_IMPLEMENTATION, allowed_mask
+from drope_check.attention import allowed_mask
 from drope_check.fp16_eager import attention_to_position0_fp16_eager
 from drope_check.measure import cut_to_prompt_tokens, measure_model
 from drope_check.models import LoadedModel, ModelSpec, PairSpec, apply_identity_rotation
 from drope_check.protocol import FAITHFUL, Protocol
 from drope_check.sink_stats import derive_statistics
+from drope_check.tiny_models import build_llama, llama_config
 
 TOY_EXPECTED = Path(__file__).resolve().parent / "data" / "expected"
 SINK_KEYS = ("sink_rate", "sink_rate_excl_self", "attention_nan_heads")
@@ -35,15 +36,7 @@ SINK_KEYS = ("sink_rate", "sink_rate_excl_self", "attention_nan_heads")
 
 def tiny_llama(seed: int = 0, attention_bias: bool = False) -> LlamaForCausalLM:
     """hidden 32, 4 heads of dim 8, 2 KV heads, 3 layers, vocab 64; attention far from uniform."""
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=600, tie_word_embeddings=False,
-        initializer_range=0.15, attention_bias=attention_bias,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    return model
+    return build_llama(llama_config(layers=3, max_positions=600, attention_bias=attention_bias), seed=seed)
 
 
 def loaded(model: LlamaForCausalLM, role: str = "rope", variant: str = "rope") -> LoadedModel:

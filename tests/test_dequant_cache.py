@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from drope_check import models
 from drope_check.models import CACHE_ENV, cache_dir, dequantized_cache_path, pair_available
+from drope_check.tiny_models import build_llama, llama_config
 
 SHA = "ab" * 32
 
@@ -33,10 +34,9 @@ class _Tokenizer:
 
 
 def _tiny(seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=8)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    config = llama_config(vocab_size=32, hidden_size=16, intermediate_size=32, layers=1, heads=2, kv_heads=1,
+                          initializer_range=0.02)
+    return build_llama(config, seed=seed, attn=None)
 
 
 def test_cache_entry_is_written_whole_and_a_second_writer_keeps_the_first(monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import drope_check.attention as attention
 from drope_check.interventions import (
@@ -27,6 +27,7 @@ from drope_check.interventions import (
     replace_massive_columns,
 )
 from drope_check.perplexity import perplexity_lines
+from drope_check.tiny_models import build_llama, llama_config
 
 #: Batched vs single perplexity: the only difference is float32 summation order inside SDPA and
 #: the matmuls for padded shapes, measured ~1e-7 relative on these models.
@@ -38,16 +39,9 @@ def make_model(
     layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0, attn: str = "drope_check"
 ) -> LlamaForCausalLM:
     """A tiny random Llama (GQA by default) with weights large enough that every block matters."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=8,
-        max_position_embeddings=128, initializer_range=0.3, pad_token_id=PAD, bos_token_id=BOS,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(attn)
-    return model
+    config = llama_config(layers=layers, heads=heads, kv_heads=kv_heads, max_positions=128, initializer_range=0.3,
+                          pad_token_id=PAD, bos_token_id=BOS, eos_token_id=2)
+    return build_llama(config, seed=seed, attn=attn)
 
 
 class IdentityRotary(torch.nn.Module):

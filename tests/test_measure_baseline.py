@@ -5,28 +5,20 @@ one ablation pass."""
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import drope_check.attention  # noqa: F401  (registers the attention function)
 from drope_check import interventions
-from drope_check.attention import ATTN_IMPLEMENTATION
 from drope_check.measure import measure_model
 from drope_check.models import LoadedModel, ModelSpec
 from drope_check.perplexity import perplexity_lines
 from drope_check.protocol import Protocol
+from drope_check.tiny_models import build_llama, llama_config
 
 BOS, PAD = 1, 0
 
 
 def tiny_loaded(seed: int = 0) -> LoadedModel:
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=False,
-        initializer_range=0.15,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    model = build_llama(llama_config(layers=3, max_positions=128), seed=seed)
     spec = ModelSpec(role="rope", source="tiny", variant="rope")
     return LoadedModel(model, None, spec, BOS, PAD, {"model_id": "tiny"})
 

@@ -30,6 +30,7 @@ from drope_check.models import (
     load_model,
     pair_available,
 )
+from drope_check.tiny_models import build_llama, llama_config
 
 # A float32 model vs the float64 reference: logits O(1) through 2 small layers, float32 rounding ~1e-6.
 # (Converting the model to float64 would not tighten this: HF's LlamaRMSNorm normalises in float32
@@ -43,27 +44,14 @@ VOCAB = ["<unk>", "<s>", "</s>", *[f"w{i}" for i in range(61)]]  # 64 entries
 
 
 def tiny_config(kv_heads: int = 2, layers: int = 2) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        head_dim=8,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        initializer_range=0.15,  # attention far from uniform, so a wrong scale/norm shows
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    """4 heads of dim 8 over ``kv_heads``, vocab :data:`VOCAB`; initializer range 0.15, so a wrong
+    scale or norm shows."""
+    return llama_config(vocab_size=len(VOCAB), layers=layers, kv_heads=kv_heads, max_positions=2048,
+                        initializer_range=0.15, bos_token_id=1, eos_token_id=2)
 
 
 def tiny_llama(kv_heads: int = 2, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(kv_heads)).eval()
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
-    return model
+    return build_llama(tiny_config(kv_heads), seed=seed)
 
 
 def rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -240,8 +228,7 @@ def make_checkpoint(
     """
     folder.mkdir(parents=True, exist_ok=True)
     config = tiny_config(kv_heads)
-    torch.manual_seed(11)
-    model = LlamaForCausalLM(config)
+    model = build_llama(config, seed=11, attn=None)
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(5)
     if attention_type not in (None, "nope"):

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from drope_check.perplexity import (
     PerplexityResult,
@@ -24,6 +24,7 @@ from drope_check.perplexity import (
     perplexity_sliding,
     token_nll,
 )
+from drope_check.tiny_models import build_llama, llama_config
 
 #: HF computes the loss as a float32 mean; we sum float32 per-token NLLs in float64 -- ~1e-7 apart.
 HF_REL_TOL = 1e-5
@@ -34,13 +35,9 @@ BOS, PAD = 1, 0
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, initializer_range=0.3,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    config = llama_config(vocab_size=96, layers=2, max_positions=128, initializer_range=0.3,
+                          pad_token_id=PAD, bos_token_id=BOS, eos_token_id=2)
+    return build_llama(config, seed=0, attn=None)
 
 
 def random_seqs(lengths: list[int], seed: int = 1) -> list[list[int]]:

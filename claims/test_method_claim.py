@@ -30,8 +30,11 @@ from transformers import LlamaForCausalLM
 from drope_check.models import apply_identity_rotation
 from drope_check.tiny_models import build_llama, llama_config
 
-#: Manual float32 vs eager float64 on tiny models: float32 round-off only.
-HOLDS_TOL = 1e-5
+#: Manual float32 vs eager float64 on tiny models: float32 round-off only. With q/k weights drawn
+#: N(0, 0.5) the scores reach |s| ~ 30, and exp(s) in float32 carries ~|s| * 6e-8 relative error per
+#: layer: a drawn example (seed 905, 6 heads / 3 KV, T = 13) gave 1.02e-5, so 1e-5 was round-off's
+#: own size. 1e-4 is ten times that and still 100x below DIFFERS_MIN.
+HOLDS_TOL = 1e-4
 #: A RoPE model's real attention differs from the projection-only weights by far more than
 #: round-off; 1e-2 in max |difference| of an attention weight is a visible, not a numerical, gap.
 DIFFERS_MIN = 1e-2

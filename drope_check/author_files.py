@@ -35,7 +35,7 @@ from typing import Any
 from drope_check.bands import fmt
 from drope_check.claim_file import Claim
 from drope_check.evidence_spec import AUTHOR_FILES
-from drope_check.metric_paths import MetricPathError, resolve
+from drope_check.metric_paths import MetricPathError, parse_path, resolve
 from drope_check.protocol_identity import field_identity_mismatch
 from drope_check.verdicts import Verdict, evaluate, skipped_verdict
 
@@ -188,7 +188,7 @@ def _nearest(claim: Claim, measurements: Mapping[str, Any]) -> tuple[list[dict[s
             continue
         prov = _provenance(measurements, path) or {}
         items.append({"path": path, "value": value, "commit": prov.get("commit"), "protocol": _label(prov)})
-        texts.append(f"{fmt(value)} = {path} ({_label(prov)} @{_short(prov.get('commit'))})")
+        texts.append(f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))})")
     return items, "; ".join(texts)
 
 
@@ -207,7 +207,7 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
     if evidence.kind == "prose-only":
         items, text = _nearest(claim, measurements)
         provs = [_provenance(measurements, i["path"]) for i in items if i["value"] is not None]
-        reason = f"prose only: no committed result holds this number (the report says {fmt(claim.value)}). Nearest: {text}"
+        reason = f"prose only: no committed result holds this number (the report says {fmt(claim.value, ratio=claim.is_ratio)}). Nearest: {text}"
         if evidence.note:
             reason += f". {evidence.note}"
         verdict = _base(claim, skipped_verdict(claim, reason, outcome="prose-only"), provs)

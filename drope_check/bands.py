@@ -33,12 +33,19 @@ ONE_SIDED_OPS: tuple[str, ...] = (">=", ">", "<=", "<")
 # formatting
 
 
-def fmt(x: Any, digits: int = 4) -> str:
-    """A short human form of a number or list of numbers (lists of > 6 items are summarised)."""
+def fmt(x: Any, digits: int = 4, ratio: bool = False) -> str:
+    """A short human form of a number or list of numbers (lists of > 6 items are summarised).
+
+    ``ratio``: the number is a ratio and is written as the report writes ratios, with an ``x`` and
+    at least two decimals below 100 (``1.00x``, ``6.70x``, ``1.015x``, ``1249x``); a bare ``1``
+    would read as a count. Non-finite values keep their plain form.
+    """
     if x is None:
         return "-"
     if isinstance(x, bool):
         return str(x)
+    if ratio and isinstance(x, (int, float)):
+        return _ratio_text(float(x), digits)
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
@@ -52,9 +59,19 @@ def fmt(x: Any, digits: int = 4) -> str:
     if isinstance(x, (list, tuple)):
         flat = _flatten(x)
         if len(flat) > 6:
-            return f"[{fmt(min(flat), digits)} .. {fmt(max(flat), digits)}] ({len(flat)} values)"
-        return "[" + ", ".join(fmt(v, digits) for v in x) + "]"
+            return f"[{fmt(min(flat), digits, ratio)} .. {fmt(max(flat), digits, ratio)}] ({len(flat)} values)"
+        return "[" + ", ".join(fmt(v, digits, ratio) for v in x) + "]"
     return str(x)
+
+
+def _ratio_text(x: float, digits: int) -> str:
+    text = fmt(x, digits)
+    if not math.isfinite(x):
+        return text
+    if "e" not in text and abs(x) < 100:
+        whole, _, frac = text.partition(".")
+        text = f"{whole}.{frac.ljust(2, '0')}"
+    return text + "x"
 
 
 def _flatten(x: Any) -> list[float]:

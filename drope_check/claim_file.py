@@ -192,6 +192,21 @@ class Claim:
         return f"{self.id}[{self.pair}:{self.model}]"
 
     @property
+    def is_ratio(self) -> bool:
+        """Whether the claim's value is a ratio (written ``1.00x``): ``combine = "ratio"``, or every
+        metric path reads a ``.ratio`` field."""
+        if self.combine is not None:
+            return self.combine == "ratio"
+        return bool(self.metrics) and all(m.is_ratio for m in self.parsed_metrics)
+
+    @property
+    def suite_only_reason(self) -> str | None:
+        """Why the author's files cannot judge this claim (``suite_only`` in its evidence table), else None."""
+        if self.author_files is not None and self.author_files.kind == "suite-only":
+            return self.author_files.reason
+        return None
+
+    @property
     def parsed_metrics(self) -> tuple[MetricPath, ...]:
         return tuple(parse_path(m) for m in self.metrics)
 

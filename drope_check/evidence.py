@@ -1,11 +1,22 @@
-"""The evidence table of the claims report: one row per claim, one column per evidence source.
+"""The evidence table of the claims report: one row per report claim, one column per model family and source.
 
-The table a reviewer reads first: for each claim of the report (``id`` and model), the report's
-value, what the author's committed files say (value, commit, verdict), and what this suite
-measured on each pair it ran (on the report's pair, or why not; on an embedded pair, the golden or
-"does not generalise"). Skips are not repeated in the cells: each distinct skip reason is one
-group (``S1``, ``S2``, ...) listed once with its count and claim ids (:func:`skip_groups`), and a
-cell names its group.
+The table a reviewer reads first. The report's statements are about RoPE LLMs but were measured on
+one model (Llama-2-7B); the suite asks the same claim ids of every pair it judges
+(``expected/<pair>.toml``). One row per claim (``id`` and model side), the report's value, then per
+model family (Llama-2-7B, SmolLM2-135M, Gemma-3-270M, then any other pair by name):
+
+* for a pair judged against the report author's committed files, an ``author's files`` column:
+  the value, the commit it was read at and its protocol, and the verdict (``PASS``, ``contradicted
+  by the files (xfail)``, ``prose only`` with the nearest committed numbers, or ``suite only`` with
+  what the files hold and why that cannot judge the claim);
+* a ``this suite`` column: the measured value and what it means: ``holds`` / ``does not hold`` (a
+  report claim judged on that pair), ``does not generalise`` (a strict xfail: the statement
+  measurably does not hold there), ``golden`` (this suite's regression value: the report's number
+  is about another model), ``about a recalibrated DroPE: n/a`` (a zero-shot pair cannot test it).
+
+Claims that were not evaluated are not explained in their cells: each distinct reason is one group
+(``S1``, ``S2``, ...) listed once with its count and claim ids (:func:`skip_groups`), and a cell
+names its group (``not run [S1]``), with the value recorded on that pair where there is one.
 
 Pure functions of the report document (:func:`drope_check.report.build_report`); no I/O.
 """
@@ -17,10 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from drope_check.bands import fmt
+from drope_check.claim_file import RECALIBRATED_SKIP
 from drope_check.evidence_spec import AUTHOR_FILES, SUITE
+from drope_check.metric_paths import MetricPathError, parse_path
+from drope_check.verdicts import value_text
 
-__all__ = ["EvidenceRow", "SkipGroup", "evidence_rows", "render_evidence_table", "render_skip_groups", "skip_groups"]
+__all__ = [
+    "FAMILY_TITLES",
+    "EvidenceRow",
+    "SkipGroup",
+    "evidence_rows",
+    "family_rank",
+    "family_title",
+    "render_evidence_table",
+    "render_skip_groups",
+    "skip_groups",
+]
 
+#: Column titles: the model family of each registered pair, in column order (others follow by pair name).
+FAMILY_TITLES = {"llama2-7b": "Llama-2-7B", "smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}
 #: Outcomes that are grouped as "not evaluated" (the cell names the group).
 GROUPED_OUTCOMES: tuple[str, ...] = ("skip", "regenerated")
 _VERDICT_WORD = {
@@ -39,92 +65,150 @@ class SkipGroup:
 
 @dataclass(frozen=True)
 class EvidenceRow:
-    """One claim of the report across sources: ``cells`` holds one text per column of the table."""
+    """One claim of the report across families and sources: ``cells`` holds one text per source column."""
 
     claim: str  # "sink_rate_average[rope]"
     report_value: str
     cells: tuple[str, ...]
 
 
+def family_title(pair: str) -> str:
+    """The model family a pair measures (``Llama-2-7B``), or the pair's name for an unregistered pair."""
+    return FAMILY_TITLES.get(pair, pair)
+
+
+def family_rank(pair: str) -> int:
+    """Where a pair's family stands in the table's columns (and the plots' legends): registered first."""
+    return list(FAMILY_TITLES).index(pair) if pair in FAMILY_TITLES else len(FAMILY_TITLES)
+
+
+def _table_order(verdicts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Verdicts in the order the table reads them: the report's pair first (families in column
+    order), each pair in its claim file's order (stable: sources in the order given)."""
+    return sorted(verdicts, key=lambda v: (family_rank(v.get("pair", "")), v.get("pair", ""), v.get("order") or 0))
+
+
 def skip_groups(verdicts: Iterable[Mapping[str, Any]]) -> list[SkipGroup]:
-    """Skipped verdicts grouped by reason, in the order each reason first appears."""
+    """Skipped verdicts grouped by reason, numbered in the order a reader of the table meets them
+    (:func:`_table_order`), each group's claims in that order too."""
     grouped: dict[str, list[str]] = {}
-    for v in verdicts:
+    for v in _table_order(verdicts):
         if v.get("outcome") in GROUPED_OUTCOMES:
             grouped.setdefault(str(v.get("reason") or "no reason given (a bug: report it)"), []).append(v["key"])
     return [SkipGroup(f"S{i}", reason, tuple(keys)) for i, (reason, keys) in enumerate(grouped.items(), start=1)]
-
-
-def _group_of(groups: Sequence[SkipGroup]) -> dict[str, str]:
-    return {key: g.label for g in groups for key in g.keys}
 
 
 def _short_commit(commits: Any) -> str:
     return ", ".join(c.strip()[:7] for c in str(commits).split(",")) if commits else "?"
 
 
-def _author_cell(v: Mapping[str, Any] | None, group: Mapping[str, str]) -> str:
+def _path_is_ratio(path: Any) -> bool:
+    try:
+        return parse_path(str(path)).is_ratio
+    except MetricPathError:
+        return False
+
+
+def _author_cell(v: Mapping[str, Any] | None, suite_only: str | None, group: Mapping[str, str]) -> str:
     if v is None:
-        return "—"
+        # suite_only: no test of this source; the files hold something, but nothing that judges the claim
+        return f"suite only: {suite_only}" if suite_only else "—"
     outcome = v["outcome"]
     if outcome in GROUPED_OUTCOMES:
         return f"not judged [{group.get(v['key'], '?')}]"
     if outcome == "prose-only":
         near = [n for n in (v.get("nearest") or []) if n.get("value") is not None]
-        shown = "; ".join(f"{fmt(n['value'])} ({n.get('protocol', '?')} @{_short_commit(n.get('commit'))})" for n in near)
+        shown = "; ".join(f"{fmt(n['value'], ratio=_path_is_ratio(n.get('path')))} "
+                          f"({n.get('protocol', '?')} @{_short_commit(n.get('commit'))})" for n in near)
         return "**prose only**: no committed number" + (f"; nearest {shown}" if shown else "")
-    if outcome == "xfail":
-        word = "contradicted by the files (xfail)"
-    else:
-        word = _VERDICT_WORD.get(outcome, outcome)
+    word = "contradicted by the files (xfail)" if outcome == "xfail" else _VERDICT_WORD.get(outcome, outcome)
     if v.get("measured") is None:
         return word
-    return f"{fmt(v['measured'])} @{_short_commit(v.get('source_commit'))} ({v.get('source_protocol') or '?'}): {word}"
+    return (f"{value_text(v, 'measured')} @{_short_commit(v.get('source_commit'))} "
+            f"({v.get('source_protocol') or '?'}): {word}")
 
 
-def _suite_cell(v: Mapping[str, Any] | None, group: Mapping[str, str]) -> str:
+def _suite_cell(v: Mapping[str, Any] | None, report_value: str, group: Mapping[str, str]) -> str:
+    """What this suite says about one claim on one pair."""
     if v is None:
         return "—"
-    outcome = v["outcome"]
+    status, outcome = v.get("status"), v["outcome"]
+    label = group.get(v["key"], "?")
     if outcome in GROUPED_OUTCOMES:
-        return f"not run [{group.get(v['key'], '?')}]"
-    if outcome == "xfail":
-        return f"does not generalise: {fmt(v['measured'])}"
+        if status == "skip" and RECALIBRATED_SKIP in str(v.get("reason") or ""):
+            return f"about a recalibrated DroPE: n/a [{label}]"
+        word = "regenerated" if outcome == "regenerated" else "not run"
+        if status == "golden":
+            return f"golden: {word} [{label}]"
+        if status == "does-not-generalise" and v.get("recorded") is not None:
+            return f"{word} [{label}] (recorded {value_text(v, 'recorded')}: does not generalise)"
+        return f"{word} [{label}]"
+    shown = value_text(v, "measured") if v.get("measured") is not None else value_text(v, "recorded")
+    if status in ("claim", "does-not-generalise") and v.get("expected") is not None:
+        own = value_text(v, "expected")
+        if own != report_value:  # this pair's claim file asks another value than the report's row shows
+            shown += f" (vs {own})"
     if outcome == "error":
-        return "ERROR (see Failures)"
-    golden = f" (golden {fmt(v['expected'])})" if v.get("status") == "golden" else ""
-    return f"{fmt(v['measured'])}{golden}: {_VERDICT_WORD.get(outcome, outcome)}"
+        return ("" if v.get("measured") is None else f"{shown}: ") + "ERROR (see Failures)"
+    if status == "golden":
+        return f"{shown} (golden {value_text(v, 'expected')}): {_VERDICT_WORD.get(outcome, outcome)}"
+    meaning = {"pass": "holds", "fail": "does not hold", "xfail": "does not generalise",
+               "xpass": "now holds (XPASS: the strict xfail fails)"}.get(outcome, outcome)
+    return f"{shown}: {meaning}"
 
 
 def _report_value(vs: Sequence[Mapping[str, Any]]) -> str:
     for v in vs:
         if v.get("status") in ("claim", "does-not-generalise") and v.get("expected") is not None:
-            return fmt(v["expected"])
+            return value_text(v, "expected")
     return "—"
+
+
+def _columns(doc: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(pair, source, title)`` per source column: families in :data:`FAMILY_TITLES` order, the
+    author's files before this suite for a pair judged against them."""
+    seen = list(dict.fromkeys([*(doc.get("pairs") or {}), *(v["pair"] for v in verdicts if v.get("pair"))]))
+    pairs = sorted(seen, key=family_rank)  # stable: unregistered pairs in the order they appear
+    with_author = {v["pair"] for v in verdicts if v.get("source") == AUTHOR_FILES or v.get("suite_only")}
+    columns = []
+    for pair in pairs:
+        title = family_title(pair)
+        if pair in with_author:
+            era = ((doc.get("author_files") or {}).get(pair, {}).get("upstream") or {}).get("era")
+            columns.append((pair, AUTHOR_FILES, f"{title}: author's files" + (f" ({era} era)" if era else "")))
+        columns.append((pair, SUITE, f"{title}: this suite"))
+    return columns
 
 
 def evidence_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[EvidenceRow], list[SkipGroup]]:
     """``(columns, rows, skip groups)`` of the evidence table of a report document.
 
-    Columns: the claim, the report's value, the author's files, then this suite on each pair of
-    the report (in the order of ``doc["pairs"]``). A row per ``(claim id, model)``, in the order
-    of the verdicts (the report's pair first where its name sorts first).
+    Columns: the claim, the report's value, then per model family (see :func:`_columns`) the
+    author's files where they judge that pair and this suite. A row per ``(claim id, model)``, in
+    the order of the report's pair's claim file first, then the claims only other pairs have.
     """
     verdicts: list[Mapping[str, Any]] = list(doc.get("verdicts") or [])
     groups = skip_groups(verdicts)
-    group = _group_of(groups)
-    pairs = list(doc.get("pairs") or {})
+    group = {key: g.label for g in groups for key in g.keys}
+    columns = _columns(doc, verdicts)
     by_claim: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for v in verdicts:
+    for v in _table_order(verdicts):
         by_claim.setdefault((v["id"], v["model"]), []).append(v)
-    columns = ["claim", "report", "author's files"] + [f"this suite on {p}" for p in pairs]
     rows = []
     for (cid, model), vs in by_claim.items():
-        author = next((v for v in vs if v.get("source") == AUTHOR_FILES), None)
-        suite = {v["pair"]: v for v in vs if v.get("source", SUITE) == SUITE}
-        cells = (_author_cell(author, group), *(_suite_cell(suite.get(p), group) for p in pairs))
-        rows.append(EvidenceRow(f"{cid}[{model}]", _report_value(vs), cells))
-    return columns, rows, groups
+        report_value = _report_value(vs)
+        cells = []
+        for pair, source, _ in columns:
+            on_pair = [v for v in vs if v.get("pair") == pair]
+            if source == AUTHOR_FILES:
+                author = next((v for v in on_pair if v.get("source") == AUTHOR_FILES), None)
+                suite_only = next((v["suite_only"] for v in on_pair if v.get("suite_only")), None)
+                cells.append(_author_cell(author, suite_only, group))
+            else:
+                suite = next((v for v in on_pair if v.get("source", SUITE) == SUITE), None)
+                cells.append(_suite_cell(suite, report_value, group))
+        rows.append(EvidenceRow(f"{cid}[{model}]", report_value, tuple(cells)))
+    return ["claim", "report", *(title for _, _, title in columns)], rows, groups
 
 
 def _cell(text: Any) -> str:
@@ -133,16 +217,20 @@ def _cell(text: Any) -> str:
 
 def render_evidence_table(doc: Mapping[str, Any]) -> list[str]:
     """The ``## Evidence`` section (markdown lines); empty when the report has no verdicts."""
-    columns, rows, groups = evidence_rows(doc)
+    columns, rows, _ = evidence_rows(doc)
     if not rows:
         return []
     lines = [
         "## Evidence",
         "",
-        "Each claim of the report against every source: the author's committed result files (read at the "
-        "commit and under the protocol each value came from; \"prose only\" when no committed file holds the "
-        "number) and this suite's own measurement on each pair. `[S#]`: not evaluated, for the reason listed "
-        "under \"Skipped claims\".",
+        "Each claim of the report against every source and model family (the same claim id judged on each "
+        "pair). The author's files: their committed results, read at the commit and under the protocol each "
+        "value came from (\"prose only\" when no committed file holds the number, \"suite only\" when what they "
+        "hold cannot judge the claim). This suite: its own measurement and what it means — holds / does not "
+        "hold; does not generalise (a strict xfail: the statement measurably does not hold on that family); "
+        "golden (this suite's regression value: the report's number is about Llama-2-7B); about a "
+        "recalibrated DroPE: n/a (a zero-shot pair cannot test it). `[S#]`: not evaluated, for the reason "
+        "listed under \"Skipped claims\".",
         "",
         "| " + " | ".join(columns) + " |",
         "| " + " | ".join("---" for _ in columns) + " |",

@@ -56,6 +56,11 @@ class MetricPath:
     def is_slice(self) -> bool:
         return any(step[0] == "slice" for step in self.steps)
 
+    @property
+    def is_ratio(self) -> bool:
+        """Whether the path reads a ratio field (``....ratio``: a perplexity over its baseline)."""
+        return bool(self.steps) and self.steps[-1] == ("key", "ratio")
+
     def layer_series(self) -> tuple[str, tuple[Any, ...]] | None:
         """``("sink_rate", step)`` when the path is ``layers.<series>[i]`` or ``layers.<series>[a:b]``."""
         if len(self.steps) == 3 and self.steps[0] == ("key", "layers") and self.steps[1][0] == "key":

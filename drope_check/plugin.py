@@ -383,8 +383,8 @@ def _marks(claim: Claim, source: str) -> list[Any]:
     if source == SUITE and claim.status == "does-not-generalise" and not claim.pending:
         marks.append(pytest.mark.xfail(
             strict=True, raises=ClaimNotHeld,
-            reason=(f"does not generalise to {claim.pair}: this suite measured {fmt(claim.recorded)} where the "
-                    f"report claims {fmt(claim.value)} ({claim.band_text()})"),
+            reason=(f"does not generalise to {claim.pair}: this suite measured {fmt(claim.recorded, ratio=claim.is_ratio)} "
+                    f"where the report claims {fmt(claim.value, ratio=claim.is_ratio)} ({claim.band_text()})"),
         ))
     if source == AUTHOR_FILES and claim.author_files is not None and claim.author_files.contradicted:
         marks.append(pytest.mark.xfail(

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +26,28 @@ from drope_check.atomic import atomic_write_bytes, atomic_write_text
 from drope_check.author_files import author_files_verdict, is_author_files_import
 from drope_check.bands import fmt
 from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
-from drope_check.evidence import render_evidence_table, render_skip_groups, skip_groups
+from drope_check.evidence import (
+    family_rank,
+    family_title,
+    render_evidence_table,
+    render_skip_groups,
+    skip_groups,
+)
 from drope_check.evidence_spec import SOURCES
-from drope_check.generalisation import generalisation_table
 from drope_check.measurements_file import load_measurements
-from drope_check.verdicts import Verdict, strict_verdict, verdict_for
+from drope_check.verdicts import Verdict, strict_verdict, value_text, verdict_for
 
 __all__ = [
+    "ACROSS_FAMILIES",
     "OUTCOMES",
     "PLOT_SERIES",
+    "OverlayLine",
     "atomic_write_bytes",
     "atomic_write_text",
     "build_report",
     "judge_file",
+    "overlay_figure",
+    "overlay_lines",
     "pair_info",
     "plot_marks",
     "render_markdown",
@@ -59,6 +70,11 @@ PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
     ("sink_rate", "sink rate (fraction of heads, score >= tau)", False),
 )
 _MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
+#: The across-families plots: a colour per family, a line style per model.
+_FAMILY_COLOURS = {"llama2-7b": "tab:blue", "smollm2-135m": "tab:green", "gemma3-270m": "tab:red"}
+_ROLE_STYLES = {"rope": "-", "drope": "--"}
+#: The key of the across-families plots in :func:`write_plots`' result (not a pair name: it has a space).
+ACROSS_FAMILIES = "across families"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,14 +286,19 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
     ]
     for v in verdicts:
         out.append(
-            f"| {_cell(v['key'])} | {_cell(fmt(v['measured']))} | {_cell(fmt(v['expected']))} | "
+            f"| {_cell(v['key'])} | {_cell(value_text(v, 'measured'))} | {_cell(value_text(v, 'expected'))} | "
             f"{_cell(v['band'])} | {_cell(_outcome_text(v))} |"
         )
-    out += ["", *generalisation_table(verdicts), "## Pairs", ""]
+    out += ["", "## Pairs", ""]
     for name, info in doc["pairs"].items():
         out += _pair_section(name, info, plots.get(name, ()))
     for name, info in (doc.get("author_files") or {}).items():
         out += _pair_section(f"{name}: the report author's committed files", info, plots.get(f"{name}:author-files", ()))
+    if plots.get(ACROSS_FAMILIES):
+        out += ["### Across model families", "",
+                "Each per-layer series that exists on several families, the families overlaid on a depth axis "
+                "(layer / (n_layers - 1): the first layer at 0, the last at 1). Solid: RoPE; dashed: DroPE.", ""]
+        out += [f"![{plot}]({plot})" for plot in plots[ACROSS_FAMILIES]] + [""]
 
     def listing(title: str, outcomes: tuple[str, ...], intro: str) -> None:
         chosen = [v for v in verdicts if v["outcome"] in outcomes]
@@ -309,18 +330,21 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             "",
             f"- model: {v['model']}; family: {v['family']}; status: {v['status']}",
             f"- metric: {', '.join('`' + m + '`' for m in v['metrics']) or '-'}",
-            f"- measured: {fmt(v['measured'])}",
-            f"- report value: {fmt(v['expected'])}" if v["status"] != "golden" else f"- golden value: {fmt(v['expected'])}",
+            f"- measured: {value_text(v, 'measured')}",
+            f"- report value: {value_text(v, 'expected')}" if v["status"] != "golden" else
+            f"- golden value: {value_text(v, 'expected')}",
             f"- band: {v['band']}" + (f" — {v['margin_text']}" if v.get("margin_text") else ""),
             f"- rationale: {v['rationale']}",
             f"- provenance: {_provenance_line(v['provenance'])}",
         ]
         if v.get("source", "suite") != "suite":
             out.append(f"- source: {v['source']} @{v.get('source_commit') or '-'} ({v.get('source_protocol') or '-'})")
+        if v.get("suite_only"):
+            out.append(f"- the author's files: suite only (no test of that source): {v['suite_only']}")
         if v.get("measured_how"):
             out.append(f"- measured how: {v['measured_how']}")
         if v.get("recorded") is not None:
-            out.append(f"- recorded measurement on this pair: {fmt(v['recorded'])}")
+            out.append(f"- recorded measurement on this pair: {value_text(v, 'recorded')}")
         if v["key"] in group_of:  # the reason is listed once, under "Skipped claims"
             out.append(f"- verdict: not evaluated [{group_of[v['key']]}] (see Skipped claims)")
         elif v.get("reason"):
@@ -374,14 +398,83 @@ def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], se
     ax.set_title(f"{info.get('pair', '')}: {series}{title_suffix}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class OverlayLine:
+    """One model's per-layer series on the across-families plot, on a depth axis.
+
+    ``depth[i] = i / (n - 1)`` for layer ``i`` of an ``n``-layer model (the series holds one value
+    per decoder layer), so that layer 0 is 0 and the last layer 1 whatever the depth: the phases of
+    a 32-layer Llama, a 30-layer SmolLM2 and an 18-layer Gemma 3 line up where they are at the same
+    relative depth, not at the same layer index."""
+
+    pair: str
+    source: str  # "this suite" or "author's files"
+    role: str  # "rope" or "drope"
+    variant: Any
+    depth: tuple[float, ...]
+    values: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{family_title(self.pair)} {self.role} ({self.variant}), {self.source}"
+
+
+def overlay_lines(doc: Mapping[str, Any], series: str) -> list[OverlayLine]:
+    """The lines of the across-families plot of ``series``: per family (in the evidence table's
+    column order) its measured models, then the author's per-layer arrays; empty unless the series
+    exists on at least two model families."""
+    sources = [(name, "this suite", info) for name, info in doc["pairs"].items() if info.get("available", True)]
+    sources += [(name, "author's files", info) for name, info in (doc.get("author_files") or {}).items()]
+    lines = []
+    for pair, source, info in sorted(sources, key=lambda s: family_rank(s[0])):  # stable: suite, then author's files
+        for role in ("rope", "drope"):
+            model = (info.get("models") or {}).get(role)
+            ys = ((model or {}).get("layers") or {}).get(series)
+            if not ys:
+                continue
+            n = len(ys)
+            depth = tuple(i / (n - 1) if n > 1 else 0.0 for i in range(n))
+            values = tuple(math.nan if y is None else float(y) for y in ys)
+            lines.append(OverlayLine(pair, source, role, model.get("variant"), depth, values))
+    return lines if len({line.pair for line in lines}) >= 2 else []
+
+
+def overlay_figure(series: str, label: str, log: bool, lines: Sequence[OverlayLine]) -> Any:
+    """The across-families plot of ``series`` (a matplotlib Figure on the Agg canvas): one line per
+    :class:`OverlayLine`, its x the relative depth; colour per family, solid RoPE, dashed DroPE."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for line in lines:
+        ax.plot(line.depth, line.values, marker="." if line.source == "this suite" else "x", markersize=4,
+                color=_FAMILY_COLOURS.get(line.pair), linestyle=_ROLE_STYLES.get(line.role, ":"), label=line.label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("relative depth: layer / (n_layers - 1)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{series} across model families")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
 def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, list[str]]:
-    """``<pair>-<series>.png`` for each measured pair and series; returns the file names per pair."""
+    """``<pair>-<series>.png`` for each measured pair and series, ``<pair>-author-files-<series>.png``
+    for the author's arrays, and ``families-<series>.png`` for each series on several model families
+    (:func:`overlay_lines`); returns the file names per pair (the overlays under :data:`ACROSS_FAMILIES`)."""
     written: dict[str, list[str]] = {}
     for name, info in doc["pairs"].items():
         if not info.get("available", True) or not info.get("models"):
@@ -402,6 +495,13 @@ def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, lis
             file = f"{name}-author-files-{series}.png"
             atomic_write_bytes(Path(report_dir) / file, png)
             written.setdefault(f"{name}:author-files", []).append(file)
+    for series, label, log in PLOT_SERIES:
+        lines = overlay_lines(doc, series)
+        if not lines:
+            continue
+        file = f"families-{series}.png"
+        atomic_write_bytes(Path(report_dir) / file, _png(overlay_figure(series, label, log, lines)))
+        written.setdefault(ACROSS_FAMILIES, []).append(file)
     return written
 
 
@@ -429,7 +529,7 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
         if v["outcome"] == "skip":
             grouped_skips[v.get("reason", "")] += 1
             continue
-        rows.append((v["key"], fmt(v["measured"]), fmt(v["expected"]), v["band"], _outcome_text(v)))
+        rows.append((v["key"], value_text(v, "measured"), value_text(v, "expected"), v["band"], _outcome_text(v)))
     lines: list[str] = []
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -37,6 +37,7 @@ __all__ = [
     "strict_verdict",
     "skipped_verdict",
     "text_set_mismatch",
+    "value_text",
     "verdict_for",
 ]
 
@@ -77,6 +78,8 @@ class Verdict:
     source_commit: str | None = None  # author-files: the commit(s) the value was read at (", "-joined)
     source_protocol: str | None = None  # author-files: the protocol(s) of the value (labels, "; "-joined)
     nearest: list[dict[str, Any]] | None = None  # prose-only: the nearest committed numbers {path, value, commit, protocol}
+    ratio: bool = False  # the claim's value is a ratio: written 1.00x (Claim.is_ratio, value_text)
+    suite_only: str | None = None  # why the author's files cannot judge the claim (evidence suite_only)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -94,8 +97,8 @@ class Verdict:
             f"claim {self.key} does not hold" if self.outcome != "xpass" else
             f"claim {self.key} was recorded as not generalising, but now holds",
             f"  report says : {self.sentence}",
-            f"  measured    : {fmt(self.measured)}   ({', '.join(self.metrics)})",
-            f"  expected    : {fmt(self.expected)}   (status {self.status})",
+            f"  measured    : {value_text(self, 'measured')}   ({', '.join(self.metrics)})",
+            f"  expected    : {value_text(self, 'expected')}   (status {self.status})",
             f"  band        : {self.band}",
             f"  margin      : {self.margin_text}",
             f"  rationale   : {self.rationale}",
@@ -109,6 +112,13 @@ class Verdict:
             lines.append(f"  note        : {self.reason}")
         lines.append(f"  command     : {self.command}")
         return "\n".join(lines)
+
+
+def value_text(v: Verdict | Mapping[str, Any], key: str) -> str:
+    """A value of a verdict (``measured``, ``expected``, ``recorded``) as every report line writes it:
+    :func:`~drope_check.bands.fmt`, a ratio claim's values as ratios (``1.00x``, not ``1``)."""
+    data = v.__dict__ if isinstance(v, Verdict) else v
+    return fmt(data.get(key), ratio=bool(data.get("ratio")))
 
 
 def _provenance_text(prov: Mapping[str, Any]) -> str:
@@ -158,7 +168,7 @@ def _base_verdict(claim: Claim, **kw: Any) -> Verdict:
         expected=claim.value, band=claim.band_text(), passed=None, outcome="skip", margin=None,
         margin_text="", rationale=claim.rationale, provenance=dict(claim.provenance),
         measured_how=claim.measured_how, recorded=claim.recorded, command=claim.rerun_command("suite"),
-        order=claim.order,
+        order=claim.order, ratio=claim.is_ratio, suite_only=claim.suite_only_reason,
     )
     fields.update(kw)
     return Verdict(**fields)
@@ -237,14 +247,15 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
         if result.passed:
             verdict.outcome = "xpass"
             verdict.reason = (
-                f"recorded as not generalising to {claim.pair} (suite measured {fmt(claim.recorded)}), but it now "
-                f"holds with {fmt(measured)}: change its status to \"claim\" in {Path(claim.source_file).name}"
+                f"recorded as not generalising to {claim.pair} (suite measured {value_text(verdict, 'recorded')}), but "
+                f"it now holds with {value_text(verdict, 'measured')}: change its status to \"claim\" in "
+                f"{Path(claim.source_file).name}"
             )
         else:
             verdict.outcome = "xfail"
             verdict.reason = (
-                f"does not generalise to {claim.pair}: the suite measured {fmt(measured)} "
-                f"(recorded {fmt(claim.recorded)}) where the report claims {fmt(claim.value)}"
+                f"does not generalise to {claim.pair}: the suite measured {value_text(verdict, 'measured')} "
+                f"(recorded {value_text(verdict, 'recorded')}) where the report claims {value_text(verdict, 'expected')}"
             )
     else:
         verdict.outcome = "pass" if result.passed else "fail"

@@ -4,7 +4,10 @@ evidence table of the report and its grouped skips.
 Claimed: every claim of the report's pair says how the author's files speak to it; a malformed
 evidence table is an error naming file, claim and key; the author's files are found beside the
 repository or above it, or the skip says where the search looked; the evidence table has one row
-per claim with one cell per source, and a skip reason appears once, with its count and claim ids.
+per claim (and model side) and one column per model family and source, each cell the value and
+what it means (holds / does not hold / does not generalise / golden / about a recalibrated DroPE),
+a skip reason appears once, with its count and claim ids; a ratio is written as one (``1.00x``);
+a suite-only claim says what the author's files hold and why it cannot judge the claim.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from drope_check import author_files as A
+from drope_check.bands import fmt
 from drope_check.claim_file import ClaimsFileError, load_claims
 from drope_check.evidence import evidence_rows, render_evidence_table, render_skip_groups, skip_groups
+from drope_check.report import render_markdown
 from drope_check.upstream import load_sources
+from drope_check.verdicts import skipped_verdict
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -111,35 +117,129 @@ def _v(key: str, pair: str, outcome: str, source: str = "suite", **kw) -> dict:
     return base
 
 
-def test_the_evidence_table_has_one_row_per_claim_and_one_cell_per_source() -> None:
-    gpu = "pair llama2-7b is not available here: no GPU. To run its claims: ..."
-    verdicts = [
-        _v("sink_rate_average[llama2-7b:rope:author-files]", "llama2-7b", "pass", "author-files", measured=0.978125,
-           source_commit="90f8e3c73617cd4fa8986a8772c3cca53a570354", source_protocol="10 prompts, FP4, no rotary"),
-        _v("sink_rate_average[llama2-7b:rope]", "llama2-7b", "skip", reason=gpu),
-        _v("sink_rate_average[smollm2-135m:rope]", "smollm2-135m", "pass", status="golden", expected=0.91, measured=0.9102),
-        _v("bos_mlp_ablation_ppl[llama2-7b:drope:author-files]", "llama2-7b", "prose-only", "author-files", expected=18.5,
-           nearest=[{"path": "drope:x", "value": 4.2902, "commit": "90f8e3c7", "protocol": "5 prompts, NF4"},
-                    {"path": "drope:y", "value": None}]),
-        _v("bos_mlp_ablation_ppl[llama2-7b:drope]", "llama2-7b", "skip", expected=18.5, reason=gpu),
-        _v("bos_mlp_ablation_ppl[smollm2-135m:drope]", "smollm2-135m", "skip", expected=18.5,
-           reason="about a recalibrated DroPE model"),
-        _v("bos_mlp_ablation_ratio[smollm2-135m:rope]", "smollm2-135m", "xfail", status="does-not-generalise",
-           expected=1249.0, measured=3.1),
-    ]
-    doc = {"pairs": {"llama2-7b": {}, "smollm2-135m": {}}, "verdicts": verdicts}
+GPU = "pair llama2-7b is not available here: no GPU. To run its claims: ..."
+RECALIBRATED = "about a recalibrated DroPE model"
+VERDICTS = [
+    _v("sink_rate_average[llama2-7b:rope:author-files]", "llama2-7b", "pass", "author-files", measured=0.978125,
+       source_commit="90f8e3c73617cd4fa8986a8772c3cca53a570354", source_protocol="10 prompts, FP4, no rotary", order=1),
+    _v("sink_rate_average[llama2-7b:rope]", "llama2-7b", "skip", reason=GPU, order=1),
+    _v("sink_rate_average[smollm2-135m:rope]", "smollm2-135m", "pass", status="golden", expected=0.91, measured=0.9102,
+       order=1),
+    _v("bos_mlp_ablation_ppl[llama2-7b:drope:author-files]", "llama2-7b", "prose-only", "author-files", expected=18.5,
+       nearest=[{"path": "drope:x", "value": 4.2902, "commit": "90f8e3c7", "protocol": "5 prompts, NF4"},
+                {"path": "drope:y", "value": None}], order=2),
+    _v("bos_mlp_ablation_ppl[llama2-7b:drope]", "llama2-7b", "skip", expected=18.5, reason=GPU, order=2),
+    _v("bos_mlp_ablation_ppl[smollm2-135m:drope]", "smollm2-135m", "skip", status="skip", expected=18.5,
+       reason=RECALIBRATED, order=2),
+    _v("bos_mlp_ablation_ratio[llama2-7b:rope]", "llama2-7b", "skip", expected=1249.0, reason=GPU, ratio=True, order=3),
+    _v("bos_mlp_ablation_ratio[smollm2-135m:rope]", "smollm2-135m", "xfail", status="does-not-generalise",
+       expected=1249.0, measured=5.31, ratio=True, order=3),
+    _v("bos_mlp_ablation_ratio[gemma3-270m:rope]", "gemma3-270m", "pass", expected=1249.0, measured=412.0, ratio=True,
+       order=3),
+    _v("ppl_baseline[smollm2-135m:rope]", "smollm2-135m", "pass", status="golden", expected=42.56, measured=42.56,
+       order=0),
+    _v("ppl_baseline[gemma3-270m:rope]", "gemma3-270m", "skip", status="golden", expected=None,
+       reason="golden not yet measured", order=0),
+    _v("valley_entropy_ratio[smollm2-135m:pair]", "smollm2-135m", "skip", status="does-not-generalise",
+       expected=11.05, recorded=0.91, ratio=True, reason="another text set", order=9),
+    _v("qk_disruption_ratio[gemma3-270m:drope]", "gemma3-270m", "fail", expected=1.29, measured=3.0, ratio=True,
+       order=4),
+]
+
+
+def test_one_row_per_claim_one_column_per_family_and_source() -> None:
+    doc = {"pairs": {"smollm2-135m": {}, "llama2-7b": {}, "gemma3-270m": {}}, "verdicts": list(reversed(VERDICTS)),
+           "author_files": {"llama2-7b": {"upstream": {"era": "report"}}}}
     columns, rows, groups = evidence_rows(doc)
-    assert columns == ["claim", "report", "author's files", "this suite on llama2-7b", "this suite on smollm2-135m"]
+    assert columns == ["claim", "report", "Llama-2-7B: author's files (report era)", "Llama-2-7B: this suite",
+                       "SmolLM2-135M: this suite", "Gemma-3-270M: this suite"]
+    # rows in the report's pair's claim order first (whatever the input order), then claims only others have
     assert [(r.claim, r.report_value, *r.cells) for r in rows] == [
         ("sink_rate_average[rope]", "0.978", "0.9781 @90f8e3c (10 prompts, FP4, no rotary): PASS", "not run [S1]",
-         "0.9102 (golden 0.91): PASS"),
+         "0.9102 (golden 0.91): PASS", "—"),
         ("bos_mlp_ablation_ppl[drope]", "18.5", "**prose only**: no committed number; nearest 4.29 (5 prompts, NF4 @90f8e3c)",
-         "not run [S1]", "not run [S2]"),
-        ("bos_mlp_ablation_ratio[rope]", "1249", "—", "—", "does not generalise: 3.1"),
+         "not run [S1]", "about a recalibrated DroPE: n/a [S2]", "—"),
+        ("bos_mlp_ablation_ratio[rope]", "1249x", "—", "not run [S1]", "5.31x: does not generalise", "412x: holds"),
+        ("ppl_baseline[rope]", "—", "—", "—", "42.56 (golden 42.56): PASS", "golden: not run [S4]"),
+        ("valley_entropy_ratio[pair]", "11.05x", "—", "—", "not run [S3] (recorded 0.91x: does not generalise)", "—"),
+        ("qk_disruption_ratio[drope]", "1.29x", "—", "—", "—", "3.00x: does not hold"),
     ]
+    # each reason once, numbered in the order a reader meets them in the table (the report's pair first)
     assert [(g.label, g.reason, len(g.keys)) for g in groups] == [
-        ("S1", gpu, 2), ("S2", "about a recalibrated DroPE model", 1)]
+        ("S1", GPU, 3), ("S2", RECALIBRATED, 1), ("S3", "another text set", 1), ("S4", "golden not yet measured", 1)]
     md = "\n".join(render_evidence_table(doc) + render_skip_groups(groups))
-    assert md.count(gpu) == 1
-    assert f"- **S1** (2): {gpu} — sink_rate_average[llama2-7b:rope], bos_mlp_ablation_ppl[llama2-7b:drope]" in md
+    assert md.count(GPU) == 1
+    assert (f"- **S1** (3): {GPU} — sink_rate_average[llama2-7b:rope], bos_mlp_ablation_ppl[llama2-7b:drope], "
+            "bos_mlp_ablation_ratio[llama2-7b:rope]") in md
     assert render_evidence_table({"pairs": {}, "verdicts": []}) == [] and skip_groups([]) == []
+
+
+def test_cells_say_what_each_verdict_means() -> None:
+    doc = {"pairs": {"llama2-7b": {}}, "verdicts": [
+        _v("a[llama2-7b:rope]", "llama2-7b", "xpass", status="does-not-generalise", expected=2.0, measured=2.1),
+        _v("b[llama2-7b:rope]", "llama2-7b", "error", reason="metric path missing"),
+        _v("c[llama2-7b:rope]", "llama2-7b", "regenerated", status="golden", measured=3.0, reason="golden regenerated"),
+        _v("d[llama2-7b:rope]", "llama2-7b", "fail", status="golden", expected=1.0, measured=1.5),
+        _v("e[llama2-7b:rope:author-files]", "llama2-7b", "xfail", "author-files", measured=512, source_commit="16a5164aa",
+           source_protocol="NF4"),
+        _v("f[llama2-7b:rope:author-files]", "llama2-7b", "skip", "author-files", reason="no copy found"),
+    ]}
+    _, rows, _ = evidence_rows(doc)
+    assert [(r.claim, *r.cells) for r in rows] == [
+        ("a[rope]", "—", "2.1: now holds (XPASS: the strict xfail fails)"),
+        ("b[rope]", "—", "ERROR (see Failures)"),
+        ("c[rope]", "—", "golden: regenerated [S1]"),
+        ("d[rope]", "—", "1.5 (golden 1): FAIL"),
+        ("e[rope]", "512 @16a5164 (NF4): contradicted by the files (xfail)", "—"),
+        ("f[rope]", "not judged [S2]", "—"),
+    ]
+
+
+def test_a_ratio_is_written_as_a_ratio_and_a_count_is_not() -> None:
+    assert fmt(1.0) == "1" and fmt(2) == "2"  # a layer index or a count stays bare
+    assert [fmt(x, ratio=True) for x in (1.0, 1, 6.7, 1.015, 1249.0, 11.05, 0.5, float("inf"))] == [
+        "1.00x", "1.00x", "6.70x", "1.015x", "1249x", "11.05x", "0.50x", "inf"]
+    assert fmt([1249.0, 1.0], ratio=True) == "[1249x, 1.00x]"
+    claims = load_claims("llama2-7b", REPO / "expected")
+    # a ratio: every path reads a .ratio field (perplexity over baseline), or combine = "ratio"
+    assert sorted(c.key for c in claims.claims if c.is_ratio) == [
+        "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]", "bos_mlp_ablation_ratio[llama2-7b:drope]",
+        "bos_mlp_ablation_ratio[llama2-7b:rope]", "peak_bos_norm_layer_plateau[llama2-7b:pair]",
+        "qk_disruption_drope_more_robust[llama2-7b:pair]", "qk_disruption_ratio[llama2-7b:drope]",
+        "qk_disruption_ratio[llama2-7b:rope]", "valley_entropy_ratio[llama2-7b:pair]",
+    ]
+    # the report's "1.00x (no change)": the report column, the summary and the claim's section all say 1.00x
+    claim = claims.get("bos_mlp_ablation_ratio", "drope")
+    doc = {"pairs": {"llama2-7b": {}}, "verdicts": [skipped_verdict(claim, GPU).to_dict()],
+           "summary": {"skip": 1}, "tool": {"version": "0"}}
+    _, rows, _ = evidence_rows(doc)
+    assert rows[0].report_value == "1.00x"
+    md = render_markdown(doc)
+    assert "| bos_mlp_ablation_ratio[llama2-7b:drope] | - | 1.00x |" in md and "- report value: 1.00x" in md
+
+
+def test_a_suite_only_claim_says_what_the_author_files_hold() -> None:
+    claim = load_claims("llama2-7b", REPO / "expected").get("eager_attention_nan", "drope")
+    assert claim.sources == ("suite",)  # no author-files test: its cell would be empty without the note
+    author = skipped_verdict(load_claims("llama2-7b", REPO / "expected").get("sink_rate_average", "rope"), GPU).to_dict()
+    author.update(key="sink_rate_average[llama2-7b:rope:author-files]", source="author-files", outcome="pass",
+                  measured=0.978125, source_commit="90f8e3c", source_protocol="p")
+    doc = {"pairs": {"llama2-7b": {}}, "verdicts": [author, skipped_verdict(claim, GPU).to_dict()],
+           "summary": {"skip": 1, "pass": 1}, "tool": {"version": "0"}}
+    columns, rows, _ = evidence_rows(doc)
+    assert columns[2] == "Llama-2-7B: author's files"
+    row = next(r for r in rows if r.claim == "eager_attention_nan[drope]")
+    assert row.cells == (
+        "suite only: the committed files hold DroPE's layer-1 q/k norms (6586 / 5514 @2395c15), not a count of "
+        "non-finite values under fp16 eager attention", "not run [S1]")
+    assert "- the author's files: suite only (no test of that source): the committed files hold" in render_markdown(doc)
+
+
+def test_the_report_has_one_cross_family_table() -> None:
+    full = {"family": "intervention", "sentence": "s", "metrics": [], "band": "b", "rationale": "r", "provenance": {}}
+    doc = {"pairs": {"smollm2-135m": {}, "gemma3-270m": {}}, "verdicts": [{**full, **v} for v in VERDICTS[7:9]],
+           "summary": {"pass": 1, "xfail": 1}, "tool": {"version": "0"}}
+    text = render_markdown(doc)
+    assert text.count("| claim | report |") == 1 and "## Generalisation" not in text
+    assert text.index("## Evidence") < text.index("## Summary") < text.index("## Pairs")
+    assert "| bos_mlp_ablation_ratio[rope] | 1249x | 5.31x: does not generalise | 412x: holds |" in text

@@ -128,6 +128,14 @@ class Architecture:
             the rotary step (Gemma 3): the ``report`` rule acts on the raw projection, before it.
         unsupported: config attributes that must be None/False for the engine's assumptions to hold
             (e.g. attention logit soft-capping, which the SDPA path and the capture do not apply).
+        body / lm_head: the decoder stack (returns the final-normed hidden states) and the output
+            projection of the causal-LM model.
+        causal_lm_classes: the causal-LM classes whose ``forward`` is exactly ``lm_head(body(...))``
+            (plus the final soft-capping where ``final_logit_softcapping``); only for those may
+            :meth:`split_forward` replace the model's own forward. Any other class (remote code)
+            is run whole.
+        final_logit_softcapping: the class applies ``cap * tanh(logits / cap)`` with
+            ``config.final_logit_softcapping`` when that is set (Gemma 2/3).
     """
 
     family: str
@@ -145,6 +153,10 @@ class Architecture:
     identity_rotary: Callable[[nn.Module], nn.Module]
     layer_kinds_of: Callable[[Any], list[LayerKind]] = _layer_kinds_from_config
     unsupported: tuple[str, ...] = ()
+    body: str = "model"
+    lm_head: str = "lm_head"
+    causal_lm_classes: tuple[str, ...] = ()
+    final_logit_softcapping: bool = False
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -185,6 +197,28 @@ class Architecture:
     def layer_kinds(self, model_or_config: Any) -> list[LayerKind]:
         config = getattr(model_or_config, "config", model_or_config)
         return self.layer_kinds_of(config)
+
+    def split_forward(self, model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+        """``(body, head)`` with ``head(body(input_ids=..., attention_mask=...).last_hidden_state)`` equal
+        to ``model(...).logits``, or None when this class's forward is not known to be exactly that.
+
+        Why: a 262k-token vocabulary (Gemma 3) makes ``[B, T, V]`` logits ~2 GB per batch of 4 x 512;
+        with the body and head apart, perplexity projects only the positions it scores, in chunks.
+        """
+        if type(model).__name__ not in self.causal_lm_classes:
+            return None
+        body, head = _get(model, self.body), _get(model, self.lm_head)
+        if body is None or head is None:
+            return None
+        cap = getattr(model.config, "final_logit_softcapping", None) if self.final_logit_softcapping else None
+
+        def project(hidden: torch.Tensor) -> torch.Tensor:
+            logits = head(hidden)
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            return logits
+
+        return body, project
 
     # -- what is not a path ----------------------------------------------------------------------
 
@@ -238,6 +272,7 @@ LLAMA = Architecture(
     block_mlp_write_note="the MLP output, added to the residual as is",
     qk_norm="none-or-projection-hook",
     identity_rotary=lambda model: IdentityRotaryEmbedding(_head_dim(model, "model.layers", "self_attn")),
+    causal_lm_classes=("LlamaForCausalLM",),
 )
 
 GEMMA3 = Architecture(
@@ -255,6 +290,8 @@ GEMMA3 = Architecture(
     qk_norm="per-head-pre-rotary",
     identity_rotary=lambda model: IdentityRotaryEmbedding(_head_dim(model, "model.layers", "self_attn")),
     unsupported=("attn_logit_softcapping", "use_bidirectional_attention"),
+    causal_lm_classes=("Gemma3ForCausalLM",),
+    final_logit_softcapping=True,
 )
 
 #: Every supported family.

@@ -1,8 +1,8 @@
 """Build the measurements of a pair under a protocol (the JSON of docs/measurements-schema.md).
 
 One forward pass per batch gives every phase metric AND the baseline perplexity: the capture
-(:mod:`drope_check.capture`) fills per-sequence summaries while the logits of the same pass go to
-:func:`drope_check.perplexity.token_nll`. Interventions (BOS-MLP ablation, Q/K disruption) need
+(:mod:`drope_check.capture`) fills per-sequence summaries while the same pass's output gives the
+NLL (:func:`drope_check.perplexity.model_nll`). Interventions (BOS-MLP ablation, Q/K disruption) need
 forwards of their own and run afterwards, each at the layer chosen from this model's own
 measurements. The two models of a pair are loaded one at a time, so a 7B pair fits a 24 GB card.
 """
@@ -74,7 +74,7 @@ def run_capture(
 ) -> tuple[list[SequenceCapture], list[tuple[float, int]], str]:
     """One capture forward per batch: per-sequence summaries, per-sequence (NLL sum, predicted),
     and a note of the precision the attention statistics were computed in."""
-    from drope_check.perplexity import token_nll
+    from drope_check.perplexity import model_nll
 
     capture = OnePassCapture(loaded.model, protocol, loaded.name)
     captures: list[SequenceCapture | None] = [None] * len(seqs)
@@ -87,8 +87,7 @@ def run_capture(
             input_ids = batch.input_ids.to(device)
             mask = batch.attention_mask.to(device)
             with capture.batch(rows) as caps:
-                logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            sums, counts = token_nll(logits, input_ids, mask)
+                sums, counts = model_nll(loaded.model, input_ids, mask)
             for row, index in enumerate(batch.indices):
                 captures[index] = caps[row]
                 nll[index] = (float(sums[row]), int(counts[row]))

@@ -18,15 +18,17 @@ Protocols (``PROTOCOLS`` holds the formulas):
   of ``window`` tokens every ``stride`` tokens, each window scoring only the tokens no earlier window
   scored (the others labelled -100), NLL accumulated token-weighted.
 
-All protocols turn logits into NLL in one place, :func:`token_nll` (log-softmax in float32, sums in
-float64); batches are right-padded and padding never enters a sum, so batched evaluation equals
-batch size 1 (tests prove it).
+Every protocol (and the capture pass, and every intervention) turns a forward into NLL in one place,
+:func:`model_nll` -> :func:`token_nll` / :func:`hidden_nll` (log-softmax in float32, sums in
+float64; for Llama and Gemma 3 the output head projects only the scored positions, so a 262k
+vocabulary never materialises ``[B, T, V]`` logits); batches are right-padded and padding never
+enters a sum, so batched evaluation equals batch size 1 (tests prove it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +42,8 @@ __all__ = [
     "perplexity_lines",
     "perplexity_prompts",
     "perplexity_sliding",
+    "hidden_nll",
+    "model_nll",
     "token_nll",
 ]
 
@@ -121,38 +125,104 @@ def token_nll(
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
-    batch, length, vocab = logits.shape
+    return _scored_nll(
+        lambda rows, cols: logits[rows, cols], logits.shape[:2], int(logits.shape[2]), logits.device,
+        input_ids, attention_mask, score_mask, max_chunk_elements,
+    )
+
+
+def hidden_nll(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    vocab: int,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score_mask: torch.Tensor | None = None,
+    max_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_nll` of ``head(hidden)`` without building the ``[B, T, V]`` logits: the head
+    projects only the scored positions, ``max_chunk_elements // V`` rows at a time. Same definition,
+    same errors (``hidden`` is the final-normed ``[B, T, H]`` state; ``head`` maps ``[c, H] -> [c, V]``)."""
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden states must be [B, T, H], got shape {tuple(hidden.shape)}")
+    return _scored_nll(
+        lambda rows, cols: head(hidden[rows, cols]), hidden.shape[:2], vocab, hidden.device,
+        input_ids, attention_mask, score_mask, max_chunk_elements,
+    )
+
+
+def _scored_nll(
+    logits_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: Sequence[int],
+    vocab: int,
+    device: torch.device,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score_mask: torch.Tensor | None,
+    max_chunk_elements: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one NLL definition behind :func:`token_nll` and :func:`hidden_nll`: ``logits_at(rows, cols)``
+    gives the ``[c, V]`` logits at those (row, position) pairs; the scored pairs of the whole batch are
+    taken in chunks, each token's NLL in float32, summed per row in float64."""
+    batch, length = int(shape[0]), int(shape[1])
     if input_ids.shape != (batch, length) or attention_mask.shape != (batch, length):
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must "
-            f"be [B, T] = {(batch, length)} to match logits {tuple(logits.shape)}"
+            f"be [B, T] = {(batch, length)} to match the model's output"
         )
-    real = attention_mask.to(device=logits.device) != 0
+    real = attention_mask.to(device=device) != 0
     valid = real[:, :-1] & real[:, 1:]
     if score_mask is not None:
         if score_mask.shape != (batch, length):
             raise ValueError(f"score_mask {tuple(score_mask.shape)} must be [B, T] = {(batch, length)}")
-        valid = valid & (score_mask.to(device=logits.device) != 0)[:, 1:]
-    targets = input_ids.to(device=logits.device)[:, 1:]
+        valid = valid & (score_mask.to(device=device) != 0)[:, 1:]
+    targets = input_ids.to(device=device)[:, 1:]
     chunk = max(1, max_chunk_elements // max(vocab, 1))
-    sums = torch.zeros(batch, dtype=torch.float64)
+    rows_all, cols_all = valid.nonzero(as_tuple=True)  # row-major: each row's positions in order
+    sums = torch.zeros(batch, dtype=torch.float64, device=device)
+    for start in range(0, int(rows_all.numel()), chunk):
+        rows, cols = rows_all[start : start + chunk], cols_all[start : start + chunk]
+        lg = logits_at(rows, cols).float()  # [c, V]
+        finite = torch.isfinite(lg).all(dim=-1)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            b, t = int(rows[first]), int(cols[first])
+            raise ValueError(
+                f"non-finite logits in row {b} at position {t} (predicting token {t + 1}); "
+                "the forward pass overflowed (fp16?) -- rerun in float32/bfloat16"
+            )
+        nll = torch.logsumexp(lg, dim=-1) - lg.gather(-1, targets[rows, cols, None]).squeeze(-1)
+        sums.index_add_(0, rows, nll.double())
     counts = valid.sum(dim=1).to(device="cpu", dtype=torch.int64)
-    for b in range(batch):
-        positions = valid[b].nonzero().squeeze(1)
-        total = torch.zeros((), dtype=torch.float64, device=logits.device)
-        for part in positions.split(chunk):
-            lg = logits[b, part].float()  # [c, V]
-            finite = torch.isfinite(lg).all(dim=-1)
-            if not bool(finite.all()):
-                bad = int(part[(~finite).nonzero()[0, 0]])
-                raise ValueError(
-                    f"non-finite logits in row {b} at position {bad} (predicting token {bad + 1}); "
-                    "the forward pass overflowed (fp16?) -- rerun in float32/bfloat16"
-                )
-            nll = torch.logsumexp(lg, dim=-1) - lg.gather(-1, targets[b, part, None]).squeeze(-1)
-            total = total + nll.double().sum()
-        sums[b] = total.cpu()
-    return sums, counts
+    return sums.cpu(), counts
+
+
+def model_nll(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass (no KV cache) and :func:`token_nll` of its logits; inputs moved to the model's
+    device. For the families whose causal-LM forward is exactly ``head(body(x))``
+    (:meth:`~drope_check.architectures.Architecture.split_forward`) the head runs only on the scored
+    positions (:func:`hidden_nll`); any other model runs whole. Every pass that turns a forward into
+    NLL (capture, every perplexity protocol, every intervention) goes through here."""
+    from drope_check.architectures import UnsupportedArchitecture, architecture_of
+
+    device = _input_device(model)
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    try:
+        split = architecture_of(model).split_forward(model)
+    except UnsupportedArchitecture:
+        split = None
+    if split is None:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return token_nll(logits, ids, mask, score_mask=score_mask)
+    body, head = split
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    return hidden_nll(hidden, head, vocab, ids, mask, score_mask=score_mask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,15 +252,6 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """One forward pass (no KV cache) returning logits [B, T, V]; inputs moved to the model's device."""
-    device = _input_device(model)
-    out = model(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
-    )
-    return out.logits
-
-
 def _per_sequence_nll(
     model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_token_id: int | None, batch_size: int
 ) -> list[tuple[float, int]]:
@@ -201,8 +262,7 @@ def _per_sequence_nll(
     out: list[tuple[float, int] | None] = [None] * len(seqs)
     with torch.inference_mode():
         for batch in make_batches([list(s) for s in seqs], batch_size, pad):
-            logits = forward_logits(model, batch.input_ids, batch.attention_mask)
-            sums, counts = token_nll(logits, batch.input_ids, batch.attention_mask)
+            sums, counts = model_nll(model, batch.input_ids, batch.attention_mask)
             for row, index in enumerate(batch.indices):
                 out[index] = (float(sums[row]), int(counts[row]))
     return [x for x in out if x is not None]
@@ -322,8 +382,7 @@ def perplexity_sliding(
                 ids[row, : e - b] = stream[b:e]
                 mask[row, : e - b] = 1
                 score[row, e - b - labelled : e - b] = 1
-            logits = forward_logits(model, ids, mask)
-            sums, counts = token_nll(logits, ids, mask, score_mask=score)
+            sums, counts = model_nll(model, ids, mask, score_mask=score)
             per_window.extend((float(s), int(c)) for s, c in zip(sums, counts, strict=True))
 
     if accumulation == "exact":

@@ -213,3 +213,79 @@ def test_result_to_dict_is_json(model: LlamaForCausalLM) -> None:
     assert data["protocol"] == "lines" and "exp(" in data["formula"]
     assert data["ppl"] == pytest.approx(math.exp(data["nll_sum"] / data["n_predicted"]))
     assert len(data["per_sequence"]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# model_nll: the output head on scored positions only equals the model's own logits
+
+
+def _split_cases() -> list[tuple[str, torch.nn.Module]]:
+    from drope_check.tiny_models import build_gemma3, build_llama, gemma3_config, llama_config
+
+    capped = gemma3_config(vocab_size=96)
+    capped.final_logit_softcapping = 3.0  # small: most logits are in tanh's bend, so a missing cap shows
+    return [
+        ("llama", build_llama(llama_config(vocab_size=96), seed=3)),
+        ("gemma3", build_gemma3(gemma3_config(vocab_size=96), seed=4)),
+        ("gemma3-softcapped", build_gemma3(capped, seed=5)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3), ids=["llama", "gemma3", "gemma3-softcapped"])
+def test_model_nll_equals_token_nll_of_the_models_logits(case: int) -> None:
+    """The split path (body, then the head on scored rows) is the same NLL as the model's own forward:
+    right-padded rows of different lengths, a score mask, and chunks of one row each."""
+    from drope_check.architectures import architecture_of
+    from drope_check.perplexity import hidden_nll, model_nll
+
+    _, model = _split_cases()[case]
+    assert architecture_of(model).split_forward(model) is not None
+    gen = torch.Generator().manual_seed(case)
+    ids = torch.randint(3, 96, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    score = torch.ones_like(ids)
+    score[0, :5] = 0
+    with torch.no_grad():
+        want = token_nll(model(input_ids=ids, attention_mask=mask).logits, ids, mask, score_mask=score)
+        got = model_nll(model, ids, mask, score_mask=score)
+        body, head = architecture_of(model).split_forward(model)
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        one_row = hidden_nll(hidden, head, 96, ids, mask, score_mask=score, max_chunk_elements=1)
+    assert torch.equal(got[1], want[1]) and torch.equal(one_row[1], want[1])
+    assert torch.allclose(got[0], want[0], rtol=1e-6, atol=0)
+    assert torch.allclose(one_row[0], want[0], rtol=1e-6, atol=0)
+
+
+def test_model_nll_softcapping_is_applied() -> None:
+    """Leaving Gemma's final soft-capping out changes the NLL: the equality above is not vacuous."""
+    from drope_check.architectures import architecture_of
+    from drope_check.perplexity import hidden_nll
+
+    _, model = _split_cases()[2]
+    ids = torch.randint(3, 96, (1, 9), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        body, _ = architecture_of(model).split_forward(model)
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        uncapped = hidden_nll(hidden, model.lm_head, 96, ids, mask)[0]
+        want = token_nll(model(input_ids=ids, attention_mask=mask).logits, ids, mask)[0]
+    assert not torch.allclose(uncapped, want, rtol=1e-3)
+
+
+def test_model_nll_runs_an_unknown_class_whole() -> None:
+    """A causal-LM class the architecture record does not name (e.g. remote code) is never split."""
+    from drope_check.architectures import architecture_of
+    from drope_check.perplexity import model_nll
+
+    _, model = _split_cases()[0]
+    renamed = type("RemoteLlamaForCausalLM", (type(model),), {})
+    model.__class__ = renamed
+    assert architecture_of(model).split_forward(model) is None
+    ids = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = token_nll(model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+        got = model_nll(model, ids, mask)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -37,7 +37,6 @@ TARGETS = {
     "upstream_speedup": 30.0,
     "memory_ratio": 20.0,
     "ppl_ratio": 0.9,
-    "claims_seconds": 60.0,  # README command 1, pytest time on 2 cores
 }
 
 
@@ -237,8 +236,31 @@ def _body_note(by: dict, eager: dict) -> str:
     )
 
 
+def run_rows(runs: list[dict]) -> list[str]:
+    """One target row per end-to-end run of ``benchmarks/time_runs.py`` (its own target and clock)."""
+    rows = []
+    for run in runs:
+        goal, title = run.get("target_seconds"), run.get("title", run.get("name", "?"))
+        clock = "pytest time" if run.get("clock") == "pytest" else "wall time"
+        head = f"| {title} <= {_fmt(goal, '.0f')} s of {clock} on this machine"
+        if run.get("skipped"):
+            rows.append(f"{head} | not run: {run['skipped']} | | not measured |")
+            continue
+        secs = run.get("seconds")
+        load = f"{_fmt((run.get('loadavg_before') or [None])[0])} / {_fmt((run.get('loadavg_after') or [None])[0])}"
+        ok = None if secs is None or goal is None else (secs <= goal and run.get("returncode") == 0)
+        status = "" if run.get("returncode") == 0 else f"; exit status {run.get('returncode')}"
+        rows.append(
+            f"{head} | {_fmt(secs, '.1f')} s ({run.get('summary', '')}; dequantised-model cache {run.get('cache', 'n/a')}"
+            f"{status}) | {load} | {_verdict(ok)} |"
+        )
+    if not runs:
+        rows.append("| end-to-end runs (claims, Gemma claims, audit) | not measured (`benchmarks/time_runs.py`) | | not measured |")
+    return rows
+
+
 def targets(
-    fwd: dict, ppl: dict, lc: dict | None, shapes: list[tuple[int, int]], claims_run: dict | None = None
+    fwd: dict, ppl: dict, lc: dict | None, shapes: list[tuple[int, int]], runs: list[dict] | None = None
 ) -> list[str]:
     rows = ["| target | measured | load avg (1 min) start / end | verdict |", "| --- | --- | --- | --- |"]
     for t, b in shapes:
@@ -284,23 +306,13 @@ def targets(
             f"| batched perplexity >= {TARGETS['ppl_ratio']}x tokens/s of a plain batched forward | {_fmt(speed)}x (paired median) "
             f"| {_load_text(ppl['ppl_lines_batched'][1])} | {_verdict(None if speed is None else speed >= TARGETS['ppl_ratio'])} |"
         )
-    goal = TARGETS["claims_seconds"]
-    if claims_run:
-        secs = claims_run.get("pytest_seconds")
-        load = f"{_fmt((claims_run.get('loadavg_before') or [None])[0])} / {_fmt((claims_run.get('loadavg_after') or [None])[0])}"
-        rows.append(
-            f"| README command 1 (`pytest claims/`, embedded pair) <= {goal:.0f} s of pytest time | {_fmt(secs, '.1f')} s "
-            f"({claims_run.get('summary', '')}; dequantised-model cache {claims_run.get('cache', 'n/a')}) | {load} "
-            f"| {_verdict(None if secs is None else secs <= goal)} |"
-        )
-    else:
-        rows.append(f"| README command 1 <= {goal:.0f} s of pytest time | not measured (`benchmarks/time_claims.py`) | | not measured |")
+    rows += run_rows(runs or [])
     return rows + [""]
 
 
 def render(
     bench: dict, lc: dict | None, load_before: str | None, load_after: str | None, notes: str | None,
-    claims_run: dict | None = None,
+    runs: list[dict] | None = None,
 ) -> str:
     machine = bench.get("machine_info", {})
     extra = bench.get("drope_check", {})
@@ -340,7 +352,7 @@ def render(
         "and end, and each ratio pairs a path with a plain forward run right before it, under the same load. "
         "On 2 cores a load above ~2 means the numbers are slowed by other work and only the paired ratios compare.",
         "",
-    ] + targets(fwd, ppl, lc, shapes, claims_run)
+    ] + targets(fwd, ppl, lc, shapes, runs)
     out += ["## Forward paths (CPU)", ""] + forward_table(fwd, mem, shapes)
     out += ["## Perplexity evaluation (CPU, `lines` protocol, the 20 WikiText-2 rows, BOS + up to 511 tokens)", ""]
     out += ppl_table(ppl)
@@ -361,9 +373,9 @@ def render(
         "uptime > uptime_before.txt",
         "tox -e bench        # = pytest benchmarks/ -n 0 --benchmark-enable --benchmark-json=bench.json",
         "python benchmarks/long_context.py --out long_context.json",
-        "python benchmarks/time_claims.py --out claims_run.json   # README command 1, timed",
+        "python benchmarks/time_runs.py --out runs.json   # README command 1, the Gemma claims run, the audit, timed",
         "uptime > uptime_after.txt",
-        "python benchmarks/make_table.py bench.json --long-context long_context.json --claims-run claims_run.json \\",
+        "python benchmarks/make_table.py bench.json --long-context long_context.json --runs runs.json \\",
         '    --load-before "$(cat uptime_before.txt)" --load-after "$(cat uptime_after.txt)" --out docs/performance.md',
         "python benchmarks/compare_ratios.py benchmarks/baseline_bench.json bench.json   # > 20% ratio regressions",
         "```",
@@ -383,12 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-before", default=None, help="`uptime` output before the run")
     parser.add_argument("--load-after", default=None, help="`uptime` output after the run")
     parser.add_argument("--notes", default=None, help="a paragraph to add under Run (e.g. what else ran)")
-    parser.add_argument("--claims-run", type=Path, default=None, help="time_claims.py JSON (README command 1 timed)")
+    parser.add_argument("--runs", type=Path, default=None, help="time_runs.py JSON (end-to-end runs timed)")
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
     text = render(
         load(args.bench) or {}, load_long_context(args.long_context), args.load_before, args.load_after, args.notes,
-        load(args.claims_run),
+        (load(args.runs) or {}).get("runs", []),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -164,9 +164,12 @@ def _cell(claim: Any, doc: Mapping[str, Any], protocols: Mapping[str, Protocol])
     """Value (and holds, for a report value or comparison) of one claim in one variant's measurements.
 
     The claim is judged as a plain claim on these measurements: in the audit the protocol differs
-    from the suite's on purpose, and a golden's verdict is replaced by the change from ``suite``.
+    from the suite's on purpose, so the protocol (and text set) a golden records is not asked for
+    here -- a golden's verdict is replaced by the change from ``suite`` instead.
     """
-    neutral = dataclasses.replace(claim_under(claim, protocols), status="claim", texts_sha256=None, pending=False)
+    neutral = dataclasses.replace(
+        claim_under(claim, protocols), status="claim", texts_sha256=None, protocol=None, pending=False
+    )
     verdict = claims.verdict_for(neutral, doc)
     if verdict.outcome == "error":
         return {"value": None, "error": verdict.reason}

@@ -9,6 +9,8 @@ invariant on the embedded pair itself.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import subprocess
@@ -250,6 +252,36 @@ def test_audit_matrix_covers_every_claim_and_variant(toy_audit):
     spike = rows["bos_spike_layer[toy:rope]"]["cells"]["spike-max-write"]
     assert spike["read"] == ["rope:scalars.bos_spike_layer_max_write"]
     assert spike["value"] == result["measurements"]["suite"]["models"]["rope"]["scalars"]["bos_spike_layer_max_write"]
+
+
+def test_goldens_that_record_their_protocol_get_a_value_under_every_measured_variant(toy_audit):
+    """A golden records the protocol it was measured under (the claims run skips it elsewhere); the audit
+    measures under other protocols on purpose and must show the value and its change, never a skip.
+    (The shipped goldens record protocols; before this test every protocol-changing cell showed '-'.)"""
+    from drope_check.protocol_identity import identity_for_claim
+
+    result, _ = toy_audit
+    suite = result["measurements"]["suite"]
+    claim_set = claims.load_claims("toy", TOY_EXPECTED)
+    recorded = [
+        dataclasses.replace(c, protocol=identity_for_claim(suite, c.model, c.metrics))
+        if c.status == "golden" and audit.evaluated(c) else c
+        for c in claim_set.claims
+    ]
+    assert any(c.protocol for c in recorded)
+    again = audit.run_audit("toy", None, source=tiny_source(), claim_set=dataclasses.replace(claim_set, claims=tuple(recorded)),
+                            gpu_available=False)
+    goldens = [r for r in again["audit"]["claims"] if r["kind"] == "golden"]
+    assert goldens
+    measured = [v["name"] for v in again["audit"]["variants"] if v["status"] in ("measured", "derived")]
+    assert "no-rotary" in measured and "short-prompts" in measured
+    for row in goldens:
+        for name in measured:
+            cell = row["cells"][name]
+            if "another protocol" in str(cell.get("note", "")):
+                raise AssertionError(f"{row['key']} under {name}: {cell['note']}")
+    rows = {r["key"]: r for r in again["audit"]["claims"]}
+    assert rows["sink_rate_average[toy:rope]"]["cells"]["no-rotary"]["value"] is not None
 
 
 def test_audit_outputs_and_the_claims_report_section(toy_audit, tmp_path):

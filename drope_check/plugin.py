@@ -20,6 +20,7 @@ run with a tolerance report. Options:
 ``--as-pair``          judge ``--measurements`` of other models than the pair's (refused otherwise);
                        every verdict then names the measured models.
 ``--audit``            also run the confound audit of each available pair (``drope_check.audit``).
+``--audit-pair NAME``  (repeatable) audit only these pairs; implies ``--audit``.
 ``--upstream PATH``    the report author's committed result files (a git clone of the upstream repository
                        or a ``<commit>/<path>`` folder; also ``DROPE_CHECK_UPSTREAM``). Default: the
                        shipped copy ``shared/data/upstream-results`` above the repository
@@ -310,6 +311,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--audit", action="store_true", dest="drope_audit", default=False,
                     help="also run the confound audit of each available pair (drope_check.audit): audit/<pair>/ "
                     "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report")
+    group.addoption("--audit-pair", action="append", dest="drope_audit_pairs", default=None, metavar="PAIR",
+                    help="audit only this pair (repeatable; implies --audit): e.g. CI audits the default pair "
+                    "and llama2-7b's author files but not the opt-in Gemma pair")
     group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
                     help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
 
@@ -333,6 +337,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Aggregator(state), "drope_check-aggregator")
     if config.getoption("drope_pairs") or config.getoption("drope_measurements"):
         state.selected_pairs()  # an unknown pair or an unreadable file is a usage error, before collection
+    audit_pairs = config.getoption("drope_audit_pairs", None) or []
+    if audit_pairs:
+        selected = state.selected_pairs()
+        stray = [p for p in audit_pairs if p not in selected]
+        if stray:
+            raise pytest.UsageError(
+                f"--audit-pair {', '.join(stray)}: not a pair this run judges ({', '.join(selected) or 'none'})"
+            )
     try:
         state.upstream_path()
     except AuthorFilesBroken as exc:  # --upstream / DROPE_CHECK_UPSTREAM is not a folder: a usage error
@@ -430,11 +442,13 @@ class _Aggregator:
         if self.state.regen:
             self.regenerated = _write_regen(self.state, verdicts)
         out = config.getoption("drope_claims_report")
-        if config.getoption("drope_audit"):
+        audit_pairs = config.getoption("drope_audit_pairs") or []
+        if config.getoption("drope_audit") or audit_pairs:
             from drope_check.audit import audit_session
 
-            self.audit_lines = audit_session(config, self.state, sorted({v["pair"] for v in verdicts}), out,
-                                             _measure_options(config), _pair_available)
+            judged = sorted({v["pair"] for v in verdicts})
+            chosen = [p for p in judged if p in audit_pairs] if audit_pairs else judged
+            self.audit_lines = audit_session(config, self.state, chosen, out, _measure_options(config), _pair_available)
             if any(line.startswith("audit failed") for line in self.audit_lines):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:

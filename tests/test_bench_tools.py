@@ -88,3 +88,11 @@ def test_time_runs_claims_run_is_readme_command_1():
     argv = time_runs.RUNS_BY_NAME["claims"].argv
     assert argv[:2] == ("pytest", "claims/")
     assert all(arg in command_1 for arg in argv[1:] if arg not in ("-p", "no:cacheprovider"))
+
+
+def test_ci_runs_readme_command_2():
+    """CI must call the test command of README.md: .ci/run's last line is README command 2, verbatim."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line for line in readme if line.startswith("bash ci/setup.sh")]
+    ci_last = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()][-1]
+    assert len(commands) >= 2 and ci_last == commands[1]

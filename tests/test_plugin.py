@@ -381,3 +381,16 @@ def test_an_upstream_path_that_is_not_a_folder_is_a_usage_error(llama_suite: pyt
     result = run(llama_suite, "--pair", "llama2-7b", "--upstream", "nowhere")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--upstream nowhere: not a folder*"])
+
+
+def test_audit_pair_names_a_pair_of_this_run_or_is_a_usage_error(suite: pytest.Pytester) -> None:
+    """``--audit-pair`` restricts the audit (CI audits the default pair, not the opt-in Gemma one); a pair
+    the run does not judge is refused before collection, not silently not audited."""
+    add_toy2(suite)
+    fake_engine(suite, available=False)
+    bad = run(suite, "--measurements", "toy.json", "--audit-pair", "toy2")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--audit-pair toy2: not a pair this run judges (toy)*"])
+    only = run(suite, "--pair", "toy", "--pair", "toy2", "--audit-pair", "toy2")
+    only.stdout.fnmatch_lines(["*audit of toy2: not run (toy weights are not on this machine)*"])
+    assert "audit of toy:" not in only.stdout.str()

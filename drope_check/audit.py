@@ -155,9 +155,9 @@ def needed_interventions(claim_set: Any, role: str, protocol: Protocol) -> tuple
         for path in claim_under(claim, {role: protocol}).metrics:
             if path.partition(":")[0] == role:
                 names.update(_INTERVENTION_RE.findall(path))
-    from drope_check.measure import ALL_INTERVENTIONS
+    from drope_check.interventions import INTERVENTIONS
 
-    return tuple(n for n in ALL_INTERVENTIONS if n in names)
+    return tuple(n for n in INTERVENTIONS if n in names)
 
 
 def _cell(claim: Any, doc: Mapping[str, Any], protocols: Mapping[str, Protocol]) -> dict[str, Any]:

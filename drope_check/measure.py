@@ -13,7 +13,7 @@ import dataclasses
 import datetime as _dt
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,18 +22,15 @@ import torch
 from drope_check import __version__, metrics, preflight, sink_stats
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
+from drope_check.interventions import INTERVENTIONS
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
 from drope_check.protocol import FAITHFUL, Protocol
 
 SCHEMA_VERSION = 1
 
-#: Every intervention `--interventions all` runs, named as in the measurements JSON.
-ALL_INTERVENTIONS: tuple[str, ...] = (
-    "bos_mlp_ablation:argmax-ratio",
-    "bos_mlp_ablation:max-write",
-    "qk_disruption:report",
-    "qk_disruption:jin",
-)
+#: Every intervention `--interventions all` runs, named as in the measurements JSON (one list:
+#: :data:`drope_check.interventions.INTERVENTIONS`).
+ALL_INTERVENTIONS: tuple[str, ...] = INTERVENTIONS
 
 
 @dataclass(frozen=True)
@@ -257,14 +254,25 @@ def cut_to_prompt_tokens(seqs: list[list[int]], prompt_tokens: tuple[int, int] |
 def measure_pair(
     pair: str | PairSpec,
     protocol: Protocol | None = None,
-    interventions: str | Sequence[str] | None = "all",
+    interventions: str | Sequence[str] | Mapping[str, Sequence[str]] | None = "all",
     options: MeasureOptions | None = None,
 ) -> dict[str, Any]:
-    """Measure both models of a pair, one at a time, and return the measurements JSON object."""
+    """Measure both models of a pair, one at a time, and return the measurements JSON object.
+
+    ``interventions``: ``"all"``, names for both models, or ``{role: names}`` (a role left out gets
+    none): the claims run asks only for what its evaluated claims read, so a zero-shot pair's DroPE
+    side, whose intervention claims are all n/a, costs no intervention passes."""
     spec = get_pair(pair) if isinstance(pair, str) else pair
     protocol = protocol or FAITHFUL
     options = options or MeasureOptions()
-    which = resolve_interventions(interventions)
+    if isinstance(interventions, Mapping):
+        unknown_roles = sorted(set(interventions) - {m.role for m in spec.models()})
+        if unknown_roles:
+            raise ValueError(f"interventions for unknown role(s) {unknown_roles} of pair {spec.name}")
+        per_role = {m.role: resolve_interventions(tuple(interventions.get(m.role, ()))) for m in spec.models()}
+    else:
+        which = resolve_interventions(interventions)
+        per_role = {m.role: which for m in spec.models()}
     # Every input that can be checked without weights is checked before the first model loads: a
     # bad DroPE source must not cost a RoPE measurement first.
     preflight.check_text_source(options.wikitext)
@@ -286,7 +294,7 @@ def measure_pair(
         )
         seqs = token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
         token_info[model_spec.role] = sum(len(s) for s in seqs)
-        models[model_spec.role] = measure_model(loaded, seqs, protocol, which, options.progress)
+        models[model_spec.role] = measure_model(loaded, seqs, protocol, per_role[model_spec.role], options.progress)
         del loaded
         gc.collect()
         if torch.cuda.is_available():

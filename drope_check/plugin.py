@@ -217,6 +217,18 @@ class _State:
             raise value
         return value
 
+    def interventions_needed(self, pair: str) -> str | dict[str, tuple[str, ...]]:
+        """What to measure: per model, the interventions this pair's evaluated claims read (the
+        audit's rule, :func:`drope_check.audit.needed_interventions`); every one under
+        ``--regen-expected``, which may fill pending goldens that read any of them."""
+        if self.regen:
+            return "all"
+        from drope_check.audit import needed_interventions
+        from drope_check.protocol import FAITHFUL
+
+        claim_set = self.claim_set(pair)
+        return {role: needed_interventions(claim_set, role, FAITHFUL) for role in ("rope", "drope")}
+
     def _obtain(self, pair: str, options: Any) -> dict[str, Any]:
         claim_set = self.claim_set(pair)
         files = self.measurement_files()
@@ -240,7 +252,7 @@ class _State:
             raise PairUnavailable(f"pair {pair} is not available here: {reason}. To run its claims: {claim_set.run_hint}")
         try:
             measure = importlib.import_module("drope_check.measure")
-            data = measure.measure_pair(pair, protocol=None, interventions="all", options=options)
+            data = measure.measure_pair(pair, protocol=None, interventions=self.interventions_needed(pair), options=options)
             check_measurements(claim_set, data, origin=f"measure_pair({pair!r})", as_pair=self.as_pair)
         except Exception as exc:  # any failure of a model that should load is an error, never a skip
             raise MeasurementFailed(f"pair {pair}: measuring failed: {type(exc).__name__}: {exc}") from exc

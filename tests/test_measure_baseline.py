@@ -68,3 +68,12 @@ def test_spike_rules_on_the_same_layer_share_one_ablation_pass(monkeypatch):
     assert calls == [1, 2]
     assert differ["bos_mlp_ablation:argmax-ratio"]["ppl"] == same["bos_mlp_ablation:argmax-ratio"]["ppl"]
     assert differ["bos_mlp_ablation:max-write"]["ppl"] != differ["bos_mlp_ablation:argmax-ratio"]["ppl"]
+
+
+def test_measure_pair_refuses_interventions_for_a_role_the_pair_does_not_have() -> None:
+    """Per-role interventions (the claims run asks only for what its claims read): a typo in a role is
+    an error before any model loads, not a model silently measured without them."""
+    from drope_check.measure import measure_pair
+
+    with pytest.raises(ValueError, match=r"unknown role\(s\) \['nope'\] of pair smollm2-135m"):
+        measure_pair("smollm2-135m", interventions={"rope": ("qk_disruption:report",), "nope": ()})

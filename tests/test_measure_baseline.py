@@ -1,9 +1,10 @@
-"""The baseline perplexity comes from the capture pass's own logits (no second forward), and it is
+"""The baseline perplexity comes from the capture pass's own output (no second forward), and it is
 exactly the separate ``lines``-protocol computation; spike rules that pick the same layer share
 one ablation pass."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import drope_check.attention  # noqa: F401  (registers the attention function)

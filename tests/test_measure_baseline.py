@@ -34,7 +34,8 @@ def test_baseline_from_capture_pass_equals_separate_lines_perplexity(monkeypatch
     seqs = seqs_of([23, 9, 17, 30, 5, 12])  # batches of 4 with right padding, and a short last batch
     protocol = Protocol(batch_size=4, n_texts=len(seqs), max_tokens=32)
     forwards = []
-    handle = loaded.model.register_forward_hook(lambda m, i, o: forwards.append(i))
+    # the decoder stack: model_nll runs it, then the output head on the scored positions only
+    handle = loaded.model.model.register_forward_hook(lambda m, i, o: forwards.append(i))
     try:
         result = measure_model(loaded, seqs, protocol)
     finally:
@@ -42,7 +43,7 @@ def test_baseline_from_capture_pass_equals_separate_lines_perplexity(monkeypatch
     assert len(forwards) == 2  # one capture forward per batch and nothing else
     separate = perplexity_lines(loaded.model, seqs, PAD, batch_size=4)
     got = result["perplexity"]["lines"]
-    # same kernel, same batches: the same logits, so the same sums bit for bit
+    # same kernel, same batches: the same hidden states and head, so the same sums bit for bit
     assert got["per_sequence"] == [[float(n), int(c)] for n, c in separate.per_sequence]
     assert got["ppl"] == separate.ppl
     assert result["scalars"]["ppl_baseline"] == separate.ppl

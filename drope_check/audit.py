@@ -680,6 +680,12 @@ def report_section(report_dir: str | Path) -> list[str]:
         out += [f"[{audit['pair']}: audit.md]({rel}) — variants {names}.", ""]
         if audit.get("reproduction"):
             out += [f"Author's files: {audit['reproduction']['line']}.", ""]
+        unmeasured = {v.get("reason") for v in audit["variants"] if v.get("status") == NOT_MEASURED}
+        if unmeasured and all(v.get("status") == NOT_MEASURED for v in audit["variants"]):
+            # no suite column anywhere: one sentence, not the same reason on every claim
+            out += [f"No suite variant measured ({'; '.join(sorted(str(r) for r in unmeasured))}): no robustness "
+                    f"verdict for its {len(audit['claims'])} claims; audit.md shows the author's files.", ""]
+            continue
         out += ["| claim | robustness | why |", "| --- | --- | --- |"]
         for row in audit["claims"]:
             out.append(f"| {_md(row['key'])} | {_md(row['robustness']['verdict'])} | {_md(row['robustness']['text'])} |")

@@ -558,6 +558,9 @@ def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims
     assert written["claims"][0]["author_files"]["value"] == pytest.approx(10.2648, abs=1e-4)
     section = "\n".join(audit.report_section(tmp_path / "report"))
     assert "Author's files: reproduces the author's numbers" in section
+    # no suite variant measured: one sentence with the reason, not 36 rows repeating it
+    assert f"No suite variant measured ({NO_WEIGHTS}): no robustness verdict for its 36 claims" in section
+    assert section.count(NO_WEIGHTS) == 1 and "| claim | robustness | why |" not in section
 
 
 def test_cli_audits_llama2_without_models(author, tmp_path):

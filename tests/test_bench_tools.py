@@ -80,14 +80,19 @@ def test_time_runs_records_a_run_whose_pair_is_not_installed_as_skipped(monkeypa
 
 
 def test_time_runs_claims_run_is_readme_command_1():
-    """The timed claims run is README command 1's pytest invocation (minus the set-up and report dir)."""
+    """The timed claims run is README command 1's pytest invocation (minus the set-up and report dir), with
+    the pairs command 1 judges on the machine it sets up (no Gemma extra) named explicitly."""
     import time_runs
 
     readme = (ROOT / "README.md").read_text()
     command_1 = next(line for line in readme.splitlines() if line.startswith("bash ci/setup.sh") and "pytest claims/" in line)
+    assert "--with-gemma" not in command_1
     argv = time_runs.RUNS_BY_NAME["claims"].argv
     assert argv[:2] == ("pytest", "claims/")
-    assert all(arg in command_1 for arg in argv[1:] if arg not in ("-p", "no:cacheprovider"))
+    pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--pair"]
+    assert pairs == ["smollm2-135m", "llama2-7b"]
+    rest = [a for a in argv[1:] if a not in ("-p", "no:cacheprovider", "--pair", *pairs)]
+    assert rest and all(arg in command_1 for arg in rest)
 
 
 def test_ci_runs_readme_command_2():

@@ -10,7 +10,6 @@ invariant on the embedded pair itself.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import subprocess

@@ -183,7 +183,10 @@ def _scored_nll(
     for start in range(0, int(rows_all.numel()), chunk):
         rows, cols = rows_all[start : start + chunk], cols_all[start : start + chunk]
         lg = logits_at(rows, cols).float()  # [c, V]
-        finite = torch.isfinite(lg).all(dim=-1)
+        # a row is finite iff its min and max are: NaN propagates through both, +inf shows in the max,
+        # -inf in the min (one reduction pass, ~3x cheaper than isfinite(lg).all() on a 49k vocabulary)
+        lowest, highest = torch.aminmax(lg, dim=-1)
+        finite = torch.isfinite(lowest) & torch.isfinite(highest)
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0, 0])
             b, t = int(rows[first]), int(cols[first])

@@ -178,9 +178,13 @@ def test_token_nll_ignores_padding_and_chunks_exactly() -> None:
     assert n.tolist() == [2, 0, 2]
 
 
-def test_token_nll_non_finite_names_row() -> None:
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("vocab_index", [0, 3, 9])
+def test_token_nll_non_finite_names_row(bad: float, vocab_index: int) -> None:
+    """Any non-finite logit at a scored position raises, wherever it sits in the vocabulary and
+    whatever its kind (a -inf of another token would not change the NLL, but it is still overflow)."""
     logits = torch.zeros(2, 4, 10)
-    logits[1, 2, 3] = float("inf")
+    logits[1, 2, vocab_index] = bad
     ids = torch.zeros(2, 4, dtype=torch.long)
     mask = torch.ones(2, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="row 1 at position 2"):

@@ -405,6 +405,16 @@ def _unmeasured_cell(state: Mapping[str, Any]) -> dict[str, Any]:
     return {"value": None, "skipped": True, "status": state["status"], "note": note}
 
 
+def not_measured(audit: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The variants an audit could not measure here (no models), grouped by reason: ``reason -> names``
+    in variant order. audit.md, the claims report and the terminal summary each say a reason once."""
+    groups: dict[str, list[str]] = {}
+    for v in audit["variants"]:
+        if v.get("status") == NOT_MEASURED:
+            groups.setdefault(str(v.get("reason")), []).append(v["name"])
+    return groups
+
+
 def _upstream_at(claim: Any, reading: Any, cells: Mapping[str, Mapping[str, Any]], docs: Mapping[str, Any],
                  protocols: Mapping[str, Mapping[str, Protocol]]) -> Mapping[str, Any] | None:
     """The ``upstream`` variant's cell for ``reading`` (the claim at the author's paths), or None without the variant."""
@@ -564,12 +574,8 @@ def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE
         out.append(f"| `{v['name']}` | {v['kind']} | {_md(state)} | {secs.get('rope', '-')} / {secs.get('drope', '-')} | "
                    f"{nan.get('rope', '-')} / {nan.get('drope', '-')} | {_md(v['description'])} |")
     out += ["", "## Matrix", ""]
-    unmeasured = {v["reason"]: [] for v in audit["variants"] if v["status"] == NOT_MEASURED}
-    for v in audit["variants"]:
-        if v["status"] == NOT_MEASURED:
-            unmeasured[v["reason"]].append(f"`{v['name']}`")
-    for reason, which in unmeasured.items():
-        out += [f"Not measured here ({', '.join(which)}): {_md(reason)}", ""]
+    for reason, which in not_measured(audit).items():
+        out += [f"Not measured here ({', '.join(f'`{n}`' for n in which)}): {_md(reason)}", ""]
     if heatmap:
         out += [f"![claims x variants]({heatmap})", ""]
     extra = " | reproduces the author's? |" if authored else " |"
@@ -680,10 +686,10 @@ def report_section(report_dir: str | Path) -> list[str]:
         out += [f"[{audit['pair']}: audit.md]({rel}) — variants {names}.", ""]
         if audit.get("reproduction"):
             out += [f"Author's files: {audit['reproduction']['line']}.", ""]
-        unmeasured = {v.get("reason") for v in audit["variants"] if v.get("status") == NOT_MEASURED}
-        if unmeasured and all(v.get("status") == NOT_MEASURED for v in audit["variants"]):
+        unmeasured = not_measured(audit)
+        if unmeasured and sum(map(len, unmeasured.values())) == len(audit["variants"]):
             # no suite column anywhere: one sentence, not the same reason on every claim
-            out += [f"No suite variant measured ({'; '.join(sorted(str(r) for r in unmeasured))}): no robustness "
+            out += [f"No suite variant measured ({'; '.join(sorted(unmeasured))}): no robustness "
                     f"verdict for its {len(audit['claims'])} claims; audit.md shows the author's files.", ""]
             continue
         out += ["| claim | robustness | why |", "| --- | --- | --- |"]
@@ -732,8 +738,7 @@ def summary_lines(pair: str, audit: Mapping[str, Any], where: Path) -> list[str]
     s = audit["summary"]
     lines = [f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
              f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {where}"]
-    unmeasured = sorted({v["reason"] for v in audit["variants"] if v["status"] == NOT_MEASURED})
-    lines += [f"audit of {pair}: suite variants not measured: {reason}" for reason in unmeasured]
+    lines += [f"audit of {pair}: suite variants not measured: {reason}" for reason in sorted(not_measured(audit))]
     if audit.get("reproduction"):
         lines.append(f"audit of {pair}: {audit['reproduction']['line']}")
     return lines

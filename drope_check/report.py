@@ -361,15 +361,10 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
 
 def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], series: str, label: str, log: bool,
                  title_suffix: str = "", line_label: str = "measured") -> bytes | None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     models = info.get("models") or {}
     if not any(series in (m.get("layers") or {}) for m in models.values()):
         return None
-    fig = Figure(figsize=(7.5, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _new_axes()
     for role in ("rope", "drope"):
         model = models.get(role)
         if not model or series not in (model.get("layers") or {}):
@@ -391,14 +386,29 @@ def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], se
                 stop = n if mark["stop"] is None else (mark["stop"] + n if mark["stop"] < 0 else mark["stop"])
                 ax.fill_between([start, stop - 1], [mark["lo"]] * 2, [mark["hi"]] * 2, color=colour, alpha=0.18,
                                 label=f"{role} report: L{start}-{stop - 1} in [{fmt(mark['lo'])}, {fmt(mark['hi'])}]")
+    _finish_axes(ax, "layer (output of decoder block l)", label, f"{info.get('pair', '')}: {series}{title_suffix}", log)
+    return _png(fig)
+
+
+def _new_axes() -> tuple[Any, Any]:
+    """One per-layer plot's figure (Agg canvas, no pyplot state) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str, log: bool) -> None:
+    """Labels, title, grid and legend of a per-layer plot; a log y axis where the series spans decades."""
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("layer (output of decoder block l)")
-    ax.set_ylabel(label)
-    ax.set_title(f"{info.get('pair', '')}: {series}{title_suffix}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _png(fig)
 
 
 def _png(fig: Any) -> bytes:
@@ -452,22 +462,11 @@ def overlay_lines(doc: Mapping[str, Any], series: str) -> list[OverlayLine]:
 def overlay_figure(series: str, label: str, log: bool, lines: Sequence[OverlayLine]) -> Any:
     """The across-families plot of ``series`` (a matplotlib Figure on the Agg canvas): one line per
     :class:`OverlayLine`, its x the relative depth; colour per family, solid RoPE, dashed DroPE."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _new_axes()
     for line in lines:
         ax.plot(line.depth, line.values, marker="." if line.source == "this suite" else "x", markersize=4,
                 color=_FAMILY_COLOURS.get(line.pair), linestyle=_ROLE_STYLES.get(line.role, ":"), label=line.label)
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("relative depth: layer / (n_layers - 1)")
-    ax.set_ylabel(label)
-    ax.set_title(f"{series} across model families")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    _finish_axes(ax, "relative depth: layer / (n_layers - 1)", label, f"{series} across model families", log)
     return fig
 
 

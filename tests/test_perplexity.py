@@ -223,28 +223,29 @@ def test_result_to_dict_is_json(model: LlamaForCausalLM) -> None:
 # model_nll: the output head on scored positions only equals the model's own logits
 
 
-def _split_cases() -> list[tuple[str, torch.nn.Module]]:
+def _split_case(name: str) -> torch.nn.Module:
+    """The tiny model of one split-forward case: ``llama``, ``gemma3`` or ``gemma3-softcapped``."""
     from drope_check.tiny_models import build_gemma3, build_llama, gemma3_config, llama_config
 
+    if name == "llama":
+        return build_llama(llama_config(vocab_size=96), seed=3)
+    if name == "gemma3":
+        return build_gemma3(gemma3_config(vocab_size=96), seed=4)
     capped = gemma3_config(vocab_size=96)
     capped.final_logit_softcapping = 3.0  # small: most logits are in tanh's bend, so a missing cap shows
-    return [
-        ("llama", build_llama(llama_config(vocab_size=96), seed=3)),
-        ("gemma3", build_gemma3(gemma3_config(vocab_size=96), seed=4)),
-        ("gemma3-softcapped", build_gemma3(capped, seed=5)),
-    ]
+    return build_gemma3(capped, seed=5)
 
 
-@pytest.mark.parametrize("case", range(3), ids=["llama", "gemma3", "gemma3-softcapped"])
-def test_model_nll_equals_token_nll_of_the_models_logits(case: int) -> None:
+@pytest.mark.parametrize("case", ["llama", "gemma3", "gemma3-softcapped"])
+def test_model_nll_equals_token_nll_of_the_models_logits(case: str) -> None:
     """The split path (body, then the head on scored rows) is the same NLL as the model's own forward:
     right-padded rows of different lengths, a score mask, and chunks of one row each."""
     from drope_check.architectures import architecture_of
     from drope_check.perplexity import hidden_nll, model_nll
 
-    _, model = _split_cases()[case]
+    model = _split_case(case)
     assert architecture_of(model).split_forward(model) is not None
-    gen = torch.Generator().manual_seed(case)
+    gen = torch.Generator().manual_seed(["llama", "gemma3", "gemma3-softcapped"].index(case))
     ids = torch.randint(3, 96, (3, 11), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
@@ -267,7 +268,7 @@ def test_model_nll_softcapping_is_applied() -> None:
     from drope_check.architectures import architecture_of
     from drope_check.perplexity import hidden_nll
 
-    _, model = _split_cases()[2]
+    model = _split_case("gemma3-softcapped")
     ids = torch.randint(3, 96, (1, 9), generator=torch.Generator().manual_seed(9))
     mask = torch.ones_like(ids)
     with torch.no_grad():
@@ -283,7 +284,7 @@ def test_model_nll_runs_an_unknown_class_whole() -> None:
     from drope_check.architectures import architecture_of
     from drope_check.perplexity import model_nll
 
-    _, model = _split_cases()[0]
+    model = _split_case("llama")
     renamed = type("RemoteLlamaForCausalLM", (type(model),), {})
     model.__class__ = renamed
     assert architecture_of(model).split_forward(model) is None

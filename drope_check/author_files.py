@@ -18,7 +18,11 @@ What a verdict of this source promises:
 * A path the author's files do not hold is a skip ("not in the author's files"), never an error of
   the claim: upstream did not measure everything the suite does.
 * A prose-only claim (no committed file holds the number) is the outcome ``prose-only``: a finding,
-  never a pass, whose reason names each nearest committed number with its commit and protocol.
+  never a pass, whose reason names each nearest committed number with its commit and protocol, and
+  then, dated and marked as such, the numbers of runs first committed after the report
+  (``prose_only.later``): later evidence, never the source of the report's number.
+* A value of a run made after the report judges a claim only as evidence against it (``contradicted``),
+  and its verdict says that the run is later than the report.
 * A claim the author's own files contradict (``contradicted``) is a strict expected failure: it
   turns red if the files ever support it.
 """
@@ -176,10 +180,21 @@ def author_files_skip(claim: Claim, reason: str, outcome: str = "skip") -> Verdi
 _skip = author_files_skip
 
 
-def _nearest(claim: Claim, measurements: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+def _after_report(prov: Mapping[str, Any] | None) -> str | None:
+    """Why the run behind a field's provenance postdates the report, or None."""
+    from drope_check.upstream import run_after_report
+
+    name = ((prov or {}).get("protocol") or {}).get("name")
+    return run_after_report(str(name)) if name else None
+
+
+def _nearest(claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str],
+             later: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """The committed numbers at ``paths`` (with commit and protocol), and a sentence naming them;
+    ``later``: numbers of runs made after the report, each marked with its date."""
     items: list[dict[str, Any]] = []
     texts: list[str] = []
-    for path in claim.author_files.nearest if claim.author_files else ():
+    for path in paths:
         try:
             value = resolve(measurements, path, claim.key)
         except MetricPathError:
@@ -187,8 +202,13 @@ def _nearest(claim: Claim, measurements: Mapping[str, Any]) -> tuple[list[dict[s
             texts.append(f"{path}: not in the author's files")
             continue
         prov = _provenance(measurements, path) or {}
-        items.append({"path": path, "value": value, "commit": prov.get("commit"), "protocol": _label(prov)})
-        texts.append(f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))})")
+        item = {"path": path, "value": value, "commit": prov.get("commit"), "protocol": _label(prov)}
+        when = ""
+        if later:
+            item["later"] = _after_report(prov) or "made after the report"
+            when = f"; {item['later']}"
+        items.append(item)
+        texts.append(f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))}{when})")
     return items, "; ".join(texts)
 
 
@@ -205,19 +225,24 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
     if evidence.kind == "suite-only":
         return _skip(claim, f"the author's files cannot speak to this claim: {evidence.reason}")
     if evidence.kind == "prose-only":
-        items, text = _nearest(claim, measurements)
+        items, text = _nearest(claim, measurements, evidence.nearest)
         provs = [_provenance(measurements, i["path"]) for i in items if i["value"] is not None]
         reason = f"prose only: no committed result holds this number (the report says {fmt(claim.value, ratio=claim.is_ratio)}). Nearest: {text}"
+        if evidence.later:
+            later, later_text = _nearest(claim, measurements, evidence.later, later=True)
+            items += later
+            reason += f". Later evidence, not the source: {later_text}"
         if evidence.note:
             reason += f". {evidence.note}"
         verdict = _base(claim, skipped_verdict(claim, reason, outcome="prose-only"), provs)
         verdict.nearest = items
         return verdict
-    reading = dataclasses.replace(claim, metrics=evidence.metrics)
+    # the author's files hold upstream's number, artefact and all: judged as a plain claim
+    reading = dataclasses.replace(claim, metrics=evidence.metrics, status="claim" if claim.status == "artefact" else claim.status)
     provs = []
     for path, name in zip(evidence.metrics, evidence.protocols, strict=True):
         try:
-            resolve(measurements, path, claim.key)
+            resolve(measurements, path, claim.key, text=claim.reads_text)
         except MetricPathError as exc:
             return _skip(claim, f"not in the author's files: {exc}")
         expected = _expected_identity(name)
@@ -237,7 +262,12 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
     except MetricPathError as exc:  # e.g. a list where a pair comparison needs a scalar: a claim-file bug
         return _skip(claim, str(exc), outcome="error")
     verdict = _base(claim, judged, provs)
+    verdict.status = claim.status
     notes = [evidence.note] if evidence.note else []
+    later = [why for why in (_after_report(p) for p in provs) if why]
+    if later:
+        notes.insert(0, f"later evidence ({'; '.join(dict.fromkeys(later))}): it can contradict the claim, never be "
+                        "where its number came from")
     if evidence.contradicted is not None:
         if verdict.outcome == "pass":
             verdict.outcome = "xpass"

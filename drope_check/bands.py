@@ -7,7 +7,9 @@ Bands (``band.kind``)
 ``absolute`` ``tol``: ``|m - v| <= tol``. ``relative`` ``rel``: ``|m - v| <= rel * |v|``.
 ``log_ratio`` ``factor`` (> 1): ``|ln(m / v)| <= ln(factor)``, for quantities spanning orders of
 magnitude. ``one_sided`` ``op`` (``>=``, ``>``, ``<=``, ``<``) and ``bound``: ``m op bound``.
-``exact``: ``m == v`` (layer indices). ``range`` ``lo``, ``hi``: every value of ``m`` (a scalar or a
+``exact``: ``m == v`` (layer indices). ``equals``: ``m == v`` for a fact written as text (what the
+author's code did, e.g. ``"raw q_proj/k_proj outputs"``): the report's Methods statements are judged
+this way; every path of the claim must read exactly that text. ``range`` ``lo``, ``hi``: every value of ``m`` (a scalar or a
 per-layer slice) in ``[lo, hi]``. ``ordering`` ``op`` (+ optional ``factor``): two paths a, b with
 ``a op factor * b``. ``each`` ``ops``, ``bounds``: one one-sided bound per path, all must hold.
 With a list ``value`` the ``absolute`` / ``relative`` / ``log_ratio`` / ``exact`` bands compare
@@ -24,7 +26,7 @@ from typing import Any
 __all__ = ["BAND_KINDS", "EDGE_SLACK", "ONE_SIDED_OPS", "Band", "BandResult", "fmt"]
 
 BAND_KINDS: tuple[str, ...] = (
-    "absolute", "relative", "log_ratio", "one_sided", "exact", "range", "ordering", "each",
+    "absolute", "relative", "log_ratio", "one_sided", "exact", "range", "ordering", "each", "equals",
 )
 ONE_SIDED_OPS: tuple[str, ...] = (">=", ">", "<=", "<")
 
@@ -141,6 +143,8 @@ class Band:
             return f"m {p['op']} {fmt(p['bound'])}"
         if k == "exact":
             return f"m == {fmt(value)}"
+        if k == "equals":
+            return f"m is {value!r}"
         if k == "range":
             return f"every value in [{fmt(p['lo'])}, {fmt(p['hi'])}]"
         if k == "ordering":
@@ -161,6 +165,12 @@ class Band:
         return result
 
     def _check(self, measured: Any, value: Any) -> BandResult:
+        if self.kind == "equals":
+            texts = measured if isinstance(measured, (list, tuple)) else [measured]
+            wrong = [t for t in texts if t != value]
+            if wrong:
+                return BandResult(False, None, f"differs: {wrong[0]!r} is not {value!r}")
+            return BandResult(True, None, "the same")
         # A non-finite value is never inside a band, whatever its kind: inf would make the edge
         # slack infinite and pass an absolute band; inf > b passes an ordering. Refuse it first.
         bad = _first_non_finite(measured)

@@ -22,12 +22,13 @@ Claim file (``expected/<pair>.toml``)
     [[claim]]
     id = "sink_rate_average"        # [a-z0-9_]+; (id, model) is unique within a file
     model = "rope"                  # "rope" | "drope" | "pair" (a comparison of the two models)
-    family = "sink"                 # "perplexity" | "intervention" | "sink" | "phase" (which test module)
+    family = "sink"                 # "perplexity" | "intervention" | "sink" | "phase" | "method" (which test
+                                    # module; "method": a Methods statement, judged on the author's files only)
     sentence = "Both RoPE (97.8%) and DroPE (95.6%) have nearly identical attention sink rates."
     metric = "rope:scalars.sink_rate_average"   # a path; a list of paths for model = "pair"
     combine = "ratio"               # pair claims only, optional: "ratio" (a / b) or "difference" (a - b)
     value = 0.978                   # the report's value (or, for status "golden", the suite's golden)
-    status = "claim"                # "claim" | "golden" | "does-not-generalise" | "skip"
+    status = "claim"                # "claim" | "artefact" | "golden" | "does-not-generalise" | "skip"
     rationale = "why the band is this wide"      # required, non-empty
     band = { kind = "absolute", tol = 0.03 }
     provenance = { source = "results-json", text_set = "5 hand-written prompts", notes = "..." }
@@ -36,6 +37,9 @@ Claim file (``expected/<pair>.toml``)
     measured = 5.2                  # does-not-generalise: the value this suite measured on this pair
     pending = true                  # golden / does-not-generalise not measured yet -> skipped, never passed
     skip_reason = "..."             # status "skip": required
+    artefact = "..."                # status "artefact": required; the report's value comes from <this cause>
+                                    # (an artefact of upstream's choices): failing it on a faithful measurement
+                                    # is the finding (a non-strict xfail), passing it "holds without the artefact"
     plot = { series = "bos_norm", layer = 23 }   # optional: mark this value on a per-layer plot
     [claim.evidence."author-files"]  # optional: judge it against the author's files too
                                     # (drope_check.evidence_spec; then test ids name the source)
@@ -69,8 +73,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "AUTHOR_FILES_ONLY_FAMILIES",
     "FAMILIES",
     "MODELS",
+    "REPORT_STATUSES",
     "PROVENANCE_SOURCES",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -86,8 +92,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MODELS: tuple[str, ...] = ("rope", "drope", "pair")
-FAMILIES: tuple[str, ...] = ("perplexity", "intervention", "sink", "phase")
-STATUSES: tuple[str, ...] = ("claim", "golden", "does-not-generalise", "skip")
+FAMILIES: tuple[str, ...] = ("perplexity", "intervention", "sink", "phase", "method")
+#: Families judged on the author's files only: a Methods statement is about the author's code, which
+#: no measurement of the models can speak to.
+AUTHOR_FILES_ONLY_FAMILIES: tuple[str, ...] = ("method",)
+STATUSES: tuple[str, ...] = ("claim", "artefact", "golden", "does-not-generalise", "skip")
+#: Statuses whose value is the report's (never rewritten by --regen-expected).
+REPORT_STATUSES: tuple[str, ...] = ("claim", "artefact")
 PROVENANCE_SOURCES: tuple[str, ...] = ("results-json", "prose-only", "derived", "suite-measured")
 COMBINE: tuple[str, ...] = ("ratio", "difference")
 
@@ -95,7 +106,7 @@ _ID_RE = re.compile(r"^[a-z0-9_]+$")
 _CLAIM_KEYS = frozenset({
     "id", "model", "family", "sentence", "metric", "combine", "value", "status", "rationale", "band",
     "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256", "protocol",
-    "evidence",
+    "evidence", "artefact",
 })
 _BAND_KEYS: dict[str, frozenset[str]] = {
     "absolute": frozenset({"tol"}),
@@ -106,6 +117,7 @@ _BAND_KEYS: dict[str, frozenset[str]] = {
     "range": frozenset({"lo", "hi"}),
     "ordering": frozenset({"op", "factor"}),
     "each": frozenset({"ops", "bounds"}),
+    "equals": frozenset(),
 }
 _PAIR_KEYS = frozenset({"name", "description", "drope_variant", "run_hint", "report", "models"})
 #: A status-"skip" claim whose skip_reason contains this is about a recalibrated DroPE model, which
@@ -164,11 +176,25 @@ class Claim:
     source_file: str = ""
     order: int = 0  # position in the claim file (the report keeps the file's order)
     author_files: AuthorFilesEvidence | None = None  # [claim.evidence."author-files"] (drope_check.evidence_spec)
+    artefact: str | None = None  # status "artefact": the cause the report's value comes from
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the claim's paths read facts written as text (an ``equals`` band), not numbers."""
+        return self.band is not None and self.band.kind == "equals"
+
+    @property
+    def has_suite_test(self) -> bool:
+        """Whether this suite's measurement can judge the claim (not a Methods statement)."""
+        return self.family not in AUTHOR_FILES_ONLY_FAMILIES
 
     @property
     def sources(self) -> tuple[str, ...]:
         """The evidence sources with a test of their own: ``("suite",)``, plus ``"author-files"``
-        when the claim has an author-files table that is not ``suite_only``."""
+        when the claim has an author-files table that is not ``suite_only``; a Methods statement
+        (family ``method``) has only ``("author-files",)``."""
+        if not self.has_suite_test:
+            return ("author-files",)
         if self.author_files is not None and self.author_files.has_test:
             return ("author-files", "suite")
         return ("suite",)
@@ -278,6 +304,10 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str) and bool(x.strip())
+
+
 def _is_value(x: Any) -> bool:
     """A finite number or a non-empty flat-or-nested list of them (TOML can spell nan and inf)."""
     if isinstance(x, list):
@@ -308,6 +338,10 @@ def _validate_band(raw: Any, err: Any, n_metrics: int, value: Any, combine: str 
             raise err(f"band.{key}", f"is not a parameter of a {kind!r} band (allowed: {', '.join(sorted(allowed)) or 'none'})")
     params = {k: v for k, v in raw.items() if k != "kind"}
     combined = model != "pair" or combine is not None
+    if kind == "equals":
+        if combine is not None:
+            raise err("combine", "an 'equals' band compares text: it combines nothing")
+        return Band(kind, params)
 
     def need_number(key: str, check: Any = None, what: str = "") -> None:
         if key not in params:
@@ -454,12 +488,21 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
             raise err("combine", "combines exactly two paths")
 
     value = raw.get("value")
-    if value is not None and not _is_value(value):
+    text_band = isinstance(raw.get("band"), Mapping) and raw["band"].get("kind") == "equals"
+    if text_band:
+        if not _is_text(value):
+            raise err("value", "an 'equals' band compares text: the value must be a non-empty string")
+    elif value is not None and not _is_value(value):
         raise err("value", "must be a number or a non-empty list of numbers")
     if status == "golden" and not pending and value is None:
         raise err("value", "a golden needs a value, or pending = true until it is measured")
-    if status in ("claim", "does-not-generalise") and value is None:
+    if status in (*REPORT_STATUSES, "does-not-generalise") and value is None:
         raise err("value", f"is required for status {status!r} (the report's value)")
+    artefact = raw.get("artefact")
+    if status == "artefact":
+        artefact = _req_str(raw, "artefact", err)
+    elif artefact is not None:
+        raise err("artefact", "is only allowed with status = \"artefact\" (the cause the report's value comes from)")
 
     band = None
     if "band" in raw:
@@ -507,6 +550,12 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
             raise err("plot", "series must be a string and layer an integer")
 
     author_files = parse_evidence(raw.get("evidence"), err, model, status, metrics)
+    if family in AUTHOR_FILES_ONLY_FAMILIES:
+        if author_files is None or not author_files.has_test:
+            raise err("evidence", f"a {family!r} claim is judged on the author's files only: it needs a "
+                      "[claim.evidence.\"author-files\"] table that is not suite_only")
+        if status not in REPORT_STATUSES:
+            raise err("status", f"a {family!r} claim states what the report's author did: status \"claim\"")
 
     return Claim(
         pair=pair, id=cid, model=model, family=family, sentence=sentence, metrics=metrics, combine=combine,
@@ -514,7 +563,7 @@ def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
         measured_how=measured_how, recorded=recorded, pending=pending, skip_reason=skip_reason,
         plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256,
         protocol=dict(protocol) if protocol is not None else None, source_file=file, order=index,
-        author_files=author_files,
+        author_files=author_files, artefact=artefact,
     )
 
 

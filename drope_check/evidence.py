@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drope_check.bands import fmt
-from drope_check.claim_file import RECALIBRATED_SKIP
+from drope_check.claim_file import AUTHOR_FILES_ONLY_FAMILIES, RECALIBRATED_SKIP
 from drope_check.evidence_spec import AUTHOR_FILES, SUITE
 from drope_check.metric_paths import MetricPathError, parse_path
 from drope_check.verdicts import value_text
@@ -144,7 +144,7 @@ def _suite_cell(v: Mapping[str, Any] | None, report_value: str, group: Mapping[s
             return f"{word} [{label}] (recorded {value_text(v, 'recorded')}: does not generalise)"
         return f"{word} [{label}]"
     shown = value_text(v, "measured") if v.get("measured") is not None else value_text(v, "recorded")
-    if status in ("claim", "does-not-generalise") and v.get("expected") is not None:
+    if status in ("claim", "artefact", "does-not-generalise") and v.get("expected") is not None:
         own = value_text(v, "expected")
         if own != report_value:  # this pair's claim file asks another value than the report's row shows
             shown += f" (vs {own})"
@@ -153,13 +153,16 @@ def _suite_cell(v: Mapping[str, Any] | None, report_value: str, group: Mapping[s
     if status == "golden":
         return f"{shown} (golden {value_text(v, 'expected')}): {_VERDICT_WORD.get(outcome, outcome)}"
     meaning = {"pass": "holds", "fail": "does not hold", "xfail": "does not generalise",
+               "artefact": "does not hold: the expected artefact (xfail)",
                "xpass": "now holds (XPASS: the strict xfail fails)"}.get(outcome, outcome)
+    if outcome == "pass" and status == "artefact":
+        meaning = "holds without the artefact"
     return f"{shown}: {meaning}"
 
 
 def _report_value(vs: Sequence[Mapping[str, Any]]) -> str:
     for v in vs:
-        if v.get("status") in ("claim", "does-not-generalise") and v.get("expected") is not None:
+        if v.get("status") in ("claim", "artefact", "does-not-generalise") and v.get("expected") is not None:
             return value_text(v, "expected")
     return "—"
 
@@ -206,7 +209,10 @@ def evidence_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[EvidenceRow],
                 cells.append(_author_cell(author, suite_only, group))
             else:
                 suite = next((v for v in on_pair if v.get("source", SUITE) == SUITE), None)
-                cells.append(_suite_cell(suite, report_value, group))
+                if suite is None and on_pair and all(v.get("family") in AUTHOR_FILES_ONLY_FAMILIES for v in on_pair):
+                    cells.append("n/a: a statement about the author's method (judged on the author's files)")
+                else:
+                    cells.append(_suite_cell(suite, report_value, group))
         rows.append(EvidenceRow(f"{cid}[{model}]", report_value, tuple(cells)))
     return ["claim", "report", *(title for _, _, title in columns)], rows, groups
 

@@ -13,7 +13,9 @@ writes). The suite source needs nothing here; the author-files source is describ
     contradicted = "the author's own files contradict the claim: why"  # optional: a strict xfail
 
     # or, when no committed file holds the report's number:
-    prose_only = { nearest = ["drope:interventions.bos_mlp_ablation:argmax-ratio.ppl", ...] }
+    prose_only = { nearest = ["drope:interventions.bos_mlp_ablation:argmax-ratio.ppl", ...],
+                   later = ["rope:perplexity.lines.ppl"] }   # optional: numbers of runs committed
+                                               # after the report, shown dated as later evidence
 
     # or, when the author's files cannot speak to the claim at all (no test id for that source):
     suite_only = "why"
@@ -21,6 +23,14 @@ writes). The suite source needs nothing here; the author-files source is describ
 Claimed: a value of the author's files is only ever judged when its recorded protocol is the one
 ``protocol`` names (:mod:`drope_check.author_files`), a prose-only claim is a finding with the
 nearest committed numbers and never a pass, and ``suite_only`` says why a source is missing.
+
+A run first committed after the report (``run.first_committed_date`` of its protocol in
+``drope_check/upstream_sources.toml`` later than ``[report] date``) cannot be where a number of the
+report came from: a table may name such a protocol only with ``contradicted`` (later evidence may
+contradict a claim, never be its source), and its numbers otherwise appear only as ``prose_only.later``.
+
+Claims of family ``method`` (the report's Methods statements: what the author's code did) are
+judged on the author's files only: they need a table here that is not ``suite_only``.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ class AuthorFilesEvidence:
     note: str | None = None
     contradicted: str | None = None
     nearest: tuple[str, ...] = ()
+    later: tuple[str, ...] = ()  # prose-only: numbers of runs committed after the report (never the source)
     reason: str | None = None
 
     @property
@@ -101,8 +112,9 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
     kinds = [k for k in ("prose_only", "suite_only") if k in table]
     if len(kinds) > 1:
         raise err(where, "prose_only and suite_only exclude each other")
-    if status not in ("claim", "skip"):
-        raise err(where, "only a report-derived claim (status \"claim\" or \"skip\") is judged against the author's files")
+    if status not in ("claim", "artefact", "skip"):
+        raise err(where, "only a report-derived claim (status \"claim\", \"artefact\" or \"skip\") is judged against "
+                  "the author's files")
 
     def text(key: str) -> str | None:
         value = table.get(key)
@@ -125,10 +137,11 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
         if extra:
             raise err(f"{where}.{extra[0]}", "does not go with prose_only")
         prose = table["prose_only"]
-        if not isinstance(prose, Mapping) or set(prose) != {"nearest"}:
-            raise err(f"{where}.prose_only", "must be a table { nearest = [metric paths] }")
+        if not isinstance(prose, Mapping) or "nearest" not in prose or set(prose) - {"nearest", "later"}:
+            raise err(f"{where}.prose_only", "must be a table { nearest = [metric paths], later = [metric paths] (optional) }")
         nearest = _paths(prose["nearest"], f"{where}.prose_only.nearest", err, "pair")
-        return AuthorFilesEvidence(kind="prose-only", nearest=nearest, note=note)
+        later = _paths(prose["later"], f"{where}.prose_only.later", err, "pair") if "later" in prose else ()
+        return AuthorFilesEvidence(kind="prose-only", nearest=nearest, later=later, note=note)
     read = _paths(table["metric"], f"{where}.metric", err, model) if "metric" in table else metrics
     if "metric" in table:
         if note is None:
@@ -142,5 +155,15 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
                   "(drope_check/upstream_sources.toml [protocols]), or a list of one per metric path")
     if len(protocols) != len(read):
         raise err(f"{where}.protocol", f"names {len(protocols)} protocol(s) for {len(read)} metric path(s)")
+    contradicted = text("contradicted")
+    if contradicted is None:
+        from drope_check.upstream import run_after_report
+
+        for name in protocols:
+            after = run_after_report(name)
+            if after is not None:
+                raise err(f"{where}.protocol", f"names {name!r}, whose run ({after}) cannot be where the report's "
+                          "number came from: list its value under prose_only.later, or say why it contradicts the "
+                          "claim (contradicted)")
     return AuthorFilesEvidence(kind="value", metrics=tuple(read), protocols=tuple(protocols), note=note,
-                               contradicted=text("contradicted"))
+                               contradicted=contradicted)

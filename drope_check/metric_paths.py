@@ -149,8 +149,9 @@ def _describe_step(step: tuple[Any, ...]) -> str:
     return f"[{a}:{b}]"
 
 
-def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str | None = None) -> Any:
-    """The value at ``path``: a number, or a list of numbers for a slice or a list-valued leaf.
+def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str | None = None, text: bool = False) -> Any:
+    """The value at ``path``: a number, or a list of numbers for a slice or a list-valued leaf;
+    with ``text``, a non-empty string (a fact written as text, read by an ``equals`` band).
 
     Raises :class:`MetricPathError` naming the claim, the path and the first step that is missing.
     """
@@ -191,6 +192,10 @@ def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str 
                     raise MetricPathError(parsed.text, f"slice {_describe_step(step)} of {shown} is empty", claim)
         shown_step = _describe_step(step)
         where += shown_step[1:] if where.endswith(":") and shown_step.startswith(".") else shown_step
+    if text:
+        if not isinstance(node, str) or not node.strip():
+            raise MetricPathError(parsed.text, f"is a {type(node).__name__}, not a text fact (a non-empty string)", claim)
+        return node
     _check_numeric(node, parsed.text, claim)
     return node
 

@@ -677,7 +677,7 @@ def check_claim(verdict: Verdict) -> None:
     __tracebackhide__ = True
     if verdict.outcome in ("skip", "regenerated"):
         pytest.skip(verdict.reason or "skipped without a reason (a bug: report it)")
-    if verdict.outcome == "prose-only":  # a finding, never a pass, not a failure of the suite
+    if verdict.outcome in ("prose-only", "artefact"):  # a finding, never a pass, not a failure of the suite
         pytest.xfail(verdict.reason)
     if verdict.outcome in ("fail", "xfail"):
         raise ClaimNotHeld(verdict.failure_message(), pytrace=False)

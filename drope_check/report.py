@@ -58,9 +58,10 @@ __all__ = [
 ]
 
 REPORT_SCHEMA_VERSION = 1
-OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "error", "prose-only", "skip", "regenerated")
+OUTCOMES: tuple[str, ...] = ("pass", "fail", "artefact", "xfail", "xpass", "error", "prose-only", "skip", "regenerated")
 OUTCOME_LABEL = {
-    "pass": "PASS", "fail": "FAIL", "xfail": "does not generalise (xfail)", "xpass": "XPASS (strict: fails)",
+    "pass": "PASS", "fail": "FAIL", "artefact": "artefact (xfail: expected)", "xfail": "does not generalise (xfail)",
+    "xpass": "XPASS (strict: fails)",
     "error": "ERROR", "prose-only": "prose only (finding)", "skip": "skip", "regenerated": "regenerated",
 }
 #: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?).
@@ -314,6 +315,10 @@ def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] |
             "Findings, not failures: the report's claim measurably does not hold on this pair (or, for the "
             "author-files source, the author's own files contradict it); each test is a strict xfail that turns "
             "red if the claim starts to hold.")
+    listing("Artefacts", ("artefact",),
+            "Findings, not failures: the claim file explains the report's value as an artefact of upstream's choices "
+            "(its cause named), and a faithful measurement does not reproduce it; each test is a non-strict xfail. "
+            "A claim of this kind that holds is listed under its PASS with \"holds without the artefact\".")
     listing("Prose only", ("prose-only",),
             "Findings: no committed result of the report's author holds these numbers; the nearest committed "
             "numbers, with their commits and protocols.")
@@ -546,7 +551,7 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
 
 
 #: Outcomes that mean a claim was actually compared with a measured value.
-EVALUATED_OUTCOMES: tuple[str, ...] = ("pass", "fail", "xfail", "xpass", "prose-only")
+EVALUATED_OUTCOMES: tuple[str, ...] = ("pass", "fail", "artefact", "xfail", "xpass", "prose-only")
 
 
 def unchecked_pair_lines(verdicts: Iterable[Mapping[str, Any]], available: Iterable[str]) -> list[str]:

@@ -21,6 +21,13 @@ the author's own files on any machine.
   (upstream's 90f8e3c DroPE phase arrays are NaN / 0, which is why the report era reads them at
   16a5164). Each value also passes a check of what it must be (a perplexity is >= 1, a layer index
   lies in [0, L), a rate in [0, 1]), so upstream's 0 for a run that never happened is refused too.
+  The one exception is evidence ABOUT non-finite values (check ``nonfinite_evidence``): 90f8e3c's
+  DroPE BOS norms [44.2, NaN x 31] come from eager attention in fp16, which is what the report's
+  "DroPE produces NaN values ... with eager attention" is about. What is imported then is a finite
+  count (``transform``: the number of non-finite layers, the first of them), never the NaN.
+* Facts about the author's code (a protocol's ``method`` table) and about the models (``[models.<m>]``)
+  are imported as ``provenance.method.<fact>`` strings, each with its own field provenance, so the
+  report's Methods statements are judged against them like any number.
 
 Errors in the input (a missing commit, file or key, malformed JSON, a value that fails its check)
 raise :class:`UpstreamImportError`, one sentence naming what is wrong; the CLI exits 2 with it.
@@ -29,6 +36,7 @@ raise :class:`UpstreamImportError`, one sentence naming what is wrong; the CLI e
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -91,6 +99,30 @@ def load_sources(path: str | Path | None = None) -> dict[str, Any]:
             if use["source"] not in table["sources"] or use["protocol"] not in table["protocols"]:
                 raise UpstreamImportError(f"{where}: era entry {use} names an unknown source or protocol")
     return table
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_sources() -> dict[str, Any]:
+    return load_sources()
+
+
+def run_after_report(protocol_name: str, table: Mapping[str, Any] | None = None) -> str | None:
+    """Why the run behind ``protocol_name`` cannot be the source of a number of the report, or None.
+
+    A protocol whose ``run.first_committed_date`` is later than the ``[report] date`` was made after
+    the report was written: ``"run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05,
+    after the report's commit 90f8e3c of 2026-01-20T23:26"``. None for a protocol without a dated run
+    (or an unknown name: the claim file's protocol names are checked when a claim is judged).
+    """
+    table = table if table is not None else _shipped_sources()
+    protocol = table.get("protocols", {}).get(protocol_name) or {}
+    run = protocol.get("run") or {}
+    report = table.get("report") or {}
+    date, report_date = run.get("first_committed_date"), report.get("date")
+    if not date or not report_date or str(date) <= str(report_date):  # ISO 8601: text order is time order
+        return None
+    return (f"{run.get('script', 'its script')}, first committed {run.get('first_committed', '?')} on {date}, after the "
+            f"report's commit {str(report.get('commit', '?'))[:7]} of {report_date}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +203,10 @@ def _is_number(x: Any) -> bool:
 
 def _check_value(check: str, value: Any, n_layers: int) -> str | None:
     """Why ``value`` is not what ``check`` says it must be, or None."""
+    if check == "nonfinite_evidence":  # NaN allowed: it is what the field counts
+        if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
+            return f"is not a list of {n_layers} numbers (one per layer)"
+        return None
     if check.startswith("per_layer"):
         if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
             return f"is not a list of {n_layers} numbers (one per layer)"
@@ -188,6 +224,13 @@ def _check_value(check: str, value: Any, n_layers: int) -> str | None:
             return f"is {value!r}, not a layer index in [0, {n_layers})"
         return None
     raise UpstreamImportError(f"unknown check {check!r} in {SOURCES_FILE}")
+
+
+#: How a ``nonfinite_evidence`` list becomes a finite number (the only values that may hold NaN).
+TRANSFORMS = {
+    "count_nonfinite": lambda values: sum(1 for v in values if not math.isfinite(v)),
+    "first_nonfinite": lambda values: next((i for i, v in enumerate(values) if not math.isfinite(v)), None),
+}
 
 
 def fmt_value(value: Any) -> str:
@@ -347,6 +390,24 @@ def _import_model(
             where = f"{repo['file']} at commit {commit[:7]} ({source.describe()})"
             if not found:
                 raise UpstreamImportError(f"{where} has no key {json_path} (needed for {role} {field_key(entry['field'])})")
+            if entry["check"] == "nonfinite_evidence":
+                why = _check_value(entry["check"], value, n_layers)
+                if why is not None:
+                    raise UpstreamImportError(f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}")
+                transform = TRANSFORMS.get(entry.get("transform", ""))
+                if transform is None:
+                    raise UpstreamImportError(f"{SOURCES_FILE}: a nonfinite_evidence field needs a transform "
+                                              f"({', '.join(TRANSFORMS)}), got {entry.get('transform')!r}")
+                value = transform(value)
+                if value is None:  # no non-finite layer: there is nothing to count from
+                    continue
+                _set(model, entry["field"], value)
+                prov[field_key(entry["field"])] = FieldProvenance(
+                    repo["name"], commit, repo["file"], json_path, protocol_name, protocol, derived=True,
+                    rule=entry["transform"], inputs=(json_path,),
+                    note=f"{entry['transform']} of {json_path}, whose non-finite entries are the evidence",
+                ).to_dict()
+                continue
             if _nonfinite(value):
                 raise UpstreamImportError(
                     f"{where}: {json_path} holds NaN or inf {fmt_value(value)}; a non-finite number is never imported "
@@ -361,13 +422,20 @@ def _import_model(
             ).to_dict()
             _name_protocol(model, entry["field"], protocol)
         for entry in src.get("constants", []):
-            value = protocol[entry["from_protocol"]]
-            _set(model, entry["field"], value)
-            prov[field_key(entry["field"])] = FieldProvenance(
-                repo["name"], commit, repo["file"], None, protocol_name, protocol, derived=False,
-                note=f"not a number of the results file: protocol {protocol_name}'s {entry['from_protocol']} "
-                f"({protocol.get('source', 'upstream code')})",
-            ).to_dict()
+            if "from_model" in entry:
+                key, value, origin = entry["from_model"], spec[entry["from_model"]], f"[models.{role}]"
+            else:
+                key, value, origin = entry["from_protocol"], protocol[entry["from_protocol"]], f"protocol {protocol_name}"
+            # a table of facts (a protocol's `method`) is imported fact by fact, each with its provenance
+            items = value.items() if isinstance(value, Mapping) else [(None, value)]
+            for name, item in items:
+                path = list(entry["field"]) + ([name] if name is not None else [])
+                _set(model, path, item)
+                prov[field_key(path)] = FieldProvenance(
+                    repo["name"], commit, repo["file"], None, protocol_name, protocol, derived=False,
+                    note=f"not a number of the results file: {origin}'s {key}{'.' + name if name else ''} "
+                    f"({protocol.get('source', 'upstream code')})",
+                ).to_dict()
     for entry in table.get("derived", []):
         values = [_get(model, path) for path in entry["inputs"]]
         if any(v is None for v in values):

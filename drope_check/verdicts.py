@@ -4,6 +4,9 @@ Verdict outcomes
 ----------------
 ``pass`` / ``fail`` (status claim or golden), ``xfail`` (does-not-generalise and still does not
 hold), ``xpass`` (does-not-generalise but now holds: a strict xfail, so the test fails),
+``artefact`` (status artefact and outside its band: the report's value is explained as an artefact of
+upstream's choices, and a faithful measurement not reproducing it is the finding; a non-strict
+xfail; inside its band it is a ``pass`` that says it holds without the artefact),
 ``skip`` (status skip, pending goldens, unavailable pairs, another text set), ``error`` (a path that
 is not in the measurements, or measurements that do not belong to this file), ``regenerated``
 (under ``--regen-expected``, :mod:`drope_check.regen`), ``prose-only`` (the author's files hold no
@@ -61,7 +64,7 @@ class Verdict:
     expected: Any
     band: str
     passed: bool | None
-    outcome: str  # pass | fail | xfail | xpass | skip | error | regenerated | prose-only
+    outcome: str  # pass | fail | artefact | xfail | xpass | skip | error | regenerated | prose-only
     margin: float | None
     margin_text: str
     rationale: str
@@ -143,10 +146,12 @@ def _json_value(x: Any) -> Any:
 
 
 def _measure(claim: Claim, measurements: Mapping[str, Any]) -> Any:
-    values = [resolve(measurements, path, claim.key) for path in claim.metrics]
+    values = [resolve(measurements, path, claim.key, text=claim.reads_text) for path in claim.metrics]
     if claim.model != "pair":
         return values[0]
     if claim.combine is None:
+        if claim.reads_text:
+            return values  # facts written as text, each compared with the claim's value
         for path, v in zip(claim.metrics, values, strict=True):
             if not _is_number(v):
                 raise MetricPathError(path, "a pair comparison needs a scalar here, got a list", claim.key)
@@ -259,6 +264,13 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
             )
     else:
         verdict.outcome = "pass" if result.passed else "fail"
+        if claim.status == "artefact":
+            if result.passed:
+                verdict.reason = (f"holds without the artefact: {Path(claim.source_file).name} explains the report's "
+                                  f"value as coming from {claim.artefact}, yet this measurement reproduces it")
+            else:
+                verdict.outcome = "artefact"
+                verdict.reason = f"artefact: the report's value comes from {claim.artefact}"
         if claim.status == "golden":
             verdict.command = (
                 f"{claim.rerun_command('suite')}   # if the change is intended: {claim.regen_command()}"

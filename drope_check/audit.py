@@ -142,8 +142,13 @@ def claim_under(claim: Any, protocols: Mapping[str, Protocol]) -> Any:
     return claim if metrics == tuple(claim.metrics) else dataclasses.replace(claim, metrics=metrics)
 
 
+#: Why a Methods statement has no cell under any variant.
+AUTHOR_ONLY_NOTE = "a statement about the author's method: judged on the author's files only"
+
+
 def evaluated(claim: Any) -> bool:
-    return claims.pending_reason(claim) is None
+    """Whether the suite's measurement judges ``claim`` (not pending, not skipped, not a Methods statement)."""
+    return claim.has_suite_test and claims.pending_reason(claim) is None
 
 
 def needed_interventions(claim_set: Any, role: str, protocol: Protocol) -> tuple[str, ...]:
@@ -207,7 +212,7 @@ def _fill_golden(claim: Any, cells: dict[str, dict[str, Any]]) -> None:
 def robustness(claim: Any, cells: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Variant]) -> dict[str, Any]:
     """The robustness verdict of one claim from its cells (see the module docstring)."""
     if not evaluated(claim):
-        return {"verdict": NOT_EVALUATED, "variants": [], "text": f"not evaluated: {claims.pending_reason(claim)}"}
+        return {"verdict": NOT_EVALUATED, "variants": [], "text": f"not evaluated: {claims.pending_reason(claim) or AUTHOR_ONLY_NOTE}"}
     suite = cells.get("suite", {})
     if suite.get("value") is None:
         return {"verdict": NOT_EVALUATED, "variants": [],
@@ -440,7 +445,7 @@ def audit_rows(claim_set: Any, variants: Sequence[Variant], docs: Mapping[str, M
             elif evaluated(claim):
                 cells[v.name] = _cell(claim, docs[v.name], protocols[v.name])
             else:
-                cells[v.name] = {"value": None, "note": claims.pending_reason(claim)}
+                cells[v.name] = {"value": None, "note": claims.pending_reason(claim) or AUTHOR_ONLY_NOTE}
         if evaluated(claim) and claim.status == "golden":
             _fill_golden(claim, cells)
         row = {

@@ -58,6 +58,10 @@ def fmt(x: Any, digits: int = 4, ratio: bool = False) -> str:
         if x == int(x) and abs(x) < 1e6:
             return str(int(x)) if abs(x) >= 1 or x == 0 else f"{x:.{digits}g}"
         return f"{x:.{digits}g}"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (list, tuple)) and any(isinstance(v, str) for v in x):  # text facts: each distinct one once
+        return " / ".join(dict.fromkeys(fmt(v) for v in x))
     if isinstance(x, (list, tuple)):
         flat = _flatten(x)
         if len(flat) > 6:

@@ -117,10 +117,16 @@ def _author_cell(v: Mapping[str, Any] | None, suite_only: str | None, group: Map
     if outcome in GROUPED_OUTCOMES:
         return f"not judged [{group.get(v['key'], '?')}]"
     if outcome == "prose-only":
-        near = [n for n in (v.get("nearest") or []) if n.get("value") is not None]
-        shown = "; ".join(f"{fmt(n['value'], ratio=_path_is_ratio(n.get('path')))} "
-                          f"({n.get('protocol', '?')} @{_short_commit(n.get('commit'))})" for n in near)
-        return "**prose only**: no committed number" + (f"; nearest {shown}" if shown else "")
+        items = [n for n in (v.get("nearest") or []) if n.get("value") is not None]
+
+        def shown(chosen: list[Mapping[str, Any]], after: str = "") -> str:
+            return "; ".join(f"{fmt(n['value'], ratio=_path_is_ratio(n.get('path')))} "
+                             f"({n.get('protocol', '?')} @{_short_commit(n.get('commit'))}{after})" for n in chosen)
+
+        near, later = shown([n for n in items if not n.get("later")]), shown(
+            [n for n in items if n.get("later")], ", committed after the report")
+        return ("**prose only**: no committed number" + (f"; nearest {near}" if near else "")
+                + (f"; later, not the source: {later}" if later else ""))
     word = "contradicted by the files (xfail)" if outcome == "xfail" else _VERDICT_WORD.get(outcome, outcome)
     if v.get("measured") is None:
         return word

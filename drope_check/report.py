@@ -128,12 +128,12 @@ def plot_marks(claim_set: ClaimSet) -> list[dict[str, Any]]:
 
     A claim on ``layers.<series>[i]`` marks a point, one on ``layers.<series>[a:b]`` with a
     ``[lo, hi]`` value marks a shaded span, and a ``plot = {series, layer}`` table marks a scalar
-    (e.g. the peak BOS norm at its layer). Only report-derived values (status ``claim`` or
+    (e.g. the peak BOS norm at its layer). Only report-derived values (status ``claim``, ``artefact`` or
     ``does-not-generalise``) are marked: goldens are this suite's own numbers.
     """
     marks: list[dict[str, Any]] = []
     for claim in claim_set.claims:
-        if claim.status not in ("claim", "does-not-generalise") or claim.model == "pair" or claim.value is None:
+        if claim.status not in ("claim", "artefact", "does-not-generalise") or claim.model == "pair" or claim.value is None:
             continue
         base = {"model": claim.model, "claim": claim.key}
         if claim.plot is not None:
@@ -605,8 +605,8 @@ def judge_file(
     if is_author_files_import(measurements):  # judged as the author-files source: per-field protocol identity
         claims = [c for c in claim_set.claims if c.author_files is None or c.author_files.has_test]  # not suite_only
         verdicts = [author_files_verdict(claim, measurements) for claim in claims]
-    else:
-        claims = list(claim_set.claims)
+    else:  # a Methods statement has no suite test: only the author's files judge it
+        claims = [c for c in claim_set.claims if c.has_suite_test]
         verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claims]
     if strict:
         verdicts = [strict_verdict(claim, v) for claim, v in zip(claims, verdicts, strict=True)]

@@ -398,13 +398,14 @@ def test_without_models_the_author_files_column_is_the_author_files_evidence(lla
             assert cell["commit"] == verdict["source_commit"] and cell["protocol"] == verdict["source_protocol"]
         else:
             assert cell["value"] is None and cell["note"] == verdict["reason"], claim.key
-    assert judged == 33  # 36 claims: two prose-only, one suite-only
+    assert judged == 38  # 45 claims: seven prose-only (issue 20: no committed run made by the report holds them)
     # exact values of the author's committed files (README of shared/data/upstream-results)
     assert rows["sink_rate_average[llama2-7b:rope]"]["author_files"]["value"] == 0.978125
     assert rows["peak_bos_norm[llama2-7b:drope]"]["author_files"]["value"] == pytest.approx(632.2048, abs=1e-4)
-    assert rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["author_files"]["read"] == \
-        ["rope:interventions.layer1_ablation:bos_only.ppl"]
+    assert rows["drope_bos_not_critical[llama2-7b:drope]"]["author_files"]["read"] == \
+        ["drope:interventions.layer1_ablation:bos_only.ratio"]
     assert rows["bos_mlp_ablation_ppl[llama2-7b:drope]"]["author_files"]["outcome"] == "prose-only"
+    assert rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["author_files"]["outcome"] == "prose-only"
     ident = rows["identical_conditions[llama2-7b:pair]"]["author_files"]
     assert ident["outcome"] == "xfail" and ident["value"] == 512 and ident["holds"] is False
 
@@ -427,7 +428,7 @@ def test_without_models_every_suite_cell_says_not_measured_and_why(llama_claims,
     assert rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]["text"] == \
         f"the suite's `upstream` variant has no value: not measured: {NO_WEIGHTS}"
     assert rows["sink_rate_average[llama2-7b:rope]"]["robustness"]["text"] == f"no suite value: not measured: {NO_WEIGHTS}"
-    assert doc["reproduction"]["summary"] == {"agrees": 0, "disagrees": 0, "not compared": 36}
+    assert doc["reproduction"]["summary"] == {"agrees": 0, "disagrees": 0, "not compared": 45}
 
 
 def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims, author, tmp_path):
@@ -439,7 +440,7 @@ def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims
     row = next(line for line in md.splitlines() if line.startswith("| sink_rate_average[llama2-7b:rope] |"))
     assert "| not measured | holds 0.978 | not measured |" in row and row.endswith("| not evaluated | not compared |")
     assert "Not measured here (`suite`, `no-rotary`" in md and NO_WEIGHTS in md
-    assert "0 of 0 compared claims agree, 0 disagree, 36 not compared" in md
+    assert "0 of 0 compared claims agree, 0 disagree, 45 not compared" in md
     assert (tmp_path / audit.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "audit.json").read_text())["reproduction"] == result["audit"]["reproduction"]
 
@@ -463,17 +464,17 @@ def synthetic_rows(llama_claims, author, edit, suite=None):
 def test_reproduction_agrees_when_upstream_measures_the_authors_numbers(llama_claims, author):
     rows = synthetic_rows(llama_claims, author, lambda doc: None)
     verdicts = {k: r["reproduction"]["verdict"] for k, r in rows.items()}
-    assert sorted(k for k, v in verdicts.items() if v != "agrees") == [
-        "bos_mlp_ablation_ppl[llama2-7b:drope]", "bos_mlp_ablation_ratio[llama2-7b:drope]",
-        "eager_attention_nan[llama2-7b:drope]",
-    ]  # prose-only twice, suite-only once: no author value
+    prose_only = {f"{cid}[llama2-7b:{m}]" for cid in ("ppl_baseline", "bos_mlp_ablation_ppl", "bos_mlp_ablation_ratio")
+                  for m in ("rope", "drope")} | {"methods_ablation_confirmed[llama2-7b:rope]"}
+    methods = {k for k in verdicts if k.startswith("methods_")}  # no suite value under any variant
+    assert {k for k, v in verdicts.items() if v != "agrees"} == prose_only | methods
     rep = rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]
     assert rep["band"] == "the claim's absolute band centred on the author's value: |m - v| <= 0.03: [0.9481, 1.008]"
     assert rep["suite_value"] == 0.978125
-    # read where the author's value was read, not at the claim's own (MLP-only) path
-    ablation = rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["reproduction"]
-    assert ablation["read"] == ["rope:interventions.layer1_ablation:bos_only.ppl"]
-    assert ablation["suite_value"] == rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["author_files"]["value"]
+    # read where the author's value was read, not at the claim's own (MLP-only, max-write) path
+    ablation = rows["drope_bos_not_critical[llama2-7b:drope]"]["reproduction"]
+    assert ablation["read"] == ["drope:interventions.layer1_ablation:bos_only.ratio"]
+    assert ablation["suite_value"] == rows["drope_bos_not_critical[llama2-7b:drope]"]["author_files"]["value"]
     prose = rows["bos_mlp_ablation_ppl[llama2-7b:drope]"]["reproduction"]
     assert prose["text"].startswith("the author's files give no value (prose-only): prose only: no committed result")
 
@@ -503,10 +504,10 @@ def test_reproduction_disagrees_outside_the_claims_band_around_the_authors_value
 
 def test_reproduction_not_compared_when_a_side_is_missing(llama_claims, author):
     def edit(doc):
-        del doc["models"]["rope"]["interventions"]["layer1_ablation:bos_only"]  # the suite never measures it
+        del doc["models"]["drope"]["interventions"]["layer1_ablation:bos_only"]  # the suite never measures it
 
     rows = synthetic_rows(llama_claims, author, edit)
-    missing = rows["bos_mlp_ablation_ppl[llama2-7b:rope]"]["reproduction"]
+    missing = rows["drope_bos_not_critical[llama2-7b:drope]"]["reproduction"]
     assert missing["verdict"] == "not compared" and "suite_value" not in missing
     assert missing["text"].startswith("the suite's `upstream` variant has no value: ")
     assert "layer1_ablation:bos_only" in missing["text"]
@@ -548,17 +549,19 @@ def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims
                             upstream=lambda: author)
     config = SimpleNamespace(invocation_params=SimpleNamespace(dir=tmp_path))
     lines = audit.audit_session(config, state, ["llama2-7b", "toy"], "report", None, lambda pair: (False, NO_WEIGHTS))
-    assert lines[0] == (f"audit of llama2-7b: robust 0, fragile 0, holds only under upstream's choices 0, not evaluated 36: "
+    assert lines[0] == (f"audit of llama2-7b: robust 0, fragile 0, holds only under upstream's choices 0, not evaluated 45: "
                         f"{tmp_path / 'report' / 'audit' / 'llama2-7b' / 'audit.md'}")
     assert lines[1] == f"audit of llama2-7b: suite variants not measured: {NO_WEIGHTS}"
-    assert lines[2].endswith("0 of 0 compared claims agree, 0 disagree, 36 not compared")
+    assert lines[2].endswith("0 of 0 compared claims agree, 0 disagree, 45 not compared")
     assert lines[3] == f"audit of toy: not run ({NO_WEIGHTS})"  # no author's files: nothing to show without models
     written = json.loads((tmp_path / "report" / "audit" / "llama2-7b" / "audit.json").read_text())
-    assert written["claims"][0]["author_files"]["value"] == pytest.approx(10.2648, abs=1e-4)
+    assert written["claims"][0]["author_files"]["outcome"] == "prose-only"  # ppl_baseline[rope] (issue 20)
+    by_key = {c["key"]: c for c in written["claims"]}
+    assert by_key["qk_disruption_ratio[llama2-7b:rope]"]["author_files"]["value"] == pytest.approx(6.708, abs=1e-3)
     section = "\n".join(audit.report_section(tmp_path / "report"))
     assert "Author's files: reproduces the author's numbers" in section
     # no suite variant measured: one sentence with the reason, not 36 rows repeating it
-    assert f"No suite variant measured ({NO_WEIGHTS}): no robustness verdict for its 36 claims" in section
+    assert f"No suite variant measured ({NO_WEIGHTS}): no robustness verdict for its 45 claims" in section
     assert section.count(NO_WEIGHTS) == 1 and "| claim | robustness | why |" not in section
 
 

@@ -344,7 +344,11 @@ def test_verdict_for_turns_missing_path_into_error() -> None:
 
 LLAMA_ONLY = {
     ("peak_bos_norm_layer_plateau", "pair"), ("valley_more_isotropic", "pair"), ("identical_conditions", "pair"),
-    ("eager_attention_nan", "drope"),
+    ("eager_attention_nan", "drope"), ("drope_bos_not_critical", "drope"),
+    # the report's Methods statements (issue 20): about the author's code, judged on the author's files only
+    ("methods_entropy_normalized", "pair"), ("methods_qk_disruption_rule", "pair"), ("methods_perplexity_texts", "pair"),
+    ("methods_manual_hooks_valid", "rope"), ("methods_manual_hooks_valid", "drope"), ("methods_ablation_confirmed", "rope"),
+    ("methods_bos_mlp_ablation", "pair"), ("methods_sink_threshold", "pair"),
 }
 
 
@@ -357,9 +361,15 @@ def test_repository_claim_files_load_with_the_same_ids() -> None:
     assert {(c.id, c.model) for c in smol.claims} == {(c.id, c.model) for c in gemma.claims}
     assert len(llama.claims) == 32 + len(LLAMA_ONLY)
     assert llama.drope_variant == "drope" and smol.drope_variant == gemma.drope_variant == "nope-zeroshot"
-    # every value in it is the report's; the one skip is a GPU check no field records yet
-    assert {c.status for c in llama.claims} == {"claim", "skip"}
-    assert [c.key for c in llama.claims if c.status == "skip"] == ["eager_attention_nan[llama2-7b:drope]"]
+    # every value in it is the report's; three are explained as artefacts of upstream's choices (expected to
+    # fail on a faithful measurement: non-strict xfails), none is skipped
+    assert {c.status for c in llama.claims} == {"claim", "artefact"}
+    assert sorted(c.key for c in llama.claims if c.status == "artefact") == [
+        "drope_bos_not_critical[llama2-7b:drope]", "sink_rate_layer1[llama2-7b:drope]",
+        "sink_rate_middle_layers[llama2-7b:drope]"]
+    assert all(c.artefact for c in llama.claims if c.status == "artefact")
+    assert {c.key for c in llama.claims if c.family == "method"} == {
+        f"{cid}[llama2-7b:{model}]" for cid, model in LLAMA_ONLY if cid.startswith("methods_")}
     for claim in llama.claims + smol.claims + gemma.claims:
         assert claim.rationale.strip()
     for claim in smol.claims + gemma.claims:
@@ -413,32 +423,37 @@ def test_llama2_file_holds_every_report_value_and_no_band_passes_anything() -> N
 # judge on a hand-written measurements file, against verdicts computed by hand
 
 #: llama2-7b-handwritten.json against expected/llama2-7b.toml, computed by hand:
-#:   rope ablation 50 / 5.05x vs 12766 / 1249x (factor 4): 255x / 247x off -> fail
+#:   rope ablation 50 / 5.05x vs 12766 / 1249x (factor 1.35): 255x / 247x off -> fail
 #:   rope min entropy 0.002 vs 0.0081 (factor 2): 4.05x off -> fail
-#:   drope layer-1 sink rate 0.85 vs 0.31 +- 0.125 -> fail
+#:   drope layer-1 sink rate 0.85 vs 0.31 +- 0.125 -> outside: status artefact, so "artefact" (xfail)
 #:   only RoPE collapses: rope 5.05 < 100 -> fail
 #:   valley ratio 0.12 / 0.002 = 60 vs 11.05 (factor 3): 5.4x off -> fail
 #:   RoPE BOS norm at layer 23 / peak = 760 / 900 = 0.844 < 0.998 -> fail (peak_bos_norm_layer_plateau)
-#:   anisotropy drope[2] 0.98 < rope[1] 0.999 -> pass; pad_to 0 - 0 = 0 -> pass; eager NaN -> skip
+#:   anisotropy drope[2] 0.98 < rope[1] 0.999 -> pass; pad_to 0 - 0 = 0 -> pass; drope middle layers all 0.96
+#:   in [0.88, 0.995] -> pass; eager NaN count and the max-write ablation are not in the file -> skip
 #:   everything else inside its band, e.g. rope PPL 9.9 vs 10.2 (2.9% < 6%), drope peak BOS norm
 #:   520 vs 632.2 (1.216x < 1.25x), sink-rate gap 0.944375 - 0.98125 = -0.0369 (within 0.05).
 HAND_FAILS = {
     "bos_mlp_ablation_ppl[llama2-7b:rope]", "bos_mlp_ablation_ratio[llama2-7b:rope]",
-    "min_entropy[llama2-7b:rope]", "sink_rate_layer1[llama2-7b:drope]",
+    "min_entropy[llama2-7b:rope]",
     "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]", "valley_entropy_ratio[llama2-7b:pair]",
     "peak_bos_norm_layer_plateau[llama2-7b:pair]",
 }
-HAND_SKIPS = {"eager_attention_nan[llama2-7b:drope]"}
+HAND_ARTEFACTS = {"sink_rate_layer1[llama2-7b:drope]"}
+HAND_SKIPS = {"eager_attention_nan[llama2-7b:drope]", "drope_bos_not_critical[llama2-7b:drope]"}
 
 
 def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     verdicts = judge_file(DATA / "llama2-7b-handwritten.json", "llama2-7b", tmp_path / "rep", REPO_EXPECTED)
-    assert len(verdicts) == 36
+    assert len(verdicts) == 37  # the Methods statements have no suite test
     got = {v.key: v.outcome for v in verdicts}
     assert {k for k, o in got.items() if o == "fail"} == HAND_FAILS
+    assert {k for k, o in got.items() if o == "artefact"} == HAND_ARTEFACTS
     assert {k for k, o in got.items() if o == "skip"} == HAND_SKIPS
-    assert {k for k, o in got.items() if o == "pass"} == {v.key for v in verdicts} - HAND_FAILS - HAND_SKIPS
-    assert set(got.values()) == {"pass", "fail", "skip"}
+    assert {k for k, o in got.items() if o == "pass"} == {v.key for v in verdicts} - HAND_FAILS - HAND_SKIPS - HAND_ARTEFACTS
+    assert set(got.values()) == {"pass", "fail", "artefact", "skip"}
+    layer1 = next(v for v in verdicts if v.key == "sink_rate_layer1[llama2-7b:drope]")
+    assert layer1.reason.startswith("artefact: the report's value comes from upstream's fp16 eager attention")
     by_key = {v.key: v for v in verdicts}
     gap = by_key["sink_rates_nearly_identical[llama2-7b:pair]"]
     assert gap.measured == pytest.approx(0.944375 - 0.98125)
@@ -451,7 +466,8 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     # the report
     rep = tmp_path / "rep"
     doc = json.loads((rep / "claims-report.json").read_text())
-    assert doc["summary"]["fail"] == 7 and doc["summary"]["pass"] == 28 and doc["summary"]["skip"] == 1
+    assert doc["summary"]["fail"] == 6 and doc["summary"]["artefact"] == 1
+    assert doc["summary"]["pass"] == 28 and doc["summary"]["skip"] == 2
     assert [v["key"] for v in doc["verdicts"]][:2] == ["ppl_baseline[llama2-7b:rope]", "ppl_baseline[llama2-7b:drope]"]
     md = (rep / "claims-report.md").read_text()
     assert md.index("## Summary") < md.index("## Claims")

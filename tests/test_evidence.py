@@ -12,6 +12,7 @@ a suite-only claim says what the author's files hold and why it cannot judge the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,13 @@ from drope_check import author_files as A
 from drope_check.bands import fmt
 from drope_check.claim_file import ClaimsFileError, load_claims
 from drope_check.evidence import evidence_rows, render_evidence_table, render_skip_groups, skip_groups
+from drope_check.evidence_spec import AuthorFilesEvidence
 from drope_check.report import render_markdown
 from drope_check.upstream import load_sources
 from drope_check.verdicts import skipped_verdict
 
 REPO = Path(__file__).resolve().parent.parent
+SUITE_ONLY = "the committed files hold DroPE's layer-1 q/k norms, not a count of non-finite values"
 DATA = Path(__file__).parent / "data"
 
 
@@ -33,13 +36,20 @@ def test_every_claim_of_the_reports_pair_says_how_the_author_files_speak_to_it()
     assert all(c.author_files is not None for c in claims)
     protocols = set(load_sources()["protocols"])
     kinds = {c.key: c.author_files.kind for c in claims}
-    assert kinds["eager_attention_nan[llama2-7b:drope]"] == "suite-only"
+    assert "suite-only" not in kinds.values()  # eager_attention_nan: the files hold 31 non-finite layers (issue 20)
+    # no committed run made by the report's commit holds these numbers; the WikiText-lines run that
+    # "supported" the first four was committed after the report (issue 20)
     assert sorted(k for k, kind in kinds.items() if kind == "prose-only") == [
-        "bos_mlp_ablation_ppl[llama2-7b:drope]", "bos_mlp_ablation_ratio[llama2-7b:drope]",
+        "bos_mlp_ablation_ppl[llama2-7b:drope]", "bos_mlp_ablation_ppl[llama2-7b:rope]",
+        "bos_mlp_ablation_ratio[llama2-7b:drope]", "bos_mlp_ablation_ratio[llama2-7b:rope]",
+        "methods_ablation_confirmed[llama2-7b:rope]", "ppl_baseline[llama2-7b:drope]", "ppl_baseline[llama2-7b:rope]",
     ]
     for c in claims:
         assert set(c.author_files.protocols) <= protocols, c.key  # names a protocol the importer knows
-        assert c.sources == (("suite",) if c.author_files.kind == "suite-only" else ("author-files", "suite"))
+        if c.family == "method":  # a Methods statement: judged on the author's files only
+            assert c.sources == ("author-files",) and not c.has_suite_test, c.key
+        else:
+            assert c.sources == ("author-files", "suite"), c.key
     claim = next(c for c in claims if c.key == "sink_rate_average[llama2-7b:rope]")
     assert claim.source_key("author-files") == "sink_rate_average[llama2-7b:rope:author-files]"
     assert claim.source_key("suite") == "sink_rate_average[llama2-7b:rope]"
@@ -204,7 +214,8 @@ def test_a_ratio_is_written_as_a_ratio_and_a_count_is_not() -> None:
     # a ratio: every path reads a .ratio field (perplexity over baseline), or combine = "ratio"
     assert sorted(c.key for c in claims.claims if c.is_ratio) == [
         "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]", "bos_mlp_ablation_ratio[llama2-7b:drope]",
-        "bos_mlp_ablation_ratio[llama2-7b:rope]", "peak_bos_norm_layer_plateau[llama2-7b:pair]",
+        "bos_mlp_ablation_ratio[llama2-7b:rope]", "drope_bos_not_critical[llama2-7b:drope]",
+        "methods_ablation_confirmed[llama2-7b:rope]", "peak_bos_norm_layer_plateau[llama2-7b:pair]",
         "qk_disruption_drope_more_robust[llama2-7b:pair]", "qk_disruption_ratio[llama2-7b:drope]",
         "qk_disruption_ratio[llama2-7b:rope]", "valley_entropy_ratio[llama2-7b:pair]",
     ]
@@ -219,7 +230,10 @@ def test_a_ratio_is_written_as_a_ratio_and_a_count_is_not() -> None:
 
 
 def test_a_suite_only_claim_says_what_the_author_files_hold() -> None:
-    claim = load_claims("llama2-7b", REPO / "expected").get("eager_attention_nan", "drope")
+    # no shipped claim is suite only since issue 20 (the eager NaN count is imported): a claim made one
+    claim = dataclasses.replace(
+        load_claims("llama2-7b", REPO / "expected").get("eager_attention_nan", "drope"),
+        author_files=AuthorFilesEvidence(kind="suite-only", reason=SUITE_ONLY))
     assert claim.sources == ("suite",)  # no author-files test: its cell would be empty without the note
     author = skipped_verdict(load_claims("llama2-7b", REPO / "expected").get("sink_rate_average", "rope"), GPU).to_dict()
     author.update(key="sink_rate_average[llama2-7b:rope:author-files]", source="author-files", outcome="pass",
@@ -229,9 +243,7 @@ def test_a_suite_only_claim_says_what_the_author_files_hold() -> None:
     columns, rows, _ = evidence_rows(doc)
     assert columns[2] == "Llama-2-7B: author's files"
     row = next(r for r in rows if r.claim == "eager_attention_nan[drope]")
-    assert row.cells == (
-        "suite only: the committed files hold DroPE's layer-1 q/k norms (6586 / 5514 @2395c15), not a count of "
-        "non-finite values under fp16 eager attention", "not run [S1]")
+    assert row.cells == (f"suite only: {SUITE_ONLY}", "not run [S1]")
     assert "- the author's files: suite only (no test of that source): the committed files hold" in render_markdown(doc)
 
 

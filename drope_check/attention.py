@@ -52,8 +52,19 @@ class QueryKeyTransform(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class AttentionArithmetic(Protocol):
+    """Computes one layer's attention output ([B, Q, H, D], as ``sdpa_attention_forward`` returns it)
+    in place of SDPA: another arithmetic for the same q/k/v, e.g. eager attention in fp16."""
+
+    def __call__(
+        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+        allowed: torch.Tensor, scaling: float,
+    ) -> torch.Tensor: ...
+
+
 _observers: weakref.WeakKeyDictionary[torch.nn.Module, list[AttentionObserver]] = weakref.WeakKeyDictionary()
 _transforms: weakref.WeakKeyDictionary[torch.nn.Module, list[QueryKeyTransform]] = weakref.WeakKeyDictionary()
+_arithmetic: weakref.WeakKeyDictionary[torch.nn.Module, list[AttentionArithmetic]] = weakref.WeakKeyDictionary()
 
 
 def allowed_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, batch: int, device) -> torch.Tensor:
@@ -225,6 +236,14 @@ def drope_check_attention_forward(
     """
     transforms = _transforms.get(module, ())
     observers = _observers.get(module, ())
+    arithmetic = _arithmetic.get(module, ())
+    if arithmetic:  # another arithmetic replaces SDPA (no observers: its statistics would not be SDPA's)
+        if observers or transforms or len(arithmetic) > 1:
+            raise RuntimeError("an attention arithmetic override cannot be combined with observers, transforms "
+                               "or a second override")
+        allowed = allowed_mask(attention_mask, query.shape[2], key.shape[2], query.shape[0], query.device)
+        effective = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return arithmetic[0](module, query, key, value, allowed, effective), None
     if not transforms and not observers:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -321,6 +340,13 @@ def transform_query_key(
     return _registered(_transforms, model, transform, layers)
 
 
+def override_arithmetic(
+    model: torch.nn.Module, arithmetic: AttentionArithmetic, layers: list[int] | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Let ``arithmetic`` compute every (or the listed) layer's attention output while the context is open."""
+    return _registered(_arithmetic, model, arithmetic, layers)
+
+
 def active_registrations() -> int:
     """Number of (module, function) registrations currently active; 0 when nothing leaks."""
-    return sum(len(v) for v in _observers.values()) + sum(len(v) for v in _transforms.values())
+    return sum(len(v) for registry in (_observers, _transforms, _arithmetic) for v in registry.values())

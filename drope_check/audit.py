@@ -153,6 +153,8 @@ def evaluated(claim: Any) -> bool:
 
 def needed_interventions(claim_set: Any, role: str, protocol: Protocol) -> tuple[str, ...]:
     """The interventions the evaluated claims read on ``role`` under ``protocol`` (none if none does)."""
+    from drope_check import eager_probe
+
     names: set[str] = set()
     for claim in claim_set.claims:
         if not evaluated(claim):
@@ -160,9 +162,11 @@ def needed_interventions(claim_set: Any, role: str, protocol: Protocol) -> tuple
         for path in claim_under(claim, {role: protocol}).metrics:
             if path.partition(":")[0] == role:
                 names.update(_INTERVENTION_RE.findall(path))
-    from drope_check.interventions import INTERVENTIONS
+                if any(f"scalars.{field}" in path for field in eager_probe.FIELDS):
+                    names.add(eager_probe.EAGER_FP16)
+    from drope_check.measure import ALL_INTERVENTIONS
 
-    return tuple(n for n in INTERVENTIONS if n in names)
+    return tuple(n for n in ALL_INTERVENTIONS if n in names)
 
 
 def _cell(claim: Any, doc: Mapping[str, Any], protocols: Mapping[str, Protocol]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from drope_check import __version__, metrics, preflight, sink_stats
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
+from drope_check.eager_probe import EAGER_FP16, eager_fp16_probe
 from drope_check.interventions import INTERVENTIONS
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
 from drope_check.protocol import FAITHFUL, Protocol
@@ -29,8 +30,9 @@ from drope_check.protocol import FAITHFUL, Protocol
 SCHEMA_VERSION = 1
 
 #: Every intervention `--interventions all` runs, named as in the measurements JSON (one list:
-#: :data:`drope_check.interventions.INTERVENTIONS`).
-ALL_INTERVENTIONS: tuple[str, ...] = INTERVENTIONS
+#: :data:`drope_check.interventions.INTERVENTIONS`), and the eager-fp16 probe
+#: (:mod:`drope_check.eager_probe`: another arithmetic, not a perplexity; it writes scalars).
+ALL_INTERVENTIONS: tuple[str, ...] = (*INTERVENTIONS, EAGER_FP16)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,9 @@ def measure_model(
         **summary,
         "perplexity": {"lines": baseline.to_dict()},
     }
+    if EAGER_FP16 in interventions:
+        summary["scalars"].update(eager_fp16_probe(loaded.model, seqs, loaded.pad_token_id, protocol.batch_size))
+        interventions = tuple(n for n in interventions if n != EAGER_FP16)
     if interventions:
         from drope_check.interventions import measure_interventions
 

@@ -61,7 +61,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
                 "bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write", "max_bos_ratio", "peak_bos_norm",
                 "peak_bos_norm_layer", "min_entropy", "min_entropy_layer", "min_entropy_normalized",
                 "min_entropy_normalized_layer", "ppl_baseline", "eager_fp16_nonfinite_layers",
-                "eager_fp16_first_nonfinite_layer"),
+                "eager_fp16_first_nonfinite_layer", "eager_fp16_nonfinite_attention_heads"),
     "perplexity": ("lines", "prompts", "sliding"),
     "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
                       "qk_disruption:jin"),

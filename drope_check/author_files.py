@@ -190,8 +190,9 @@ def _after_report(prov: Mapping[str, Any] | None) -> str | None:
 
 def _nearest(claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str],
              later: bool = False) -> tuple[list[dict[str, Any]], str]:
-    """The committed numbers at ``paths`` (with commit and protocol), and a sentence naming them;
-    ``later``: numbers of runs made after the report, each marked with its date."""
+    """The committed numbers at ``paths`` (with commit and protocol), and a sentence naming them; a
+    number of a run made after the report is marked with its date wherever it is listed (``later``:
+    the list is of such numbers)."""
     items: list[dict[str, Any]] = []
     texts: list[str] = []
     for path in paths:
@@ -204,9 +205,10 @@ def _nearest(claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str]
         prov = _provenance(measurements, path) or {}
         item = {"path": path, "value": value, "commit": prov.get("commit"), "protocol": _label(prov)}
         when = ""
-        if later:
-            item["later"] = _after_report(prov) or "made after the report"
-            when = f"; {item['later']}"
+        after = _after_report(prov) or ("made after the report" if later else None)
+        if after:  # a later run is dated wherever it is listed
+            item["later"] = after
+            when = f"; {after}"
         items.append(item)
         texts.append(f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))}{when})")
     return items, "; ".join(texts)

@@ -152,6 +152,8 @@ def _shown(value: Any) -> str:
         return "a JSON object" if value else "an empty object"
     if isinstance(value, list):
         return "a JSON list" if value else "an empty list"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -486,6 +488,7 @@ def validate_measurements(data: Any, origin: str) -> None:
     if not isinstance(data.get("pair"), str) or not data["pair"]:
         raise err("$.pair", f"is {data.get('pair')!r}: expected the pair's registry name or \"custom\"")
     check({k: v for k, v in data.items() if k != "models"}, TOP_LEVEL, [], {})
+    _check_protocol(data.get("protocol"), "$.protocol", err)
     models = data.get("models")
     if not isinstance(models, Mapping):
         shown = "missing" if models is None else f"a JSON {type(models).__name__}"
@@ -517,8 +520,8 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
     n_heads = _optional_count(model, "n_heads", at, err)
 
     layers = model.get("layers")
-    if layers is not None and not isinstance(layers, Mapping):
-        raise err(f"{at}.layers", "expected an object of per-layer arrays")
+    if "layers" in model and not isinstance(layers, Mapping):
+        raise err(f"{at}.layers", f"is {_shown(layers)}: expected an object of per-layer arrays")
     if layers is not None and not layers:
         raise err(f"{at}.layers", "is an empty object: expected per-layer arrays (leave the key out when none was measured)")
     layers = layers or {}
@@ -533,8 +536,8 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
         raise err(f"{at}.layers", f"arrays of different lengths {lengths}: expected one value per layer each")
 
     heads = model.get("heads")
-    if heads is not None and not isinstance(heads, Mapping):
-        raise err(f"{at}.heads", "expected an object of per-layer, per-head arrays")
+    if "heads" in model and not isinstance(heads, Mapping):
+        raise err(f"{at}.heads", f"is {_shown(heads)}: expected an object of per-layer, per-head arrays")
     if heads is not None and not heads:
         raise err(f"{at}.heads", "is an empty object: expected per-head arrays (leave the key out when none was measured)")
     for key, value in (heads or {}).items():
@@ -549,7 +552,21 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
 
     ctx = {"n_layers": n_layers if n_layers is not None else (next(iter(lengths.values())) if lengths else None)}
     check({k: v for k, v in model.items() if k not in ("layers", "heads")}, MODEL, ["models", role], ctx)
+    _check_protocol(model.get("protocol"), f"{at}.protocol", err)
     _check_consistency(layers, model.get("scalars") or {}, at, err)
+
+
+def _check_protocol(protocol: Any, at: str, err: Callable[..., MeasurementsFileError]) -> None:
+    """What :class:`~drope_check.protocol.Protocol` itself requires of a protocol's lengths: padding to
+    at least ``max_tokens``, a short-prompt cut ``1 <= lo <= hi < max_tokens``."""
+    if not isinstance(protocol, Mapping) or not isinstance(protocol.get("max_tokens"), int):
+        return
+    max_tokens = protocol["max_tokens"]
+    if isinstance(protocol.get("pad_to"), int) and protocol["pad_to"] < max_tokens:
+        raise err(f"{at}.pad_to", f"is {protocol['pad_to']}: expected a length >= max_tokens ({max_tokens}), or null")
+    cut = protocol.get("prompt_tokens")
+    if isinstance(cut, list) and not cut[0] <= cut[1] < max_tokens:
+        raise err(f"{at}.prompt_tokens", f"is {cut}: expected [lo, hi] with lo <= hi < max_tokens ({max_tokens})")
 
 
 def _optional_count(model: Mapping[str, Any], key: str, at: str, err: Callable[..., MeasurementsFileError]) -> int | None:

@@ -67,6 +67,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "perplexity": ("lines", "prompts", "sliding"),
     "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
                       "qk_disruption:jin"),
+    "intervention": ("ppl", "baseline_ppl", "ratio"),
 }
 
 
@@ -325,7 +326,7 @@ INTERVENTION = Obj({
     "layer": Number("a layer index or null", lo=0, integer=True, nullable=True, layer=True), "protocol": TEXT,
     "ppl": PPL, "baseline_ppl": PPL, "ratio": RATIO, "n_sequences": COUNT, "n_predicted": COUNT,
     "perplexity": PERPLEXITY, "record": Obj(what="an object"),
-}, required=("ppl", "ratio"), what="an intervention object")
+}, what="an intervention object")
 #: ``provenance``: what the claims, the report and the model-id check read.
 PROVENANCE = Obj({
     "model_id": TEXT, "revision": TEXT_OR_NULL, "variant": TEXT,
@@ -375,7 +376,7 @@ def _first_problem(value: Any, rule: Any, parts: list[Any], ctx: Mapping[str, An
             return parts, f"is an empty object: expected {rule.what}; leave the key out when nothing was measured"
         for key in rule.required:
             if key not in value:
-                return parts + [key], f"is missing: every {rule.what} has {', '.join(rule.required)}"
+                return parts + [key], f"is missing: {rule.what} needs {', '.join(rule.required)}"
         for key, item in value.items():
             found = _first_problem(item, rule.fields.get(key, rule.other), parts + [key], ctx)
             if found:

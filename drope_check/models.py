@@ -24,12 +24,14 @@ the model exactly (missing, unexpected or mis-shaped weights) is refused naming 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -629,6 +631,22 @@ def _refuse_incomplete_load(
     )
 
 
+@contextlib.contextmanager
+def own_load_report() -> Iterator[None]:
+    """Silence transformers' table of missing / unexpected / mis-shaped keys (a logged warning)
+    while drope_check loads: :func:`_refuse_incomplete_load` refuses those in one sentence, or
+    records them under ``--allow-incomplete-weights``."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def refuse_non_finite_weights(model: nn.Module, name: str, where: str) -> None:
     """Refuse a model any of whose floating-point parameters or buffers holds a NaN or an infinity,
     naming the first such tensor: every activation downstream of it would be non-finite, and the
@@ -728,7 +746,8 @@ def load_model(
 
     if is_embedded(spec.source):
         embedded = embedded_model(spec.source)
-        base, tokenizer, sha, origin, incomplete = _embedded_base(spec.source, allow_incomplete_weights)
+        with own_load_report():
+            base, tokenizer, sha, origin, incomplete = _embedded_base(spec.source, allow_incomplete_weights)
         if incomplete:
             provenance["incomplete_weights"] = incomplete
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
@@ -742,9 +761,10 @@ def load_model(
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:
-        model, tokenizer = _load_hub_or_dir(
-            spec, dtype, device, trust_remote_code, quantization, provenance, allow_incomplete_weights
-        )
+        with own_load_report():
+            model, tokenizer = _load_hub_or_dir(
+                spec, dtype, device, trust_remote_code, quantization, provenance, allow_incomplete_weights
+            )
 
     refuse_non_finite_weights(model, spec.describe(), provenance.get("weights_loaded_from") or spec.source)
     _finish(model)

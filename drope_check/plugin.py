@@ -383,7 +383,7 @@ def _check_claims_report_option(config: pytest.Config) -> None:
     """``--claims-report`` names a folder that exists or can be created and is writable: a usage
     error now, before anything is measured, never a traceback when the report is written."""
     from drope_check.errors import UserError
-    from drope_check.preflight import check_output_folder
+    from drope_check.output_paths import check_output_folder
 
     report_dir = _claims_report_dir(config)
     if report_dir is None or _is_worker(config):

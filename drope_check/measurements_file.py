@@ -143,7 +143,8 @@ def load_measurements(path: str | Path) -> dict[str, Any]:
 
 
 #: Slack above 1 for a fraction computed in floating point (a rate, ``queipo_alpha``, ``anisotropy``,
-#: a normalised entropy): rounding can put an exact 1 a few ulps above it; anything more is refused.
+#: a normalised entropy) and below 0 for an entropy: rounding can put an exact 1 (or 0) a few ulps
+#: past it; anything more is refused.
 FRACTION_SLACK = 1e-9
 
 
@@ -189,15 +190,16 @@ class Number:
 
 @dataclass(frozen=True)
 class Text:
-    """A non-empty JSON string (``null`` when ``nullable``)."""
+    """A JSON string, non-empty unless ``empty`` (``null`` when ``nullable``)."""
 
     what: str = "a non-empty string"
     nullable: bool = False
+    empty: bool = False
 
     def problem(self, value: Any, ctx: Mapping[str, Any]) -> str | None:
         if value is None and self.nullable:
             return None
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not (value or self.empty):
             return f"is {_shown(value)}: expected {self.what}" + (" or null" if self.nullable else "")
         return None
 
@@ -268,6 +270,8 @@ NORM = Number("a norm (a number >= 0)", lo=0)
 RATE = Number("a rate in [0, 1]", lo=0, hi=1 + FRACTION_SLACK)
 FRACTION = Number("a fraction in [0, 1]", lo=0, hi=1 + FRACTION_SLACK)
 PPL = Number("a perplexity (a number >= 1)", lo=1)
+#: Shannon entropy in nats: >= 0, with the same rounding slack (a rank-1 residual's p_1 can round to 1 + 2e-16).
+ENTROPY = Number("an entropy in nats (a number >= 0)", lo=-FRACTION_SLACK)
 RATIO = Number("a perplexity ratio (a number > 0)", lo=0, lo_open=True)
 TEXT = Text()
 TEXT_OR_NULL = Text(nullable=True)
@@ -276,7 +280,7 @@ STRINGS = Obj(other=TEXT, what="an object of strings")
 
 #: ``layers.<series>``: one value per layer, each in its range (a series not listed: any number).
 LAYER_SERIES: dict[str, Number] = {
-    "bos_norm": NORM, "bos_ratio": NONNEG, "queipo_c": NONNEG, "queipo_alpha": FRACTION, "entropy": NONNEG,
+    "bos_norm": NORM, "bos_ratio": NONNEG, "queipo_c": NONNEG, "queipo_alpha": FRACTION, "entropy": ENTROPY,
     "entropy_normalized": FRACTION, "anisotropy": FRACTION, "sink_rate": RATE, "sink_rate_excl_self": RATE,
     "attention_nan_heads": COUNT0, "bos_mlp_write_norm": NORM, "mean_token_norm": NORM,
 }
@@ -287,7 +291,7 @@ SINK_SCORE = Number("a sink score in [0, 1] (or null: an overflowed fp16-eager h
 SCALARS: dict[str, Number] = {
     "embedding_bos_norm": NORM, "sink_rate_average": RATE, "sink_rate_average_excl_self": RATE,
     "attention_nan_heads": COUNT0, "bos_spike_layer_argmax_ratio": LAYER, "bos_spike_layer_max_write": LAYER,
-    "max_bos_ratio": NONNEG, "peak_bos_norm": NORM, "peak_bos_norm_layer": LAYER, "min_entropy": NONNEG,
+    "max_bos_ratio": NONNEG, "peak_bos_norm": NORM, "peak_bos_norm_layer": LAYER, "min_entropy": ENTROPY,
     "min_entropy_layer": LAYER, "min_entropy_normalized": FRACTION, "min_entropy_normalized_layer": LAYER,
     "ppl_baseline": PPL,
 }
@@ -316,7 +320,7 @@ ENVIRONMENT = Obj({key: TEXT for key in ("python", "torch", "transformers", "pla
                   what="the environment object")
 #: A perplexity record (``perplexity.<protocol>``, and each intervention's ``perplexity``).
 PERPLEXITY = Obj({
-    "protocol": TEXT, "formula": Text(what="a string"), "ppl": PPL, "nll_sum": NONNEG, "n_predicted": COUNT,
+    "protocol": TEXT, "formula": Text(what="a string", empty=True), "ppl": PPL, "nll_sum": NONNEG, "n_predicted": COUNT,
     "mean_nll": NONNEG, "n_sequences": COUNT,
     "per_sequence": ListOf(ListOf(NONNEG, length=2, what="[NLL sum, predicted tokens]"), what="a non-empty list"),
 }, required=("ppl",), what="a perplexity object")

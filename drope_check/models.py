@@ -625,8 +625,9 @@ def _refuse_incomplete_load(
         return found
     problems = count_and_names(found, SHOWN_TENSORS)
     raise ModelLoadError(
-        f"{name}: the tensors in {where} do not match the model ({problems}), so a missing one would keep its random "
-        f"initialisation and an unexpected one be ignored; {hint or 'use the complete checkpoint'}, or pass "
+        f"{name}: the tensors in {where} do not match the model ({problems}), so it would not be measured as saved (a "
+        f"missing tensor keeps its random initialisation, an unexpected one is ignored, a mis-shaped one re-initialised); "
+        f"{hint or 'use the complete checkpoint'}, or pass "
         f"{ALLOW_INCOMPLETE_OPTION} to measure it anyway (recorded in the provenance)"
     )
 

@@ -330,7 +330,7 @@ INTERVENTION = Obj({
     "layer": Number("a layer index or null", lo=0, integer=True, nullable=True, layer=True), "protocol": TEXT,
     "ppl": PPL, "baseline_ppl": PPL, "ratio": RATIO, "n_sequences": COUNT, "n_predicted": COUNT,
     "perplexity": PERPLEXITY, "record": Obj(what="an object"),
-}, what="an intervention object")
+}, nonempty=True, what="an intervention object")
 #: ``provenance``: what the claims, the report and the model-id check read.
 PROVENANCE = Obj({
     "model_id": TEXT, "revision": TEXT_OR_NULL, "variant": TEXT,

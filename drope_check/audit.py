@@ -115,7 +115,8 @@ def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) ->
 
     def load(model_spec: Any, quantization: str | None) -> Any:
         return load_model(model_spec, bos_token=spec.bos_token, dtype=_dtype(options.dtype), device=options.device,
-                          trust_remote_code=options.trust_remote_code, quantization=quantization)
+                          trust_remote_code=options.trust_remote_code, quantization=quantization,
+                          allow_incomplete_weights=options.allow_incomplete_weights)
 
     def sequences(loaded: Any, protocol: Protocol) -> list[list[int]]:
         return token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)

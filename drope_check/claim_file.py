@@ -143,7 +143,12 @@ class ClaimsFileError(ValueError):
 
 
 class MeasurementsMismatch(ValueError):
-    """The measurements belong to another pair or DroPE variant than the claim file assumes."""
+    """The measurements belong to another pair, DroPE variant or model than the claim file assumes;
+    ``json_path`` is the field of the file that says so."""
+
+    def __init__(self, message: str, json_path: str | None = None) -> None:
+        super().__init__(message)
+        self.json_path = json_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,12 +649,13 @@ def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], ori
     validate_measurements(measurements, origin)
     got = measurements.get("pair")
     if got not in (claim_set.pair, "custom"):
-        raise MeasurementsMismatch(f"{origin} measures pair {got!r}, but the claims are for {claim_set.pair!r}")
+        raise MeasurementsMismatch(f"{origin}: $.pair: the file measures pair {got!r}, but the claims are for "
+                                   f"{claim_set.pair!r}", "$.pair")
     drope = measurements["models"]["drope"]
     if drope.get("variant") != claim_set.drope_variant:
         raise MeasurementsMismatch(
-            f"{origin}: the DroPE side is variant {drope.get('variant')!r}, but {claim_set.path} assumes "
-            f"{claim_set.drope_variant!r}"
+            f"{origin}: $.models.drope.variant: the DroPE side is variant {drope.get('variant')!r}, but {claim_set.path} "
+            f"assumes {claim_set.drope_variant!r}", "$.models.drope.variant"
         )
     if as_pair:
         return
@@ -659,8 +665,9 @@ def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], ori
         if want is None:
             continue
         if ids.get(role) != want:
+            where = f"$.models.{role}.provenance.model_id"
             raise MeasurementsMismatch(
-                f"{origin}: the {role} model is {ids.get(role)!r}, but the claims of pair {claim_set.pair!r} are about "
-                f"{want!r}; to judge other models against them anyway, pass --as-pair (every verdict then names the "
-                "measured models)"
+                f"{origin}: {where}: the {role} model is {ids.get(role)!r}, but the claims of pair {claim_set.pair!r} are "
+                f"about {want!r}; to judge other models against them anyway, pass --as-pair (every verdict then names "
+                "the measured models)", where
             )

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from drope_check.atomic import atomic_write_json
@@ -59,6 +60,9 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
                         help="bitsandbytes 4-bit with fp16 compute, as upstream ran (GPU)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="opt in to the checkpoint's remote code instead of drope_check's native DroPE loader")
+    parser.add_argument("--allow-incomplete-weights", action="store_true",
+                        help="measure a checkpoint whose tensors do not match the model (missing ones keep their random "
+                        "initialisation, unexpected ones are ignored); refused otherwise, and recorded in the provenance")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -95,6 +99,7 @@ def _measure(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         allow_text_fallback=not args.no_text_fallback,
         progress=not args.no_progress,
+        allow_incomplete_weights=args.allow_incomplete_weights,
     )
     result = measure_pair(pair, protocol, args.interventions, options)
     replaced = args.out.exists()
@@ -205,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` for a run: drope_check's own warnings (a measurement that is valid
+    but must be said, e.g. a RoPE model past its trained positions) as one line on stderr; any
+    other warning as Python shows it."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.startswith("drope_check"):
+            print(f"drope-check {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. A :class:`UserError` exits 2 with its one sentence on stderr (the traceback
     too with ``--debug``); Ctrl-C exits 130 (atomic writes leave no partial file)."""
@@ -214,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             from drope_check.preflight import check_output_folder
 
             check_output_folder(args.report_dir, "--report-dir")
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args))
     except UserError as exc:
         if args.debug:
             import traceback

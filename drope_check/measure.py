@@ -13,6 +13,7 @@ import dataclasses
 import datetime as _dt
 import gc
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,9 @@ class MeasureOptions:
     trust_remote_code: bool = False
     allow_text_fallback: bool = True
     progress: bool = False
+    #: load a checkpoint whose tensors do not match the model (recorded per model as
+    #: ``provenance.incomplete_weights``; :func:`drope_check.models.load_model`)
+    allow_incomplete_weights: bool = False
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -154,6 +158,33 @@ def baseline_perplexity(nll: Sequence[tuple[float, int]]):
     )
 
 
+class PositionsBeyondTraining(UserWarning):
+    """A RoPE model measured on sequences longer than its ``max_position_embeddings``."""
+
+
+def positions_beyond_training(loaded: LoadedModel, seqs: Sequence[Sequence[int]]) -> dict[str, Any] | None:
+    """The record ``provenance.positions_beyond_training`` = ``{"longest_sequence",
+    "max_position_embeddings"}`` when a sequence is longer than the model was trained on, else None.
+
+    For a model without rotary (DroPE, or the identity rotation of a zero-shot NoPE side) that is
+    the experiment DroPE is about; a RoPE model, though, then rotates by angles it never saw, and
+    its numbers say as much about that as about the model: it is warned about (once per model, a
+    :class:`PositionsBeyondTraining` warning) as well as recorded."""
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    longest = max((len(s) for s in seqs), default=0)
+    if not isinstance(limit, int) or longest <= limit:
+        return None
+    if loaded.spec.variant == "rope":
+        warnings.warn(
+            f"{loaded.name}: sequences of up to {longest} tokens (--max-tokens) exceed its max_position_embeddings "
+            f"{limit}: a RoPE model is measured at rotary positions it was never trained on (recorded in the "
+            "provenance as positions_beyond_training)",
+            PositionsBeyondTraining,
+            stacklevel=2,
+        )
+    return {"longest_sequence": longest, "max_position_embeddings": limit}
+
+
 def measure_model(
     loaded: LoadedModel,
     seqs: list[list[int]],
@@ -165,6 +196,7 @@ def measure_model(
     """The measurements of one loaded model (the ``<model>`` object of the schema); ``label`` names
     the progress bar (default ``measure <role>``)."""
     start = time.perf_counter()
+    beyond = positions_beyond_training(loaded, seqs)
     captures, nll, precision = run_capture(loaded, seqs, protocol, progress, label)
     summary = summarise(captures, protocol)
     baseline = baseline_perplexity(nll)
@@ -204,6 +236,8 @@ def measure_model(
         "pad_to": protocol.pad_to or 0,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if beyond is not None:
+        result["provenance"]["positions_beyond_training"] = beyond
     return result
 
 
@@ -296,6 +330,7 @@ def measure_pair(
             device=options.device,
             trust_remote_code=options.trust_remote_code,
             quantization=options.quantization,
+            allow_incomplete_weights=options.allow_incomplete_weights,
         )
         seqs = token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
         token_info[model_spec.role] = sum(len(s) for s in seqs)

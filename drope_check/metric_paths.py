@@ -192,6 +192,9 @@ def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str 
                     raise MetricPathError(parsed.text, f"slice {_describe_step(step)} of {shown} is empty", claim)
         shown_step = _describe_step(step)
         where += shown_step[1:] if where.endswith(":") and shown_step.startswith(".") else shown_step
+    if node is None and parsed.steps and parsed.steps[-1][0] == "key":  # null: the source says "not measured"
+        raise MetricPathError(parsed.text, "is null in the measurements (not measured)", claim,
+                              missing_key=str(parsed.steps[-1][1]))
     if text:
         if not isinstance(node, str) or not node.strip():
             raise MetricPathError(parsed.text, f"is a {type(node).__name__}, not a text fact (a non-empty string)", claim)

@@ -24,12 +24,14 @@ the model exactly (missing, unexpected or mis-shaped weights) is refused naming 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,7 +47,7 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
 )
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
 from drope_check.embedded import CACHE_ENV, EmbeddedUnavailable, cache_dir, embedded_model, is_embedded  # noqa: F401 (CACHE_ENV re-exported)
-from drope_check.errors import UserError
+from drope_check.errors import UserError, count_and_names
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -276,12 +278,42 @@ def dequantized_cache_path(gguf_sha256: str) -> Path:
     return cache_dir() / "dequantized" / f"{gguf_sha256}-v{DEQUANT_CACHE_FORMAT}"
 
 
-def _dequantize_gguf(path: Path) -> tuple[nn.Module, Any]:
+#: GGUF tensors that are derived data, not weights (llama.cpp stores Llama 3's rotary frequencies;
+#: transformers computes them from the config): never reported as unexpected.
+GGUF_DERIVED_TENSORS: tuple[str, ...] = ("rope_freqs.weight",)
+
+
+def gguf_unmapped_tensors(path: Path, model: nn.Module) -> set[str]:
+    """GGUF tensors of ``path`` that map to no parameter of ``model``: transformers' GGUF loader
+    drops them without a word (it reports only the model's missing keys), so a GGUF with extra
+    tensors (e.g. q/k/v biases a Llama lacks) would load as if they were not there."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        read_field,
+    )
+
+    reader = GGUFReader(str(path))
+    architecture = (read_field(reader, "general.architecture") or [""])[0]
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=model.config.to_dict())
+    mapped = get_gguf_hf_weights_map(model, processor)
+    return {t.name for t in reader.tensors if t.name not in mapped and t.name not in GGUF_DERIVED_TENSORS}
+
+
+def _dequantize_gguf(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The GGUF's model (float32) and tokenizer, and its loading info: transformers' missing /
+    mis-shaped keys plus, as unexpected, every GGUF tensor that maps to no parameter
+    (:func:`gguf_unmapped_tensors`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model, info = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, output_loading_info=True
+    )
+    info = {**info, "unexpected_keys": set(info.get("unexpected_keys") or ()) | gguf_unmapped_tensors(path, model)}
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return model, tokenizer
+    return model, tokenizer, info
 
 
 def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, gguf_sha256: str) -> None:
@@ -319,31 +351,46 @@ def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, ggu
 
 
 @functools.lru_cache(maxsize=2)
-def _embedded_base(source: str = "embedded") -> tuple[nn.Module, Any, str, str]:
+def _embedded_base(
+    source: str = "embedded", allow_incomplete_weights: bool = False
+) -> tuple[nn.Module, Any, str, str, dict[str, list[str]] | None]:
     """Load an embedded GGUF once per process (callers get deep copies), dequantised once per
     machine: the float32 weights are kept as safetensors in :func:`dequantized_cache_path`, keyed by
-    the GGUF's sha256. Returns (model, tokenizer, GGUF sha256, where the weights came from)."""
+    the GGUF's sha256. Returns (model, tokenizer, GGUF sha256, where the weights came from, the
+    tensors that did not match: None when every tensor was read).
+
+    Both the GGUF and a cache entry must match the model exactly (:func:`_refuse_incomplete_load`);
+    a GGUF loaded incompletely under ``allow_incomplete_weights`` is never written to the cache."""
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError("loading the embedded GGUF model needs `pip install gguf accelerate`") from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = f"{source} ({embedded_model(source).model_id})"
     path = embedded_gguf_path(source)
     sha = file_sha256(path)
     cached = dequantized_cache_path(sha)
     if (cached / "drope_check_cache.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
-        model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
-        return model.eval(), tokenizer, sha, f"dequantised cache {cached}"
-    model, tokenizer = _dequantize_gguf(path)
+        model, info = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32, output_loading_info=True)
+        incomplete = _refuse_incomplete_load(
+            info, name, f"the dequantised cache {cached}", allow=allow_incomplete_weights,
+            hint="delete that folder to rebuild it from the GGUF",
+        )
+        return model.eval(), tokenizer, sha, f"dequantised cache {cached}", incomplete
+    model, tokenizer, info = _dequantize_gguf(path)
+    incomplete = _refuse_incomplete_load(info, name, str(path), allow=allow_incomplete_weights)
     origin = f"dequantised from {path.name} in this process"
+    if incomplete:
+        origin += " (not cached: its tensors do not match the model)"
+        return model.eval(), tokenizer, sha, origin, incomplete
     try:
         _write_dequantized_cache(model, tokenizer, cached, sha)
         origin += f" (cached to {cached})"
     except OSError as exc:  # a read-only or full cache dir costs time, never the measurement
         origin += f" (not cached: {exc})"
-    return model.eval(), tokenizer, sha, origin
+    return model.eval(), tokenizer, sha, origin, None
 
 
 def resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: str) -> int:
@@ -546,23 +593,79 @@ def checkpoint_tensor_digests(folder: Path, names: list[str]) -> dict[str, str]:
     return dict(sorted(digests.items()))
 
 
-def _refuse_incomplete_load(info: dict[str, Any], name: str) -> None:
-    """A natively loaded DroPE checkpoint must match the model exactly: a missing weight would be
-    random, an unexpected one (e.g. Qwen2's q/k/v biases) silently dropped."""
-    problems = []
-    for what, keys in (
-        ("missing", info.get("missing_keys") or ()),
-        ("unexpected", info.get("unexpected_keys") or ()),
-        ("mis-shaped", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()]),
-    ):
-        keys = sorted(keys)
-        if keys:
-            problems.append(f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
-    if problems:
-        raise ModelLoadError(
-            f"{name}: the checkpoint's weights do not match a Llama DroPE model: {'; '.join(problems)}; "
-            "drope_check's native loader implements Llama DroPE checkpoints only (--trust-remote-code runs the checkpoint's own code)"
-        )
+#: The command-line option (and, after the slash, the pytest option) that loads a checkpoint whose
+#: tensors do not match the model anyway; what did not match is recorded in provenance.
+ALLOW_INCOMPLETE_OPTION = "--allow-incomplete-weights (pytest: --drope-allow-incomplete-weights)"
+#: How many tensor names a refusal shows per kind (the count is always given).
+SHOWN_TENSORS = 4
+
+
+def _refuse_incomplete_load(
+    info: dict[str, Any], name: str, where: str, *, allow: bool = False, hint: str | None = None
+) -> dict[str, list[str]] | None:
+    """A model must hold exactly the tensors its weights file holds: a missing weight would keep its
+    random initialisation, an unexpected one (e.g. q/k/v biases a Llama lacks) would be dropped
+    silently, a mis-shaped one re-initialised. ``info`` is transformers' loading info
+    (``output_loading_info=True``: ``missing_keys``, ``unexpected_keys``, ``mismatched_keys``; tied
+    weights such as SmolLM2's ``lm_head`` and buffers such as ``rotary_emb.inv_freq`` are never in it).
+
+    Raises :class:`ModelLoadError` naming the model, ``where`` (the file or folder) and the tensors
+    (the first :data:`SHOWN_TENSORS` of each kind and their count). With ``allow`` (the user's
+    :data:`ALLOW_INCOMPLETE_OPTION`) returns ``{"missing": [...], "unexpected": [...], "mis_shaped":
+    [...]}`` for provenance instead; None when every tensor matched."""
+    found = {
+        "missing": sorted(info.get("missing_keys") or ()),
+        "unexpected": sorted(info.get("unexpected_keys") or ()),
+        "mis_shaped": sorted(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()),
+    }
+    found = {kind: keys for kind, keys in found.items() if keys}
+    if not found:
+        return None
+    if allow:
+        return found
+    problems = count_and_names(found, SHOWN_TENSORS)
+    raise ModelLoadError(
+        f"{name}: the tensors in {where} do not match the model ({problems}), so it would not be measured as saved (a "
+        f"missing tensor keeps its random initialisation, an unexpected one is ignored, a mis-shaped one re-initialised); "
+        f"{hint or 'use the complete checkpoint'}, or pass "
+        f"{ALLOW_INCOMPLETE_OPTION} to measure it anyway (recorded in the provenance)"
+    )
+
+
+@contextlib.contextmanager
+def own_load_report() -> Iterator[None]:
+    """Silence transformers' table of missing / unexpected / mis-shaped keys (a logged warning)
+    while drope_check loads: :func:`_refuse_incomplete_load` refuses those in one sentence, or
+    records them under ``--allow-incomplete-weights``."""
+    import logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def refuse_non_finite_weights(model: nn.Module, name: str, where: str) -> None:
+    """Refuse a model any of whose floating-point parameters or buffers holds a NaN or an infinity,
+    naming the first such tensor: every activation downstream of it would be non-finite, and the
+    capture would stop at the first layer with an error that names the symptom, not the cause.
+    One ``isfinite`` pass per tensor (quantized, integer and meta tensors are skipped)."""
+    import itertools
+
+    for tensor_name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if not tensor.is_floating_point() or tensor.device.type == "meta":
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - int(finite.sum()))
+            raise ModelLoadError(
+                f"{name}: tensor {tensor_name} from {where} holds {bad} non-finite value(s) (NaN or inf) of "
+                f"{tensor.numel()}, so every measurement would be NaN; the checkpoint is corrupt (or was saved after a "
+                "diverged training step): use an intact copy"
+            )
 
 
 def load_tokenizer(source: str, revision: str | None, trust_remote_code: bool, config: Any = None) -> Any:
@@ -574,6 +677,20 @@ def load_tokenizer(source: str, revision: str | None, trust_remote_code: bool, c
     if config is not None:
         kwargs["config"] = config
     return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def weights_location(source: str, revision: str | None) -> str:
+    """Where a model's weights are read from, as an error names it: the local directory, or the hub
+    id with its snapshot folder in the local HF cache when one is there."""
+    if Path(source).is_dir():
+        return str(Path(source))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(source, "config.json", revision=revision)
+    except Exception:  # an id the cache cannot even look up: the loader says why
+        hit = None
+    return f"{source} (HF cache {Path(hit).parent})" if isinstance(hit, str) else source
 
 
 def _snapshot_dir(source: str, revision: str | None) -> Path:
@@ -614,11 +731,15 @@ def load_model(
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
     quantization: str | None = None,
+    allow_incomplete_weights: bool = False,
 ) -> LoadedModel:
     """Load one model of a pair, switched to drope_check's attention function.
 
     ``quantization`` (``nf4``, ``nf4-double``, ``fp4``) loads in bitsandbytes 4-bit with fp16
-    compute, as upstream ran on an A10G.
+    compute, as upstream ran on an A10G. Every loader path refuses weights that do not match the
+    model (missing, unexpected, mis-shaped tensors: :func:`_refuse_incomplete_load`) unless
+    ``allow_incomplete_weights``, which records them in ``provenance["incomplete_weights"]``; a
+    tensor holding a NaN or an infinity is always refused (:func:`refuse_non_finite_weights`).
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -626,7 +747,10 @@ def load_model(
 
     if is_embedded(spec.source):
         embedded = embedded_model(spec.source)
-        base, tokenizer, sha, origin = _embedded_base(spec.source)
+        with own_load_report():
+            base, tokenizer, sha, origin, incomplete = _embedded_base(spec.source, allow_incomplete_weights)
+        if incomplete:
+            provenance["incomplete_weights"] = incomplete
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         if spec.variant != "rope":
             apply_identity_rotation(model)
@@ -638,8 +762,12 @@ def load_model(
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:
-        model, tokenizer = _load_hub_or_dir(spec, dtype, device, trust_remote_code, quantization, provenance)
+        with own_load_report():
+            model, tokenizer = _load_hub_or_dir(
+                spec, dtype, device, trust_remote_code, quantization, provenance, allow_incomplete_weights
+            )
 
+    refuse_non_finite_weights(model, spec.describe(), provenance.get("weights_loaded_from") or spec.source)
     _finish(model)
     architecture = architecture_of(model)
     architecture.check_supported(model)
@@ -668,7 +796,10 @@ def _load_hub_or_dir(
     trust_remote_code: bool,
     quantization: str | None,
     provenance: dict[str, Any],
+    allow_incomplete_weights: bool = False,
 ) -> tuple[nn.Module, Any]:
+    """A hub id (through the HF cache) or a local directory; refuses weights that do not match the
+    model (:func:`_refuse_incomplete_load`) unless ``allow_incomplete_weights``."""
     from transformers import AutoModelForCausalLM
 
     cfg = read_config_dict(spec.source, spec.revision)
@@ -677,7 +808,10 @@ def _load_hub_or_dir(
             architecture_for_model_type(cfg.get("model_type"))
         except UnsupportedArchitecture as exc:
             raise ModelLoadError(f"{spec.describe()}: {exc}") from None
-    kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True}
+    # mis-shaped tensors are named by _refuse_incomplete_load, not raised as transformers' RuntimeError
+    kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True,
+                              "ignore_mismatched_sizes": True}
+    where = weights_location(spec.source, spec.revision)
     qconfig = _quantization_config(quantization)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(device)})
@@ -693,7 +827,11 @@ def _load_hub_or_dir(
             model, info = native_drope_llama_class().from_pretrained(
                 spec.source, config=config, output_loading_info=True, **kwargs
             )
-            _refuse_incomplete_load(info, name)
+            incomplete = _refuse_incomplete_load(
+                info, name, where, allow=allow_incomplete_weights,
+                hint="drope_check's native loader implements Llama DroPE checkpoints only (--trust-remote-code runs the "
+                "checkpoint's own code)",
+            )
             apply_identity_rotation(model)
             install_qk_norm(model, attention_type)
             if cfg.get("softmax_scale") is not None:
@@ -706,9 +844,10 @@ def _load_hub_or_dir(
             )
         else:
             tokenizer = load_tokenizer(spec.source, spec.revision, trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                spec.source, trust_remote_code=trust_remote_code, **kwargs
+            model, info = AutoModelForCausalLM.from_pretrained(
+                spec.source, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs
             )
+            incomplete = _refuse_incomplete_load(info, spec.describe(), where, allow=allow_incomplete_weights)
             provenance.update(
                 attention_type=cfg.get("attention_type", "rope"),
                 loader="remote-code" if trust_remote_code and is_drope_config(cfg) else "transformers",
@@ -722,6 +861,9 @@ def _load_hub_or_dir(
         ) from exc
     if qconfig is None:
         model = model.to(device)
+    provenance["weights_loaded_from"] = where
+    if incomplete:
+        provenance["incomplete_weights"] = incomplete
     local = Path(spec.source)
     if local.is_dir():
         files = sorted(local.glob("*.safetensors"))

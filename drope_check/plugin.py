@@ -329,6 +329,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "and llama2-7b's author files but not the opt-in Gemma pair")
     group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
                     help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
+    group.addoption("--drope-allow-incomplete-weights", action="store_true", dest="drope_allow_incomplete_weights",
+                    default=False,
+                    help="measure checkpoints whose tensors do not match the model (refused otherwise); what did not "
+                    "match is recorded in the provenance and shown in the report")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -345,6 +349,7 @@ def pytest_configure(config: pytest.Config) -> None:
         expected = Path(str(config.rootpath)) / "expected"
     else:
         expected = default_expected_dir()
+    _check_claims_report_option(config)
     state = _State(config=config, expected_dir=expected)
     config.stash[_STATE_KEY] = state
     config.pluginmanager.register(_Aggregator(state), "drope_check-aggregator")
@@ -364,6 +369,30 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     except AuthorFilesUnavailable:
         pass  # the author-files tests skip (or error under --strict-claims) saying where it looked
+
+
+def _claims_report_dir(config: pytest.Config) -> Path | None:
+    """``--claims-report DIR`` resolved against the directory pytest was invoked in."""
+    out = config.getoption("drope_claims_report", None)
+    if not out:
+        return None
+    report_dir = Path(out)
+    return report_dir if report_dir.is_absolute() else Path(str(config.invocation_params.dir)) / report_dir
+
+
+def _check_claims_report_option(config: pytest.Config) -> None:
+    """``--claims-report`` names a folder that exists or can be created and is writable: a usage
+    error now, before anything is measured, never a traceback when the report is written."""
+    from drope_check.errors import UserError
+    from drope_check.output_paths import check_output_folder
+
+    report_dir = _claims_report_dir(config)
+    if report_dir is None or _is_worker(config):
+        return
+    try:
+        check_output_folder(report_dir, "--claims-report")
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -439,6 +468,7 @@ class _Aggregator:
         self.state = state
         self.regenerated: list[str] | None = None
         self.report_dir: Path | None = None
+        self.report_error: str | None = None
         self.audit_lines: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -478,7 +508,7 @@ class _Aggregator:
             if any(line.startswith("audit failed") for line in self.audit_lines):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:
-            from drope_check.report import build_report, plot_marks, write_report
+            from drope_check.report import ReportWriteError, build_report, plot_marks, write_report
 
             pairs = sorted({v["pair"] for v in verdicts})
             infos = {
@@ -487,11 +517,13 @@ class _Aggregator:
             }
             marks = {p: plot_marks(self.state.claim_set(p)) for p in pairs}
             doc = build_report(verdicts, infos, marks, author_files=self.state.author_files)
-            report_dir = Path(out)
-            if not report_dir.is_absolute():
-                report_dir = Path(str(config.invocation_params.dir)) / report_dir
-            write_report(doc, report_dir)
-            self.report_dir = report_dir
+            report_dir = _claims_report_dir(config)
+            try:
+                write_report(doc, report_dir)
+                self.report_dir = report_dir
+            except ReportWriteError as exc:  # e.g. a full disk: one sentence, and no half-written report
+                self.report_error = f"--claims-report: {exc}"
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if _is_worker(config) or not self.state.verdicts:
@@ -515,8 +547,15 @@ class _Aggregator:
             )
         for line in self.audit_lines:
             terminalreporter.write_line(line)
+        from drope_check.report import provenance_notes
+
+        for pair, info in sorted(self.state.pairs.items()):
+            for note in provenance_notes(info):
+                terminalreporter.write_line(f"pair {pair}: {note}", yellow=True)
         if self.report_dir is not None:
             terminalreporter.write_line(f"claims report: {self.report_dir / 'claims-report.md'}")
+        if self.report_error is not None:
+            terminalreporter.write_line(self.report_error, red=True, bold=True)
 
 
 def _write_regen(state: _State, verdicts: list[dict[str, Any]]) -> list[str]:
@@ -544,6 +583,7 @@ def _measure_options(config: pytest.Config) -> Any:
         "dtype": config.getoption("drope_dtype"),
         "quantization": config.getoption("drope_quantization"),
         "wikitext": config.getoption("drope_wikitext"),
+        "allow_incomplete_weights": config.getoption("drope_allow_incomplete_weights", None) or None,
     }
     chosen = {k: v for k, v in chosen.items() if v is not None}
     if not chosen:

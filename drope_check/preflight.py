@@ -12,14 +12,17 @@ whose message names the input and the fix:
 * the device, dtype and quantization (a CUDA device exists, bitsandbytes is installed);
 * the text source (a given WikiText path or ``DROPE_CHECK_WIKITEXT`` names a readable file);
 * the outputs (``--out``'s folder exists and is writable and ``--out`` is no folder; a report
-  folder can be created and written).
+  folder can be created and written): :mod:`drope_check.output_paths`, re-exported here.
+
+A checkpoint whose tensors do not match its model (missing, unexpected, mis-shaped) is refused by
+the loader itself (:func:`drope_check.models.load_model`), from transformers' own loading info,
+before the model is measured.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,10 @@ from drope_check.models import (
     require_qk_norm_tensors,
     resolve_token_id,
     safetensors_files,
+)
+from drope_check.output_paths import (  # re-exported: they live in a module without torch
+    check_output_file,
+    check_output_folder,
 )
 from drope_check.texts import ENV_WIKITEXT
 
@@ -204,47 +211,3 @@ def check_text_source(wikitext: str | os.PathLike[str] | None) -> None:
         except OSError as exc:
             raise UserError(f"{origin} {str(file)!r} cannot be read ({exc.strerror or exc}); check its permissions") from exc
         return  # the option wins over the environment variable
-
-
-# ----------------------------------------------------------------------------------------------
-# outputs
-
-
-def _probe_writable(folder: Path, option: str) -> None:
-    """Create and remove a file in ``folder``: the only check that is right for root, ACLs and
-    read-only mounts alike."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".drope-check-probe.", dir=folder)
-    except OSError as exc:
-        raise UserError(f"{option}: cannot write in the folder {str(folder)!r} ({exc.strerror or exc}); choose a writable folder") from exc
-    os.close(fd)
-    os.unlink(probe)
-
-
-def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> bool:
-    """``path`` can be written: its folder exists and is writable, and it is not a folder.
-    Returns whether a file is already there (and will be replaced)."""
-    target = Path(path)
-    if target.is_dir():
-        raise UserError(f"{option} {str(target)!r} is a folder; give a file name, e.g. {str(target / 'measurements.json')!r}")
-    folder = target.parent
-    if not folder.exists():
-        raise UserError(f"{option} {str(target)!r}: the folder {str(folder)!r} does not exist; create it first")
-    if not folder.is_dir():
-        raise UserError(f"{option} {str(target)!r}: {str(folder)!r} is a file, not a folder")
-    _probe_writable(folder, option)
-    return target.exists()
-
-
-def check_output_folder(path: str | os.PathLike[str], option: str = "--report-dir") -> None:
-    """A folder to write into: it exists as a writable folder, or can be created (its nearest
-    existing parent is a writable folder)."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{option} {str(folder)!r} is a file; give a folder")
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{option} {str(folder)!r}: {str(existing)!r} is a file, not a folder")
-    _probe_writable(existing, option)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from drope_check.atomic import atomic_write_bytes, atomic_write_text
 from drope_check.author_files import author_files_verdict, is_author_files_import
 from drope_check.bands import fmt
 from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
+from drope_check.errors import UserError, count_and_names
 from drope_check.evidence import (
     family_rank,
     family_title,
@@ -34,6 +36,7 @@ from drope_check.evidence import (
     skip_groups,
 )
 from drope_check.evidence_spec import SOURCES
+from drope_check.file_mode import output_mode
 from drope_check.measurements_file import load_measurements
 from drope_check.verdicts import Verdict, strict_verdict, value_text, verdict_for
 
@@ -257,12 +260,33 @@ def _pair_section(name: str, info: Mapping[str, Any], plots: Sequence[str]) -> l
             if k in prov
         )
         lines.append(f"- {role}: {ident}{'@' + str(rev) if rev else ''} (variant {model.get('variant')}); {shown}")
+    lines += [f"- **{note}**" for note in provenance_notes(info)]
     lines.append("")
     for plot in plots:
         lines.append(f"![{plot}]({plot})")
     if plots:
         lines.append("")
     return lines
+
+
+def provenance_notes(info: Mapping[str, Any]) -> list[str]:
+    """What a reader must be told about how a pair's models were measured (:func:`pair_info`): weights
+    loaded although their tensors did not match the model (``--allow-incomplete-weights``), and a
+    RoPE model measured past its ``max_position_embeddings``. Shown in the report and the pytest
+    terminal summary."""
+    notes = []
+    for role, model in (info.get("models") or {}).items():
+        prov = model.get("provenance") or {}
+        if prov.get("incomplete_weights"):
+            notes.append(f"{role}: loaded with --allow-incomplete-weights although its tensors do not match the model: "
+                         f"{count_and_names(prov['incomplete_weights'])}")
+        beyond = prov.get("positions_beyond_training")
+        if beyond:
+            what = ("a RoPE model measured at rotary positions it was never trained on" if model.get("variant") == "rope"
+                    else "no rotary: the length experiment DroPE is about")
+            notes.append(f"{role}: sequences of up to {beyond['longest_sequence']} tokens exceed max_position_embeddings "
+                         f"{beyond['max_position_embeddings']} ({what})")
+    return notes
 
 
 def render_markdown(doc: Mapping[str, Any], plots: Mapping[str, Sequence[str]] | None = None) -> str:
@@ -509,18 +533,45 @@ def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, lis
     return written
 
 
-def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = True) -> list[Path]:
-    """Write plots, ``claims-report.json`` and ``claims-report.md`` (in that order) into ``report_dir``."""
-    folder = Path(report_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    plot_files = write_plots(doc, folder) if plots else {}
-    paths = [folder / f for files in plot_files.values() for f in files]
-    paths.append(atomic_write_text(folder / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n"))
-    from drope_check.audit import report_section  # an audit.json next to the report: robustness per claim
+class ReportWriteError(UserError, OSError):
+    """The report could not be written (a full disk, a folder that went away); nothing of it was left."""
 
-    markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
-    paths.append(atomic_write_text(folder / "claims-report.md", markdown))
-    return paths
+
+def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = True) -> list[Path]:
+    """Write plots, ``claims-report.json`` and ``claims-report.md`` into ``report_dir``, all or nothing.
+
+    Every file is first written into a temporary folder inside ``report_dir`` (same file system),
+    and only when all of them are complete are they renamed into place: a full disk or a folder
+    that cannot be written leaves the previous report (or none) and no partial file, and raises
+    :class:`ReportWriteError` naming the folder and the cause."""
+    import shutil
+    import tempfile
+
+    folder = Path(report_dir)
+    staging: Path | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".claims-report.", dir=folder))
+        plot_files = write_plots(doc, staging) if plots else {}
+        names = [f for files in plot_files.values() for f in files]
+        atomic_write_text(staging / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        from drope_check.audit import report_section  # an audit.json next to the report: robustness per claim
+
+        markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
+        atomic_write_text(staging / "claims-report.md", markdown)
+        names += ["claims-report.json", "claims-report.md"]
+        for name in names:  # renames within one file system: no data is written any more
+            os.chmod(staging / name, output_mode(folder / name))  # an existing file keeps its mode
+            os.replace(staging / name, folder / name)
+    except OSError as exc:
+        raise ReportWriteError(
+            f"cannot write the report into {folder} ({exc.strerror or exc}); no report file was written there: free "
+            "space or choose another folder"
+        ) from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [folder / name for name in names]
 
 
 def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> list[str]:

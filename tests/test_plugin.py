@@ -400,3 +400,26 @@ def test_audit_pair_names_a_pair_of_this_run_or_is_a_usage_error(suite: pytest.P
     only = run(suite, "--pair", "toy", "--pair", "toy2", "--audit-pair", "toy2")
     only.stdout.fnmatch_lines(["*audit of toy2: not run (toy weights are not on this machine)*"])
     assert "audit of toy:" not in only.stdout.str()
+
+
+def test_a_claims_report_path_that_is_a_file_is_a_usage_error_before_anything_is_measured(suite: pytest.Pytester) -> None:
+    """Before: the whole run measured and judged, then wrote the report into a file and died with a
+    FileExistsError traceback. Now pytest_configure refuses it, in one sentence naming the path."""
+    log = fake_engine(suite, available=True)
+    (suite.path / "report.txt").write_text("not a folder")
+    result = run(suite, "--pair", "toy", "--claims-report", "report.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --claims-report '*report.txt' is a file; give a folder"])
+    assert "Traceback" not in result.stderr.str() and not log.exists()  # nothing was measured
+    assert (suite.path / "report.txt").read_text() == "not a folder"
+
+
+def test_a_rope_model_past_its_trained_positions_is_said_in_the_terminal_summary(suite: pytest.Pytester) -> None:
+    data = json.loads((suite.path / "toy.json").read_text())
+    data["models"]["rope"]["provenance"]["positions_beyond_training"] = {"longest_sequence": 8192,
+                                                                         "max_position_embeddings": 4096}
+    (suite.path / "toy.json").write_text(json.dumps(data))
+    result = run(suite, "--measurements", "toy.json", "--claims-report", "out")
+    result.stdout.fnmatch_lines(["pair toy: rope: sequences of up to 8192 tokens exceed max_position_embeddings 4096 "
+                                 "(a RoPE model measured at rotary positions it was never trained on)"])
+    assert "rotary positions it was never trained on" in (suite.path / "out" / "claims-report.md").read_text()

@@ -220,7 +220,7 @@ def test_the_fixture_is_valid_and_judged_as_recorded() -> None:
     outcomes = Counter(v["outcome"] for v in SUITE.baseline.values())
     assert outcomes == {"pass": 26, "xfail": 2, "skip": 4}, outcomes
     outcomes = Counter(v["outcome"] for v in author_files().baseline.values())
-    assert outcomes == {"pass": 32, "prose-only": 2, "xfail": 1}, outcomes
+    assert outcomes == {"pass": 31, "prose-only": 7, "xfail": 7}, outcomes  # issue 20: later runs never a source
 
 
 @settings(max_examples=250, deadline=None)

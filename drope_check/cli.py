@@ -56,7 +56,12 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--quantization", choices=("nf4", "nf4-double", "fp4"), default=None,
-                        help="bitsandbytes 4-bit with fp16 compute, as upstream ran (GPU)")
+                        help="bitsandbytes 4-bit with fp16 compute and fp16 activations, as upstream ran (GPU)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="accelerate's device map for models larger than one device: auto, balanced, balanced_low_0 or "
+                        "sequential (layers over every visible GPU, then CPU memory, then --offload-folder); not with --device")
+    parser.add_argument("--offload-folder", default=None, metavar="DIR",
+                        help="with --device-map: where layers that fit neither the GPUs nor CPU memory are kept")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="opt in to the checkpoint's remote code instead of drope_check's native DroPE loader")
     parser.add_argument("--no-progress", action="store_true")
@@ -95,6 +100,8 @@ def _measure(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         allow_text_fallback=not args.no_text_fallback,
         progress=not args.no_progress,
+        device_map=args.device_map,
+        offload_folder=args.offload_folder,
     )
     result = measure_pair(pair, protocol, args.interventions, options)
     replaced = args.out.exists()

@@ -740,7 +740,8 @@ def load_model(
     if quantization is not None:
         provenance["quantization_config"] = quantization_settings(quantization, dtype)
     if device_map is not None:
-        placed = getattr(model, "hf_device_map", None) or {}
+        # accelerate's map as dispatched; a map that put everything on one device is not dispatched at all
+        placed = getattr(model, "hf_device_map", None) or {"": str(input_device(model))}
         provenance["device_map"] = {
             "requested": device_map if isinstance(device_map, str) else "explicit",
             "modules": {str(k): str(v) for k, v in placed.items()},

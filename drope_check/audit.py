@@ -114,9 +114,12 @@ def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) ->
     texts = load_texts(base, options)
 
     def load(model_spec: Any, quantization: str | None) -> Any:
-        return load_model(model_spec, bos_token=spec.bos_token, dtype=_dtype(options.dtype), device=options.device,
+        # a 4-bit variant runs as upstream ran it, fp16 compute and activations (models.QUANTIZED_DTYPE), whatever --dtype
+        dtype = None if quantization is not None else _dtype(options.dtype)
+        return load_model(model_spec, bos_token=spec.bos_token, dtype=dtype, device=options.device,
                           trust_remote_code=options.trust_remote_code, quantization=quantization,
-                          allow_incomplete_weights=options.allow_incomplete_weights)
+                          allow_incomplete_weights=options.allow_incomplete_weights,
+                          device_map=options.device_map, offload_folder=options.offload_folder)
 
     def sequences(loaded: Any, protocol: Protocol) -> list[list[int]]:
         return token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)

@@ -2,7 +2,8 @@
 
     drope-check measure --pair smollm2-135m --out m.json [--interventions all] [--wikitext PATH]
     drope-check measure --rope DIR_OR_ID --drope DIR_OR_ID --out m.json
-    drope-check judge m.json --pair smollm2-135m [--report-dir DIR]
+    drope-check judge m.json [--pair smollm2-135m] [--report-dir DIR]
+    drope-check judge a.json b.json ... --report-dir DIR        (one report for several files)
     drope-check import-upstream SOURCE --out upstream.json [--era head]
     drope-check pairs
     drope-check audit --pair smollm2-135m --out-dir audit [--variants a,b,...]
@@ -57,7 +58,12 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--quantization", choices=("nf4", "nf4-double", "fp4"), default=None,
-                        help="bitsandbytes 4-bit with fp16 compute, as upstream ran (GPU)")
+                        help="bitsandbytes 4-bit with fp16 compute and fp16 activations, as upstream ran (GPU)")
+    parser.add_argument("--device-map", default=None, metavar="MAP",
+                        help="accelerate's device map for models larger than one device: auto, balanced, balanced_low_0 or "
+                        "sequential (layers over every visible GPU, then CPU memory, then --offload-folder); not with --device")
+    parser.add_argument("--offload-folder", default=None, metavar="DIR",
+                        help="with --device-map: where layers that fit neither the GPUs nor CPU memory are kept")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="opt in to the checkpoint's remote code instead of drope_check's native DroPE loader")
     parser.add_argument("--allow-incomplete-weights", action="store_true",
@@ -100,6 +106,8 @@ def _measure(args: argparse.Namespace) -> int:
         allow_text_fallback=not args.no_text_fallback,
         progress=not args.no_progress,
         allow_incomplete_weights=args.allow_incomplete_weights,
+        device_map=args.device_map,
+        offload_folder=args.offload_folder,
     )
     result = measure_pair(pair, protocol, args.interventions, options)
     replaced = args.out.exists()
@@ -148,15 +156,17 @@ def _print_summary(result: dict) -> None:
 def _judge(args: argparse.Namespace) -> int:
     from drope_check.claim_file import ClaimsFileError, MeasurementsMismatch
     from drope_check.measurements_file import MeasurementsFileError
-    from drope_check.report import judge_file, unchecked_pair_lines
+    from drope_check.merge import judge_files
+    from drope_check.report import unchecked_pair_lines
 
     try:
-        verdicts = judge_file(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
+        verdicts = judge_files(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
     except (MeasurementsFileError, MeasurementsMismatch, ClaimsFileError) as exc:
         # a user error: one sentence naming the file, the JSON path or key, and what was expected
         print(f"drope-check judge: {exc}", file=sys.stderr)
         return 2
-    for line in unchecked_pair_lines([v.to_dict() for v in verdicts], [args.pair]):
+    pairs = list(dict.fromkeys(v.pair for v in verdicts))
+    for line in unchecked_pair_lines([v.to_dict() for v in verdicts], pairs):
         print(line, file=sys.stderr)
     if args.as_pair and verdicts and verdicts[0].measured_models:
         print(f"--as-pair: judged {verdicts[0].measured_models} against the claims about pair {args.pair}")
@@ -164,7 +174,8 @@ def _judge(args: argparse.Namespace) -> int:
     for verdict in verdicts:
         counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
     summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-    print(f"judged {len(verdicts)} claims against expected/{args.pair}.toml ({summary}); report in {args.report_dir}")
+    files = f"{len(args.measurements)} measurements files" if len(args.measurements) > 1 else str(args.measurements[0])
+    print(f"judged {len(verdicts)} claims of {', '.join(pairs)} from {files} ({summary}); report in {args.report_dir}")
     # A claim that does not hold, a path that is missing, or a recorded non-generalisation that
     # now holds all need a person: exit non-zero.
     return 1 if any(v.outcome in ("fail", "error", "xpass") for v in verdicts) else 0
@@ -185,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     measure = sub.add_parser("measure", help="measure a model pair and write the measurements JSON")
     _add_measure_args(measure)
     measure.set_defaults(func=_measure)
-    judge = sub.add_parser("judge", help="judge a measurements JSON against expected/<pair>.toml")
-    judge.add_argument("measurements", type=Path)
-    judge.add_argument("--pair", required=True)
+    judge = sub.add_parser("judge", help="judge measurements JSONs against expected/<pair>.toml, into one report")
+    judge.add_argument("measurements", type=Path, nargs="+",
+                       help="one or more measurements files (one per pair, or per pair x variant, e.g. a CI matrix's "
+                       "artifacts): one report for all; two files holding the same pair, model and variant must agree")
+    judge.add_argument("--pair", default=None,
+                       help="judge every file against this pair's claims (default: the pair each file names; needed "
+                       "for a custom measurement)")
     judge.add_argument("--report-dir", type=Path, default=Path("claims-report"))
     judge.add_argument("--as-pair", action="store_true",
                        help="judge measurements of other models than the pair's (refused otherwise); every verdict names them")

@@ -73,13 +73,18 @@ class EvidenceRow:
 
 
 def family_title(pair: str) -> str:
-    """The model family a pair measures (``Llama-2-7B``), or the pair's name for an unregistered pair."""
-    return FAMILY_TITLES.get(pair, pair)
+    """The model family a pair measures (``Llama-2-7B``), or the pair's name for an unregistered pair; a further
+    variant of a pair judged into the same report (``llama2-7b@4bit-nf4``, :mod:`drope_check.merge`) adds it."""
+    base, _, variant = pair.partition("@")
+    title = FAMILY_TITLES.get(base, base)
+    return f"{title} ({variant})" if variant else title
 
 
 def family_rank(pair: str) -> int:
-    """Where a pair's family stands in the table's columns (and the plots' legends): registered first."""
-    return list(FAMILY_TITLES).index(pair) if pair in FAMILY_TITLES else len(FAMILY_TITLES)
+    """Where a pair's family stands in the table's columns (and the plots' legends): registered first, a
+    pair's further variants right after it."""
+    base = pair.partition("@")[0]
+    return list(FAMILY_TITLES).index(base) if base in FAMILY_TITLES else len(FAMILY_TITLES)
 
 
 def _table_order(verdicts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -50,6 +50,10 @@ class MeasureOptions:
     #: load a checkpoint whose tensors do not match the model (recorded per model as
     #: ``provenance.incomplete_weights``; :func:`drope_check.models.load_model`)
     allow_incomplete_weights: bool = False
+    #: accelerate's device map for models larger than one device (``auto``, ...; :data:`drope_check.models.DEVICE_MAPS`),
+    #: and the folder for layers it offloads to disk.
+    device_map: str | None = None
+    offload_folder: str | None = None
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
@@ -77,13 +81,13 @@ def run_capture(
 ) -> tuple[list[SequenceCapture], list[tuple[float, int]], str]:
     """One capture forward per batch: per-sequence summaries, per-sequence (NLL sum, predicted),
     and a note of the precision the attention statistics were computed in."""
-    from drope_check.perplexity import model_nll
+    from drope_check.perplexity import input_device, model_nll
 
     capture = OnePassCapture(loaded.model, protocol, loaded.name)
     captures: list[SequenceCapture | None] = [None] * len(seqs)
     nll: list[tuple[float, int] | None] = [None] * len(seqs)
     batches = make_batches(seqs, protocol.batch_size, loaded.pad_token_id, pad_to=protocol.pad_to)
-    device = next(loaded.model.parameters()).device
+    device = input_device(loaded.model)
     with torch.inference_mode():
         for batch in _progress(batches, progress, label or f"measure {loaded.spec.role}"):
             rows = [batch.padded_length] * len(batch.lengths) if protocol.padding_in_stats else batch.lengths
@@ -317,7 +321,7 @@ def measure_pair(
     preflight.check_text_source(options.wikitext)
     preflight.check_pair(
         spec, device=options.device, dtype=options.dtype, quantization=options.quantization,
-        trust_remote_code=options.trust_remote_code,
+        trust_remote_code=options.trust_remote_code, device_map=options.device_map, offload_folder=options.offload_folder,
     )
     texts = load_texts(protocol, options)
     models: dict[str, Any] = {}
@@ -331,6 +335,8 @@ def measure_pair(
             trust_remote_code=options.trust_remote_code,
             quantization=options.quantization,
             allow_incomplete_weights=options.allow_incomplete_weights,
+            device_map=options.device_map,
+            offload_folder=options.offload_folder,
         )
         seqs = token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
         token_info[model_spec.role] = sum(len(s) for s in seqs)

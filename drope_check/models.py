@@ -48,6 +48,7 @@ from drope_check.architectures import (  # IdentityRotaryEmbedding re-exported: 
 from drope_check.attention import ATTN_IMPLEMENTATION, attention_modules
 from drope_check.embedded import CACHE_ENV, EmbeddedUnavailable, cache_dir, embedded_model, is_embedded  # noqa: F401 (CACHE_ENV re-exported)
 from drope_check.errors import UserError, count_and_names
+from drope_check.perplexity import input_device
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig
@@ -708,19 +709,81 @@ def _finish(model: nn.Module) -> nn.Module:
     return model
 
 
-def _quantization_config(quantization: str | None):
+#: ``--quantization`` values -> (``bnb_4bit_quant_type``, ``bnb_4bit_use_double_quant``). Upstream's phase-metrics
+#: script asked for NF4 with double quantization (``nf4-double``); its layer-1 ablation and sink-rate fix scripts
+#: passed only ``load_in_4bit=True``, i.e. bitsandbytes' default type FP4 (``fp4``).
+QUANTIZATIONS: dict[str, tuple[str, bool]] = {"nf4": ("nf4", False), "nf4-double": ("nf4", True), "fp4": ("fp4", False)}
+
+#: Compute AND activation dtype of a 4-bit load, as upstream ran it: ``bnb_4bit_compute_dtype=float16``, and no
+#: ``torch_dtype``, which transformers 4.x's bitsandbytes quantizer then set to float16 ("Overriding torch_dtype=None
+#: with torch_dtype=torch.float16 due to requirements of bitsandbytes"), so embeddings, norms, the output head and
+#: every activation between the 4-bit matmuls were float16 too. transformers 5 no longer overrides the dtype, so
+#: the loader sets it. fp16 is where DroPE's layer-1 q.k overflows in eager attention; the suite's own statistics
+#: stay finite (the capture recomputes attention to BOS from the q/k in float32 / float64, :mod:`drope_check.capture`).
+QUANTIZED_DTYPE = torch.float16
+
+#: accelerate's automatic device maps (``--device-map``): layers spread over the visible GPUs, then CPU memory,
+#: then ``offload_folder`` on disk, for models that do not fit one device.
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"`` (how provenance writes a dtype)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def quantization_settings(quantization: str, dtype: torch.dtype = QUANTIZED_DTYPE) -> dict[str, Any]:
+    """What a 4-bit load is, as recorded in provenance (``quantization_config``): method, quant type, double
+    quantization, compute dtype and the dtype of the activations (the model's non-quantized parts). ``dtype`` is
+    the model dtype of the load (:data:`QUANTIZED_DTYPE` unless ``--dtype`` says otherwise); bitsandbytes computes
+    in the same dtype, so the two never mix."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    quant_type, double = QUANTIZATIONS[quantization]
+    return {
+        "method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": quant_type,
+        "bnb_4bit_use_double_quant": double,
+        "bnb_4bit_compute_dtype": dtype_name(dtype),
+        "activations_dtype": dtype_name(dtype),
+    }
+
+
+def _quantization_config(quantization: str | None, dtype: torch.dtype = QUANTIZED_DTYPE):
+    """transformers' ``BitsAndBytesConfig`` of :func:`quantization_settings` (built without bitsandbytes; the
+    load itself needs it and CUDA), or None."""
     if quantization is None:
         return None
     from transformers import BitsAndBytesConfig
 
-    if quantization not in ("nf4", "nf4-double", "fp4"):
-        raise ValueError(f"quantization must be nf4, nf4-double or fp4, got {quantization!r}")
+    settings = quantization_settings(quantization, dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type="fp4" if quantization == "fp4" else "nf4",
-        bnb_4bit_use_double_quant=quantization == "nf4-double",
-        bnb_4bit_compute_dtype=torch.float16,
+        bnb_4bit_quant_type=settings["bnb_4bit_quant_type"],
+        bnb_4bit_use_double_quant=settings["bnb_4bit_use_double_quant"],
+        bnb_4bit_compute_dtype=dtype,
     )
+
+
+def _placement_kwargs(
+    device: torch.device,
+    quantization: str | None,
+    device_map: str | dict[str, Any] | None,
+    max_memory: dict[Any, Any] | None,
+    offload_folder: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments that place the weights: none (the caller moves the model to
+    ``device``), ``device`` as the only device of a 4-bit load, or accelerate's ``device_map`` (``max_memory``
+    per device, ``offload_folder`` for layers offloaded to disk)."""
+    if device_map is None:
+        return {"device_map": {"": str(device)}} if quantization is not None else {}
+    kwargs: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
+    return kwargs
 
 
 def load_model(
@@ -732,20 +795,36 @@ def load_model(
     trust_remote_code: bool = False,
     quantization: str | None = None,
     allow_incomplete_weights: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Load one model of a pair, switched to drope_check's attention function.
 
-    ``quantization`` (``nf4``, ``nf4-double``, ``fp4``) loads in bitsandbytes 4-bit with fp16
-    compute, as upstream ran on an A10G. Every loader path refuses weights that do not match the
-    model (missing, unexpected, mis-shaped tensors: :func:`_refuse_incomplete_load`) unless
-    ``allow_incomplete_weights``, which records them in ``provenance["incomplete_weights"]``; a
-    tensor holding a NaN or an infinity is always refused (:func:`refuse_non_finite_weights`).
+    ``quantization`` (``nf4``, ``nf4-double``, ``fp4``) loads in bitsandbytes 4-bit with fp16 compute and fp16
+    activations, as upstream ran on an A10G (:data:`QUANTIZED_DTYPE`; ``dtype`` overrides both). Every loader
+    path refuses weights that do not match the model (missing, unexpected, mis-shaped tensors:
+    :func:`_refuse_incomplete_load`) unless ``allow_incomplete_weights``, which records them in
+    ``provenance["incomplete_weights"]``; a tensor holding a NaN or an infinity is always refused
+    (:func:`refuse_non_finite_weights`).
+
+    ``device_map`` (one of :data:`DEVICE_MAPS`, or an explicit ``{module: device}`` map with ``"cpu"`` / ``"disk"``
+    entries) spreads a hub or local model over several devices with accelerate, for models that do not fit one:
+    ``max_memory`` caps each device, ``offload_folder`` holds layers offloaded to disk. The embedded pairs fit any
+    device and take ``device`` only.
     """
+    if device_map is not None and device is not None:
+        raise ValueError("give device or device_map, not both (a device_map places every layer itself)")
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or (QUANTIZED_DTYPE if quantization is not None else default_dtype(device))
     provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
 
     if is_embedded(spec.source):
+        if device_map is not None:
+            raise ModelLoadError(
+                f"{spec.describe()}: a device_map applies to hub ids and local directories; the embedded model fits one "
+                "device, pass device instead"
+            )
         embedded = embedded_model(spec.source)
         with own_load_report():
             base, tokenizer, sha, origin, incomplete = _embedded_base(spec.source, allow_incomplete_weights)
@@ -762,9 +841,10 @@ def load_model(
             attention_type="nope (identity rotation, zero-shot)" if spec.variant != "rope" else "rope",
         )
     else:
+        placement = _placement_kwargs(device, quantization, device_map, max_memory, offload_folder)
         with own_load_report():
             model, tokenizer = _load_hub_or_dir(
-                spec, dtype, device, trust_remote_code, quantization, provenance, allow_incomplete_weights
+                spec, dtype, device, trust_remote_code, quantization, provenance, placement, allow_incomplete_weights
             )
 
     refuse_non_finite_weights(model, spec.describe(), provenance.get("weights_loaded_from") or spec.source)
@@ -778,14 +858,23 @@ def load_model(
     if pad_id is None:
         pad_id = bos_id
     provenance.update(
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype_name(dtype),
         quantization=quantization,
-        device=str(device),
+        device=str(device) if device_map is None else str(input_device(model)),
         attention_path=f"{ATTN_IMPLEMENTATION} (transformers AttentionInterface; output by SDPA)",
         bos_token=tokenizer.convert_ids_to_tokens(bos_id),
         bos_token_id=bos_id,
         pad_token_id=int(pad_id),
     )
+    if quantization is not None:
+        provenance["quantization_config"] = quantization_settings(quantization, dtype)
+    if device_map is not None:
+        # accelerate's map as dispatched; a map that put everything on one device is not dispatched at all
+        placed = getattr(model, "hf_device_map", None) or {"": str(input_device(model))}
+        provenance["device_map"] = {
+            "requested": device_map if isinstance(device_map, str) else "explicit",
+            "modules": {str(k): str(v) for k, v in placed.items()},
+        }
     return LoadedModel(model, tokenizer, spec, bos_id, int(pad_id), provenance)
 
 
@@ -796,6 +885,7 @@ def _load_hub_or_dir(
     trust_remote_code: bool,
     quantization: str | None,
     provenance: dict[str, Any],
+    placement: dict[str, Any],
     allow_incomplete_weights: bool = False,
 ) -> tuple[nn.Module, Any]:
     """A hub id (through the HF cache) or a local directory; refuses weights that do not match the
@@ -810,11 +900,11 @@ def _load_hub_or_dir(
             raise ModelLoadError(f"{spec.describe()}: {exc}") from None
     # mis-shaped tensors are named by _refuse_incomplete_load, not raised as transformers' RuntimeError
     kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True,
-                              "ignore_mismatched_sizes": True}
+                              "ignore_mismatched_sizes": True, **placement}
     where = weights_location(spec.source, spec.revision)
-    qconfig = _quantization_config(quantization)
+    qconfig = _quantization_config(quantization, dtype)
     if qconfig is not None:
-        kwargs.update(quantization_config=qconfig, device_map={"": str(device)})
+        kwargs["quantization_config"] = qconfig
     try:
         if is_drope_config(cfg) and not trust_remote_code:
             name = spec.describe()
@@ -859,7 +949,7 @@ def _load_hub_or_dir(
         raise ModelLoadError(
             f"{spec.describe()}: loading failed ({type(exc).__name__}: {first_line}); rerun with --debug for the details"
         ) from exc
-    if qconfig is None:
+    if "device_map" not in placement:
         model = model.to(device)
     provenance["weights_loaded_from"] = where
     if incomplete:

@@ -43,6 +43,7 @@ __all__ = [
     "perplexity_prompts",
     "perplexity_sliding",
     "hidden_nll",
+    "input_device",
     "model_nll",
     "token_nll",
 ]
@@ -182,7 +183,8 @@ def _scored_nll(
     sums = torch.zeros(batch, dtype=torch.float64, device=device)
     for start in range(0, int(rows_all.numel()), chunk):
         rows, cols = rows_all[start : start + chunk], cols_all[start : start + chunk]
-        lg = logits_at(rows, cols).float()  # [c, V]
+        # [c, V] in float32 on the targets' device (under a device_map the output head may sit on another one)
+        lg = logits_at(rows, cols).to(device=device, dtype=torch.float32)
         # a row is finite iff its min and max are: NaN propagates through both, +inf shows in the max,
         # -inf in the min (one reduction pass, ~3x cheaper than isfinite(lg).all() on a 49k vocabulary)
         lowest, highest = torch.aminmax(lg, dim=-1)
@@ -213,7 +215,7 @@ def model_nll(
     NLL (capture, every perplexity protocol, every intervention) goes through here."""
     from drope_check.architectures import UnsupportedArchitecture, architecture_of
 
-    device = _input_device(model)
+    device = input_device(model)
     ids, mask = input_ids.to(device), attention_mask.to(device)
     try:
         split = architecture_of(model).split_forward(model)
@@ -248,8 +250,13 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
-def _input_device(model: torch.nn.Module) -> torch.device:
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's input ids go: the input embedding's device, or, under accelerate's ``device_map``, the
+    device its hook runs the embedding on (an embedding offloaded to CPU or disk runs on the main device)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution)
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return embeddings.weight.device
     return next(model.parameters()).device

@@ -27,8 +27,10 @@ run with a tolerance report. Options:
                        (:mod:`drope_check.author_files`).
 ``--expected-dir DIR`` where the claim files live (default: ``expected/`` under the rootdir, else the
                        repository's).
-``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``
-                       how ``measure_pair`` loads models and texts (fixture ``drope_measure_options``).
+``--drope-device``, ``--drope-dtype``, ``--drope-quantization {nf4,nf4-double,fp4}``, ``--drope-wikitext``,
+``--drope-device-map auto``, ``--drope-offload-folder DIR``
+                       how ``measure_pair`` loads models and texts (fixture ``drope_measure_options``); a
+                       device map spreads a model larger than one device over every visible GPU.
 
 How a claims module looks: it sets ``CLAIM_FAMILY = "sink"`` and has a test taking ``claim`` and
 ``claim_verdict``; this plugin parametrizes ``claim`` over the family's claims of every selected pair
@@ -321,6 +323,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--drope-quantization", dest="drope_quantization", default=None,
                     choices=("nf4", "nf4-double", "fp4"),
                     help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)")
+    group.addoption("--drope-device-map", dest="drope_device_map", default=None, metavar="MAP",
+                    help="accelerate's device map for models larger than one device (auto, balanced, balanced_low_0, "
+                    "sequential): layers spread over the visible GPUs, then CPU memory, then --drope-offload-folder")
+    group.addoption("--drope-offload-folder", dest="drope_offload_folder", default=None, metavar="DIR",
+                    help="with --drope-device-map: where layers that fit neither the GPUs nor CPU memory are kept")
     group.addoption("--audit", action="store_true", dest="drope_audit", default=False,
                     help="also run the confound audit of each available pair (drope_check.audit): audit/<pair>/ "
                     "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report")
@@ -572,7 +579,8 @@ def _write_regen(state: _State, verdicts: list[dict[str, Any]]) -> list[str]:
 @pytest.fixture(scope="session")
 def drope_measure_options(request: pytest.FixtureRequest) -> Any:
     """Options passed to ``measure_pair``: a ``drope_check.measure.MeasureOptions`` built from
-    ``--drope-device`` / ``--drope-dtype`` / ``--drope-quantization`` / ``--drope-wikitext``, or None
+    ``--drope-device`` / ``--drope-dtype`` / ``--drope-quantization`` / ``--drope-wikitext`` /
+    ``--drope-device-map`` / ``--drope-offload-folder``, or None
     (the engine's defaults) when none is given. A conftest may override this fixture."""
     return _measure_options(request.config)
 
@@ -584,6 +592,8 @@ def _measure_options(config: pytest.Config) -> Any:
         "quantization": config.getoption("drope_quantization"),
         "wikitext": config.getoption("drope_wikitext"),
         "allow_incomplete_weights": config.getoption("drope_allow_incomplete_weights", None) or None,
+        "device_map": config.getoption("drope_device_map"),
+        "offload_folder": config.getoption("drope_offload_folder"),
     }
     chosen = {k: v for k, v in chosen.items() if v is not None}
     if not chosen:

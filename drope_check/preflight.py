@@ -9,7 +9,8 @@ whose message names the input and the fix:
   readable JSON, it has safetensors weights and a tokenizer that loads and knows the BOS token; a
   DroPE checkpoint is one the native loader implements, with both QK-norm weights where it needs
   them; a path that does not exist is never tried as a hub id (a hub id's config is read instead);
-* the device, dtype and quantization (a CUDA device exists, bitsandbytes is installed);
+* the device, dtype and quantization (a CUDA device exists, bitsandbytes is installed); a device map
+  (accelerate is installed, the pair's models are not embedded, an offload folder is a writable folder);
 * the text source (a given WikiText path or ``DROPE_CHECK_WIKITEXT`` names a readable file);
 * the outputs (``--out``'s folder exists and is writable and ``--out`` is no folder; a report
   folder can be created and written): :mod:`drope_check.output_paths`, re-exported here.
@@ -32,6 +33,7 @@ from drope_check.architectures import UnsupportedArchitecture, architecture_for_
 from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
 from drope_check.errors import UserError
 from drope_check.models import (
+    DEVICE_MAPS,
     ModelLoadError,
     ModelSpec,
     PairSpec,
@@ -52,6 +54,7 @@ from drope_check.texts import ENV_WIKITEXT
 
 __all__ = [
     "check_device",
+    "check_device_map",
     "check_model_source",
     "check_output_file",
     "check_output_folder",
@@ -183,10 +186,36 @@ def check_device(device: str | None, dtype: str | None, quantization: str | None
             raise UserError(f"--quantization {quantization} needs bitsandbytes: `pip install bitsandbytes`")
 
 
+def check_device_map(pair: PairSpec, device_map: str | None, device: str | None, offload_folder: str | None) -> None:
+    """``--device-map`` is one of accelerate's maps, accelerate is installed, ``--device`` is not given too, the
+    pair's models are hub ids or local directories (an embedded model fits one device), and ``--offload-folder``
+    (only with a device map) is a folder that can be created and written."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise UserError("--offload-folder holds the layers a device map offloads to disk; give --device-map auto with it")
+        return
+    if device_map not in DEVICE_MAPS:
+        raise UserError(f"--device-map {device_map!r} is not one of accelerate's maps; use {', '.join(DEVICE_MAPS)}")
+    if device is not None:
+        raise UserError(f"--device {device} and --device-map {device_map} exclude each other: a device map places every layer itself")
+    if importlib.util.find_spec("accelerate") is None:
+        raise UserError(f"--device-map {device_map} needs accelerate: `pip install accelerate` (or the extra [gpu])")
+    embedded = [m.source for m in pair.models() if is_embedded(m.source)]
+    if embedded:
+        raise UserError(
+            f"--device-map applies to hub ids and local directories; pair {pair.name}'s {embedded[0]} model fits one "
+            "device, so leave --device-map out"
+        )
+    if offload_folder is not None:
+        check_output_folder(offload_folder, "--offload-folder")
+
+
 def check_pair(pair: PairSpec, *, device: str | None = None, dtype: str | None = None,
-               quantization: str | None = None, trust_remote_code: bool = False) -> None:
+               quantization: str | None = None, trust_remote_code: bool = False,
+               device_map: str | None = None, offload_folder: str | None = None) -> None:
     """Device options and both model sources, before either model's weights load."""
     check_device(device, dtype, quantization)
+    check_device_map(pair, device_map, device, offload_folder)
     for spec in pair.models():
         check_model_source(spec, pair.bos_token, trust_remote_code)
 

@@ -24,9 +24,8 @@ from typing import Any
 
 from drope_check import __version__
 from drope_check.atomic import atomic_write_bytes, atomic_write_text
-from drope_check.author_files import author_files_verdict, is_author_files_import
 from drope_check.bands import fmt
-from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet, check_measurements, load_claims
+from drope_check.claim_file import FAMILIES, MODELS, Claim, ClaimSet
 from drope_check.errors import UserError, count_and_names
 from drope_check.evidence import (
     family_rank,
@@ -37,8 +36,7 @@ from drope_check.evidence import (
 )
 from drope_check.evidence_spec import SOURCES
 from drope_check.file_mode import output_mode
-from drope_check.measurements_file import load_measurements
-from drope_check.verdicts import Verdict, strict_verdict, value_text, verdict_for
+from drope_check.verdicts import Verdict, value_text
 
 __all__ = [
     "ACROSS_FAMILIES",
@@ -649,23 +647,9 @@ def judge_file(
     as the ``author-files`` source (:func:`drope_check.author_files.author_files_verdict`): each value
     only under the protocol the report's value came from. ``strict``: see :func:`~drope_check.verdicts.strict_verdict`.
     """
-    path = Path(measurements_path)
-    measurements = load_measurements(path)
-    claim_set = load_claims(pair, expected_dir)
-    check_measurements(claim_set, measurements, origin=str(path), as_pair=as_pair)
-    if is_author_files_import(measurements):  # judged as the author-files source: per-field protocol identity
-        claims = [c for c in claim_set.claims if c.author_files is None or c.author_files.has_test]  # not suite_only
-        verdicts = [author_files_verdict(claim, measurements) for claim in claims]
-    else:  # a Methods statement has no suite test: only the author's files judge it
-        claims = [c for c in claim_set.claims if c.has_suite_test]
-        verdicts = [verdict_for(claim, measurements, as_pair=as_pair) for claim in claims]
-    if strict:
-        verdicts = [strict_verdict(claim, v) for claim, v in zip(claims, verdicts, strict=True)]
-    if report_dir is not None:
-        info = pair_info(pair, measurements, claim_set, origin=path.name)
-        doc = build_report(verdicts, {pair: info}, {pair: plot_marks(claim_set)})
-        write_report(doc, report_dir, plots=plots)
-    return verdicts
+    from drope_check.merge import judge_files  # one flow for one file and for several
+
+    return judge_files([measurements_path], pair, report_dir, expected_dir, plots=plots, as_pair=as_pair, strict=strict)
 
 
 def claims_by_key(claim_set: ClaimSet) -> dict[str, Claim]:

@@ -142,9 +142,9 @@ UPSTREAM = compose(
     "fp16-eager + short-prompts (tau 0.3 with >=, t = 0 included and argmax-ratio are the suite's defaults too)",
     [NO_ROTARY, PADDED_ROPE, FP16_EAGER, SHORT_PROMPTS], upstream_choice=True,
 )
-NF4 = variant("4bit-nf4", "bitsandbytes 4-bit NF4 with fp16 compute (upstream's phase-metrics load); CUDA GPU only",
+NF4 = variant("4bit-nf4", "bitsandbytes 4-bit NF4, fp16 compute and activations (upstream's phase-metrics load); CUDA GPU only",
               quantization="nf4", upstream_choice=True)
-FP4 = variant("4bit-fp4", "bitsandbytes 4-bit FP4 with fp16 compute (upstream's ablation / sink-fix load); CUDA GPU only",
+FP4 = variant("4bit-fp4", "bitsandbytes 4-bit FP4, fp16 compute and activations (upstream's ablation / sink-fix load); CUDA GPU only",
               quantization="fp4", upstream_choice=True)
 
 #: Every named variant, in the audit's column order.

@@ -6,7 +6,10 @@ run slower than a serial one is the workers' thread pools: each torch process st
 OpenMP threads as there are cores, and N spinning pools on the same cores slow every forward
 several times. Each worker therefore gets ``cpu_count // N`` threads (at least 1) and, where
 several CUDA devices are visible, its own device (``CUDA_VISIBLE_DEVICES``), so pairs (and audit
-variants) spread over the devices, one device each.
+variants) spread over the devices, one device each: ``pytest claims/ -n 8 --dist loadgroup`` on an
+8-GPU machine runs up to 8 pairs (or audit variants) at once, one GPU each. Where CUDA was initialised
+in the worker before the variable could act (no NVML, so counting the devices started the runtime),
+the worker pins its device by ordinal instead (``torch.cuda.set_device``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class WorkerResources:
 
     threads: int
     cuda_device: str | None
+    #: position of ``cuda_device`` in the visible list: the ordinal to pin when ``CUDA_VISIBLE_DEVICES`` comes too late
+    cuda_ordinal: int | None = None
 
 
 def worker_resources(worker_id: str, worker_count: int, cpu_count: int, visible_devices: list[str]) -> WorkerResources:
@@ -31,8 +36,10 @@ def worker_resources(worker_id: str, worker_count: int, cpu_count: int, visible_
         raise ValueError(f"worker_count must be >= 1, got {worker_count}")
     index = int(worker_id.removeprefix("gw")) if worker_id.startswith("gw") and worker_id[2:].isdigit() else 0
     threads = max(1, cpu_count // worker_count)
-    device = visible_devices[index % len(visible_devices)] if len(visible_devices) > 1 else None
-    return WorkerResources(threads=threads, cuda_device=device)
+    if len(visible_devices) > 1:
+        ordinal = index % len(visible_devices)
+        return WorkerResources(threads=threads, cuda_device=visible_devices[ordinal], cuda_ordinal=ordinal)
+    return WorkerResources(threads=threads, cuda_device=None)
 
 
 def _visible_devices() -> list[str]:
@@ -50,10 +57,14 @@ def _visible_devices() -> list[str]:
 def apply_to_this_worker(worker_id: str, worker_count: int) -> WorkerResources:
     """Set torch's threads and ``CUDA_VISIBLE_DEVICES`` for this worker (call before any model loads)."""
     resources = worker_resources(worker_id, worker_count, os.cpu_count() or 1, _visible_devices())
-    if resources.cuda_device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = resources.cuda_device
     import torch
 
+    if resources.cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = resources.cuda_device
+        # NVML reads the variable; without NVML, counting the devices started the CUDA runtime, which then keeps
+        # every device: this worker still sees several, so it pins its own by ordinal ("cuda" = that device)
+        if torch.cuda.device_count() > 1 and resources.cuda_ordinal is not None:
+            torch.cuda.set_device(resources.cuda_ordinal)
     torch.set_num_threads(resources.threads)
     return resources
 

@@ -1,8 +1,16 @@
-"""benchmarks/gpu_smoke.py: skips cleanly without CUDA, and its steps work end to end on a tiny
-CPU model (so the first GPU run spends its minutes measuring, not on a typo)."""
+"""benchmarks/gpu_smoke.py: a smoke check that can fail, and skips cleanly without CUDA.
+
+What is claimed: every step asserts what it measures (a value against a stated bound); a missed bound,
+an error, or a step that did not run (time budget spent, bitsandbytes unavailable) is one line on stdout
+and exit status 1, unless ``--allow-skip`` accepts the skips; without CUDA the script says so and exits 0.
+Both shortfalls are forced here on the CPU-simulated steps (``--simulate-cpu``: the same steps on tiny
+shapes), and the full simulated run passes every step a CPU can run (so the first GPU run spends its
+minutes measuring, not on a typo).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -15,10 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_smoke  # noqa: E402
-import memory_probe  # noqa: E402
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=4, head_dim=16, vocab_size=64, max_position_embeddings=128)
+FOUR_BIT_STEPS = {"nf4_double_rope", "nf4_double_drope", "fp4_drope"}
+
+
+@pytest.fixture(autouse=True)
+def cpu_device(monkeypatch):
+    """The runner's own tests run on CPU; main() sets the module's DEVICE itself (put back after each test)."""
+    monkeypatch.setattr(gpu_smoke, "DEVICE", "cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
@@ -31,33 +43,112 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     assert not out.exists()
 
 
-def test_steps_on_a_tiny_cpu_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_smoke, "DEVICE", "cpu")
-    monkeypatch.setattr(gpu_smoke, "BATCH_SIZE", 2)
-    kernel: dict = {}
-    gpu_smoke.kernel_checks(kernel, shape=(3, 4, 40, 16))
-    assert kernel["float32"]["kernel_path"] and kernel["float32"]["output_bit_identical"]
-    assert kernel["float32-padded"]["output_bit_identical"]
-    assert kernel["kernel_lse_max_rel_error"]["torch.float32"] <= gpu_smoke.PROMISED_RELATIVE
+# --------------------------------------------------------------------------------------------------
+# the runner: checks, statuses, one line per shortfall
 
-    rope_model = memory_probe.llama2_7b_shaped("cpu", torch.bfloat16, **TINY)
-    rope_dir, drope_dir = gpu_smoke.write_checkpoints(rope_model, tmp_path)
-    drope = gpu_smoke.load(drope_dir, "drope", "drope")
-    assert drope.provenance["loader"] == "native" and drope.provenance["attention_type"] == "qk_norm_nope"
-    data: dict = {}
-    gpu_smoke.measure_paths(drope, data, shapes=((16, 3), (24, 1)))
-    for key in ("T16xB3", "T24xB1"):
-        row = data[key]
-        assert row["finite"] and row["capture_ratio"] > 0 and math.isfinite(row["baseline_ppl"])
-        assert set(row["intervention_ppl"]) == {
-            "bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report", "qk_disruption:jin"}
-        assert "float64" in row["precision"]
-    check: dict = {}
-    gpu_smoke.float64_fallback_check(drope, check, t=24)
-    assert check["ok"] and check["layers_in_float64"] == 1
-    # RMSNorm runs over all heads at once, so single heads spread around the target: same order
-    assert 0.5 < check["layer1_q_norm_max"] / gpu_smoke.DROPE_LAYER1_QK_NORMS[0] < 2
-    rope = gpu_smoke.load(rope_dir, "rope", "rope")
-    again: dict = {}
-    gpu_smoke.measure_paths(rope, again, shapes=((16, 2),), interventions=False)
-    assert again["T16xB2"]["finite"]
+
+def test_checks_hold_values_to_their_bounds():
+    assert gpu_smoke.Check("err", 5e-5, 1e-4).ok
+    assert not gpu_smoke.Check("err", 2e-4, 1e-4).ok
+    assert not gpu_smoke.Check("err", math.nan, 1e-4).ok  # a NaN never meets a bound
+    assert gpu_smoke.Check("n", 3, 1, ">=").ok and not gpu_smoke.Check("n", 0, 1, ">=").ok
+    assert gpu_smoke.Check("same", [0.0625], [0.0625], "==").ok and not gpu_smoke.Check("same", True, False, "==").ok
+    assert gpu_smoke.Check("err", 2e-4, 1e-4).text() == "err = 0.0002 (must be <= 0.0001)"
+
+
+def fake_steps() -> list:
+    def good(data):
+        data.check("error", 1e-6, 1e-4)
+
+    def misses(data):
+        data["measured"] = 0.5
+        data.check("kernel_lse_max_rel_error", 3e-4, 1e-4)
+        data.check("bit identical", True, True, "==")
+
+    def broken(_data):
+        raise RuntimeError("CUDA out of memory")
+
+    def cannot(_data):
+        raise gpu_smoke.StepSkipped("bitsandbytes is not installed")
+
+    return [("good", good), ("misses", misses), ("broken", broken), ("cannot", cannot)]
+
+
+def test_a_missed_bound_an_error_and_a_skip_are_each_one_line():
+    steps: dict = {}
+    gpu_smoke.run_steps(fake_steps(), deadline=float("inf"), report=steps)
+    assert [steps[n]["status"] for n in ("good", "misses", "broken", "cannot")] == ["pass", "fail", "error", "skipped"]
+    assert steps["misses"]["values"] == {"measured": 0.5}
+    assert gpu_smoke.shortfalls(steps) == [
+        "FAIL misses: kernel_lse_max_rel_error = 0.0003 (must be <= 0.0001)",
+        "ERROR broken: RuntimeError: CUDA out of memory",
+        "SKIPPED cannot: bitsandbytes is not installed (--allow-skip accepts a skipped step)",
+    ]
+    assert gpu_smoke.shortfalls(steps, allow_skip=True) == gpu_smoke.shortfalls(steps)[:2]
+
+
+def test_once_the_budget_is_spent_every_later_step_is_skipped():
+    steps: dict = {}
+    gpu_smoke.run_steps(fake_steps(), deadline=0.0, report=steps)  # time.monotonic() is always past 0
+    assert {e["status"] for e in steps.values()} == {"skipped"}
+    lines = gpu_smoke.shortfalls(steps)
+    assert len(lines) == 4 and all("time budget (--budget-s) was spent" in line for line in lines)
+    assert gpu_smoke.shortfalls(steps, allow_skip=True) == []
+
+
+def test_step_prerequisites():
+    assert gpu_smoke.with_prerequisites(["float64_fallback"]) == {
+        "float64_fallback", "drope_bf16", "write_checkpoints", "rope_bf16"}
+    assert gpu_smoke.with_prerequisites(["kernel"]) == {"kernel"}
+
+
+# --------------------------------------------------------------------------------------------------
+# the script on CPU-simulated steps: both shortfalls forced, and a clean run
+
+
+def run(capsys, tmp_path, *argv: str) -> tuple[int, list[str], dict]:
+    out = tmp_path / "smoke.json"
+    rc = gpu_smoke.main(["--simulate-cpu", "--out", str(out), *argv])
+    lines = capsys.readouterr().out.strip().splitlines()
+    return rc, lines, json.loads(out.read_text())
+
+
+def test_a_step_skipped_for_time_fails_unless_allowed(capsys, tmp_path):
+    rc, lines, report = run(capsys, tmp_path, "--budget-s", "0", "--steps", "kernel")
+    assert rc == 1
+    assert lines[0] == ("gpu_smoke: SKIPPED kernel: the time budget (--budget-s) was spent before it started "
+                        "(--allow-skip accepts a skipped step)")
+    assert report["steps"]["kernel"]["status"] == "skipped"
+    rc, lines, _ = run(capsys, tmp_path, "--budget-s", "0", "--steps", "kernel", "--allow-skip")
+    assert rc == 0 and lines == [lines[-1]] and "0 of 1 step(s) passed" in lines[-1]
+
+
+def test_a_simulated_step_missing_its_bound_fails(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_smoke, "KERNEL_LSE_BOUND", 1e-9)  # no kernel is that exact: every case misses
+    rc, lines, report = run(capsys, tmp_path, "--steps", "kernel")
+    assert rc == 1
+    assert lines[0].startswith("gpu_smoke: FAIL kernel: bfloat16: kernel_lse_max_rel_error = ")
+    assert "(must be <= 1e-09)" in lines[0]
+    assert report["steps"]["kernel"]["status"] == "fail"
+    assert report["shortfalls"] == [line.removeprefix("gpu_smoke: ") for line in lines[:-1]]
+
+
+def test_every_step_a_cpu_can_run_passes_when_simulated(capsys, tmp_path):
+    rc, lines, report = run(capsys, tmp_path, "--allow-skip")
+    steps = report["steps"]
+    assert rc == 0, lines
+    assert {n for n, e in steps.items() if e["status"] == "skipped"} == FOUR_BIT_STEPS
+    for name in FOUR_BIT_STEPS:
+        assert steps[name]["reason"] == "bitsandbytes 4-bit needs CUDA (simulated on CPU)"
+    passed = {n for n, e in steps.items() if e["status"] == "pass"}
+    assert passed == {"kernel", "rope_bf16", "float32_vs_float64", "write_checkpoints", "drope_bf16",
+                      "float64_fallback", "device_map"}
+    for name in passed:
+        assert steps[name]["checks"], f"step {name} asserted nothing"
+    checks = {c["name"]: c for e in steps.values() for c in e["checks"]}
+    assert checks["layers computed in float64 (layer 1 only)"]["value"] == 1
+    assert checks["provenance softmax_scale"]["value"] == gpu_smoke.SOFTMAX_SCALE
+    assert checks["float32: kernel output bit-identical to SDPA's"]["ok"]
+    # without --allow-skip, the same run is three shortfalls: the 4-bit steps did not run
+    assert [line.split(":")[0] for line in gpu_smoke.shortfalls(steps)] == [
+        "SKIPPED nf4_double_rope", "SKIPPED nf4_double_drope", "SKIPPED fp4_drope"]

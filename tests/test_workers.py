@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from drope_check.workers import worker_resources
@@ -21,6 +23,28 @@ def test_one_device_each_when_several_are_visible():
     assert worker_resources("gw1", 2, 16, ["5", "7"]).cuda_device == "7"  # entries of the visible list
     assert worker_resources("gw1", 2, 16, ["0"]).cuda_device is None  # one device: leave it alone
     assert worker_resources("gw1", 2, 16, []).cuda_device is None
+
+
+@pytest.mark.parametrize(("count_after", "pinned"), [(1, []), (4, [2])])
+def test_a_worker_pins_its_own_gpu(monkeypatch, count_after, pinned):
+    """Worker gw2 of 4 on a 4-GPU machine: CUDA_VISIBLE_DEVICES names its GPU; if the runtime still shows four
+    devices afterwards (it started before the variable could act), the worker pins its ordinal instead."""
+    import torch
+
+    from drope_check.workers import apply_to_this_worker
+
+    calls: list[int] = []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count_after)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    threads = torch.get_num_threads()
+    try:
+        resources = apply_to_this_worker("gw2", 4)
+    finally:
+        torch.set_num_threads(threads)
+    assert resources.cuda_device == "6" and resources.cuda_ordinal == 2
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+    assert calls == pinned
 
 
 def test_bad_worker_count():

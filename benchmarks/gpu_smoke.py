@@ -285,8 +285,8 @@ def plain_pass(model, seqs: list[list[int]], batch_size: int) -> None:
 def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions: bool = True) -> None:
     """Paired plain / capture (/ interventions) timings at each shape, and checks that every captured
     statistic and perplexity is finite."""
-    from drope_check.interventions import measure_interventions
-    from drope_check.measure import ALL_INTERVENTIONS, baseline_perplexity, run_capture
+    from drope_check.interventions import INTERVENTIONS, measure_interventions
+    from drope_check.measure import baseline_perplexity, run_capture
     from drope_check.protocol import Protocol
 
     vocab = loaded.model.config.vocab_size
@@ -308,7 +308,7 @@ def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions
         if interventions:
             spikes = {"argmax-ratio": 1, "max-write": 1}
             result, inter_s = timed(
-                measure_interventions, loaded.model, seqs, PAD_ID, spikes, ALL_INTERVENTIONS, batch_size, baseline
+                measure_interventions, loaded.model, seqs, PAD_ID, spikes, INTERVENTIONS, batch_size, baseline
             )
             row["interventions_s"] = round(inter_s, 3)
             # one ablation pass serves both spike rules (same layer), so 3 passes for 4 names

@@ -168,9 +168,9 @@ def needed_interventions(claim_set: Any, role: str, protocol: Protocol) -> tuple
                 names.update(_INTERVENTION_RE.findall(path))
                 if any(f"scalars.{field}" in path for field in eager_probe.FIELDS):
                     names.add(eager_probe.EAGER_FP16)
-    from drope_check.measure import ALL_INTERVENTIONS
+    from drope_check.interventions import INTERVENTIONS
 
-    return tuple(n for n in ALL_INTERVENTIONS if n in names)
+    return tuple(n for n in (*INTERVENTIONS, eager_probe.EAGER_FP16) if n in names)
 
 
 def _cell(claim: Any, doc: Mapping[str, Any], protocols: Mapping[str, Protocol]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ raise :class:`UpstreamImportError`, one sentence naming what is wrong; the CLI e
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import hashlib
 import json
@@ -278,7 +279,8 @@ class FieldProvenance:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "repository": self.repository, "commit": self.commit, "file": self.file, "json_path": self.json_path,
-            "protocol": {"name": self.protocol_name, **self.protocol}, "derived": self.derived,
+            # a copy per field: nested tables (method, run) must not be one object shared by every field
+            "protocol": copy.deepcopy({"name": self.protocol_name, **self.protocol}), "derived": self.derived,
         }
         if self.derived:
             out["rule"] = self.rule

@@ -142,8 +142,8 @@ def test_pytest_options_reach_the_measure_options():
     class Config:
         values = {"drope_device_map": "auto", "drope_offload_folder": "/tmp/off"}
 
-        def getoption(self, name):
-            return self.values.get(name)
+        def getoption(self, name, default=None):  # pytest.Config.getoption's signature
+            return self.values.get(name, default)
 
     options = _measure_options(Config())
     assert options.device_map == "auto" and options.offload_folder == "/tmp/off" and options.device is None

@@ -32,6 +32,7 @@ from drope_check.models import (
     ModelLoadError,
     ModelSpec,
     PairSpec,
+    gpu_refusal,
     is_drope_config,
     llama_config_from_drope,
     load_tokenizer,
@@ -46,6 +47,7 @@ from drope_check.texts import ENV_WIKITEXT
 __all__ = [
     "check_device",
     "check_model_source",
+    "check_needs_gpu",
     "check_output_file",
     "check_output_folder",
     "check_pair",
@@ -176,10 +178,19 @@ def check_device(device: str | None, dtype: str | None, quantization: str | None
             raise UserError(f"--quantization {quantization} needs bitsandbytes: `pip install bitsandbytes`")
 
 
+def check_needs_gpu(pair: PairSpec, device: str | None) -> None:
+    """A pair that needs a GPU (7B models) runs on a CPU only when the user names the device
+    (:func:`drope_check.models.gpu_refusal`)."""
+    why = gpu_refusal(pair, device)
+    if why is not None:
+        raise UserError(why)
+
+
 def check_pair(pair: PairSpec, *, device: str | None = None, dtype: str | None = None,
                quantization: str | None = None, trust_remote_code: bool = False) -> None:
     """Device options and both model sources, before either model's weights load."""
     check_device(device, dtype, quantization)
+    check_needs_gpu(pair, device)
     for spec in pair.models():
         check_model_source(spec, pair.bos_token, trust_remote_code)
 

@@ -184,11 +184,14 @@ def cached_snapshot(repo_id: str, revision: str | None = None, *, patterns: Sequ
 
 
 def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequence[str] = WEIGHT_PATTERNS,
-                 token: str | None = None, endpoint: str | None = None, cache_dir: str | None = None) -> ModelStatus:
+                 token: str | bool | None = None, endpoint: str | None = None, cache_dir: str | None = None) -> ModelStatus:
     """Where ``repo_id`` stands here (see the module docstring); never downloads and never raises for
     a hub problem. Asks the hub only when the snapshot is not cached: the repo's file metadata
     (``HfApi.model_info(files_metadata=True)``) and, for a gated repo with a token, a HEAD request on
-    its config.json (the one way to learn whether the token was granted access)."""
+    its config.json (the one way to learn whether the token was granted access).
+
+    ``token``, ``endpoint``, ``cache_dir``: None leaves them to huggingface_hub (``HF_TOKEN`` or the
+    saved login, ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``); ``token=False`` sends none."""
     folder = cached_snapshot(repo_id, revision, patterns=patterns, cache_dir=cache_dir)
     if folder is not None:
         return ModelStatus(repo_id, "cached", f"{repo_id} is in the local HF cache ({folder})",
@@ -198,7 +201,7 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
         return ModelStatus(repo_id, "unreachable", (
             f"{repo_id}: not in the local HF cache, and HF_HUB_OFFLINE is set so nothing is downloaded; unset "
             "HF_HUB_OFFLINE on a machine with hub access (or put the weights in the HF cache of HF_HOME)"))
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -209,7 +212,7 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
     try:
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
     except GatedRepoError:
-        return _gated(repo_id, where, token if token is not None else get_token())
+        return _gated(repo_id, where, _token_value(token))
     except RevisionNotFoundError:
         return ModelStatus(repo_id, "not-found", f"{repo_id} has no revision {revision!r} on {where}; check the revision")
     except RepositoryNotFoundError:
@@ -230,7 +233,7 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
             f"{repo_id} on {where} has no .safetensors weights (drope_check never unpickles .bin files); "
             "use a checkpoint saved with safe_serialization=True"))
     if info.gated:
-        token_value = token if token is not None else get_token()
+        token_value = _token_value(token)
         if token_value is None:
             return _gated(repo_id, where, None)
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -245,6 +248,16 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
                 f"{where} did not answer a file request for {repo_id} ({type(exc).__name__}: {_first_line(exc)})"))
     return ModelStatus(repo_id, "downloadable", f"{repo_id} can be downloaded from {where} ({human_size(size)})",
                        size=size, n_files=len(files), commit=info.sha)
+
+
+def _token_value(token: str | bool | None) -> str | None:
+    """The token a request sends: the given one, none for False, else huggingface_hub's own
+    (``HF_TOKEN``, then the saved login under ``HF_HOME``)."""
+    from huggingface_hub import get_token
+
+    if token is None or token is True:
+        return get_token()
+    return token or None
 
 
 def _gated(repo_id: str, where: str, token: str | None) -> ModelStatus:
@@ -295,13 +308,15 @@ class _QuietTqdm:
 
 
 def fetch_model(repo_id: str, revision: str | None = None, *, patterns: Sequence[str] = WEIGHT_PATTERNS,
-                progress: bool = True, say: Callable[[str], None] | None = None, token: str | None = None,
-                endpoint: str | None = None, cache_dir: str | None = None) -> Path:
+                progress: bool = True, say: Callable[[str], None] | None = None, token: str | bool | None = None,
+                endpoint: str | None = None, cache_dir: str | None = None, status: ModelStatus | None = None) -> Path:
     """The snapshot folder of ``repo_id``, downloaded first when it is not cached (the size is said
     before the download starts). Raises :class:`HubUnavailable` (one sentence) when it is gated
-    without access, unknown, or the hub is unreachable -- before any byte is downloaded."""
+    without access, unknown, or the hub is unreachable -- before any byte is downloaded. ``status``:
+    the model's :func:`model_status`, when the caller has it already."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    status = model_status(repo_id, revision, patterns=patterns, token=token, endpoint=endpoint, cache_dir=cache_dir)
+    if status is None:
+        status = model_status(repo_id, revision, patterns=patterns, token=token, endpoint=endpoint, cache_dir=cache_dir)
     if status.state == "cached":
         assert status.snapshot is not None
         say(f"{repo_id}: cached ({human_size(status.size)}) in {status.snapshot}")
@@ -314,11 +329,11 @@ def fetch_model(repo_id: str, revision: str | None = None, *, patterns: Sequence
     say(f"{repo_id}: downloading {status.n_files} files, {human_size(status.size)}, at commit {status.commit} "
         f"from {_endpoint(endpoint)} into {cache_dir or constants.HF_HUB_CACHE}")
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns), token=token,
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns), token=token,  # type: ignore[arg-type]
                                         endpoint=endpoint, cache_dir=cache_dir,
                                         tqdm_class=None if progress else _QuietTqdm))  # type: ignore[arg-type]
     except (GatedRepoError, RepositoryNotFoundError):
-        raise HubUnavailable(_gated(repo_id, _endpoint(endpoint), token).detail) from None
+        raise HubUnavailable(_gated(repo_id, _endpoint(endpoint), _token_value(token)).detail) from None
     except Exception as exc:
         raise HubUnavailable(
             f"downloading {repo_id} from {_endpoint(endpoint)} failed ({type(exc).__name__}: {_first_line(exc)}); "
@@ -340,7 +355,8 @@ def fetch_pair(pair: PairSpec, *, progress: bool = True, trust_remote_code: bool
     statuses = [model_status(m.source, m.revision, patterns=patterns) for m in models]
     if any(not s.usable for s in statuses):
         raise HubUnavailable(refusal(statuses))
-    return {m.source: fetch_model(m.source, m.revision, patterns=patterns, progress=progress, say=say) for m in models}
+    return {m.source: fetch_model(m.source, m.revision, patterns=patterns, progress=progress, say=say, status=status)
+            for m, status in zip(models, statuses, strict=True)}
 
 
 def _as_snapshot(spec: ModelSpec, folder: Path) -> ModelSpec:

@@ -129,16 +129,22 @@ def test_fetch_downloads_only_the_needed_files_then_finds_them_without_any_reque
     assert local_hub.requests() == []  # a second run is served from the cache
 
 
-def test_an_incomplete_snapshot_is_not_taken_for_cached(local_hub, tmp_path):
+def test_an_interrupted_download_is_not_taken_for_cached_and_a_rerun_downloads_only_the_rest(local_hub, hub_root, tmp_path):
     folder = fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, progress=False,
                          say=lambda _: None)
-    (folder / "model-00002-of-00002.safetensors").unlink()
+    shard = folder / "model-00002-of-00002.safetensors"
+    shard.resolve().unlink()  # the blob, as if the run had stopped before this file was complete
+    shard.unlink()
     assert cached_snapshot(DROPE_REPO, cache_dir=str(tmp_path)) is None
+    local_hub.reset()
     status = model_status(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False)
-    assert status.state == "downloadable"  # and fetching again completes it
+    assert status.state == "downloadable"
     again = fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, progress=False,
                         say=lambda _: None, status=status)
-    assert (again / "model-00002-of-00002.safetensors").is_file()
+    assert again == folder and shard.read_bytes() == (hub_root / DROPE_REPO / shard.name).read_bytes()
+    sha256 = hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert [r for r in served(local_hub) if r.startswith("GET") and ("/cdn-lfs/" in r or "/resolve/" in r)] == [
+        f"GET /cdn-lfs/{sha256}"]  # the seven finished files are not downloaded again
 
 
 def test_fetch_of_a_gated_repo_without_a_token_refuses_before_downloading(local_hub, tmp_path):

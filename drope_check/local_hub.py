@@ -10,8 +10,10 @@ a model (read in huggingface_hub's ``hf_api.py``, ``file_download.py``, ``_snaps
 * ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}`` (``model_info`` /
   ``repo_info``; ``?blobs=true`` adds each file's size, blob id and LFS sha256/size);
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]`` (``list_repo_tree``, ``?recursive=``) and
-  ``POST /api/models/{repo}/paths-info/{rev}`` (``get_paths_info``);
-* ``HEAD`` / ``GET /{repo}/resolve/{rev}/{path}``: a regular file answers 200 with ``ETag`` (its git
+  ``POST /api/models/{repo}/paths-info/{rev}`` (``get_paths_info``); the same under
+  ``/api/datasets/`` for dataset repos, which ``datasets.load_dataset`` reads through them;
+* ``GET /api/agent-harnesses`` (the client's agent-detection registry: an empty one);
+* ``HEAD`` / ``GET /{repo}/resolve/{rev}/{path}`` (``/datasets/{repo}/resolve/...`` for datasets): a regular file answers 200 with ``ETag`` (its git
   blob id), ``X-Repo-Commit`` and ``Content-Length``; an LFS file (safetensors, pickles,
   sentencepiece models, as the hub's ``.gitattributes`` track them) answers 302 to a "CDN" url with
   ``X-Linked-Etag`` (its sha256), ``X-Linked-Size`` and ``X-Repo-Commit``, as the hub redirects LFS
@@ -24,8 +26,8 @@ a model (read in huggingface_hub's ``hf_api.py``, ``file_download.py``, ``_snaps
   its metadata stays public, as on the hub; an unknown repo is ``RepoNotFound`` (401 without a token,
   404 with one), an unknown revision ``RevisionNotFound``, an unknown file ``EntryNotFound`` (404).
 
-The folder holds ``hub.json`` (``{"repos": {"org/name": {"gated": "manual" | false}}}``) and one
-sub-folder per repo with its files. Each repo has one commit, ``main``, whose sha is derived from
+The folder holds ``hub.json`` (``{"repos": {"org/name": {"gated": "manual" | false}}, "datasets":
+{...}}``) and one sub-folder per repo with its files (datasets under ``datasets/``). Each repo has one commit, ``main``, whose sha is derived from
 its files. Requests are counted (``GET /_hub/requests``, ``POST /_hub/reset``; these two are not
 counted), so a test can prove a run never asked the hub.
 
@@ -57,7 +59,7 @@ from urllib.parse import unquote
 __all__ = ["LFS_PATTERNS", "LocalHub", "LocalHubProcess", "local_hub_process", "serve"]
 
 #: Files the hub stores in LFS (the patterns of the ``.gitattributes`` every hub repo starts with).
-LFS_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.model", "*.pdf", "*.gguf")
+LFS_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.model", "*.pdf", "*.gguf", "*.parquet")
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 LAST_MODIFIED = "2023-07-18T16:00:00.000Z"
 
@@ -97,10 +99,11 @@ class Repo:
     gated: str | bool
     files: dict[str, RepoFile]
     sha: str = ""
+    kind: str = "model"  # or "dataset"
 
     @classmethod
-    def read(cls, root: Path, repo_id: str, gated: str | bool) -> Repo:
-        folder = root / repo_id
+    def read(cls, root: Path, repo_id: str, gated: str | bool, kind: str = "model") -> Repo:
+        folder = root / (f"datasets/{repo_id}" if kind == "dataset" else repo_id)
         if not folder.is_dir():
             raise FileNotFoundError(f"{root / 'hub.json'} lists {repo_id}, but {folder} is not a folder")
         files: dict[str, RepoFile] = {}
@@ -114,7 +117,7 @@ class Repo:
             else:
                 files[path] = RepoFile(path, len(data), git_blob_id(data), None, None, disk)
         tree = "".join(f"{f.path}\0{f.blob_id}\n" for f in files.values()).encode()
-        return cls(repo_id, gated, files, sha=hashlib.sha1(repo_id.encode() + b"\0" + tree).hexdigest())
+        return cls(repo_id, gated, files, sha=hashlib.sha1(repo_id.encode() + b"\0" + tree).hexdigest(), kind=kind)
 
     def info(self, blobs: bool) -> dict[str, Any]:
         author = self.repo_id.split("/")[0]
@@ -122,9 +125,9 @@ class Repo:
             "_id": hashlib.sha1(self.repo_id.encode()).hexdigest()[:24], "id": self.repo_id, "modelId": self.repo_id,
             "author": author, "sha": self.sha, "lastModified": LAST_MODIFIED, "createdAt": LAST_MODIFIED,
             "private": False, "gated": self.gated, "disabled": False, "downloads": 0, "likes": 0,
-            "library_name": "transformers", "tags": ["transformers", "safetensors", "llama", "text-generation"],
-            "pipeline_tag": "text-generation",
             "siblings": [f.sibling(blobs) for f in self.files.values()],
+            **({"library_name": "transformers", "tags": ["transformers", "safetensors", "llama", "text-generation"],
+                "pipeline_tag": "text-generation"} if self.kind == "model" else {"tags": ["format:parquet"]}),
         }
 
 
@@ -143,13 +146,15 @@ class LocalHub:
     root: Path
     granted_tokens: frozenset[str] = frozenset()
     cdn_host: str = "localhost"
-    repos: dict[str, Repo] = field(default_factory=dict)
+    repos: dict[tuple[str, str], Repo] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         manifest = json.loads((self.root / "hub.json").read_text(encoding="utf-8"))
-        self.repos = {rid: Repo.read(self.root, rid, spec.get("gated", False)) for rid, spec in manifest["repos"].items()}
+        for kind, key in (("model", "repos"), ("dataset", "datasets")):
+            for rid, spec in manifest.get(key, {}).items():
+                self.repos[(kind, rid)] = Repo.read(self.root, rid, spec.get("gated", False), kind)
 
     # routing ----------------------------------------------------------------------------------
 
@@ -185,25 +190,25 @@ class LocalHub:
 
     def _route(self, request: Any, path: str) -> Any:
         method = request.method
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+        if m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             if method != "GET":
                 raise HubError(405, None, f"{method} not allowed")
-            repo = self._repo(request, m.group(1))
-            self._revision(repo, m.group(2) or "main")
+            repo = self._repo(request, m.group(1), m.group(2))
+            self._revision(repo, m.group(3) or "main")
             return self._json(repo.info(blobs=request.args.get("blobs", "").lower() == "true"))
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
-            repo = self._repo(request, m.group(1))
-            self._revision(repo, m.group(2))
-            return self._json(self._tree(repo, m.group(3) or "", request.args.get("recursive", "").lower() == "true"))
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/paths-info/([^/]+)", path):
-            repo = self._repo(request, m.group(1))
-            self._revision(repo, m.group(2))
+        if m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
+            repo = self._repo(request, m.group(1), m.group(2))
+            self._revision(repo, m.group(3))
+            return self._json(self._tree(repo, m.group(4) or "", request.args.get("recursive", "").lower() == "true"))
+        if m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/paths-info/([^/]+)", path):
+            repo = self._repo(request, m.group(1), m.group(2))
+            self._revision(repo, m.group(3))
             wanted = request.form.getlist("paths") or (request.get_json(silent=True) or {}).get("paths", [])
-            return self._json([repo.files[p].tree_entry() for p in wanted if p in repo.files])
-        if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            return self._json(self._paths_info(repo, wanted))
+        if m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             if method not in ("GET", "HEAD"):
                 raise HubError(405, None, f"{method} not allowed")
-            return self._resolve(request, m.group(1), m.group(2), m.group(3))
+            return self._resolve(request, "datasets" if m.group(1) else "models", m.group(2), m.group(3), m.group(4))
         if path == "/api/agent-harnesses":  # the client's agent-detection registry (cached in HF_HOME for a day)
             return self._json({"standardEnvVars": ["AI_AGENT", "AGENT"], "harnesses": {}})
         if m := re.fullmatch(r"/cdn-lfs/([0-9a-f]{64})", path):
@@ -221,8 +226,8 @@ class LocalHub:
         auth = request.headers.get("Authorization", "")
         return auth[len("Bearer "):].strip() or None if auth.startswith("Bearer ") else None
 
-    def _repo(self, request: Any, repo_id: str) -> Repo:
-        repo = self.repos.get(repo_id)
+    def _repo(self, request: Any, kind: str, repo_id: str) -> Repo:
+        repo = self.repos.get((kind.removesuffix("s"), repo_id))
         if repo is None:  # the hub answers 401 to an anonymous request, 404 to an authenticated one
             status = 404 if self._token(request) else 401
             raise HubError(status, "RepoNotFound", "Repository not found")
@@ -238,6 +243,17 @@ class LocalHub:
         from werkzeug.wrappers import Response
 
         return Response(json.dumps(payload), content_type="application/json")
+
+    def _paths_info(self, repo: Repo, wanted: Sequence[str]) -> list[dict[str, Any]]:
+        """Files and folders among ``wanted`` (a folder is any prefix of a file's path)."""
+        entries = []
+        for path in wanted:
+            path = path.strip("/")
+            if path in repo.files:
+                entries.append(repo.files[path].tree_entry())
+            elif any(f.startswith(f"{path}/") for f in repo.files):
+                entries.append({"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path})
+        return entries
 
     @staticmethod
     def _tree(repo: Repo, folder: str, recursive: bool) -> list[dict[str, Any]]:
@@ -257,10 +273,10 @@ class LocalHub:
                 for d in sorted(folders)]
         return dirs + files
 
-    def _resolve(self, request: Any, repo_id: str, revision: str, path: str) -> Any:
+    def _resolve(self, request: Any, kind: str, repo_id: str, revision: str, path: str) -> Any:
         from werkzeug.wrappers import Response
 
-        repo = self._repo(request, repo_id)
+        repo = self._repo(request, kind, repo_id)
         token = self._token(request)
         if repo.gated and token not in self.granted_tokens:
             if token is None:

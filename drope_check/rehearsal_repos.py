@@ -39,12 +39,13 @@ import torch
 
 from drope_check.tiny_models import build_llama, llama_config
 
-__all__ = ["DROPE_REPO", "GATED_REPOS", "GRANTED_TOKEN", "ROPE_REPO", "build_hub_root"]
+__all__ = ["DROPE_REPO", "GATED_REPOS", "GRANTED_TOKEN", "ROPE_REPO", "WIKITEXT_REPO", "build_hub_root"]
 
 #: The token the rehearsal's local hub grants access to the gated repo (any other token is an account without access).
 GRANTED_TOKEN = "hf_rehearsal_granted"
 ROPE_REPO = "meta-llama/Llama-2-7b-hf"
 DROPE_REPO = "SakanaAI/Llama-2-7b-hf-DroPE"
+WIKITEXT_REPO = "Salesforce/wikitext"
 GATED_REPOS: tuple[str, ...] = (ROPE_REPO,)
 
 LAYERS = 32
@@ -167,10 +168,50 @@ def _repo(folder: Path, *, drope: bool, seed: int) -> None:
         (folder / "USE_POLICY.md").write_text("# Llama 2 Acceptable Use Policy (stand-in)\n")
 
 
-def build_hub_root(root: Path) -> Path:
-    """Write both repos and the local hub's ``hub.json`` under ``root``; returns ``root``."""
+WIKITEXT_CARD = """---
+language:
+- en
+license: cc-by-sa-3.0
+configs:
+- config_name: wikitext-2-raw-v1
+  data_files:
+  - split: test
+    path: wikitext-2-raw-v1/test-*
+dataset_info:
+  config_name: wikitext-2-raw-v1
+  features:
+  - name: text
+    dtype: string
+  splits:
+  - name: test
+    num_bytes: {num_bytes}
+    num_examples: {n}
+---
+
+# Salesforce/wikitext (stand-in: the test split of wikitext-2-raw-v1 only)
+"""
+
+
+def _wikitext_dataset(folder: Path, rows: list[str]) -> None:
+    """``Salesforce/wikitext`` as the hub publishes it (a parquet file per split under the config's
+    folder, configs in the card's YAML), with the test split of ``wikitext-2-raw-v1`` only: the rows
+    ``datasets`` yields for it (each non-empty row with its trailing newline)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "wikitext-2-raw-v1").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), folder / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet")
+    (folder / "README.md").write_text(WIKITEXT_CARD.format(n=len(rows), num_bytes=sum(len(r.encode()) for r in rows)))
+
+
+def build_hub_root(root: Path, wikitext_rows: list[str] | None = None) -> Path:
+    """Write both model repos (and, given its rows, the WikiText-2 dataset repo the GPU job loads with
+    ``datasets``) and the local hub's ``hub.json`` under ``root``; returns ``root``."""
     _repo(root / ROPE_REPO, drope=False, seed=20)
     _repo(root / DROPE_REPO, drope=True, seed=21)
-    manifest = {"repos": {ROPE_REPO: {"gated": "manual"}, DROPE_REPO: {"gated": False}}}
+    manifest: dict[str, Any] = {"repos": {ROPE_REPO: {"gated": "manual"}, DROPE_REPO: {"gated": False}}}
+    if wikitext_rows is not None:
+        _wikitext_dataset(root / "datasets" / WIKITEXT_REPO, wikitext_rows)
+        manifest["datasets"] = {WIKITEXT_REPO: {"gated": False}}
     (root / "hub.json").write_text(json.dumps(manifest, indent=2))
     return root

@@ -23,15 +23,20 @@ WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 #: Environment variables of huggingface_hub / transformers that a child must not inherit: the child
 #: gets its own endpoint, cache and token (CI sets HF_HUB_OFFLINE=1 for everything else).
-HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE",
-                 "HUGGINGFACE_HUB_CACHE", "HF_HOME", "HF_ENDPOINT", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_TOKEN_PATH")
+HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                 "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HOME", "HF_ENDPOINT",
+                 "HF_HUB_DISABLE_PROGRESS_BARS", "HF_TOKEN_PATH", "DROPE_CHECK_WIKITEXT")
 
 
 @pytest.fixture(scope="session")
 def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in repos; with the workplace's WikiText-2 copy, also ``Salesforce/wikitext`` built
+    from it, so a child loads its texts through ``datasets`` from the local hub as the GPU job does."""
     from drope_check.rehearsal_repos import build_hub_root
+    from drope_check.texts import load_wikitext_rows
 
-    return build_hub_root(tmp_path_factory.mktemp("hub-root"))
+    rows = load_wikitext_rows(WIKITEXT)[0] if WIKITEXT.is_file() else None
+    return build_hub_root(tmp_path_factory.mktemp("hub-root"), wikitext_rows=rows)
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +57,12 @@ def make_hub_env(endpoint: str, hf_home: Path, token: str | None = GRANTED_TOKEN
     """The environment of a child process that talks to ``endpoint`` with an HF cache in ``hf_home``
     (no ``HF_TOKEN`` when ``token`` is None).
 
-    One torch thread: the models are tiny, and OpenMP threads spinning against the other jobs of a
-    2-core CI machine made a 7 s measurement take 95 s."""
+    No ``DROPE_CHECK_WIKITEXT``: the texts come through ``datasets`` from the endpoint, as on a GPU
+    runner. One torch thread: the models are tiny, and OpenMP threads spinning against the other jobs
+    of a 2-core CI machine made a 7 s measurement take 95 s."""
     env = {k: v for k, v in os.environ.items() if k not in HUB_VARIABLES}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
                HF_HUB_DISABLE_TELEMETRY="1")
     if token is not None:
         env["HF_TOKEN"] = token
-    if WIKITEXT.is_file():
-        env["DROPE_CHECK_WIKITEXT"] = str(WIKITEXT)
     return env

@@ -18,12 +18,14 @@ repo ids in their published layout, the Llama-2 repo gated:
    it runs, and its measurements are judged);
 4. ``drope-check audit --pair llama2-7b`` measures its variants from the cache, again without a request.
 
-Two deliberate differences from the workflow, both named in the commands below: the device is named
-(``--drope-device cpu`` / ``--device cpu``: a 7B pair runs on a CPU only when asked, see
+The texts come as on a GPU runner too: ``datasets.load_dataset("Salesforce/wikitext", ...)`` from
+the endpoint, which serves that dataset repo built from the workplace's WikiText-2 copy (the claims
+step asserts the same 20 lines as the file gives). ``datasets`` revalidates a cached dataset with a
+few metadata requests on every run (its own behaviour, no download); the weights are never asked for
+again. Two deliberate differences from the workflow, both named in the commands below: the device
+is named (``--drope-device cpu`` / ``--device cpu``: a 7B pair runs on a CPU only when asked, see
 ``drope_check.models.gpu_refusal``), and the audit measures 4 texts instead of 20 (the same code
-path at a fifth of the forwards; the audit's numbers are tested elsewhere). The WikiText-2 lines come
-from the workplace's copy (``DROPE_CHECK_WIKITEXT``), not from the ``datasets`` hub download the GPU
-job makes.
+path at a fifth of the forwards; the audit's numbers are tested elsewhere).
 
 Claims whose status is ``skip`` in expected/llama2-7b.toml are declared not measurable by this
 suite (today ``eager_attention_nan[llama2-7b:drope]``: no field of the measurements records fp16
@@ -51,6 +53,7 @@ from drope_check.rehearsal_repos import DROPE_REPO, ROPE_REPO
 pytestmark = pytest.mark.rehearsal
 
 REPO = Path(__file__).resolve().parent.parent
+WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 DROPE_CHECK = [sys.executable, "-m", "drope_check.cli"]
 PAIR = "llama2-7b"
 SUITE_COLUMN = "Llama-2-7B: this suite"
@@ -77,6 +80,25 @@ def downloads(hub: Any) -> list[str]:
     return [r["path"] for r in hub.requests() if r["method"] == "GET" and ("/resolve/" in r["path"] or "/cdn-lfs/" in r["path"])]
 
 
+def weight_requests(requests: list[dict[str, Any]]) -> list[str]:
+    """Requests about the model repos (anything but the WikiText dataset and the client's registry)."""
+    return [f"{r['method']} {r['path']}" for r in requests
+            if not r["path"].startswith(("/api/datasets/", "/datasets/", "/api/agent-harnesses"))
+            and not (r["path"].startswith("/cdn-lfs/") and r["path"] in DATASET_BLOBS)]
+
+
+#: cdn paths of the dataset's LFS files (filled by the hub_root fixture's user below).
+DATASET_BLOBS: set[str] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dataset_blobs(hub_root: Path) -> None:
+    import hashlib
+
+    DATASET_BLOBS.update(f"/cdn-lfs/{hashlib.sha256(p.read_bytes()).hexdigest()}"
+                         for p in hub_root.glob("datasets/**/*.parquet"))
+
+
 # ----------------------------------------------------------------------------------------------
 # the steps, in the workflow's order, on one empty HF cache
 
@@ -93,8 +115,10 @@ def rehearsal(local_hub: Any, hub_env: Any, tmp_path_factory: pytest.TempPathFac
     yield {"home": home, "env": env, "out": tmp_path_factory.mktemp("rehearsal"), "fetch": fetch,
            "fetch_requests": local_hub.requests()}
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("\nrehearsal of claims-gpu.yml on CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("\nrehearsal of claims-gpu.yml on CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +154,10 @@ def test_step_fetch_downloads_both_checkpoints_saying_the_size_first_with_progre
             assert file.read_bytes() == (hub_root / repo / file.name).read_bytes(), file
 
 
-def test_step_claims_evaluates_every_llama2_claim_without_a_request(claims_step):
+def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights_again(claims_step, hub_root):
     done, doc = claims_step["done"], claims_step["doc"]
     assert doc is not None, done.stdout[-4000:]
-    assert claims_step["requests"] == [], "the claims step asked the hub although everything was cached"
+    assert weight_requests(claims_step["requests"]) == [], "the claims step asked the hub for cached weights"
     assert done.returncode == 1, done.stdout[-4000:]  # tiny random weights fail the report's bands
     assert "NOTHING WAS CHECKED" not in done.stdout and "--require-models:" not in done.stdout
     claims = load_claims(PAIR).claims
@@ -148,6 +172,12 @@ def test_step_claims_evaluates_every_llama2_claim_without_a_request(claims_step)
             assert verdict["measured"] is not None, key
     info = doc["pairs"][PAIR]
     assert info["available"] is True
+    if (hub_root / "datasets").is_dir():  # the texts came through datasets from the endpoint: the file's 20 lines
+        from drope_check.texts import wikitext_lines
+
+        from_file = wikitext_lines(n=info["texts"]["n_texts"], path=WIKITEXT).to_provenance()
+        assert info["texts"]["source"] == "datasets:Salesforce/wikitext:wikitext-2-raw-v1:test"
+        assert info["texts"]["sha256"] == from_file["sha256"]
 
 
 def test_step_claims_fills_the_reports_llama2_suite_column_with_the_measured_models(claims_step):
@@ -192,7 +222,9 @@ def test_step_audit_measures_every_cpu_variant_from_the_cache(rehearsal, local_h
     done = run([*DROPE_CHECK, "audit", "--pair", PAIR, "--out-dir", str(out), "--device", "cpu", "--n-texts", "4",
                 "--no-progress"], rehearsal["env"], "audit")
     assert done.returncode == 0, done.stdout[-4000:]
-    assert local_hub.requests() == []
+    requests = local_hub.requests()
+    assert weight_requests(requests) == []
+    assert not [r for r in requests if r["path"] in DATASET_BLOBS]  # WikiText revalidated, not downloaded again
     audit = json.loads((out / "audit.json").read_text())
     for variant in audit["variants"]:
         if variant["kind"] == "gpu" and not torch.cuda.is_available():  # 4-bit: said, not dropped
@@ -220,7 +252,8 @@ def test_pytest_downloads_what_is_missing_before_measuring(local_hub, hub_env, t
     verdicts = json.loads((report / "claims-report.json").read_text())["verdicts"]
     assert {v["key"]: v["outcome"] in ("pass", "fail") for v in verdicts} == {
         f"ppl_baseline[{PAIR}:rope]": True, f"ppl_baseline[{PAIR}:drope]": True}, done.stdout[-3000:]
-    assert len(downloads(local_hub)) == 16  # 8 files per model
+    weights = [p for p in downloads(local_hub) if not p.startswith("/datasets/") and p not in DATASET_BLOBS]
+    assert len(weights) == 16  # 8 files per model
     assert len(list((tmp_path / "hf").glob("hub/models--*/snapshots/*"))) == 2
 
 

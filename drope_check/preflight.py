@@ -28,6 +28,7 @@ import torch
 from drope_check.architectures import UnsupportedArchitecture, architecture_for_model_type
 from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
 from drope_check.errors import UserError
+from drope_check.hub import TOKENIZER_FILES
 from drope_check.models import (
     ModelLoadError,
     ModelSpec,
@@ -54,8 +55,6 @@ __all__ = [
     "check_text_source",
 ]
 
-#: Files any one of which lets transformers build a tokenizer (``vocab.json`` needs ``merges.txt``).
-TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 

@@ -31,6 +31,12 @@ The folder holds ``hub.json`` (``{"repos": {"org/name": {"gated": "manual" | fal
 its files. Requests are counted (``GET /_hub/requests``, ``POST /_hub/reset``; these two are not
 counted), so a test can prove a run never asked the hub.
 
+Why not a real mirror server: olah (0.5.4 on PyPI, the one that can serve repositories offline) serves
+local git repositories (its ``mirrors-path``), but reports every local repository as ``gated: false``
+and passes a 401/403 through only from an upstream hub, so it cannot give the gated answer that a
+runner without ``HF_TOKEN`` gets; it also needs git repositories with LFS objects and about twenty
+dependencies (fastapi, uvicorn, GitPython, peewee, ...).
+
     python -m drope_check.local_hub ROOT [--port 0] [--token TOKEN ...]
 
 prints ``local hub: serving ROOT at http://127.0.0.1:PORT`` once it accepts requests. Only werkzeug

@@ -216,3 +216,19 @@ def test_pair_available_offline_names_HF_HUB_OFFLINE_without_a_request(monkeypat
     if cached_snapshot(ROPE_REPO) is None:  # this machine's own HF cache has no Llama-2 (CI never does)
         assert not ok and "HF_HUB_OFFLINE is set" in why and ROPE_REPO in why
     assert local_hub.requests() == []
+
+
+def test_fetch_cli_with_the_hub_unreachable_is_one_sentence_and_exit_2(monkeypatch, tmp_path, capsys):
+    import socket
+
+    from drope_check import cli
+
+    with socket.socket() as sock:  # a port nothing listens on, as HF_ENDPOINT
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert cli.main(["fetch", "--pair", "llama2-7b", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("drope-check fetch: error: ")
+    assert f"{ROPE_REPO} and {DROPE_REPO}: {endpoint} cannot be reached (ConnectError" in err

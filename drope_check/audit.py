@@ -106,12 +106,14 @@ class AuditSource:
 
 def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) -> AuditSource:
     """The registry pair ``pair``, its models loaded by :func:`drope_check.models.load_model`."""
+    from drope_check.hub import resolve_pair
     from drope_check.measure import MeasureOptions, _dtype, load_texts, token_sequences
     from drope_check.models import get_pair, load_model
 
-    spec = get_pair(pair)
     options = options or MeasureOptions()
     texts = load_texts(base, options)
+    # hub models as their local snapshots, downloaded first if needed: every variant loads from them
+    spec = resolve_pair(get_pair(pair), progress=options.progress, trust_remote_code=options.trust_remote_code)
 
     def load(model_spec: Any, quantization: str | None) -> Any:
         # a 4-bit variant runs as upstream ran it, fp16 compute and activations (models.QUANTIZED_DTYPE), whatever --dtype
@@ -735,12 +737,13 @@ def add_cli(sub: Any) -> None:
     parser.set_defaults(func=cli_audit)
 
 
-def models_here(pair: str) -> tuple[bool, str]:
-    """Whether the pair's models can be loaded here, and if not why (never raises)."""
+def models_here(pair: str, device: str | None = None) -> tuple[bool, str]:
+    """Whether the pair's models can be loaded here (on ``device``, when one is named), and if not
+    why (never raises)."""
     try:
         from drope_check.models import pair_available
 
-        ok, reason = pair_available(pair)
+        ok, reason = pair_available(pair, device=device)
     except Exception as exc:  # a broken engine is a reason not to measure, said in the audit
         return False, f"pair_available({pair!r}) raised {type(exc).__name__}: {exc}"
     return bool(ok), str(reason)
@@ -776,7 +779,7 @@ def cli_audit(args: Any) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"drope-check audit: {message}", file=sys.stderr)
         return 2
-    ok, why = models_here(args.pair)
+    ok, why = models_here(args.pair, args.device)
     if not ok and not has_author_files(claim_set):
         print(f"drope-check audit: pair {args.pair} cannot be measured here ({why}) and its claims have no "
               "author-files tables: nothing to audit without its models", file=sys.stderr)

@@ -6,6 +6,7 @@
     drope-check judge a.json b.json ... --report-dir DIR        (one report for several files)
     drope-check import-upstream SOURCE --out upstream.json [--era head]
     drope-check pairs
+    drope-check fetch --pair llama2-7b
     drope-check audit --pair smollm2-135m --out-dir audit [--variants a,b,...]
 
 A user error (a bad path or option value) exits 2 with one sentence on stderr; add --debug for the
@@ -182,11 +183,54 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _pairs(_args: argparse.Namespace) -> int:
-    from drope_check.models import PAIRS, pair_available
+    """Per pair: where its weights stand here (embedded; or per hub model cached / downloadable with
+    its size / gated without access, naming HF_TOKEN / not found / unreachable with the reason), and
+    whether it needs a GPU this machine lacks. Never downloads."""
+    from drope_check.hub import hub_models, human_size, model_status
+    from drope_check.models import PAIRS, gpu_refusal, pair_available
 
     for name, pair in PAIRS.items():
-        ok, why = pair_available(name)
-        print(f"{name:14s} {'available' if ok else 'unavailable'}: {why}\n    {pair.description}")
+        models = hub_models(pair)
+        if not models:
+            ok, why = pair_available(name)
+            print(f"{name:14s} {'embedded' if ok else 'unavailable'}: {why}")
+        else:
+            statuses = [model_status(m.source, m.revision) for m in models]
+            refused = [s for s in statuses if not s.usable]
+            to_download = [s for s in statuses if s.state == "downloadable"]
+            if refused:
+                state = " / ".join(dict.fromkeys(s.state for s in refused))
+            elif to_download:
+                state = f"downloadable ({human_size(sum(s.size or 0 for s in to_download))})"
+            else:
+                state = "cached"
+            print(f"{name:14s} {state}")
+            for model, status in zip(models, statuses, strict=True):
+                print(f"    {model.role:5s} {model.source}: {status.summary()}")
+            why_not = gpu_refusal(pair, None)
+            if why_not is not None:
+                print(f"    {why_not}")
+        print(f"    {pair.description}")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """``drope-check fetch --pair NAME``: download what the pair's hub models lack into the HF cache
+    (nothing else: no model loads). Exit 0 when everything is cached or downloaded; a gated repo
+    without access, an unknown repo or an unreachable hub is one sentence and exit 2, before any
+    download."""
+    from drope_check.hub import fetch_pair, hub_models
+    from drope_check.models import PAIRS
+
+    if args.pair not in PAIRS:
+        raise UserError(f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
+    pair = PAIRS[args.pair]
+    if not hub_models(pair):
+        print(f"{args.pair}: nothing to download (its models are {pair.rope.source} and {pair.drope.source})")
+        return 0
+    folders = fetch_pair(pair, progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
+                         say=lambda line: print(line, flush=True))
+    print(f"{args.pair}: ready ({len(folders)} models in the HF cache)")
     return 0
 
 
@@ -214,8 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
     upstream.add_arguments(imported)
     imported.set_defaults(func=upstream.run)
-    pairs = sub.add_parser("pairs", help="list registered pairs and whether they can be loaded here")
+    pairs = sub.add_parser("pairs", help="list registered pairs: cached / downloadable / gated / unreachable / embedded")
     pairs.set_defaults(func=_pairs)
+    fetch = sub.add_parser("fetch", help="download a pair's hub weights into the HF cache (and nothing else)")
+    fetch.add_argument("--pair", required=True, help="registered pair, e.g. llama2-7b")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fetch.add_argument("--trust-remote-code", action="store_true",
+                       help="also download the checkpoint's own code (*.py), for --trust-remote-code runs")
+    fetch.set_defaults(func=_fetch)
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

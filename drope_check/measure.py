@@ -24,6 +24,7 @@ from drope_check import __version__, metrics, preflight, sink_stats
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
 from drope_check.eager_probe import EAGER_FP16, eager_fp16_probe
+from drope_check.hub import resolve_pair
 from drope_check.interventions import INTERVENTIONS
 from drope_check.models import LoadedModel, PairSpec, environment_info, get_pair, load_model
 from drope_check.protocol import FAITHFUL, Protocol
@@ -319,6 +320,11 @@ def measure_pair(
     # Every input that can be checked without weights is checked before the first model loads: a
     # bad DroPE source must not cost a RoPE measurement first.
     preflight.check_text_source(options.wikitext)
+    preflight.check_device(options.device, options.dtype, options.quantization)
+    preflight.check_needs_gpu(spec, options.device)
+    # Hub models as their local snapshots: a gated, unknown or unreachable repo is refused before any
+    # download; a missing snapshot is downloaded (every model's status is known first).
+    spec = resolve_pair(spec, progress=options.progress, trust_remote_code=options.trust_remote_code)
     preflight.check_pair(
         spec, device=options.device, dtype=options.dtype, quantization=options.quantization,
         trust_remote_code=options.trust_remote_code, device_map=options.device_map, offload_folder=options.offload_folder,

@@ -88,10 +88,13 @@ class ModelSpec:
     source: str
     variant: Variant
     revision: str | None = None
+    #: The hub repo a local ``source`` is the snapshot of (set by :func:`drope_check.hub.resolve_model`,
+    #: which also sets ``revision`` to the snapshot's commit); provenance names this repo, not the folder.
+    hub_id: str | None = None
 
     def describe(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.source}{rev} ({self.variant})"
+        return f"{self.hub_id or self.source}{rev} ({self.variant})"
 
 
 @dataclass(frozen=True)
@@ -817,7 +820,7 @@ def load_model(
         raise ValueError("give device or device_map, not both (a device_map places every layer itself)")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (QUANTIZED_DTYPE if quantization is not None else default_dtype(device))
-    provenance: dict[str, Any] = {"model_id": spec.source, "revision": spec.revision, "variant": spec.variant}
+    provenance: dict[str, Any] = {"model_id": spec.hub_id or spec.source, "revision": spec.revision, "variant": spec.variant}
 
     if is_embedded(spec.source):
         if device_map is not None:
@@ -963,8 +966,29 @@ def _load_hub_or_dir(
     return model, tokenizer
 
 
-def pair_available(name: str) -> tuple[bool, str]:
-    """Whether a registered pair can be loaded here, and if not, exactly why."""
+def gpu_refusal(pair: PairSpec, device: str | None) -> str | None:
+    """Why a pair that needs a GPU (``needs_gpu``: 7B models) is not measured here, or None.
+
+    Without a device named (``--device`` / ``--drope-device``), such a pair runs only where CUDA is
+    present: measuring a 7B pair on a CPU takes hours, so doing it must be the user's explicit
+    choice. Naming ``cpu`` is that choice (recorded in the measurements' ``options.device``)."""
+    if not pair.needs_gpu or device is not None or torch.cuda.is_available():
+        return None
+    return (
+        f"pair {pair.name} needs a CUDA device (7B models: a >= 24 GB GPU) and none is present here; run "
+        f"`pytest claims/ --pair {pair.name} --require-models` on a GPU runner, or name the CPU explicitly "
+        "(pytest --drope-device cpu, drope-check --device cpu) to measure on it anyway"
+    )
+
+
+def pair_available(name: str, device: str | None = None) -> tuple[bool, str]:
+    """Whether a registered pair can be measured here, and if not, exactly why (never downloads).
+
+    Hub models count as available when they are in the local HF cache or can be downloaded (the
+    measurement downloads them first, :func:`drope_check.hub.resolve_pair`); a gated repo without
+    a token, an unknown repo or an unreachable hub (``HF_HUB_OFFLINE`` included) is the reason
+    (:func:`drope_check.hub.model_status`). ``device``: the device the user named, if any
+    (:func:`gpu_refusal`)."""
     pair = get_pair(name)
     if is_embedded(pair.rope.source):
         try:
@@ -973,27 +997,19 @@ def pair_available(name: str) -> tuple[bool, str]:
         except (EmbeddedUnavailable, ImportError) as exc:
             return False, f"embedded model unavailable: {exc}"
         return True, "embedded GGUF installed"
-    missing = []
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False, "huggingface_hub is not installed"
-    for spec in pair.models():
-        if Path(spec.source).is_dir():
-            continue
-        hit = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
-        if not isinstance(hit, str):
-            missing.append(spec.source)
+    from drope_check.hub import hub_models, human_size, model_status, refusal
+
+    statuses = [model_status(spec.source, spec.revision) for spec in hub_models(pair)]
+    if any(not s.usable for s in statuses):
+        return False, refusal(statuses)
+    why_not = gpu_refusal(pair, device)
+    if why_not is not None:
+        return False, why_not
+    missing = [s for s in statuses if s.state == "downloadable"]
     if missing:
-        return False, (
-            f"weights of {', '.join(missing)} are not in the local HF cache (gated/large; hub unreachable here). "
-            f"Run on a GPU runner with HF_TOKEN: `pytest claims/ --pair {name} --require-models`"
-        )
-    if pair.needs_gpu and not torch.cuda.is_available():
-        return False, (
-            f"pair {name} is cached but no CUDA device is present (7B models need a >= 24 GB GPU). "
-            f"Run `pytest claims/ --pair {name} --require-models` on a GPU runner"
-        )
+        size = sum(s.size or 0 for s in missing)
+        return True, (f"{', '.join(s.repo_id for s in missing)} not cached: downloaded before measuring "
+                      f"({human_size(size)})")
     return True, "weights in the local HF cache"
 
 

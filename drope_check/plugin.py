@@ -250,7 +250,7 @@ class _State:
                 raise MeasurementFailed(f"pair {pair}: {exc}") from None
             self.origins[pair] = path.name
             return data
-        ok, reason = _pair_available(pair)
+        ok, reason = _pair_available(pair, getattr(options, "device", None))
         if not ok:
             raise PairUnavailable(f"pair {pair} is not available here: {reason}. To run its claims: {claim_set.run_hint}")
         try:
@@ -263,7 +263,8 @@ class _State:
         return data
 
 
-def _pair_available(pair: str) -> tuple[bool, str]:
+def _pair_available(pair: str, device: str | None = None) -> tuple[bool, str]:
+    """``drope_check.models.pair_available`` (on ``device``, the one ``--drope-device`` names), never raising."""
     try:
         models = importlib.import_module("drope_check.models")
     except Exception as exc:  # the engine may be missing or broken; say so instead of crashing collection
@@ -272,7 +273,7 @@ def _pair_available(pair: str) -> tuple[bool, str]:
     if pair not in registry:
         return False, f"pair {pair!r} is not registered in drope_check.models.PAIRS ({', '.join(sorted(registry))})"
     try:
-        ok, reason = models.pair_available(pair)
+        ok, reason = models.pair_available(pair, device=device)
     except Exception as exc:
         return False, f"pair_available({pair!r}) raised {type(exc).__name__}: {exc}"
     return bool(ok), str(reason)
@@ -511,7 +512,10 @@ class _Aggregator:
 
             judged = sorted({v["pair"] for v in verdicts})
             chosen = [p for p in judged if p in audit_pairs] if audit_pairs else judged
-            self.audit_lines = audit_session(config, self.state, chosen, out, _measure_options(config), _pair_available)
+            options = _measure_options(config)
+            device = getattr(options, "device", None)
+            self.audit_lines = audit_session(config, self.state, chosen, out, options,
+                                             lambda pair: _pair_available(pair, device))
             if any(line.startswith("audit failed") for line in self.audit_lines):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:

@@ -32,11 +32,13 @@ import torch
 from drope_check.architectures import UnsupportedArchitecture, architecture_for_model_type
 from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
 from drope_check.errors import UserError
+from drope_check.hub import TOKENIZER_FILES
 from drope_check.models import (
     DEVICE_MAPS,
     ModelLoadError,
     ModelSpec,
     PairSpec,
+    gpu_refusal,
     is_drope_config,
     llama_config_from_drope,
     load_tokenizer,
@@ -56,14 +58,13 @@ __all__ = [
     "check_device",
     "check_device_map",
     "check_model_source",
+    "check_needs_gpu",
     "check_output_file",
     "check_output_folder",
     "check_pair",
     "check_text_source",
 ]
 
-#: Files any one of which lets transformers build a tokenizer (``vocab.json`` needs ``merges.txt``).
-TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -208,6 +209,12 @@ def check_device_map(pair: PairSpec, device_map: str | None, device: str | None,
         )
     if offload_folder is not None:
         check_output_folder(offload_folder, "--offload-folder")
+def check_needs_gpu(pair: PairSpec, device: str | None) -> None:
+    """A pair that needs a GPU (7B models) runs on a CPU only when the user names the device
+    (:func:`drope_check.models.gpu_refusal`)."""
+    why = gpu_refusal(pair, device)
+    if why is not None:
+        raise UserError(why)
 
 
 def check_pair(pair: PairSpec, *, device: str | None = None, dtype: str | None = None,
@@ -216,6 +223,7 @@ def check_pair(pair: PairSpec, *, device: str | None = None, dtype: str | None =
     """Device options and both model sources, before either model's weights load."""
     check_device(device, dtype, quantization)
     check_device_map(pair, device_map, device, offload_folder)
+    check_needs_gpu(pair, device)
     for spec in pair.models():
         check_model_source(spec, pair.bos_token, trust_remote_code)
 

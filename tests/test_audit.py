@@ -583,7 +583,7 @@ def test_cli_pair_without_models_or_author_files_exits_2(monkeypatch, tmp_path, 
     from types import SimpleNamespace
 
     load = claims.load_claims
-    monkeypatch.setattr(audit, "models_here", lambda pair: (False, NO_WEIGHTS))
+    monkeypatch.setattr(audit, "models_here", lambda pair, device=None: (False, NO_WEIGHTS))
     monkeypatch.setattr(audit.claims, "load_claims", lambda pair: load(pair, TOY_EXPECTED))
     monkeypatch.setattr("drope_check.models.get_pair", lambda pair: None)
     args = SimpleNamespace(pair="toy", variants=None, n_texts=FAITHFUL.n_texts, upstream=None, out_dir=tmp_path,

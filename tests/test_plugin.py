@@ -39,7 +39,7 @@ models = types.ModuleType("drope_check.models")
 models.PAIRS = {{"toy": "toy spec", "toy2": "toy2 spec"}}
 
 
-def pair_available(name):
+def pair_available(name, device=None):
     return ({available}, "weights found" if {available} else "toy weights are not on this machine")
 
 

@@ -178,7 +178,8 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    one_sentence(proc.stderr, "tiny-org/rope-missing (rope)", str(snapshot), MISSING, "1 missing (")
+    # the hub id with the cached snapshot's commit it was resolved to (drope_check.hub.resolve_pair)
+    one_sentence(proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing (")
     assert not out.exists()
 
 

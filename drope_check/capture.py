@@ -31,7 +31,9 @@ the protocol deliberately keeps pad rows (upstream's RoPE confound). Any non-fin
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -181,6 +183,8 @@ def _check_finite(value: torch.Tensor, model_name: str, layer: int | str, quanti
 
 
 class OnePassCapture:
+    OVERLAP = False
+
     """Installs the capture on ``model``; use :meth:`batch` around each forward pass.
 
     ``rows`` passed to :meth:`batch` are the number of rows of each batch row that enter the
@@ -200,6 +204,8 @@ class OnePassCapture:
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
         self._pending: list[tuple[SequenceCapture, metrics.ResidualMoments]] = []
         self._pending_bytes = 0
+        self._deferred: list[tuple[int, list]] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -211,34 +217,53 @@ class OnePassCapture:
 
     def _layer_hook(self, layer: int):
         def hook(_m: nn.Module, _i: tuple, out) -> None:
-            hidden = out[0] if isinstance(out, tuple) else out
-            for row, seq in enumerate(self._seqs):
-                x = hidden[row, : seq.n_rows].detach()
-                try:
-                    moments = metrics.residual_moments(x, name="residual")
-                except ValueError as exc:
-                    what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
-                    raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
-                for name in MOMENT_STATS:
-                    seq.layers.setdefault(name, []).append(getattr(moments, name))
-                self._pending.append((seq, moments))
-                self._pending_bytes += moments.gram.nbytes
-            if self._pending_bytes > GRAM_BUFFER_BYTES:
-                self._finish_spectra()
+            hidden = (out[0] if isinstance(out, tuple) else out).detach()
+            rows = [hidden[row, : seq.n_rows] for row, seq in enumerate(self._seqs)]
+            if self._pool is None or hidden.device.type != "cpu":
+                self._collect_moments(layer, [functools.partial(metrics.residual_moments, x, "residual") for x in rows])
+                return
+            if not metrics._numpy_ready(hidden):  # e.g. bfloat16: torch converts, on this (the main) thread
+                rows = [x.to(torch.float64) for x in rows]
+            if self.OVERLAP:
+                rows = [x.clone() for x in rows]
+                self._deferred.append((layer, [self._pool.submit(metrics.residual_summary, x, "residual").result for x in rows]))
+                return
+            self._collect_moments(layer, [self._pool.submit(metrics.residual_moments, x, "residual").result for x in rows])
 
         return hook
+
+    def _collect_moments(self, layer: int, getters: list) -> None:
+        """Append each row's moment statistics (``getters[row]()``, raising ValueError on bad input)
+        and queue its Gram matrix for the batched eigenproblems."""
+        for row, (get, seq) in enumerate(zip(getters, self._seqs, strict=True)):
+            try:
+                moments = get()
+            except ValueError as exc:
+                what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
+                raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
+            if isinstance(moments, metrics.ResidualSummary):
+                for name in MOMENT_STATS + SPECTRUM_STATS:
+                    seq.layers.setdefault(name, []).append(getattr(moments, name))
+                continue
+            for name in MOMENT_STATS:
+                seq.layers.setdefault(name, []).append(getattr(moments, name))
+            self._pending.append((seq, moments))
+            self._pending_bytes += moments.gram.nbytes
+        if self._pending_bytes > GRAM_BUFFER_BYTES:
+            self._finish_spectra()
 
     def _finish_spectra(self) -> None:
         """Solve the pending eigenproblems in one batch (off the per-layer path, all cores) and
         append each sequence's spectrum statistics in layer order."""
+        for layer, getters in self._deferred:
+            self._collect_moments(layer, getters)
+        self._deferred.clear()
         if not self._pending:
             return
-        summaries = metrics.residual_summaries(
-            [], workers=max(1, torch.get_num_threads()), moments=[m for _, m in self._pending]
-        )
-        for (seq, _), summary in zip(self._pending, summaries, strict=True):
+        entropies = metrics.gram_entropies([m.gram for _, m in self._pending], pool=self._pool)
+        for (seq, _), ent in zip(self._pending, entropies, strict=True):
             for name in SPECTRUM_STATS:
-                seq.layers.setdefault(name, []).append(getattr(summary, name))
+                seq.layers.setdefault(name, []).append(getattr(ent, name))
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -327,7 +352,8 @@ class OnePassCapture:
                     for which in ("q", "k"):
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
-            with metrics.single_threaded_blas(), observe_attention(self.model, self._observer):
+            workers = max(1, torch.get_num_threads())
+            with metrics.single_threaded_blas(), ThreadPoolExecutor(workers) as self._pool, observe_attention(self.model, self._observer):
                 yield self._seqs
                 self._finish_spectra()
             for seq in self._seqs:
@@ -337,4 +363,6 @@ class OnePassCapture:
                 handle.remove()
             self._projections.clear()
             self._pending.clear()
+            self._deferred.clear()
+            self._pool = None
             self._pending_bytes = 0

@@ -83,6 +83,9 @@ LAYER_STATS = (
 MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
 SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
 
+#: Name of a residual matrix in the errors of :func:`drope_check.metrics.residual_moments`.
+RESIDUAL = "residual"
+
 #: Pending Gram matrices (float64) kept before their eigenproblems are solved as one batch:
 #: 64 MiB = 32 sequences x layers at n = 512.
 GRAM_BUFFER_BYTES = 64 << 20
@@ -182,8 +185,15 @@ def _check_finite(value: torch.Tensor, model_name: str, layer: int | str, quanti
         raise CaptureError(f"{model_name}: layer {layer}: non-finite {quantity} in sequence row {row}")
 
 
+def _nice_thread() -> None:
+    import os
+    import threading
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class OnePassCapture:
     OVERLAP = False
+    NICE = False
 
     """Installs the capture on ``model``; use :meth:`batch` around each forward pass.
 
@@ -206,6 +216,7 @@ class OnePassCapture:
         self._pending_bytes = 0
         self._deferred: list[tuple[int, list]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._workers = 1
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -219,18 +230,27 @@ class OnePassCapture:
         def hook(_m: nn.Module, _i: tuple, out) -> None:
             hidden = (out[0] if isinstance(out, tuple) else out).detach()
             rows = [hidden[row, : seq.n_rows] for row, seq in enumerate(self._seqs)]
-            if self._pool is None or hidden.device.type != "cpu":
-                self._collect_moments(layer, [functools.partial(metrics.residual_moments, x, "residual") for x in rows])
-                return
-            if not metrics._numpy_ready(hidden):  # e.g. bfloat16: torch converts, on this (the main) thread
+            if self.OVERLAP and self._pool is not None and hidden.device.type == "cpu":
                 rows = [x.to(torch.float64) for x in rows]
-            if self.OVERLAP:
-                rows = [x.clone() for x in rows]
                 self._deferred.append((layer, [self._pool.submit(metrics.residual_summary, x, "residual").result for x in rows]))
                 return
-            self._collect_moments(layer, [self._pool.submit(metrics.residual_moments, x, "residual").result for x in rows])
+            self._collect_moments(layer, self._moment_getters(rows))
 
         return hook
+
+    def _moment_getters(self, rows: list[torch.Tensor]) -> list:
+        """One callable per row that returns its :class:`~drope_check.metrics.ResidualMoments`
+        (raising ``ValueError`` on unusable input). On CPU the rows are solved on the pool's threads
+        (numpy only there; a dtype numpy cannot read is converted here, on the forward's thread),
+        one sequence's long Gram split over them; on a device, in place, one after the other."""
+        pool = self._pool
+        if pool is None or rows[0].device.type != "cpu":
+            return [functools.partial(metrics.residual_moments, x, RESIDUAL) for x in rows]
+        if not metrics.numpy_ready(rows[0]):
+            rows = [x.to(torch.float64) for x in rows]
+        if len(rows) == 1:
+            return [functools.partial(metrics.residual_moments, rows[0], RESIDUAL, pool, self._workers)]
+        return [pool.submit(metrics.residual_moments, x, RESIDUAL).result for x in rows]
 
     def _collect_moments(self, layer: int, getters: list) -> None:
         """Append each row's moment statistics (``getters[row]()``, raising ValueError on bad input)
@@ -352,8 +372,8 @@ class OnePassCapture:
                     for which in ("q", "k"):
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
-            workers = max(1, torch.get_num_threads())
-            with metrics.single_threaded_blas(), ThreadPoolExecutor(workers) as self._pool, observe_attention(self.model, self._observer):
+            self._workers = max(1, torch.get_num_threads())
+            with metrics.single_threaded_blas(), ThreadPoolExecutor(self._workers, initializer=_nice_thread if self.NICE else None) as self._pool, observe_attention(self.model, self._observer):
                 yield self._seqs
                 self._finish_spectra()
             for seq in self._seqs:

@@ -52,6 +52,7 @@ __all__ = [
     "layer_mean",
     "matrix_entropy",
     "mean_over_sequences",
+    "numpy_ready",
     "perplexity_ratio",
     "queipo_c_alpha",
     "gram_entropies",
@@ -352,7 +353,7 @@ class ResidualSummary:
         return asdict(self)
 
 
-def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
+def residual_moments(x: Tensor, name: str = "x", pool: Executor | None = None, workers: int = 1) -> ResidualMoments:
     """Validate a ``[T, d]`` residual ONCE (T >= 2, min(T, d) >= 2, finite) and compute, in float64,
     its token norms, BOS ratio, Queipo-de-Llano ``c, alpha`` and Gram matrix.
 
@@ -364,9 +365,10 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     worker threads without starting torch's OpenMP pool there): when ``T <= d`` the squared row
     norms are the Gram matrix's diagonal (``X X^T``, one symmetric rank-k update), and finiteness is
     read from them (a NaN / inf anywhere in a row makes its squared norm non-finite), the input being
-    scanned only to word the error.
+    scanned only to word the error. ``X^T X`` of a long sequence (``T >= 2 d``) is summed over
+    ``workers`` blocks of rows on ``pool``'s threads when one is given (never from inside that pool).
     """
-    x64 = _as_float64(x, name) if not _numpy_ready(x) else x.detach()
+    x64 = _as_float64(x, name) if not numpy_ready(x) else x.detach()
     if x64.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D [T, d] tensor, got shape {tuple(x64.shape)}")
     t, d = x64.shape
@@ -384,7 +386,7 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
             gram = a @ a.T  # numpy recognises a @ a.T: one symmetric rank-k update (syrk)
             sq = np.diagonal(gram).copy()
         else:
-            gram = a.T @ a
+            gram = _long_gram(a, pool, workers)
             sq = np.einsum("td,td->t", a, a)
         if not np.isfinite(sq).all():
             _check_finite(torch.from_numpy(a), name)  # raises on NaN / inf in the input itself
@@ -411,9 +413,20 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     )
 
 
-def _numpy_ready(x: object) -> bool:
+def numpy_ready(x: object) -> bool:
     """A real CPU tensor numpy can read without a torch operator (float32 / float64)."""
     return isinstance(x, Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _long_gram(a: np.ndarray, pool: Executor | None, workers: int) -> np.ndarray:
+    """``a^T a`` (float64), as one symmetric rank-k update or, with ``pool``, summed over up to
+    ``workers`` blocks of at least ``d`` rows each solved on the pool's threads."""
+    t, d = a.shape
+    parts = min(workers, t // d) if pool is not None else 1
+    if parts < 2:
+        return a.T @ a
+    blocks = np.array_split(a, parts)
+    return sum(pool.map(lambda b: b.T @ b, blocks))  # type: ignore[union-attr]
 
 
 def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:

@@ -185,16 +185,7 @@ def _check_finite(value: torch.Tensor, model_name: str, layer: int | str, quanti
         raise CaptureError(f"{model_name}: layer {layer}: non-finite {quantity} in sequence row {row}")
 
 
-def _nice_thread() -> None:
-    import os
-    import threading
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class OnePassCapture:
-    OVERLAP = False
-    NICE = False
-
     """Installs the capture on ``model``; use :meth:`batch` around each forward pass.
 
     ``rows`` passed to :meth:`batch` are the number of rows of each batch row that enter the
@@ -214,7 +205,6 @@ class OnePassCapture:
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
         self._pending: list[tuple[SequenceCapture, metrics.ResidualMoments]] = []
         self._pending_bytes = 0
-        self._deferred: list[tuple[int, list]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._workers = 1
 
@@ -230,10 +220,6 @@ class OnePassCapture:
         def hook(_m: nn.Module, _i: tuple, out) -> None:
             hidden = (out[0] if isinstance(out, tuple) else out).detach()
             rows = [hidden[row, : seq.n_rows] for row, seq in enumerate(self._seqs)]
-            if self.OVERLAP and self._pool is not None and hidden.device.type == "cpu":
-                rows = [x.to(torch.float64) for x in rows]
-                self._deferred.append((layer, [self._pool.submit(metrics.residual_summary, x, "residual").result for x in rows]))
-                return
             self._collect_moments(layer, self._moment_getters(rows))
 
         return hook
@@ -261,10 +247,6 @@ class OnePassCapture:
             except ValueError as exc:
                 what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
                 raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
-            if isinstance(moments, metrics.ResidualSummary):
-                for name in MOMENT_STATS + SPECTRUM_STATS:
-                    seq.layers.setdefault(name, []).append(getattr(moments, name))
-                continue
             for name in MOMENT_STATS:
                 seq.layers.setdefault(name, []).append(getattr(moments, name))
             self._pending.append((seq, moments))
@@ -275,9 +257,6 @@ class OnePassCapture:
     def _finish_spectra(self) -> None:
         """Solve the pending eigenproblems in one batch (off the per-layer path, all cores) and
         append each sequence's spectrum statistics in layer order."""
-        for layer, getters in self._deferred:
-            self._collect_moments(layer, getters)
-        self._deferred.clear()
         if not self._pending:
             return
         entropies = metrics.gram_entropies([m.gram for _, m in self._pending], pool=self._pool)
@@ -373,7 +352,7 @@ class OnePassCapture:
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
             self._workers = max(1, torch.get_num_threads())
-            with metrics.single_threaded_blas(), ThreadPoolExecutor(self._workers, initializer=_nice_thread if self.NICE else None) as self._pool, observe_attention(self.model, self._observer):
+            with metrics.single_threaded_blas(), ThreadPoolExecutor(self._workers) as self._pool, observe_attention(self.model, self._observer):
                 yield self._seqs
                 self._finish_spectra()
             for seq in self._seqs:
@@ -383,6 +362,5 @@ class OnePassCapture:
                 handle.remove()
             self._projections.clear()
             self._pending.clear()
-            self._deferred.clear()
             self._pool = None
             self._pending_bytes = 0

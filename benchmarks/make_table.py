@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from long_context import summarise  # noqa: E402
 
 MiB = 2**20
+#: Design options measured by hand (each with how, where and when), copied into the table's page.
+STUDIES = Path(__file__).resolve().parent / "capture_options.md"
 PATH_LABELS = {
     "sdpa": "plain forward (SDPA)",
     "drope_attn": "plain forward, drope_check attention, nothing registered",
@@ -322,7 +324,7 @@ def targets(
 
 def render(
     bench: dict, lc: dict | None, load_before: str | None, load_after: str | None, notes: str | None,
-    runs: list[dict] | None = None,
+    runs: list[dict] | None = None, studies: str | None = None,
 ) -> str:
     machine = bench.get("machine_info", {})
     extra = bench.get("drope_check", {})
@@ -376,6 +378,8 @@ def render(
         "",
     ] + long_context_table(lc)
     out += ["## GPU", ""] + gpu_section(gfwd, gmem, machine)
+    if studies:
+        out += [studies.strip(), ""]
     out += [
         "## Reproduce",
         "",
@@ -406,11 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-after", default=None, help="`uptime` output after the run")
     parser.add_argument("--notes", default=None, help="a paragraph to add under Run (e.g. what else ran)")
     parser.add_argument("--runs", type=Path, default=None, help="time_runs.py JSON (end-to-end runs timed)")
+    parser.add_argument("--studies", type=Path, default=STUDIES,
+                        help="hand-written measurements of design options, copied in verbatim (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
     text = render(
         load(args.bench) or {}, load_long_context(args.long_context), args.load_before, args.load_after, args.notes,
-        (load(args.runs) or {}).get("runs", []),
+        (load(args.runs) or {}).get("runs", []), args.studies.read_text() if args.studies and args.studies.is_file() else None,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -353,7 +353,7 @@ class ResidualSummary:
         return asdict(self)
 
 
-def residual_moments(x: Tensor, name: str = "x", pool: Executor | None = None, workers: int = 1) -> ResidualMoments:
+def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     """Validate a ``[T, d]`` residual ONCE (T >= 2, min(T, d) >= 2, finite) and compute, in float64,
     its token norms, BOS ratio, Queipo-de-Llano ``c, alpha`` and Gram matrix.
 
@@ -365,8 +365,7 @@ def residual_moments(x: Tensor, name: str = "x", pool: Executor | None = None, w
     worker threads without starting torch's OpenMP pool there): when ``T <= d`` the squared row
     norms are the Gram matrix's diagonal (``X X^T``, one symmetric rank-k update), and finiteness is
     read from them (a NaN / inf anywhere in a row makes its squared norm non-finite), the input being
-    scanned only to word the error. ``X^T X`` of a long sequence (``T >= 2 d``) is summed over
-    ``workers`` blocks of rows on ``pool``'s threads when one is given (never from inside that pool).
+    scanned only to word the error.
     """
     x64 = _as_float64(x, name) if not numpy_ready(x) else x.detach()
     if x64.ndim != 2:
@@ -386,7 +385,7 @@ def residual_moments(x: Tensor, name: str = "x", pool: Executor | None = None, w
             gram = a @ a.T  # numpy recognises a @ a.T: one symmetric rank-k update (syrk)
             sq = np.diagonal(gram).copy()
         else:
-            gram = _long_gram(a, pool, workers)
+            gram = a.T @ a
             sq = np.einsum("td,td->t", a, a)
         if not np.isfinite(sq).all():
             _check_finite(torch.from_numpy(a), name)  # raises on NaN / inf in the input itself
@@ -416,17 +415,6 @@ def residual_moments(x: Tensor, name: str = "x", pool: Executor | None = None, w
 def numpy_ready(x: object) -> bool:
     """A real CPU tensor numpy can read without a torch operator (float32 / float64)."""
     return isinstance(x, Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-
-
-def _long_gram(a: np.ndarray, pool: Executor | None, workers: int) -> np.ndarray:
-    """``a^T a`` (float64), as one symmetric rank-k update or, with ``pool``, summed over up to
-    ``workers`` blocks of at least ``d`` rows each solved on the pool's threads."""
-    t, d = a.shape
-    parts = min(workers, t // d) if pool is not None else 1
-    if parts < 2:
-        return a.T @ a
-    blocks = np.array_split(a, parts)
-    return sum(pool.map(lambda b: b.T @ b, blocks))  # type: ignore[union-attr]
 
 
 def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:
@@ -461,19 +449,14 @@ def _eigvalsh(gram: np.ndarray | Tensor) -> np.ndarray:
     return np.linalg.eigvalsh(gram) if isinstance(gram, np.ndarray) else torch.linalg.eigvalsh(gram).cpu().numpy()
 
 
-def gram_entropies(
-    grams: Sequence[np.ndarray | Tensor], workers: int = 1, pool: Executor | None = None
-) -> list[SpectrumEntropy]:
+def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:
     """:func:`spectrum_entropy` of the eigenvalues (= squared singular values, clamped at 0) of
-    each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, on ``pool``'s
-    threads or ``workers`` threads at a time (numpy releases the GIL in LAPACK; the matrices are
-    independent), and ``torch.linalg.eigvalsh`` on the device for device tensors."""
-    on_cpu = all(isinstance(g, np.ndarray) for g in grams)
-    if on_cpu and pool is not None and len(grams) > 1:
-        eigs = list(pool.map(_eigvalsh, grams))
-    elif on_cpu and workers > 1 and len(grams) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as own:
-            eigs = list(own.map(_eigvalsh, grams))
+    each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, ``workers``
+    threads at a time (numpy releases the GIL in LAPACK; the matrices are independent), and
+    ``torch.linalg.eigvalsh`` on the device for device tensors."""
+    if workers > 1 and len(grams) > 1 and all(isinstance(g, np.ndarray) for g in grams):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            eigs = list(pool.map(_eigvalsh, grams))
     else:
         eigs = [_eigvalsh(g) for g in grams]
     return [spectrum_entropy(torch.from_numpy(np.clip(e, 0.0, None))) for e in eigs]

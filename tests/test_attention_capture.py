@@ -648,11 +648,11 @@ def test_non_finite_residual_in_a_later_row_names_that_row():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_long_single_sequence_statistics_equal_definitions_for_any_thread_count(threads):
-    """One sequence with T >= 2 d: its d x d Gram is summed over blocks of rows on the capture's
-    worker threads (one per torch thread); every statistic still equals its definition on the
-    float64 reference's hidden states, whatever the number of threads."""
+    """One sequence with T > d (the d x d Gram), its layers solved on the capture's worker threads
+    (one per torch thread): every statistic equals its definition on the float64 reference's hidden
+    states, whatever the number of threads."""
     model = tiny_llama(2)
-    ids = random_ids(1, 100, seed=9)  # d = 32: T >= 2 d
+    ids = random_ids(1, 100, seed=9)  # d = 32 < T
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

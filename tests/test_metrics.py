@@ -585,35 +585,6 @@ def test_residual_summaries_batched_and_threaded_equal_one_by_one() -> None:
     assert residual_summaries(xs, workers=3) == one
 
 
-@pytest.mark.parametrize("workers", [2, 3, 5])
-def test_long_gram_summed_over_blocks_on_a_pool_equals_one_update(workers) -> None:
-    """``X^T X`` of a long sequence summed over blocks of rows on worker threads: the same moments
-    as one symmetric update (float64 summation order only) and still the SVD definition."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    x = random_matrix(11, 700, 96, massive=True).float()  # T >= 2 d: split into min(workers, 7) blocks
-    one = metrics.residual_moments(x, "x")
-    with ThreadPoolExecutor(workers) as pool:
-        split = metrics.residual_moments(x, "x", pool=pool, workers=workers)
-    np.testing.assert_allclose(split.gram, one.gram, rtol=1e-12, atol=1e-12 * float(np.abs(one.gram).max()))
-    for name in ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm"):
-        assert getattr(split, name) == getattr(one, name)
-    ent = metrics.gram_entropies([split.gram])[0]
-    got = {**{k: getattr(split, k) for k in ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")},
-           "entropy": ent.entropy, "entropy_normalized": ent.entropy_normalized, "anisotropy": ent.anisotropy}
-    assert_summary_matches(got, svd_definition(x), "split")
-
-
-def test_gram_entropies_on_a_pool_equal_one_by_one() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    grams = [metrics.residual_moments(random_matrix(s, 9 + s, 12, massive=s % 2 == 1)).gram for s in range(6)]
-    one = [metrics.gram_entropies([g])[0] for g in grams]
-    with ThreadPoolExecutor(2) as pool:
-        assert metrics.gram_entropies(grams, pool=pool) == one
-    assert metrics.gram_entropies(grams, workers=3) == one
-
-
 def test_numpy_ready_only_for_float_cpu_tensors() -> None:
     assert metrics.numpy_ready(torch.ones(2, 2))
     assert metrics.numpy_ready(torch.ones(2, 2, dtype=torch.float64))

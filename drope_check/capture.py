@@ -31,7 +31,9 @@ the protocol deliberately keeps pad rows (upstream's RoPE confound). Any non-fin
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -76,13 +78,24 @@ LAYER_STATS = (
 )
 
 
-#: Residual statistics known inside the forward (:func:`drope_check.metrics.residual_moments`) and
-#: those from the spectrum, solved in batches after it (:meth:`OnePassCapture._finish_spectra`).
+#: Residual statistics from the moments of a residual (:func:`drope_check.metrics.residual_moments`)
+#: and those from its spectrum (:func:`drope_check.metrics.gram_entropies`).
 MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
 SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
+RESIDUAL_STATS = MOMENT_STATS + SPECTRUM_STATS
 
-#: Pending Gram matrices (float64) kept before their eigenproblems are solved as one batch:
-#: 64 MiB = 32 sequences x layers at n = 512.
+#: Name of a residual matrix in the errors of :func:`drope_check.metrics.residual_moments`.
+RESIDUAL = "residual"
+
+#: CPU: residual rows (copies, in the model's dtype) kept before their statistics are solved as one
+#: batch on the capture's threads: 64 MiB = 28 layers x 4 rows at T = 512, d = 576 (float32), 3
+#: layers at T = 8192. Solving a few rows per layer inside the forward cost more than the work
+#: itself: torch's OpenMP threads spin on the cores for milliseconds after each of the layer's
+#: kernels, so the rows' threads waited for them (measured, docs/performance.md).
+ROW_BUFFER_BYTES = 64 << 20
+
+#: Other devices: pending Gram matrices (float64, on the device) kept before their eigenproblems
+#: are solved as one batch: 64 MiB = 32 sequences x layers at n = 512.
 GRAM_BUFFER_BYTES = 64 << 20
 
 
@@ -159,17 +172,24 @@ def attention_to_position0_from_lse(
 
 @dataclass
 class SequenceCapture:
-    """What one sequence contributes: per-layer residual statistics and attention to BOS."""
+    """What one sequence contributes: per-layer residual statistics and attention to BOS.
+
+    ``layers[stat][l]`` is filled by :meth:`record` (NaN until then: layers may be solved out of
+    order, e.g. the spectra after the forward)."""
 
     n_rows: int
     embedding_bos_norm: float = float("nan")
     layers: dict[str, list[float]] = field(default_factory=dict)
     attn_to_bos: list[torch.Tensor] = field(default_factory=list)  # per layer [H, n_rows]
 
+    def record(self, stat: str, layer: int, value: float) -> None:
+        self.layers[stat][layer] = value
+
     def check_complete(self, n_layers: int, model_name: str) -> None:
         for stat in LAYER_STATS:
-            got = len(self.layers.get(stat, ()))
-            if got != n_layers:
+            values = self.layers.get(stat, [])
+            got = sum(1 for v in values if v == v)  # recorded (non-NaN) entries
+            if got != n_layers or len(values) != n_layers:
                 raise CaptureError(f"{model_name}: captured {got} of {n_layers} layers for {stat!r}")
         if len(self.attn_to_bos) != n_layers or any(a is None for a in self.attn_to_bos):  # a layer never attended
             raise CaptureError(f"{model_name}: attention to BOS missing for some layers (attention path not used?)")
@@ -195,11 +215,13 @@ class OnePassCapture:
         self.n_layers = len(self.architecture.decoder_layers(model))
         self.layers_in_float64 = 0
         self.layers_from_kernel = 0
-        self._rows: list[int] = []
         self._seqs: list[SequenceCapture] = []
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
-        self._pending: list[tuple[SequenceCapture, metrics.ResidualMoments]] = []
+        self._pending: list[tuple[int, int, metrics.ResidualMoments]] = []  # (layer, row, moments)
         self._pending_bytes = 0
+        self._rows: list[tuple[int, int, torch.Tensor]] = []  # (layer, row, residual) queued on CPU
+        self._rows_bytes = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -211,34 +233,70 @@ class OnePassCapture:
 
     def _layer_hook(self, layer: int):
         def hook(_m: nn.Module, _i: tuple, out) -> None:
-            hidden = out[0] if isinstance(out, tuple) else out
-            for row, seq in enumerate(self._seqs):
-                x = hidden[row, : seq.n_rows].detach()
-                try:
-                    moments = metrics.residual_moments(x, name="residual")
-                except ValueError as exc:
-                    what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
-                    raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
-                for name in MOMENT_STATS:
-                    seq.layers.setdefault(name, []).append(getattr(moments, name))
-                self._pending.append((seq, moments))
-                self._pending_bytes += moments.gram.nbytes
-            if self._pending_bytes > GRAM_BUFFER_BYTES:
-                self._finish_spectra()
+            hidden = (out[0] if isinstance(out, tuple) else out).detach()
+            rows = [hidden[row, : seq.n_rows] for row, seq in enumerate(self._seqs)]
+            if hidden.device.type == "cpu":
+                self._queue_rows(layer, rows)
+            else:
+                self._collect_moments(layer, rows)
 
         return hook
 
+    def _queue_rows(self, layer: int, rows: list[torch.Tensor]) -> None:
+        """CPU: keep a copy of each row (float64 where numpy cannot read the dtype, converted here on
+        the forward's thread); solve them when the buffer is full and after the forward."""
+        for row, x in enumerate(rows):
+            x = x.clone() if metrics.numpy_ready(x) else x.to(torch.float64)
+            self._rows.append((layer, row, x))
+            self._rows_bytes += x.nbytes
+        if self._rows_bytes > ROW_BUFFER_BYTES:
+            self._solve_rows()
+
+    def _solve_rows(self) -> None:
+        """Every statistic of the queued rows (:func:`drope_check.metrics.residual_summary`: numpy
+        only, so torch's thread pool stays out of the capture's threads), one task per row."""
+        if not self._rows:
+            return
+        assert self._pool is not None
+        futures = [self._pool.submit(metrics.residual_summary, x, RESIDUAL) for _, _, x in self._rows]
+        try:
+            for (layer, row, _), future in zip(self._rows, futures, strict=True):
+                summary = self._checked(layer, row, future.result)
+                for name in RESIDUAL_STATS:
+                    self._seqs[row].record(name, layer, getattr(summary, name))
+        finally:
+            self._rows.clear()
+            self._rows_bytes = 0
+
+    def _checked(self, layer: int, row: int, solve):
+        try:
+            return solve()
+        except ValueError as exc:
+            what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
+            raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
+
+    def _collect_moments(self, layer: int, rows: list[torch.Tensor]) -> None:
+        """Other devices: each row's moments now, on the device; its Gram matrix queued for the
+        batched eigenproblems (:meth:`_finish_spectra`)."""
+        for row, x in enumerate(rows):
+            moments = self._checked(layer, row, functools.partial(metrics.residual_moments, x, RESIDUAL))
+            for name in MOMENT_STATS:
+                self._seqs[row].record(name, layer, getattr(moments, name))
+            self._pending.append((layer, row, moments))
+            self._pending_bytes += moments.gram.nbytes
+        if self._pending_bytes > GRAM_BUFFER_BYTES:
+            self._finish_spectra()
+
     def _finish_spectra(self) -> None:
-        """Solve the pending eigenproblems in one batch (off the per-layer path, all cores) and
-        append each sequence's spectrum statistics in layer order."""
+        """Solve what is pending: queued CPU rows, and the device Gram matrices' eigenproblems in one
+        batch."""
+        self._solve_rows()
         if not self._pending:
             return
-        summaries = metrics.residual_summaries(
-            [], workers=max(1, torch.get_num_threads()), moments=[m for _, m in self._pending]
-        )
-        for (seq, _), summary in zip(self._pending, summaries, strict=True):
+        entropies = metrics.gram_entropies([m.gram for _, _, m in self._pending])
+        for (layer, row, _), ent in zip(self._pending, entropies, strict=True):
             for name in SPECTRUM_STATS:
-                seq.layers.setdefault(name, []).append(getattr(summary, name))
+                self._seqs[row].record(name, layer, getattr(ent, name))
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -247,7 +305,7 @@ class OnePassCapture:
             for row, seq in enumerate(self._seqs):
                 value = out[row, 0].detach().to(torch.float64).norm()
                 _check_finite(value, self.model_name, layer, "BOS MLP output", row)
-                seq.layers.setdefault("bos_mlp_write_norm", []).append(float(value))
+                seq.record("bos_mlp_write_norm", layer, float(value))
 
         return hook
 
@@ -311,10 +369,19 @@ class OnePassCapture:
         """
         if any(r < 2 for r in rows):
             raise CaptureError(f"{self.model_name}: every sequence needs >= 2 tokens, got row lengths {rows}")
-        self._seqs = [SequenceCapture(n_rows=r, attn_to_bos=[None] * self.n_layers) for r in rows]  # type: ignore[list-item]
+        self._seqs = [
+            SequenceCapture(
+                n_rows=r,
+                layers={stat: [float("nan")] * self.n_layers for stat in LAYER_STATS},
+                attn_to_bos=[None] * self.n_layers,  # type: ignore[list-item]
+            )
+            for r in rows
+        ]
         self._projections.clear()
         self._pending.clear()
         self._pending_bytes = 0
+        self._rows.clear()
+        self._rows_bytes = 0
         handles: list[torch.utils.hooks.RemovableHandle] = []
         try:
             arch = self.architecture
@@ -327,7 +394,10 @@ class OnePassCapture:
                     for which in ("q", "k"):
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
-            with metrics.single_threaded_blas(), observe_attention(self.model, self._observer):
+            threads = max(1, torch.get_num_threads())  # the forward's share of the cores, after it the rows'
+            with metrics.single_threaded_blas(), ThreadPoolExecutor(threads) as self._pool, observe_attention(
+                self.model, self._observer
+            ):
                 yield self._seqs
                 self._finish_spectra()
             for seq in self._seqs:
@@ -338,3 +408,6 @@ class OnePassCapture:
             self._projections.clear()
             self._pending.clear()
             self._pending_bytes = 0
+            self._rows.clear()
+            self._rows_bytes = 0
+            self._pool = None

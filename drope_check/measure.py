@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from drope_check import __version__, metrics, preflight, sink_stats
+from drope_check import __version__, metrics, preflight, sink_stats, workers
 from drope_check.batching import chunk_with_bos, make_batches, tokenize_with_bos
 from drope_check.capture import LAYER_STATS, OnePassCapture, SequenceCapture
 from drope_check.eager_probe import EAGER_FP16, eager_fp16_probe
@@ -199,7 +199,20 @@ def measure_model(
     label: str | None = None,
 ) -> dict[str, Any]:
     """The measurements of one loaded model (the ``<model>`` object of the schema); ``label`` names
-    the progress bar (default ``measure <role>``)."""
+    the progress bar (default ``measure <role>``). In an xdist worker the forwards share the cores
+    with the other workers measuring at the same time (:func:`drope_check.workers.measuring`)."""
+    with workers.measuring(loaded.model):
+        return _measure_model(loaded, seqs, protocol, interventions, progress, label)
+
+
+def _measure_model(
+    loaded: LoadedModel,
+    seqs: list[list[int]],
+    protocol: Protocol,
+    interventions: Sequence[str],
+    progress: bool,
+    label: str | None,
+) -> dict[str, Any]:
     start = time.perf_counter()
     beyond = positions_beyond_training(loaded, seqs)
     captures, nll, precision = run_capture(loaded, seqs, protocol, progress, label)

@@ -52,6 +52,7 @@ __all__ = [
     "layer_mean",
     "matrix_entropy",
     "mean_over_sequences",
+    "numpy_ready",
     "perplexity_ratio",
     "queipo_c_alpha",
     "gram_entropies",
@@ -359,11 +360,67 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     The same formulas as the public functions, sharing one float64 copy: ``||x_t||^2`` row sums,
     ``c = M / R``, ``alpha = sum_{i>=1} <x_i, x_0>^2 / (M R)`` (= the definition with
     ``u = x_0 / sqrt(M)``). Raises ``ValueError`` naming ``name`` where those would.
+
+    CPU input is computed in numpy only (no torch operator runs, so the capture may call this from
+    worker threads without starting torch's OpenMP pool there): when ``T <= d`` the squared row
+    norms are the Gram matrix's diagonal (``X X^T``, one symmetric rank-k update), and finiteness is
+    read from them (a NaN / inf anywhere in a row makes its squared norm non-finite), the input being
+    scanned only to word the error.
     """
-    x64 = _matrix(x, name, min_rows=2)
+    x64 = _as_float64(x, name) if not numpy_ready(x) else x.detach()
+    if x64.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D [T, d] tensor, got shape {tuple(x64.shape)}")
     t, d = x64.shape
+    if t == 0 or d == 0:
+        raise ValueError(f"{name}: empty matrix of shape {(t, d)}")
+    if t < 2:
+        raise ValueError(f"{name}: needs at least 2 rows (tokens), got T = {t}")
     if min(t, d) < 2:
         raise ValueError(f"{name}: min(T, d) must be >= 2 for a spectrum entropy, got shape {(t, d)}")
+    if x64.device.type != "cpu":  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
+        return _moments_torch(x64, name)
+    a = x64.numpy().astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if t <= d:
+            gram = a @ a.T  # numpy recognises a @ a.T: one symmetric rank-k update (syrk)
+            sq = np.diagonal(gram).copy()
+        else:
+            gram = a.T @ a
+            sq = np.einsum("td,td->t", a, a)
+        if not np.isfinite(sq).all():
+            _check_finite(torch.from_numpy(a), name)  # raises on NaN / inf in the input itself
+            raise ValueError(f"{name}: squared norms overflow float64")
+        m = float(sq[0])
+        r = float(sq[1:].sum())
+    if not math.isfinite(r):
+        raise ValueError(f"{name}: squared norms overflow float64")
+    if m == 0.0:
+        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
+    if r == 0.0:
+        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
+    if not np.isfinite(gram).all():
+        raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
+    norms = np.sqrt(sq)
+    proj = a[1:] @ a[0]
+    return ResidualMoments(
+        bos_norm=float(norms[0]),
+        bos_ratio=float(norms[0] / norms[1:].mean()),
+        queipo_c=m / r,
+        queipo_alpha=float(proj @ proj) / (m * r),
+        mean_token_norm=float(norms.mean()),
+        gram=gram,
+    )
+
+
+def numpy_ready(x: object) -> bool:
+    """A real CPU tensor numpy can read without a torch operator (float32 / float64)."""
+    return isinstance(x, Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:
+    """:func:`residual_moments` on a device tensor (float64), with torch operators on that device."""
+    _check_finite(x64, name)
+    t, d = x64.shape
     sq = torch.einsum("td,td->t", x64, x64)
     m = float(sq[0])
     r = float(sq[1:].sum())
@@ -375,14 +432,8 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
         raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
     norms = torch.sqrt(sq)
     proj = x64[1:] @ x64[0]
-    if x64.device.type == "cpu":
-        a = x64.numpy()
-        gram = a @ a.T if t <= d else a.T @ a  # numpy recognises a @ a.T: one symmetric rank-k update
-        finite = bool(np.isfinite(gram).all())
-    else:  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
-        gram = x64 @ x64.T if t <= d else x64.T @ x64
-        finite = bool(torch.isfinite(gram).all())
-    if not finite:
+    gram = x64 @ x64.T if t <= d else x64.T @ x64
+    if not bool(torch.isfinite(gram).all()):
         raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
     return ResidualMoments(
         bos_norm=float(norms[0]),
@@ -394,10 +445,8 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     )
 
 
-def _eigvalsh_stack(grams: Sequence[np.ndarray | Tensor]) -> list[np.ndarray]:
-    return [
-        np.linalg.eigvalsh(g) if isinstance(g, np.ndarray) else torch.linalg.eigvalsh(g).cpu().numpy() for g in grams
-    ]
+def _eigvalsh(gram: np.ndarray | Tensor) -> np.ndarray:
+    return np.linalg.eigvalsh(gram) if isinstance(gram, np.ndarray) else torch.linalg.eigvalsh(gram).cpu().numpy()
 
 
 def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:
@@ -405,16 +454,11 @@ def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> li
     each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, ``workers``
     threads at a time (numpy releases the GIL in LAPACK; the matrices are independent), and
     ``torch.linalg.eigvalsh`` on the device for device tensors."""
-    on_cpu = [g for g in grams if isinstance(g, np.ndarray)]
-    if workers > 1 and len(on_cpu) > 1 and len(on_cpu) == len(grams):
-        parts = [grams[i::workers] for i in range(workers)]
+    if workers > 1 and len(grams) > 1 and all(isinstance(g, np.ndarray) for g in grams):
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            solved = list(pool.map(_eigvalsh_stack, parts))
-        eigs: list[np.ndarray] = [None] * len(grams)  # type: ignore[list-item]
-        for i, part in enumerate(solved):
-            eigs[i::workers] = part
+            eigs = list(pool.map(_eigvalsh, grams))
     else:
-        eigs = _eigvalsh_stack(grams)
+        eigs = [_eigvalsh(g) for g in grams]
     return [spectrum_entropy(torch.from_numpy(np.clip(e, 0.0, None))) for e in eigs]
 
 
@@ -436,21 +480,23 @@ def residual_summaries(
 ) -> list[ResidualSummary]:
     """:func:`residual_summary` of many residual matrices, their eigenproblems solved in a batch
     (``workers`` threads). Pass precomputed ``moments`` (from :func:`residual_moments`) instead of
-    ``xs`` to finish them (the capture computes moments inside the forward, spectra after)."""
+    ``xs`` to finish them."""
     if moments is None:
         moments = [residual_moments(x, f"xs[{i}]") for i, x in enumerate(xs)]
     ents = gram_entropies([m.gram for m in moments], workers=workers)
     return [_summary(m, e) for m, e in zip(moments, ents, strict=True)]
 
 
-def residual_summary(x: Tensor) -> ResidualSummary:
+def residual_summary(x: Tensor, name: str = "x") -> ResidualSummary:
     """Every per-layer residual statistic of ONE sequence's ``[T, d]`` matrix, validated once.
 
     BOS norm, BOS ratio, Queipo-de-Llano ``c`` and ``alpha``, matrix entropy (raw, normalised) and
     anisotropy, mean token norm: the values of the public functions (tests compare them to those and
     to a float64 numpy SVD), from one float64 copy, one Gram matrix and one symmetric eigenproblem.
+    Errors name the input ``name``.
     """
-    return residual_summaries([x])[0]
+    moments = residual_moments(x, name)
+    return _summary(moments, gram_entropies([moments.gram])[0])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -119,6 +119,9 @@ class _State:
     _selected: list[str] | None = None
     _files: dict[str, Path] | None = None
     empty_families: set[tuple[str, str]] = field(default_factory=set)  # claims tests with no claim to judge
+    working_pairs: list[str] | None = None  # pairs measured here or judged from a file (controller, xdist runs)
+    worker_note: str | None = None  # why this run starts fewer xdist workers than asked (controller)
+    cores_dir: str | None = None  # where measuring xdist workers share the cores (controller)
 
     @property
     def require_models(self) -> bool:
@@ -347,9 +350,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): keep tests of one group on one xdist worker")
     config.addinivalue_line("markers", "drope_claim: a claim of the report judged by drope_check")
     if _is_worker(config):  # split the cores (and GPUs) between workers before any model loads
-        from drope_check.workers import apply_to_this_worker
+        from drope_check.workers import CORES_DIR_KEY, apply_to_this_worker, join_core_share
 
         apply_to_this_worker(config.workerinput["workerid"], int(config.workerinput["workercount"]))
+        join_core_share(config.workerinput.get(CORES_DIR_KEY), config.workerinput["workerid"])
     given = config.getoption("drope_expected_dir", None)
     if given:
         expected = Path(given).resolve()
@@ -377,6 +381,65 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     except AuthorFilesUnavailable:
         pass  # the author-files tests skip (or error under --strict-claims) saying where it looked
+    if not _is_worker(config):
+        _fit_workers_to_pairs(config, state)
+
+
+def _fit_workers_to_pairs(config: pytest.Config, state: _State) -> None:
+    """``-n N`` on a claims-only run: one xdist worker per pair with work here, at most N; serial
+    with one (:func:`drope_check.workers.planned_workers`). Runs before xdist starts its workers
+    (xdist's own ``pytest_configure`` is ``trylast``)."""
+    tx = list(config.getoption("tx", None) or [])
+    if not tx or config.getoption("dist", "no") == "no" or config.getoption("collectonly", False):
+        return
+    from drope_check.workers import claims_only, planned_workers
+
+    if not claims_only(list(config.args), Path(str(config.invocation_params.dir)), Path(str(config.rootpath))):
+        return
+    files = state.measurement_files()
+    working = [p for p in state.selected_pairs() if p in files or _pair_available(p)[0]]
+    state.working_pairs = working
+    wanted = planned_workers(len(tx), len(working))
+    if wanted == len(tx):
+        return
+    state.worker_note = (
+        f"drope_check: {len(working)} pair(s) to measure or judge here ({', '.join(working) or 'none'}): "
+        + ("running serially" if wanted == 1 else f"{wanted} xdist workers")
+        + f" instead of {len(tx)} (every claim of a pair runs on the worker that measures it)"
+    )
+    if wanted == 1:
+        config.option.dist = "no"
+        config.option.tx = []
+        config.option.numprocesses = 0
+    else:
+        config.option.tx = tx[:wanted]
+        config.option.numprocesses = wanted
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash.get(_STATE_KEY, None)
+    return state.worker_note if state is not None else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Tell every xdist worker where measuring workers share the cores (drope_check.workers.CoreShare)."""
+    import tempfile
+
+    from drope_check.workers import CORES_DIR_KEY
+
+    state = _state(node.config)
+    if state.cores_dir is None:
+        state.cores_dir = tempfile.mkdtemp(prefix="drope-check-cores-")
+    node.workerinput[CORES_DIR_KEY] = state.cores_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None and state.cores_dir is not None and not _is_worker(config):
+        import shutil
+
+        shutil.rmtree(state.cores_dir, ignore_errors=True)
 
 
 def _claims_report_dir(config: pytest.Config) -> Path | None:
@@ -405,20 +468,23 @@ def _check_claims_report_option(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup``: every claim test of a pair on one worker (see drope_check.workers)."""
-    if config.getvalue("dist") != "loadgroup":
+    """``-n N`` (``--dist load`` or ``loadgroup``): every claim test of a pair on one worker, the
+    pairs with work here queued first (see drope_check.workers)."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
         return None
     from drope_check.workers import make_pair_group_scheduler
 
     state = _state(config)
+    selected = state.selected_pairs()
+    working = state.working_pairs if state.working_pairs is not None else selected
     groups: dict[str, str] = {}
-    for pair in state.selected_pairs():
+    for pair in [*working, *(p for p in selected if p not in working)]:
         try:
             claims = state.claim_set(pair).claims
         except ClaimsFileError:
             continue  # reported at collection
         groups.update({claim.key: f"drope-{pair}" for claim in claims})
-    return make_pair_group_scheduler(config, log, groups)
+    return make_pair_group_scheduler(config, log, groups, first=[f"drope-{p}" for p in working])
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,21 +1,36 @@
-"""Share the machine between pytest-xdist workers: CPU threads split, one GPU each.
+"""Share the machine between pytest-xdist workers: as many workers as pairs, cores shared, one GPU each.
 
-``pytest claims/ -n N --dist loadgroup`` keeps every claim of a pair on one worker (the plugin
-marks them ``xdist_group("drope-<pair>")``), so each pair is measured once. What made a parallel
-run slower than a serial one is the workers' thread pools: each torch process starts as many
-OpenMP threads as there are cores, and N spinning pools on the same cores slow every forward
-several times. Each worker therefore gets ``cpu_count // N`` threads (at least 1) and, where
-several CUDA devices are visible, its own device (``CUDA_VISIBLE_DEVICES``), so pairs (and audit
-variants) spread over the devices, one device each: ``pytest claims/ -n 8 --dist loadgroup`` on an
-8-GPU machine runs up to 8 pairs (or audit variants) at once, one GPU each. Where CUDA was initialised
-in the worker before the variable could act (no NVML, so counting the devices started the runtime),
-the worker pins its device by ordinal instead (``torch.cuda.set_device``).
+``pytest claims/ -n N`` keeps every claim of a pair on one worker (the plugin's scheduler groups
+them, under ``--dist load`` and ``loadgroup`` alike), so each pair is measured once; the pairs'
+groups are handed out first, one per worker, so two pairs are measured side by side.
+
+* **How many workers.** A claims-only run starts one worker per pair group that has something to do
+  here (a pair measured here or judged from a file), at most N (:func:`planned_workers`); with one
+  such pair it runs serially instead of paying for workers that would only wait.
+* **Threads.** Each torch process starts as many OpenMP threads as there are cores, and N spinning
+  pools on the same cores slow every forward several times. A worker starts with
+  ``cpu_count // N`` threads (at least 1); while it measures, it holds a share of the cores
+  (:class:`CoreShare`): before every forward it takes ``cpu_count // (workers measuring now)``
+  threads, so once the other pair is done, the last one measured gets all the cores.
+* **GPUs.** Where several CUDA devices are visible, each worker gets its own
+  (``CUDA_VISIBLE_DEVICES``), so pairs (and audit variants) spread over the devices, one each:
+  ``pytest claims/ -n 8`` on an 8-GPU machine runs up to 8 pairs (or audit variants) at once, one
+  GPU each. Where CUDA was initialised in the worker before the variable could act (no NVML, so
+  counting the devices started the runtime), the worker pins its device by ordinal instead
+  (``torch.cuda.set_device``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: ``workerinput`` key of the folder where measuring workers register (made by the controller).
+CORES_DIR_KEY = "drope_cores_dir"
 
 
 @dataclass(frozen=True)
@@ -80,21 +95,169 @@ def claim_param_id(nodeid: str) -> str | None:
     return name[name.index("[") + 1 : -1]
 
 
-def make_pair_group_scheduler(config, log, group_of_param: dict[str, str]):
-    """An xdist ``loadgroup`` scheduler that keeps every claim test of a pair on one worker.
+def make_pair_group_scheduler(config, log, group_of_param: dict[str, str], first: list[str] | None = None):
+    """An xdist scheduler that keeps every claim test of a pair on one worker, pairs first.
 
     Why not just the ``xdist_group`` mark (which the plugin also sets): with pytest >= 9.2 and
     pytest-xdist 3.8 the mark no longer reaches the scheduler (xdist rewrites ``item._nodeid``,
     which pytest's structured node ids ignore; pytest-xdist issue #1386), and every worker then
     measured the pair again (``-n 2`` took 3x the serial time). The controller knows the claim
     ids itself, so it groups by them: a test whose parametrize id is a key of ``group_of_param``
-    goes to that group; any other test keeps xdist's own loadgroup scoping.
+    goes to that group; any other test keeps xdist's own loadgroup scoping (its own scope under
+    ``--dist load``, where no ``@group`` suffix is added).
+
+    The groups in ``first`` (the pairs with work here) are queued before every other scope, so
+    those pairs go to different workers and are measured side by side; xdist would otherwise queue
+    the largest scopes first and could hand two pairs to one worker while another only skips.
     """
     from xdist.scheduler import LoadGroupScheduling
+
+    pair_groups = list(first or ())
 
     class PairGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             group = group_of_param.get(claim_param_id(nodeid) or "")
             return group if group is not None else super()._split_scope(nodeid)
 
+        def schedule(self) -> None:
+            if self.collection is None and not self.workqueue and self.registered_collections:
+                collected = next(iter(self.registered_collections.values()))
+                present = {self._split_scope(nodeid) for nodeid in collected}
+                for group in pair_groups:  # an existing key keeps its place when xdist fills the queue
+                    if group in present:
+                        self.workqueue[group] = {}
+            super().schedule()
+
     return PairGroupScheduling(config, log)
+
+
+# ------------------------------------------------------------------------------------------------
+# how many workers
+
+
+def planned_workers(requested: int, pair_groups: int) -> int:
+    """Workers worth starting for a claims-only run: one per pair group with work here (a pair
+    measured here or judged from a file), at most ``requested``, at least 1 (1 = run serially).
+    More workers than pairs would only start, collect and wait: every claim of a pair runs where
+    the pair is measured."""
+    if requested < 1:
+        raise ValueError(f"requested must be >= 1, got {requested}")
+    return max(1, min(requested, pair_groups))
+
+
+def claims_only(args: list[str], invocation_dir: Path, rootpath: Path) -> bool:
+    """Whether every path pytest was given lies in ``<rootdir>/claims`` (a claims run; a run that
+    also holds unit tests keeps its workers: they have tests of their own to share)."""
+    if not args:
+        return False
+    claims = (rootpath / "claims").resolve()
+    for arg in args:
+        path = (invocation_dir / arg.split("::", 1)[0]).resolve()
+        if path != claims and claims not in path.parents:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# cores shared between the workers that measure
+
+
+class CoreShare:
+    """The cores of the machine, shared by the workers of one run that are measuring right now.
+
+    A measuring worker holds a file ``<folder>/<worker id>`` (its pid inside) for as long as it
+    measures; :meth:`threads_now` is ``cpu_count // (live holders)`` (>= 1). Files of processes that
+    no longer exist are not counted (a killed worker cannot starve the others)."""
+
+    def __init__(self, folder: str | Path, worker_id: str, cpu_count: int) -> None:
+        if cpu_count < 1:
+            raise ValueError(f"cpu_count must be >= 1, got {cpu_count}")
+        self.folder = Path(folder)
+        self.worker_id = worker_id
+        self.cpu_count = cpu_count
+
+    def holders(self) -> int:
+        """Live workers measuring now (this one included while it holds its share)."""
+        count = 0
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return 1
+        for entry in entries:
+            try:
+                pid = int(entry.read_text() or "0")
+            except (OSError, ValueError):
+                continue
+            if _alive(pid):
+                count += 1
+        return max(1, count)
+
+    def threads_now(self) -> int:
+        return max(1, self.cpu_count // self.holders())
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold a share of the cores while the block runs (the file is removed also on error)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mine = self.folder / self.worker_id
+        mine.write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                mine.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_share: CoreShare | None = None
+
+
+def join_core_share(folder: str | Path | None, worker_id: str, cpu_count: int | None = None) -> CoreShare | None:
+    """Make this process (an xdist worker) share the cores with the run's other workers while it
+    measures (:func:`measuring`); ``folder`` None leaves it alone (a serial run)."""
+    global _share
+    _share = None if folder is None else CoreShare(folder, worker_id, cpu_count or os.cpu_count() or 1)
+    return _share
+
+
+def rebalance(share: CoreShare) -> int:
+    """Set torch's threads to this worker's share of the cores now; returns the count."""
+    import torch
+
+    threads = share.threads_now()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+@contextlib.contextmanager
+def measuring(model: Any) -> Iterator[None]:
+    """Around the measurement of ``model``: in an xdist worker of a run that shares its cores, hold
+    a share and, before every forward pass of the model, take ``cpu_count // (workers measuring
+    now)`` threads (called on the thread that runs the forward, where torch's setting applies).
+    Elsewhere (a serial run, the controller) nothing changes."""
+    share = _share
+    if share is None:
+        yield
+        return
+    with share.holding():
+        rebalance(share)
+        def before_forward(_module: Any, _args: Any) -> None:
+            rebalance(share)
+
+        handle = model.register_forward_pre_hook(before_forward)
+        try:
+            yield
+        finally:
+            handle.remove()

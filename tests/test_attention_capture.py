@@ -627,6 +627,64 @@ def test_non_finite_residual_raises_capture_error_naming_layer():
     assert_no_hooks(model)
 
 
+def test_non_finite_residual_in_a_later_row_names_that_row():
+    """Rows of a batch are summarised on the capture's worker threads; the error still names the
+    layer and the row whose residual is bad."""
+    model = tiny_llama(2)
+
+    def plant_nan(_m, _i, out):
+        out = out.clone()
+        out[1, 3] = float("nan")
+        return out
+
+    handle = model.model.layers[2].mlp.register_forward_hook(plant_nan)
+    try:
+        with pytest.raises(CaptureError, match=r"tiny-llama: layer 2: non-finite residual in sequence row 1"):
+            capture(model, random_ids(3, 8), [8, 8, 8])
+    finally:
+        handle.remove()
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_long_single_sequence_statistics_equal_definitions_for_any_thread_count(threads):
+    """One sequence with T > d (the d x d Gram), its layers solved on the capture's worker threads
+    (one per torch thread): every statistic equals its definition on the float64 reference's hidden
+    states, whatever the number of threads."""
+    model = tiny_llama(2)
+    ids = random_ids(1, 100, seed=9)  # d = 32 < T
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, seqs = capture(model, ids, [100])
+    finally:
+        torch.set_num_threads(before)
+    ref, raw_last, _ = eager_reference(model, ids)
+    for layer in range(N_LAYERS):
+        x = raw_last[0] if layer == N_LAYERS - 1 else ref.hidden_states[layer + 1][0]
+        for stat, value in residual_summaries(x).items():
+            assert seqs[0].layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (stat, layer)
+    assert_no_hooks(model)
+
+
+def test_bfloat16_residuals_are_summarised_exactly():
+    """A bfloat16 model on the CPU (numpy cannot read bfloat16): the rows are converted to float64 on
+    the forward's thread and give the definitions' values on the very residuals the model produced
+    (its own ``output_hidden_states``, converted exactly)."""
+    model = tiny_llama(2).to(torch.bfloat16)
+    ids = random_ids(2, 12, seed=4)
+    cap = OnePassCapture(model, Protocol(), "tiny-llama-bf16")
+    with torch.no_grad(), cap.batch([12, 12]) as seqs:
+        out = model(input_ids=ids, use_cache=False, output_hidden_states=True)
+    for b, seq in enumerate(seqs):
+        for layer in range(N_LAYERS - 1):  # the last entry of hidden_states is after the final norm
+            x = out.hidden_states[layer + 1][b]
+            assert x.dtype == torch.bfloat16
+            for stat, value in residual_summaries(x).items():
+                assert seq.layers[stat][layer] == pytest.approx(value, rel=1e-9, abs=1e-12), (stat, layer)
+    assert active_registrations() == 0  # (output_hidden_states leaves transformers' own hooks behind)
+
+
 @MODELS
 def test_projection_attention_is_true_attention_only_without_rotary(kv_heads):
     """Confound 2 of the report: upstream's "manual Q/K" attention from raw q_proj/k_proj outputs.

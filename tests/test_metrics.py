@@ -585,6 +585,14 @@ def test_residual_summaries_batched_and_threaded_equal_one_by_one() -> None:
     assert residual_summaries(xs, workers=3) == one
 
 
+def test_numpy_ready_only_for_float_cpu_tensors() -> None:
+    assert metrics.numpy_ready(torch.ones(2, 2))
+    assert metrics.numpy_ready(torch.ones(2, 2, dtype=torch.float64))
+    assert not metrics.numpy_ready(torch.ones(2, 2, dtype=torch.bfloat16))
+    assert not metrics.numpy_ready(torch.ones(2, 2, dtype=torch.int64))
+    assert not metrics.numpy_ready(np.ones((2, 2)))
+
+
 @pytest.mark.parametrize(
     "bad,match",
     [

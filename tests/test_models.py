@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import layer_outputs
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -509,23 +510,6 @@ def embedded_nope():
         device="cpu",
         dtype=torch.float32,
     )
-
-
-def layer_outputs(model, ids) -> list[torch.Tensor]:
-    outs: list[torch.Tensor] = []
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone())
-        )
-        for layer in model.model.layers
-    ]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outs
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def comparable(model: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def result() -> dict[str, Any]:
+def result(real_model: None) -> dict[str, Any]:
     options = MeasureOptions(wikitext=str(WIKITEXT))
     return audit.run_audit(PAIR, "no-rotary,padded-rope,tau-0.5", options=options, base=BASE,
                            source=audit.default_source(PAIR, options, BASE))

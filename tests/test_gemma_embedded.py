@@ -40,7 +40,7 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def gemma_pair():
+def gemma_pair(real_model: None):
     pair = PAIRS["gemma3-270m"]
     return {spec.variant: load_model(spec, bos_token=pair.bos_token, device="cpu", dtype=torch.float32) for spec in pair.models()}
 

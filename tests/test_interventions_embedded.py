@@ -25,7 +25,7 @@ N_LINES, MAX_TOKENS = 4, 128
 
 
 @pytest.fixture(scope="module")
-def rope_setup(wikitext_path):
+def rope_setup(real_model: None, wikitext_path):
     from drope_check.models import PAIRS, load_model, pair_available
     from drope_check.texts import wikitext_lines
 

@@ -49,7 +49,7 @@ def run() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict[str, Any]:
+def measured(real_model: None) -> dict[str, Any]:
     return run()
 
 

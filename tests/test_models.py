@@ -496,14 +496,14 @@ TEXT = " The game 's battle system , the BliTZ system , is carried over directly
 
 
 @pytest.fixture(scope="module")
-def embedded_rope():
+def embedded_rope(real_model: None):
     return load_model(
         ModelSpec("rope", "embedded", "rope"), bos_token="<|im_start|>", device="cpu", dtype=torch.float32
     )
 
 
 @pytest.fixture(scope="module")
-def embedded_nope():
+def embedded_nope(real_model: None):
     return load_model(
         ModelSpec("drope", "embedded", "nope-zeroshot"),
         bos_token="<|im_start|>",

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.bands import fmt
-from drope_check.claim_file import Claim, _is_number, measured_model_ids
+from drope_check.claim_fields import _is_number
+from drope_check.claim_file import Claim, measured_model_ids
 from drope_check.measurements_file import is_optional_field
 from drope_check.metric_paths import MetricPathError, resolve
 from drope_check.protocol_identity import identity_mismatch

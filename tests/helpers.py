@@ -25,13 +25,13 @@ SHARED_WIKITEXT = Path("shared") / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 def wikitext_file() -> Path | None:
     """The local ``wiki.test.raw``: ``$DROPE_CHECK_WIKITEXT`` (the package's file route,
-    :data:`drope_check.texts.ENV_WIKITEXT`) when set, else the nearest ``shared/data/wikitext-2-raw``
-    copy over the repository's ancestors; None when that is not a file (the package would then try
-    ``datasets``, which the tests do not)."""
+    :data:`drope_check.texts.ENV_WIKITEXT`) when set, even when it names no file (as in the package,
+    a path given but broken is an error, never a fallback: the tests then fail naming it), else the
+    nearest ``shared/data/wikitext-2-raw`` copy over the repository's ancestors; None when there is
+    none (the package would then try ``datasets``, which the tests do not)."""
     env = os.environ.get(ENV_WIKITEXT)
     if env:
-        path = Path(env).expanduser()
-        return path.resolve() if path.is_file() else None
+        return Path(env).expanduser().resolve()
     for ancestor in REPO.parents:
         if (ancestor / SHARED_WIKITEXT).is_file():
             return ancestor / SHARED_WIKITEXT

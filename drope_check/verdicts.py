@@ -267,7 +267,7 @@ def outside_layers_text(claim: Claim, measured: Any, result: BandResult) -> str:
     one = what[:-1]
     outside = [start + i for i in result.outside]
     named = f"{what} {index_ranges(outside)}" if len(outside) > 1 else f"{one} {outside[0]}"
-    text = f"; outside at {named} (of {index_ranges([start, start + len(measured) - 1])})"
+    text = f"; outside at {named} (of {start}-{start + len(measured) - 1})"
     if result.worst_at is not None and len(outside) > 1:
         text += f", worst at {one} {start + result.worst_at}"
     return text

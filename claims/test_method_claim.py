@@ -121,7 +121,7 @@ def test_manual_projection_attention_fails_for_rope(seed: int, shape: tuple[int,
 
 
 @pytest.fixture(scope="module")
-def embedded_models(claim_pairs: list[str]):
+def embedded_models(real_model: None, claim_pairs: list[str]):
     from drope_check.models import PAIRS, load_model, pair_available
 
     if "smollm2-135m" not in claim_pairs:

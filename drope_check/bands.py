@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["BAND_KINDS", "EDGE_SLACK", "ONE_SIDED_OPS", "Band", "BandResult", "fmt"]
+__all__ = ["BAND_KINDS", "EDGE_SLACK", "ONE_SIDED_OPS", "Band", "BandResult", "fmt", "index_ranges"]
 
 BAND_KINDS: tuple[str, ...] = (
     "absolute", "relative", "log_ratio", "one_sided", "exact", "range", "ordering", "each", "equals",
@@ -97,6 +97,18 @@ def _first_non_finite(x: Any) -> float | None:
     return None
 
 
+def index_ranges(indices: Sequence[int]) -> str:
+    """Indices written compactly, sorted, each once: ``[2, 3, 4, 5, 9]`` -> ``"2-5, 9"`` (a run of
+    consecutive indices as ``a-b``, two included: ``[4, 5]`` -> ``"4-5"``)."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _op_holds(a: float, op: str, b: float) -> bool:
     return {">=": a >= b, ">": a > b, "<=": a <= b, "<": a < b}[op]
 
@@ -115,6 +127,13 @@ class BandResult:
     passed: bool
     margin: float | None  # positive: inside by that much; negative: outside by that much
     margin_text: str
+    #: Element by element bands (``range``, ``one_sided``, and ``absolute`` / ``relative`` /
+    #: ``log_ratio`` / ``exact`` against a value): the positions, in the flattened measured values, of
+    #: those outside the band (empty when all are inside, or when the values were not compared one by
+    #: one: a non-finite or non-positive value refused first, a length mismatch).
+    outside: tuple[int, ...] = ()
+    #: The position of the worst value (the one :attr:`margin` is about), where there is one.
+    worst_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +184,7 @@ class Band:
         """Whether ``measured`` lies in the band around ``value``, and by how much (see :class:`BandResult`)."""
         result = self._check(measured, value)
         if result.passed and result.margin is not None and result.margin < 0:  # inside by float slack only
-            return BandResult(True, 0.0, result.margin_text.replace(f"by {fmt(abs(result.margin))}", "by 0", 1))
+            return replace(result, margin=0.0, margin_text=result.margin_text.replace(f"by {fmt(abs(result.margin))}", "by 0", 1))
         return result
 
     def _check(self, measured: Any, value: Any) -> BandResult:
@@ -199,41 +218,38 @@ class Band:
         flat_m = _flatten(measured)
         if k == "range":
             margins = [min(v - p["lo"], p["hi"] - v) for v in flat_m]
-            ok = all(_le(p["lo"], v) and _le(v, p["hi"]) for v in flat_m)
-            worst = min(margins)
-            return BandResult(ok, worst, _margin_text(ok, worst, ""))
+            inside = [_le(p["lo"], v) and _le(v, p["hi"]) for v in flat_m]
+            return _elementwise(inside, margins, lambda ok, worst, _i: _margin_text(ok, worst, ""))
         if k == "one_sided":
             margins = [_op_margin(v, p["op"], float(p["bound"])) for v in flat_m]
-            ok = all(_op_holds(v, p["op"], float(p["bound"])) for v in flat_m)
-            worst = min(margins)
-            return BandResult(ok, worst, _margin_text(ok, worst, ""))
+            inside = [_op_holds(v, p["op"], float(p["bound"])) for v in flat_m]
+            return _elementwise(inside, margins, lambda ok, worst, _i: _margin_text(ok, worst, ""))
         flat_v = _flatten(value)
         if len(flat_v) == 1 and len(flat_m) > 1:
             flat_v = flat_v * len(flat_m)
         if len(flat_v) != len(flat_m):
             return BandResult(False, None, f"measured has {len(flat_m)} values, expected {len(flat_v)}")
+        pairs = list(zip(flat_m, flat_v, strict=True))
         if k == "exact":
-            diffs = [abs(m - v) for m, v in zip(flat_m, flat_v, strict=True)]
-            worst = max(diffs)
-            ok = worst == 0
-            return BandResult(ok, -worst, "equal" if ok else f"off by {fmt(worst)}")
+            diffs = [abs(m - v) for m, v in pairs]
+            return _elementwise([d == 0 for d in diffs], [-d for d in diffs],
+                                lambda ok, _margin, i: "equal" if ok else f"off by {fmt(diffs[i])}", diffs)
         if k == "absolute":
-            worst = max(abs(m - v) for m, v in zip(flat_m, flat_v, strict=True))
-            margin = p["tol"] - worst
-            ok = _le(worst, p["tol"])
-            return BandResult(ok, margin, _margin_text(ok, margin, f" (|m - v| = {fmt(worst)})"))
+            diffs = [abs(m - v) for m, v in pairs]
+            return _elementwise([_le(d, p["tol"]) for d in diffs], [p["tol"] - d for d in diffs],
+                                lambda ok, margin, i: _margin_text(ok, margin, f" (|m - v| = {fmt(diffs[i])})"), diffs)
         if k == "relative":
-            worst = max(abs(m - v) / abs(v) for m, v in zip(flat_m, flat_v, strict=True))
-            margin = p["rel"] - worst
-            ok = _le(worst, p["rel"])
-            return BandResult(ok, margin, _margin_text(ok, margin, f" of v (|m - v| / |v| = {worst:.3g})", pct=True))
+            diffs = [abs(m - v) / abs(v) for m, v in pairs]
+            return _elementwise([_le(d, p["rel"]) for d in diffs], [p["rel"] - d for d in diffs],
+                                lambda ok, margin, i: _margin_text(ok, margin, f" of v (|m - v| / |v| = {diffs[i]:.3g})",
+                                                                pct=True), diffs)
         if k == "log_ratio":
             if any(m <= 0 for m in flat_m):
                 return BandResult(False, None, "measured <= 0: a log-ratio band is undefined there")
-            worst = max(abs(math.log(m / v)) for m, v in zip(flat_m, flat_v, strict=True))
-            margin = math.log(p["factor"]) - worst
-            ok = _le(worst, math.log(p["factor"]))
-            return BandResult(ok, margin, _margin_text(ok, margin, f" in ln units (m / v off by x{math.exp(worst):.3g})"))
+            diffs = [abs(math.log(m / v)) for m, v in pairs]
+            bound = math.log(p["factor"])
+            return _elementwise([_le(d, bound) for d in diffs], [bound - d for d in diffs],
+                                lambda ok, margin, i: _margin_text(ok, margin, f" in ln units (m / v off by x{math.exp(diffs[i]):.3g})"), diffs)
         raise AssertionError(k)  # pragma: no cover
 
 
@@ -244,6 +260,22 @@ EDGE_SLACK = 1e-9
 def _le(a: float, b: float) -> bool:
     """``a <= b`` up to :data:`EDGE_SLACK` relative (float representation of the band's edges)."""
     return a <= b + EDGE_SLACK * max(abs(a), abs(b), 1e-300)
+
+
+def _elementwise(inside: Sequence[bool], margins: Sequence[float], text: Any,
+                 diffs: Sequence[float] | None = None) -> BandResult:
+    """The result of a band judged value by value: passed when every value is ``inside``; the
+    margin is the worst (smallest) of ``margins``, at position ``i`` (the largest of ``diffs`` when
+    the margins are ``bound - diff``: the same value, and the diff a tie in rounding would not pick),
+    worded by ``text(passed, margin, i)``; ``outside`` lists the positions of the values not inside."""
+    if diffs is None:
+        worst_at = min(range(len(margins)), key=margins.__getitem__)
+    else:
+        worst_at = max(range(len(diffs)), key=diffs.__getitem__)
+    ok = all(inside)
+    worst = margins[worst_at]
+    outside = tuple(i for i, good in enumerate(inside) if not good)
+    return BandResult(ok, worst, text(ok, worst, worst_at), outside=outside, worst_at=worst_at)
 
 
 def _margin_text(ok: bool, margin: float, suffix: str, pct: bool = False) -> str:

@@ -48,24 +48,33 @@ Claim file (``expected/<pair>.toml``)
                                     # (drope_check.protocol_identity); written by --regen-expected
 
 
-Bands: :mod:`drope_check.bands`. Metric paths: :mod:`drope_check.metric_paths`.
+What each key of a ``[[claim]]`` may hold, and the error naming it otherwise: the field table of
+:mod:`drope_check.claim_fields`. Bands: :mod:`drope_check.bands`. Metric paths: :mod:`drope_check.metric_paths`.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drope_check.bands import BAND_KINDS, ONE_SIDED_OPS, Band, _flatten
-from drope_check.evidence_spec import AuthorFilesEvidence, parse_evidence
+from drope_check.bands import Band
+from drope_check.claim_fields import (
+    AUTHOR_FILES_ONLY_FAMILIES,
+    COMBINE,
+    FAMILIES,
+    MODELS,
+    PROVENANCE_SOURCES,
+    REPORT_STATUSES,
+    STATUSES,
+    _req_str,
+    parse_claim_fields,
+)
+from drope_check.evidence_spec import AuthorFilesEvidence
 from drope_check.measurements_file import VARIANTS, validate_measurements
-from drope_check.metric_paths import MetricPath, MetricPathError, parse_path
-from drope_check.protocol_identity import validate_recorded_identity
+from drope_check.metric_paths import MetricPath, parse_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +83,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "AUTHOR_FILES_ONLY_FAMILIES",
+    "COMBINE",
     "FAMILIES",
     "MODELS",
     "REPORT_STATUSES",
@@ -91,40 +101,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-MODELS: tuple[str, ...] = ("rope", "drope", "pair")
-FAMILIES: tuple[str, ...] = ("perplexity", "intervention", "sink", "phase", "method")
-#: Families judged on the author's files only: a Methods statement is about the author's code, which
-#: no measurement of the models can speak to.
-AUTHOR_FILES_ONLY_FAMILIES: tuple[str, ...] = ("method",)
-STATUSES: tuple[str, ...] = ("claim", "artefact", "golden", "does-not-generalise", "skip")
-#: Statuses whose value is the report's (never rewritten by --regen-expected).
-REPORT_STATUSES: tuple[str, ...] = ("claim", "artefact")
-PROVENANCE_SOURCES: tuple[str, ...] = ("results-json", "prose-only", "derived", "suite-measured")
-COMBINE: tuple[str, ...] = ("ratio", "difference")
-
-_ID_RE = re.compile(r"^[a-z0-9_]+$")
-_CLAIM_KEYS = frozenset({
-    "id", "model", "family", "sentence", "metric", "combine", "value", "status", "rationale", "band",
-    "provenance", "measured_how", "measured", "pending", "skip_reason", "plot", "texts_sha256", "protocol",
-    "evidence", "artefact",
-})
-_BAND_KEYS: dict[str, frozenset[str]] = {
-    "absolute": frozenset({"tol"}),
-    "relative": frozenset({"rel"}),
-    "log_ratio": frozenset({"factor"}),
-    "one_sided": frozenset({"op", "bound"}),
-    "exact": frozenset(),
-    "range": frozenset({"lo", "hi"}),
-    "ordering": frozenset({"op", "factor"}),
-    "each": frozenset({"ops", "bounds"}),
-    "equals": frozenset(),
-}
 _PAIR_KEYS = frozenset({"name", "description", "drope_variant", "run_hint", "report", "models"})
 #: A status-"skip" claim whose skip_reason contains this is about a recalibrated DroPE model, which
 #: a pair without one cannot test; ``--strict`` exempts exactly these skips.
 RECALIBRATED_SKIP = "about a recalibrated DroPE model"
-_PROVENANCE_KEYS = frozenset({"source", "text_set", "notes", "results_value"})
-_PLOT_KEYS = frozenset({"series", "layer"})
 _VARIANTS = VARIANTS["drope"]
 
 class ClaimsFileError(ValueError):
@@ -305,271 +285,11 @@ def available_pairs(expected_dir: str | Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str) and bool(x.strip())
-
-
-def _is_value(x: Any) -> bool:
-    """A finite number or a non-empty flat-or-nested list of them (TOML can spell nan and inf)."""
-    if isinstance(x, list):
-        return bool(x) and all(_is_value(v) for v in x)
-    return _is_number(x) and math.isfinite(x)
-
-
-def _req_str(table: Mapping[str, Any], key: str, err: Any, allow_empty: bool = False) -> str:
-    if key not in table:
-        raise err(key, "is required")
-    value = table[key]
-    if not isinstance(value, str):
-        raise err(key, f"must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise err(key, "must not be empty")
-    return value
-
-
-def _validate_band(raw: Any, err: Any, n_metrics: int, value: Any, combine: str | None, model: str) -> Band:
-    if not isinstance(raw, Mapping):
-        raise err("band", "must be a table, e.g. band = { kind = \"absolute\", tol = 0.03 }")
-    kind = raw.get("kind")
-    if kind not in BAND_KINDS:
-        raise err("band.kind", f"must be one of {', '.join(BAND_KINDS)}, got {kind!r}")
-    allowed = _BAND_KEYS[kind]
-    for key in raw:
-        if key != "kind" and key not in allowed:
-            raise err(f"band.{key}", f"is not a parameter of a {kind!r} band (allowed: {', '.join(sorted(allowed)) or 'none'})")
-    params = {k: v for k, v in raw.items() if k != "kind"}
-    combined = model != "pair" or combine is not None
-    if kind == "equals":
-        if combine is not None:
-            raise err("combine", "an 'equals' band compares text: it combines nothing")
-        return Band(kind, params)
-
-    def need_number(key: str, check: Any = None, what: str = "") -> None:
-        if key not in params:
-            raise err(f"band.{key}", f"is required for a {kind!r} band")
-        if not _is_number(params[key]) or not math.isfinite(params[key]):
-            raise err(f"band.{key}", "must be a finite number")
-        if check is not None and not check(params[key]):
-            raise err(f"band.{key}", what)
-
-    if kind in ("ordering", "each"):
-        if model != "pair" or combine is not None:
-            raise err("band.kind", f"a {kind!r} band compares several metrics: needs model = \"pair\" and no combine")
-        if kind == "ordering":
-            if n_metrics != 2:
-                raise err("metric", "an 'ordering' band needs exactly two metric paths")
-            if params.get("op") not in ONE_SIDED_OPS:
-                raise err("band.op", f"must be one of {', '.join(ONE_SIDED_OPS)}")
-            if "factor" in params:
-                need_number("factor", lambda f: f > 0, "must be > 0")
-        else:
-            ops, bounds = params.get("ops"), params.get("bounds")
-            if not isinstance(ops, list) or not all(o in ONE_SIDED_OPS for o in ops):
-                raise err("band.ops", f"must be a list of {', '.join(ONE_SIDED_OPS)}")
-            if not isinstance(bounds, list) or not all(_is_number(b) for b in bounds):
-                raise err("band.bounds", "must be a list of numbers")
-            if not (len(ops) == len(bounds) == n_metrics):
-                raise err("band.ops", f"ops ({len(ops)}), bounds ({len(bounds)}) and metric ({n_metrics}) must have the same length")
-        return Band(kind, params)
-    if not combined:
-        raise err("combine", f"a pair claim with a {kind!r} band needs combine = \"ratio\" or \"difference\"")
-    if kind == "absolute":
-        need_number("tol", lambda t: t > 0, "must be > 0")
-    elif kind == "relative":
-        need_number("rel", lambda t: t > 0, "must be > 0")
-        if value is not None and any(v == 0 for v in _flatten(value)):
-            raise err("value", "a relative band needs a non-zero value")
-    elif kind == "log_ratio":
-        need_number("factor", lambda f: f > 1, "must be > 1")
-        if value is not None and any(v <= 0 for v in _flatten(value)):
-            raise err("value", "a log_ratio band needs a positive value")
-    elif kind == "one_sided":
-        if params.get("op") not in ONE_SIDED_OPS:
-            raise err("band.op", f"must be one of {', '.join(ONE_SIDED_OPS)}")
-        need_number("bound")
-    elif kind == "exact":
-        if value is not None and not all(float(v).is_integer() for v in _flatten(value)):
-            raise err("value", "an 'exact' band needs integer value(s) (layer indices)")
-    elif kind == "range":
-        need_number("lo")
-        need_number("hi")
-        if params["lo"] > params["hi"]:
-            raise err("band.lo", f"lo ({params['lo']}) is above hi ({params['hi']})")
-    return Band(kind, params)
-
-
 def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
-    if not isinstance(raw, Mapping):
-        raise ClaimsFileError(file, f"#{index}", None, "each [[claim]] must be a table")
-    cid = raw.get("id")
-    shown = cid if isinstance(cid, str) and cid else f"#{index} (no id)"
-
-    def err(key: str, message: str) -> ClaimsFileError:
-        return ClaimsFileError(file, shown, key, message)
-
-    if not isinstance(cid, str) or not _ID_RE.match(cid):
-        raise err("id", "is required and must match [a-z0-9_]+")
-    for key in raw:
-        if key not in _CLAIM_KEYS:
-            raise err(key, f"is not a claim key (allowed: {', '.join(sorted(_CLAIM_KEYS))})")
-    model = raw.get("model")
-    if model not in MODELS:
-        raise err("model", f"must be one of {', '.join(MODELS)}, got {model!r}")
-    shown = f"{cid}[{pair}:{model}]"
-    family = raw.get("family")
-    if family not in FAMILIES:
-        raise err("family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
-    status = raw.get("status")
-    if status not in STATUSES:
-        raise err("status", f"must be one of {', '.join(STATUSES)}, got {status!r}")
-    sentence = _req_str(raw, "sentence", err)
-    rationale = _req_str(raw, "rationale", err)
-
-    prov_raw = raw.get("provenance")
-    if not isinstance(prov_raw, Mapping):
-        raise err("provenance", "is required: a table with source, text_set (and optional notes)")
-    for key in prov_raw:
-        if key not in _PROVENANCE_KEYS:
-            raise err(f"provenance.{key}", f"is not a provenance key (allowed: {', '.join(sorted(_PROVENANCE_KEYS))})")
-    source = prov_raw.get("source")
-    if source not in PROVENANCE_SOURCES:
-        raise err("provenance.source", f"must be one of {', '.join(PROVENANCE_SOURCES)}, got {source!r}")
-    _req_str(prov_raw, "text_set", lambda k, m: err(f"provenance.{k}", m))
-    if "notes" in prov_raw and not isinstance(prov_raw["notes"], str):
-        raise err("provenance.notes", "must be a string")
-    if "results_value" in prov_raw and not _is_value(prov_raw["results_value"]):
-        raise err("provenance.results_value", "must be a number or a list of numbers")
-
-    pending = raw.get("pending", False)
-    if not isinstance(pending, bool):
-        raise err("pending", "must be true or false")
-    if pending and status not in ("golden", "does-not-generalise"):
-        raise err("pending", "only a 'golden' or 'does-not-generalise' claim can be pending")
-
-    skip_reason = raw.get("skip_reason")
-    if status == "skip":
-        skip_reason = _req_str(raw, "skip_reason", err)
-    elif skip_reason is not None:
-        raise err("skip_reason", "is only allowed with status = \"skip\"")
-
-    metric_raw = raw.get("metric")
-    metrics: tuple[str, ...] = ()
-    if metric_raw is None:
-        if status != "skip":
-            raise err("metric", "is required")
-    else:
-        metric_list = [metric_raw] if isinstance(metric_raw, str) else metric_raw
-        if not isinstance(metric_list, list) or not metric_list or not all(isinstance(m, str) for m in metric_list):
-            raise err("metric", "must be a path string or a list of path strings")
-        for m in metric_list:
-            try:
-                parsed = parse_path(m)
-            except MetricPathError as exc:
-                raise err("metric", exc.detail + f" (in {m!r})") from None
-            negative = [step for step in parsed.steps if step[0] in ("index", "slice")
-                        and any(isinstance(i, int) and i < 0 for i in step[1:])]
-            if negative:
-                raise err("metric", f"{m!r} counts from the end ([-1], [2:-1]): write explicit layer indices, so "
-                          "that a measurement with another number of layers is an error, not another layer")
-            if model != "pair" and parsed.root not in (model, "root"):
-                raise err("metric", f"a {model!r} claim must read a {model}: path, got {m!r}")
-        if model == "pair" and len(metric_list) < 2:
-            raise err("metric", "a pair claim needs a list of at least two paths")
-        if model != "pair" and len(metric_list) != 1:
-            raise err("metric", f"a {model!r} claim reads exactly one path")
-        metrics = tuple(metric_list)
-
-    combine = raw.get("combine")
-    if combine is not None:
-        if model != "pair":
-            raise err("combine", "is only for model = \"pair\" claims")
-        if combine not in COMBINE:
-            raise err("combine", f"must be one of {', '.join(COMBINE)}, got {combine!r}")
-        if len(metrics) != 2:
-            raise err("combine", "combines exactly two paths")
-
-    value = raw.get("value")
-    text_band = isinstance(raw.get("band"), Mapping) and raw["band"].get("kind") == "equals"
-    if text_band:
-        if not _is_text(value):
-            raise err("value", "an 'equals' band compares text: the value must be a non-empty string")
-    elif value is not None and not _is_value(value):
-        raise err("value", "must be a number or a non-empty list of numbers")
-    if status == "golden" and not pending and value is None:
-        raise err("value", "a golden needs a value, or pending = true until it is measured")
-    if status in (*REPORT_STATUSES, "does-not-generalise") and value is None:
-        raise err("value", f"is required for status {status!r} (the report's value)")
-    artefact = raw.get("artefact")
-    if status == "artefact":
-        artefact = _req_str(raw, "artefact", err)
-    elif artefact is not None:
-        raise err("artefact", "is only allowed with status = \"artefact\" (the cause the report's value comes from)")
-
-    band = None
-    if "band" in raw:
-        band = _validate_band(raw["band"], err, len(metrics), value, combine, model)
-    elif status != "skip":
-        raise err("band", "is required")
-    if band is not None and band.kind == "exact" and value is None and not pending:
-        raise err("value", "an 'exact' band needs a value")
-
-    measured_how = raw.get("measured_how")
-    if measured_how is not None and (not isinstance(measured_how, str) or not measured_how.strip()):
-        raise err("measured_how", "must be a non-empty string")
-    recorded = raw.get("measured")
-    if status == "golden" and not pending and measured_how is None:
-        raise err("measured_how", "a measured golden must say how, where and with what settings it was measured")
-    if status == "does-not-generalise" and not pending:
-        if recorded is None or not _is_value(recorded):
-            raise err("measured", "a does-not-generalise claim records the value this suite measured (or pending = true)")
-        if measured_how is None:
-            raise err("measured_how", "a does-not-generalise claim must say how, where and with what settings it was measured")
-    if recorded is not None and status != "does-not-generalise":
-        raise err("measured", "is only for status = \"does-not-generalise\" (a golden keeps its value in 'value')")
-    if status == "golden" and source != "suite-measured":
-        raise err("provenance.source", "a golden's value is measured by this suite: source = \"suite-measured\"")
-
-    texts_sha256 = raw.get("texts_sha256")
-    if texts_sha256 is not None and (not isinstance(texts_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", texts_sha256)):
-        raise err("texts_sha256", "must be the 64-hex-digit sha256 of the text set (measurements texts.sha256)")
-    if texts_sha256 is not None and status not in ("golden", "does-not-generalise"):
-        raise err("texts_sha256", "is only recorded for suite-measured values (golden / does-not-generalise)")
-
-    protocol = raw.get("protocol")
-    if protocol is not None:
-        if status not in ("golden", "does-not-generalise"):
-            raise err("protocol", "is only recorded for suite-measured values (golden / does-not-generalise)")
-        problem = validate_recorded_identity(protocol, metrics)
-        if problem is not None:
-            raise err("protocol", problem)
-
-    plot = raw.get("plot")
-    if plot is not None:
-        if not isinstance(plot, Mapping) or set(plot) - _PLOT_KEYS or "series" not in plot:
-            raise err("plot", "must be a table { series = \"bos_norm\", layer = 23 }")
-        if not isinstance(plot["series"], str) or ("layer" in plot and not isinstance(plot["layer"], int)):
-            raise err("plot", "series must be a string and layer an integer")
-
-    author_files = parse_evidence(raw.get("evidence"), err, model, status, metrics)
-    if family in AUTHOR_FILES_ONLY_FAMILIES:
-        if author_files is None or not author_files.has_test:
-            raise err("evidence", f"a {family!r} claim is judged on the author's files only: it needs a "
-                      "[claim.evidence.\"author-files\"] table that is not suite_only")
-        if status not in REPORT_STATUSES:
-            raise err("status", f"a {family!r} claim states what the report's author did: status \"claim\"")
-
-    return Claim(
-        pair=pair, id=cid, model=model, family=family, sentence=sentence, metrics=metrics, combine=combine,
-        value=value, status=status, rationale=rationale, band=band, provenance=dict(prov_raw),
-        measured_how=measured_how, recorded=recorded, pending=pending, skip_reason=skip_reason,
-        plot=dict(plot) if plot is not None else None, texts_sha256=texts_sha256,
-        protocol=dict(protocol) if protocol is not None else None, source_file=file, order=index,
-        author_files=author_files, artefact=artefact,
-    )
+    """The ``index``-th ``[[claim]]`` of ``file``, read by the field table of :mod:`drope_check.claim_fields`;
+    raises :class:`ClaimsFileError` naming the file, the claim and the key."""
+    fields = parse_claim_fields(raw, index, pair, lambda shown, key, message: ClaimsFileError(file, shown, key, message))
+    return Claim(pair=pair, source_file=file, order=index, **fields)
 
 
 def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:

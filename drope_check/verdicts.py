@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drope_check.bands import fmt
-from drope_check.claim_file import Claim, _is_number, measured_model_ids
+from drope_check.bands import BandResult, fmt, index_ranges
+from drope_check.claim_fields import _is_number
+from drope_check.claim_file import Claim, measured_model_ids
 from drope_check.measurements_file import is_optional_field
 from drope_check.metric_paths import MetricPathError, resolve
 from drope_check.protocol_identity import identity_mismatch
@@ -35,6 +36,7 @@ __all__ = [
     "Verdict",
     "evaluate",
     "evaluate_all",
+    "outside_layers_text",
     "pending_reason",
     "protocol_mismatch",
     "strict_verdict",
@@ -233,6 +235,44 @@ def protocol_mismatch(claim: Claim, measurements: Mapping[str, Any]) -> str | No
     )
 
 
+def _series_start(claim: Claim) -> tuple[int, str] | None:
+    """The index of a claim's first measured value in its series and what the series counts
+    (``layers``), when the claim reads one series element by element: one path ending in a list
+    field (``rope:layers.sink_rate``) or a slice of one (``[2:31]``); otherwise None."""
+    if claim.model == "pair" or len(claim.metrics) != 1:
+        return None
+    steps = claim.parsed_metrics[0].steps
+    if steps and steps[-1][0] == "slice":
+        start, steps = steps[-1][1] or 0, steps[:-1]
+    else:
+        start = 0
+    if any(step[0] != "key" for step in steps):
+        return None
+    return start, "layers" if steps and steps[0] == ("key", "layers") else "elements"
+
+
+def outside_layers_text(claim: Claim, measured: Any, result: BandResult) -> str:
+    """For a failed band over a series (a per-layer slice): every layer outside the band, compactly,
+    the layers judged and the worst one, e.g. ``"; outside at layers 2-5, 9 (of 0-29), worst at
+    layer 4"``; ``""`` for a passed band, a scalar, or a failure not judged layer by layer (a
+    non-finite value, a length mismatch)."""
+    if result.passed or not result.outside or not isinstance(measured, list) or len(measured) < 2:
+        return ""
+    if any(isinstance(v, (list, tuple)) for v in measured):
+        return ""
+    where = _series_start(claim)
+    if where is None:
+        return ""
+    start, what = where
+    one = what[:-1]
+    outside = [start + i for i in result.outside]
+    named = f"{what} {index_ranges(outside)}" if len(outside) > 1 else f"{one} {outside[0]}"
+    text = f"; outside at {named} (of {start}-{start + len(measured) - 1})"
+    if result.worst_at is not None and len(outside) > 1:
+        text += f", worst at {one} {start + result.worst_at}"
+    return text
+
+
 def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     """Judge one claim against one measurements dict.
 
@@ -247,7 +287,7 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     measured = _measure(claim, measurements)
     result = claim.band.check(measured, claim.value)
     verdict = _base_verdict(claim, measured=measured, passed=result.passed, margin=result.margin,
-                            margin_text=result.margin_text)
+                            margin_text=result.margin_text + outside_layers_text(claim, measured, result))
     if claim.status == "does-not-generalise":
         if result.passed:
             verdict.outcome = "xpass"

@@ -6,6 +6,11 @@ per session; ``local_hub`` serves them from a server process (:mod:`drope_check.
 ``huggingface_hub``'s own client reaches over HTTP through ``HF_ENDPOINT``. ``hub_env`` is the
 environment of a child process that uses it, from an empty HF cache. (Test modules take these as
 fixtures; nothing is imported from this file: two conftest.py files make ``import conftest`` ambiguous.)
+
+Shared by every test module: ``wikitext_path`` (the local ``wiki.test.raw``) and ``author_files_path``
+(the report author's committed result files), both resolved by :mod:`helpers` through the package's
+own lookup and skipping the test when there is none; ``slow`` marks set from what a test uses
+(:func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -15,11 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import NO_AUTHOR_FILES, NO_WIKITEXT, REPO, author_files_folder, wikitext_file
 
 from drope_check.rehearsal_repos import GRANTED_TOKEN
-
-REPO = Path(__file__).resolve().parent.parent
-WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 #: Environment variables of huggingface_hub / transformers that a child must not inherit: the child
 #: gets its own endpoint, cache and token (CI sets HF_HUB_OFFLINE=1 for everything else).
@@ -29,13 +32,33 @@ HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"
 
 
 @pytest.fixture(scope="session")
+def wikitext_path() -> Path:
+    """The local WikiText-2 ``wiki.test.raw`` (:func:`helpers.wikitext_file`); skips the test without one."""
+    path = wikitext_file()
+    if path is None:
+        pytest.skip(NO_WIKITEXT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def author_files_path() -> Path:
+    """The report author's result files (:func:`helpers.author_files_folder`, i.e. ``locate_upstream``);
+    skips the test without a copy."""
+    path = author_files_folder()
+    if path is None:
+        pytest.skip(NO_AUTHOR_FILES)
+    return path
+
+
+@pytest.fixture(scope="session")
 def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in repos; with the workplace's WikiText-2 copy, also ``Salesforce/wikitext`` built
     from it, so a child loads its texts through ``datasets`` from the local hub as the GPU job does."""
     from drope_check.rehearsal_repos import build_hub_root
     from drope_check.texts import load_wikitext_rows
 
-    rows = load_wikitext_rows(WIKITEXT)[0] if WIKITEXT.is_file() else None
+    wikitext = wikitext_file()
+    rows = load_wikitext_rows(wikitext)[0] if wikitext is not None else None
     return build_hub_root(tmp_path_factory.mktemp("hub-root"), wikitext_rows=rows)
 
 

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import layer_outputs
 from test_attention_capture import MODEL_TOL, assert_no_hooks, residual_summaries, tiny_llama
 from transformers import Gemma3ForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -308,21 +309,6 @@ def test_gemma3_identity_rotation_every_layer_type_and_logits_invariant_to_posit
     rope = tiny_gemma3(2)
     assert float((logits(rope, ids) - logits(rope, ids, moved["stretched x3+5"])).abs().max()) > 1e-3
     assert float((logits(rope, ids) - base).abs().max()) > 1e-3
-
-
-def layer_outputs(model, ids) -> list[torch.Tensor]:
-    outs: list[torch.Tensor] = []
-    handles = [
-        layer.register_forward_hook(lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
-        for layer in model.model.layers
-    ]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outs
 
 
 def test_gemma3_nope_bos_stream_identical_to_rope_later_positions_differ():

@@ -356,15 +356,11 @@ NO_WEIGHTS = "no Llama-2 weights in this test (a reason as pair_available gives 
 
 
 @pytest.fixture(scope="module")
-def author():
+def author(author_files_path):
     """``(folder, measurements)`` of the shipped author's files; skipped where no copy is beside the repository."""
-    from drope_check.author_files import AuthorFilesUnavailable, author_files_measurements, locate_upstream
+    from drope_check.author_files import author_files_measurements
 
-    try:
-        path = locate_upstream(None, [REPO])
-    except AuthorFilesUnavailable as exc:
-        pytest.skip(str(exc))
-    return path, author_files_measurements(str(path))
+    return author_files_path, author_files_measurements(str(author_files_path))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from test_measure_embedded import WIKITEXT  # tests/ is on sys.path (rootdir conftest-less prepend import)
+from helpers import NO_WIKITEXT, wikitext_file  # tests/ is on sys.path (rootdir conftest-less prepend import)
 
 from drope_check import audit
 from drope_check.measure import MeasureOptions, measure_pair
@@ -24,11 +24,12 @@ from drope_check.protocol import Protocol
 PAIR = "smollm2-135m"
 BASE = Protocol(n_texts=3, max_tokens=96)
 OK, WHY = pair_available(PAIR)
+WIKITEXT = wikitext_file()
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not OK, reason=f"embedded pair unavailable: {WHY}"),
-    pytest.mark.skipif(not WIKITEXT.is_file(), reason=f"WikiText-2 test file not found at {WIKITEXT}"),
+    pytest.mark.skipif(WIKITEXT is None, reason=NO_WIKITEXT),
 ]
 
 
@@ -40,7 +41,7 @@ def comparable(model: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def result() -> dict[str, Any]:
+def result(real_model: None) -> dict[str, Any]:
     options = MeasureOptions(wikitext=str(WIKITEXT))
     return audit.run_audit(PAIR, "no-rotary,padded-rope,tau-0.5", options=options, base=BASE,
                            source=audit.default_source(PAIR, options, BASE))

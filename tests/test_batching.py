@@ -4,7 +4,6 @@ real token's position."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from drope_check.batching import Batch, make_batches, tokenize_with_bos
 
 BOS = 1
 PAD = 0
-_SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -90,14 +88,10 @@ def test_real_tokenizer_bos_and_truncation(smollm2_tokenizer) -> None:
         tokenize_with_bos(tok, [""], tok.bos_token_id)
 
 
-def test_real_tokenizer_on_wikitext_protocol(smollm2_tokenizer) -> None:
-    env = os.environ.get("DROPE_CHECK_WIKITEXT")
-    path = Path(env) if env else _SHARED_WIKITEXT
-    if not path.is_file():
-        pytest.skip(f"WikiText-2 file not found: set DROPE_CHECK_WIKITEXT or provide {_SHARED_WIKITEXT}")
+def test_real_tokenizer_on_wikitext_protocol(smollm2_tokenizer, wikitext_path) -> None:
     from drope_check.texts import wikitext_lines
 
-    texts = wikitext_lines(20, 100, path=path).texts
+    texts = wikitext_lines(20, 100, path=wikitext_path).texts
     for max_tokens in (512, 24):
         seqs = tokenize_with_bos(smollm2_tokenizer, texts, 1, max_tokens=max_tokens)
         assert len(seqs) == 20

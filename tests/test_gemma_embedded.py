@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import layer_outputs
 
 from drope_check.architectures import GEMMA3, IdentityRotaryEmbedding
 from drope_check.measure import ALL_INTERVENTIONS, measure_model
@@ -39,7 +40,7 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def gemma_pair():
+def gemma_pair(real_model: None):
     pair = PAIRS["gemma3-270m"]
     return {spec.variant: load_model(spec, bos_token=pair.bos_token, device="cpu", dtype=torch.float32) for spec in pair.models()}
 
@@ -63,21 +64,6 @@ def test_gemma_pair_loads_with_provenance(gemma_pair):
     assert isinstance(nope.model.model.rotary_emb, IdentityRotaryEmbedding)
     assert not isinstance(rope.model.model.rotary_emb, IdentityRotaryEmbedding)
     assert GEMMA3.mlp_write(rope.model.model.layers[0]) is rope.model.model.layers[0].post_feedforward_layernorm
-
-
-def layer_outputs(model, ids) -> list[torch.Tensor]:
-    outs: list[torch.Tensor] = []
-    handles = [
-        layer.register_forward_hook(lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
-        for layer in model.model.layers
-    ]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outs
 
 
 @needs_gemma

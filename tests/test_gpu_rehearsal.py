@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import wikitext_file
 
 from drope_check.claim_file import load_claims
 from drope_check.evidence import evidence_rows
@@ -53,7 +54,6 @@ from drope_check.rehearsal_repos import DROPE_REPO, ROPE_REPO
 pytestmark = [pytest.mark.rehearsal, pytest.mark.xdist_group(name="rehearsal")]  # the steps share one cache
 
 REPO = Path(__file__).resolve().parent.parent
-WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 DROPE_CHECK = [sys.executable, "-m", "drope_check.cli"]
 PAIR = "llama2-7b"
 SUITE_COLUMN = "Llama-2-7B: this suite"
@@ -175,7 +175,7 @@ def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights
     if (hub_root / "datasets").is_dir():  # the texts came through datasets from the endpoint: the file's 20 lines
         from drope_check.texts import wikitext_lines
 
-        from_file = wikitext_lines(n=info["texts"]["n_texts"], path=WIKITEXT).to_provenance()
+        from_file = wikitext_lines(n=info["texts"]["n_texts"], path=wikitext_file()).to_provenance()
         assert info["texts"]["source"] == "datasets:Salesforce/wikitext:wikitext-2-raw-v1:test"
         assert info["texts"]["sha256"] == from_file["sha256"]
 

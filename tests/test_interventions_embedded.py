@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,26 +24,17 @@ PPL_RTOL = 1e-4
 N_LINES, MAX_TOKENS = 4, 128
 
 
-def _wikitext_path() -> Path | None:
-    env = os.environ.get("DROPE_CHECK_WIKITEXT")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="module")
-def rope_setup():
+def rope_setup(real_model: None, wikitext_path):
     from drope_check.models import PAIRS, load_model, pair_available
     from drope_check.texts import wikitext_lines
 
     ok, why = pair_available("smollm2-135m")
     if not ok:
         pytest.skip(why)
-    path = _wikitext_path()
-    if path is None:
-        pytest.skip("WikiText-2 file not found (set DROPE_CHECK_WIKITEXT)")
     pair = PAIRS["smollm2-135m"]
     loaded = load_model(pair.rope, bos_token=pair.bos_token, device="cpu")
-    texts = wikitext_lines(n=N_LINES, path=path)
+    texts = wikitext_lines(n=N_LINES, path=wikitext_path)
     seqs = tokenize_with_bos(loaded.tokenizer, list(texts.texts), loaded.bos_token_id, MAX_TOKENS)
     reference = copy.deepcopy(loaded.model)
     reference.set_attn_implementation("sdpa")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import NO_WIKITEXT, wikitext_file
 
 from drope_check.measure import MeasureOptions, measure_pair
 from drope_check.models import ModelSpec, load_model, pair_available
@@ -35,23 +34,13 @@ PROTOCOL = Protocol(n_texts=4, max_tokens=128)
 REL_TOL = 1e-4
 
 
-def wikitext_path() -> Path:
-    env = os.environ.get("DROPE_CHECK_WIKITEXT")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"
-
-
 EMBEDDED_OK, EMBEDDED_WHY = pair_available(PAIR)
-WIKITEXT = wikitext_path()
+WIKITEXT = wikitext_file()
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not EMBEDDED_OK, reason=f"embedded pair unavailable: {EMBEDDED_WHY}"),
-    pytest.mark.skipif(
-        not WIKITEXT.is_file(),
-        reason=f"WikiText-2 test file not found at {WIKITEXT} (set DROPE_CHECK_WIKITEXT to wiki.test.raw)",
-    ),
+    pytest.mark.skipif(WIKITEXT is None, reason=NO_WIKITEXT),
 ]
 
 
@@ -60,7 +49,7 @@ def run() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def measured() -> dict[str, Any]:
+def measured(real_model: None) -> dict[str, Any]:
     return run()
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import NO_AUTHOR_FILES, author_files_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,9 +59,6 @@ from drope_check.verdicts import verdict_for
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "smollm2-135m-measurements.json"
 EXPECTED = Path(__file__).parent.parent / "expected"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"
-if not SHARED.is_dir():  # a worktree next to the main checkout
-    SHARED = Path("/work/shared/data/upstream-results")
 #: An integer no float holds (``1`` followed by 400 zeros), valid for no field.
 HUGE = 10**400
 #: Array indices the mutations pick from each list (the first, the second and the last): the
@@ -113,9 +111,10 @@ SUITE = Target("smollm2-135m", json.loads(FIXTURE.read_text()), load_claims("smo
 
 @functools.cache
 def author_files() -> Target:
-    if not SHARED.is_dir():
-        pytest.skip(f"the author's files are not at {SHARED}")
-    return Target("llama2-7b", import_upstream(str(SHARED), "report"), load_claims("llama2-7b", EXPECTED))
+    folder = author_files_folder()
+    if folder is None:
+        pytest.skip(NO_AUTHOR_FILES)
+    return Target("llama2-7b", import_upstream(str(folder), "report"), load_claims("llama2-7b", EXPECTED))
 
 
 def get(data: Any, parts: tuple[Any, ...]) -> Any:

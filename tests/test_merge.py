@@ -19,9 +19,6 @@ from drope_check.merge import MeasurementsConflict, first_difference, judge_file
 from drope_check.report import judge_file
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"
-if not SHARED.is_dir():  # a worktree under /work/wt-<name> or the main checkout under /work/main
-    SHARED = Path("/work/shared/data/upstream-results")
 
 
 @pytest.fixture
@@ -139,13 +136,11 @@ def test_first_difference_names_the_path_and_values():
 
 
 @pytest.fixture
-def upstream_file(tmp_path: Path) -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"the author's files are not at {SHARED}")
+def upstream_file(tmp_path: Path, author_files_path: Path) -> Path:
     from drope_check import upstream as U
 
     path = tmp_path / "upstream.json"
-    path.write_text(json.dumps(U.import_upstream(SHARED, "report"), allow_nan=False))
+    path.write_text(json.dumps(U.import_upstream(author_files_path, "report"), allow_nan=False))
     return path
 
 

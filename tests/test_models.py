@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import layer_outputs
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -495,37 +496,20 @@ TEXT = " The game 's battle system , the BliTZ system , is carried over directly
 
 
 @pytest.fixture(scope="module")
-def embedded_rope():
+def embedded_rope(real_model: None):
     return load_model(
         ModelSpec("rope", "embedded", "rope"), bos_token="<|im_start|>", device="cpu", dtype=torch.float32
     )
 
 
 @pytest.fixture(scope="module")
-def embedded_nope():
+def embedded_nope(real_model: None):
     return load_model(
         ModelSpec("drope", "embedded", "nope-zeroshot"),
         bos_token="<|im_start|>",
         device="cpu",
         dtype=torch.float32,
     )
-
-
-def layer_outputs(model, ids) -> list[torch.Tensor]:
-    outs: list[torch.Tensor] = []
-    handles = [
-        layer.register_forward_hook(
-            lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone())
-        )
-        for layer in model.model.layers
-    ]
-    try:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outs
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import NO_AUTHOR_FILES, author_files_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -288,10 +289,8 @@ def test_unknown_pair_is_a_usage_error(suite: pytest.Pytester) -> None:
 # ----------------------------------------------------------------------------------------------
 # evidence sources: the report's pair against the author's committed files (no model loaded)
 
-UPSTREAM = REPO.parent.parent / "shared" / "data" / "upstream-results"
-if not UPSTREAM.is_dir():  # the main checkout (/work/main) has shared/ beside it
-    UPSTREAM = REPO.parent / "shared" / "data" / "upstream-results"
-needs_upstream = pytest.mark.skipif(not UPSTREAM.is_dir(), reason=f"the author's files are not at {UPSTREAM}")
+UPSTREAM = author_files_folder()
+needs_upstream = pytest.mark.skipif(UPSTREAM is None, reason=NO_AUTHOR_FILES)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,26 +31,9 @@ from drope_check.texts import (
     wikitext_split_text,
 )
 
-_SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext-2-raw/wiki.test.raw"
-
 # sha256_of_texts of the first 20 rows with len > 100 of the canonical wiki.test.raw, recorded when
 # this module was written; it is also recomputed independently below from the raw file.
 _FIRST20_SHA256 = "e97cb83e2950ae8f35ce49d46e37144374161c9fbed36d29fc526884eaf3d587"
-
-
-def _shared_wikitext_path() -> Path | None:
-    env = os.environ.get(ENV_WIKITEXT)
-    if env:
-        return Path(env)
-    return _SHARED_WIKITEXT if _SHARED_WIKITEXT.is_file() else None
-
-
-@pytest.fixture(scope="module")
-def wikitext_path() -> Path:
-    path = _shared_wikitext_path()
-    if path is None:
-        pytest.skip(f"WikiText-2 file not found: set {ENV_WIKITEXT} or provide {_SHARED_WIKITEXT}")
-    return path
 
 
 @pytest.fixture

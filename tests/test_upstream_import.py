@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import NO_AUTHOR_FILES, author_files_folder
 
 from drope_check import upstream as U
 from drope_check.report import judge_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"
-if not SHARED.is_dir():  # a worktree under /work/wt/<name> or the main checkout under /work/main
-    SHARED = Path("/work/shared/data/upstream-results")
+SHARED = author_files_folder()
 FILE = "results/phase_metrics/rope_vs_drope_phase_metrics.json"
 REPORT_COMMIT = "90f8e3c73617cd4fa8986a8772c3cca53a570354"
 DROPE_PHASE_COMMIT = "16a5164c48e060f3648ce1f8ecc98f7e6bd26097"
 HEAD_COMMIT = "2395c1535b1c27b8351b41e393db2a5044deefde"
 COMMITS = (DROPE_PHASE_COMMIT, REPORT_COMMIT, HEAD_COMMIT)
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the author's files are not at {SHARED}")
+pytestmark = pytest.mark.skipif(SHARED is None, reason=NO_AUTHOR_FILES)
 
 
 def raw(commit: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ No model is loaded: measurements are the hand-written files in tests/data, edite
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -453,3 +455,101 @@ def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
     rope["heads"]["sink_score_per_sequence"][1] = grid[:-1]
     with pytest.raises(MeasurementsFileError, match=r"heads\.sink_score_per_sequence\[1\].*n_layers = 32"):
         validate_measurements(data, "per-seq.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. a failing per-layer band names every layer outside it (issue 17), not only the worst margin
+
+#: Values on a 0.01 grid: none lies within the edge slack of the band [0.91, 1.0] without being on it.
+GRID = st.integers(0, 120).map(lambda k: round(k * 0.01, 2))
+OUTSIDE_AT = re.compile(r"; outside at layers? ([0-9, -]+) \(of ([0-9]+)-([0-9]+)\)(?:, worst at layer ([0-9]+))?$")
+
+
+def middle_layers(model: str = "rope") -> C.Claim:
+    """``sink_rate_middle_layers``: ``rope:layers.sink_rate[2:31]`` in ``range`` [0.91, 1.0]."""
+    return C.load_claims("llama2-7b", REPO_EXPECTED).get("sink_rate_middle_layers", model)
+
+
+def with_middle_rates(rates: dict[int, float], fill: float = 1.0) -> dict[str, Any]:
+    data = llama()
+    series = data["models"]["rope"]["layers"]["sink_rate"]
+    series[2:31] = [fill] * 29
+    for layer, rate in rates.items():
+        series[layer] = rate
+    return data
+
+
+def expand(ranges: str) -> list[int]:
+    """``"2-5, 9"`` -> ``[2, 3, 4, 5, 9]`` (the inverse of :func:`drope_check.bands.index_ranges`)."""
+    out: list[int] = []
+    for part in ranges.split(", "):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def test_a_failing_per_layer_band_names_every_failing_layer_and_the_worst() -> None:
+    # 0.9 is just below lo = 0.91; layer 12 (0.2) is the worst, 0.71 outside
+    verdict = C.evaluate(middle_layers(), with_middle_rates({3: 0.5, 4: 0.6, 5: 0.7, 6: 0.9, 12: 0.2, 30: 0.85}))
+    assert verdict.outcome == "fail"
+    assert verdict.margin_text == "outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30), worst at layer 12"
+    assert "margin      : outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30)" in verdict.failure_message()
+
+
+def test_one_failing_layer_is_named_alone() -> None:
+    verdict = C.evaluate(middle_layers(), with_middle_rates({30: 0.5}))
+    assert verdict.margin_text == "outside by 0.41; outside at layer 30 (of 2-30)"
+
+
+def test_a_series_read_whole_counts_its_layers_from_0() -> None:
+    claim = dataclasses.replace(middle_layers(), metrics=("rope:layers.sink_rate",))
+    data = with_middle_rates({9: 0.3})
+    data["models"]["rope"]["layers"]["sink_rate"][:2] = [0.95, 0.99]
+    data["models"]["rope"]["layers"]["sink_rate"][31] = 0.5
+    verdict = C.evaluate(claim, data)
+    assert verdict.margin_text == "outside by 0.61; outside at layers 9, 31 (of 0-31), worst at layer 9"
+
+
+def test_passing_and_scalar_verdicts_keep_their_wording() -> None:
+    passing = C.evaluate(middle_layers(), with_middle_rates({}, fill=0.95))
+    assert passing.outcome == "pass" and passing.margin_text == "inside by 0.04"
+    average = C.load_claims("llama2-7b", REPO_EXPECTED).get("sink_rate_average", "rope")
+    data = llama()
+    data["models"]["rope"]["scalars"]["sink_rate_average"] = 0.5
+    failing = C.evaluate(average, data)
+    assert failing.outcome == "fail" and "layer" not in failing.margin_text
+    assert failing.margin_text == average.band.check(0.5, average.value).margin_text
+
+
+@settings(max_examples=300, deadline=None)
+@given(rates=st.lists(GRID, min_size=29, max_size=29))
+def test_the_layers_named_are_exactly_those_outside_the_band(rates: list[float]) -> None:
+    claim = middle_layers()
+    lo, hi = claim.band.params["lo"], claim.band.params["hi"]
+    verdict = C.evaluate(claim, with_middle_rates(dict(enumerate(rates, start=2))))
+    outside = [layer for layer, rate in enumerate(rates, start=2) if not lo <= rate <= hi]  # independent of bands.py
+    assert verdict.passed is (not outside)
+    match = OUTSIDE_AT.search(verdict.margin_text)
+    if not outside:
+        assert match is None and verdict.margin_text.startswith("inside by")
+        return
+    assert match is not None, verdict.margin_text
+    assert expand(match.group(1)) == outside and (int(match.group(2)), int(match.group(3))) == (2, 30)
+    margins = {layer: min(rate - lo, hi - rate) for layer, rate in enumerate(rates, start=2)}
+    worst = int(match.group(4)) if match.group(4) else outside[0]
+    assert margins[worst] == min(margins.values())
+    assert verdict.margin_text.startswith(f"outside by {C.fmt(-min(margins.values()))}")
+
+
+@given(st.lists(st.integers(0, 80), max_size=30))
+def test_index_ranges_round_trip(indices: list[int]) -> None:
+    from drope_check.bands import index_ranges
+
+    text = index_ranges(indices)
+    assert (expand(text) if text else []) == sorted(set(indices))
+    assert ", " not in text or all(b[0] > a[-1] + 1 for a, b in _pairs_of_runs(text))
+
+
+def _pairs_of_runs(text: str) -> list[tuple[list[int], list[int]]]:
+    runs = [expand(part) for part in text.split(", ")]
+    return list(zip(runs, runs[1:], strict=False))

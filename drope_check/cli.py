@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 
 from drope_check.atomic import atomic_write_json
+from drope_check.engine.protocol import SPIKE_RULES, Protocol
 from drope_check.errors import UserError
-from drope_check.protocol import SPIKE_RULES, Protocol
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -76,8 +76,8 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
 def _measure(args: argparse.Namespace) -> int:
     import re
 
-    from drope_check.measure import MeasureOptions, measure_pair, resolve_interventions
-    from drope_check.models import PAIRS, custom_pair
+    from drope_check.measurements.measure import MeasureOptions, measure_pair, resolve_interventions
+    from drope_check.models.loading import PAIRS, custom_pair
     from drope_check.preflight import check_output_file
 
     if args.rope or args.drope:
@@ -155,10 +155,10 @@ def _print_summary(result: dict) -> None:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from drope_check.claim_file import ClaimsFileError, MeasurementsMismatch
-    from drope_check.measurements_file import MeasurementsFileError
-    from drope_check.merge import judge_files
-    from drope_check.report import unchecked_pair_lines
+    from drope_check.claims.claim_file import ClaimsFileError, MeasurementsMismatch
+    from drope_check.measurements.validate import MeasurementsFileError
+    from drope_check.report.build import unchecked_pair_lines
+    from drope_check.report.merge import judge_files
 
     try:
         verdicts = judge_files(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
@@ -186,8 +186,8 @@ def _pairs(_args: argparse.Namespace) -> int:
     """Per pair: where its weights stand here (embedded; or per hub model cached / downloadable with
     its size / gated without access, naming HF_TOKEN / not found / unreachable with the reason), and
     whether it needs a GPU this machine lacks. Never downloads."""
-    from drope_check.hub import hub_models, human_size, model_status
-    from drope_check.models import PAIRS, gpu_refusal, pair_available
+    from drope_check.models.hub import hub_models, human_size, model_status
+    from drope_check.models.loading import PAIRS, gpu_refusal, pair_available
 
     for name, pair in PAIRS.items():
         models = hub_models(pair)
@@ -219,8 +219,8 @@ def _fetch(args: argparse.Namespace) -> int:
     (nothing else: no model loads). Exit 0 when everything is cached or downloaded; a gated repo
     without access, an unknown repo or an unreachable hub is one sentence and exit 2, before any
     download."""
-    from drope_check.hub import fetch_pair, hub_models
-    from drope_check.models import PAIRS
+    from drope_check.models.hub import fetch_pair, hub_models
+    from drope_check.models.loading import PAIRS
 
     if args.pair not in PAIRS:
         raise UserError(f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--strict", action="store_true",
                        help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
     judge.set_defaults(func=_judge)
-    from drope_check import upstream
+    from drope_check.sources import upstream
 
     imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
     upstream.add_arguments(imported)
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    from drope_check.audit import add_cli as add_audit_cli
+    from drope_check.audit.run import add_cli as add_audit_cli
 
     add_audit_cli(sub)
     return parser

@@ -1,8 +1,8 @@
 """Fixtures of the download-path tests: a local hub endpoint serving the report's repo ids.
 
 ``hub_root`` writes the tiny stand-ins of ``meta-llama/Llama-2-7b-hf`` (gated) and
-``SakanaAI/Llama-2-7b-hf-DroPE`` in their published layout (:mod:`drope_check.rehearsal_repos`) once
-per session; ``local_hub`` serves them from a server process (:mod:`drope_check.local_hub`) that
+``SakanaAI/Llama-2-7b-hf-DroPE`` in their published layout (:mod:`drope_check.models.rehearsal_repos`) once
+per session; ``local_hub`` serves them from a server process (:mod:`drope_check.models.local_hub`) that
 ``huggingface_hub``'s own client reaches over HTTP through ``HF_ENDPOINT``. ``hub_env`` is the
 environment of a child process that uses it, from an empty HF cache. (Test modules take these as
 fixtures; nothing is imported from this file: two conftest.py files make ``import conftest`` ambiguous.)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drope_check.rehearsal_repos import GRANTED_TOKEN
+from drope_check.models.rehearsal_repos import GRANTED_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
@@ -32,8 +32,8 @@ HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"
 def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in repos; with the workplace's WikiText-2 copy, also ``Salesforce/wikitext`` built
     from it, so a child loads its texts through ``datasets`` from the local hub as the GPU job does."""
-    from drope_check.rehearsal_repos import build_hub_root
-    from drope_check.texts import load_wikitext_rows
+    from drope_check.engine.texts import load_wikitext_rows
+    from drope_check.models.rehearsal_repos import build_hub_root
 
     rows = load_wikitext_rows(WIKITEXT)[0] if WIKITEXT.is_file() else None
     return build_hub_root(tmp_path_factory.mktemp("hub-root"), wikitext_rows=rows)
@@ -41,7 +41,7 @@ def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_hub(hub_root: Path) -> Iterator[object]:
-    from drope_check.local_hub import local_hub_process
+    from drope_check.models.local_hub import local_hub_process
 
     with local_hub_process(hub_root, tokens=[GRANTED_TOKEN]) as hub:
         yield hub

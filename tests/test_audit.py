@@ -1,4 +1,4 @@
-"""The confound audit on tiny random Llama models (drope_check.audit, sink_stats, fp16_eager).
+"""The confound audit on tiny random Llama models (drope_check.audit.run, sink_stats, fp16_eager).
 
 Tiny models stand in for the embedded pair wherever the invariant is a property of the computation,
 not of SmolLM2: a statistics-only variant equals a full re-measurement, ``no-rotary`` equals
@@ -22,14 +22,15 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from drope_check import audit, claims
-from drope_check.attention import allowed_mask
-from drope_check.fp16_eager import attention_to_position0_fp16_eager
-from drope_check.measure import cut_to_prompt_tokens, measure_model
-from drope_check.models import LoadedModel, ModelSpec, PairSpec, apply_identity_rotation
-from drope_check.protocol import FAITHFUL, Protocol
-from drope_check.sink_stats import derive_statistics
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.audit import run as audit
+from drope_check.claims import api as claims
+from drope_check.engine.attention import allowed_mask
+from drope_check.engine.fp16_eager import attention_to_position0_fp16_eager
+from drope_check.engine.protocol import FAITHFUL, Protocol
+from drope_check.engine.sink_stats import derive_statistics
+from drope_check.measurements.measure import cut_to_prompt_tokens, measure_model
+from drope_check.models.loading import LoadedModel, ModelSpec, PairSpec, apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 TOY_EXPECTED = Path(__file__).resolve().parent / "data" / "expected"
 SINK_KEYS = ("sink_rate", "sink_rate_excl_self", "attention_nan_heads")
@@ -257,7 +258,7 @@ def test_goldens_that_record_their_protocol_get_a_value_under_every_measured_var
     """A golden records the protocol it was measured under (the claims run skips it elsewhere); the audit
     measures under other protocols on purpose and must show the value and its change, never a skip.
     (The shipped goldens record protocols; before this test every protocol-changing cell showed '-'.)"""
-    from drope_check.protocol_identity import identity_for_claim
+    from drope_check.claims.protocol_identity import identity_for_claim
 
     result, _ = toy_audit
     suite = result["measurements"]["suite"]
@@ -305,7 +306,7 @@ def cells(**verdicts) -> dict[str, dict[str, Any]]:
 
 
 def test_robustness_verdicts():
-    from drope_check.variants import VARIANTS
+    from drope_check.audit.variants import VARIANTS
 
     claim = claims.load_claims("toy", TOY_EXPECTED).get("sink_rate_average", "rope")
     rob = audit.robustness
@@ -358,7 +359,11 @@ NO_WEIGHTS = "no Llama-2 weights in this test (a reason as pair_available gives 
 @pytest.fixture(scope="module")
 def author():
     """``(folder, measurements)`` of the shipped author's files; skipped where no copy is beside the repository."""
-    from drope_check.author_files import AuthorFilesUnavailable, author_files_measurements, locate_upstream
+    from drope_check.sources.author_files import (
+        AuthorFilesUnavailable,
+        author_files_measurements,
+        locate_upstream,
+    )
 
     try:
         path = locate_upstream(None, [REPO])
@@ -378,7 +383,7 @@ def model_free_audit(llama_claims, author, variants=None):
 
 
 def test_without_models_the_author_files_column_is_the_author_files_evidence(llama_claims, author):
-    from drope_check.author_files import author_files_verdict
+    from drope_check.sources.author_files import author_files_verdict
 
     result = model_free_audit(llama_claims, author)
     doc = result["audit"]
@@ -412,7 +417,7 @@ def test_without_models_the_author_files_column_is_the_author_files_evidence(lla
 
 def test_without_models_every_suite_cell_says_not_measured_and_why(llama_claims, author):
     doc = model_free_audit(llama_claims, author)["audit"]
-    from drope_check.variants import VARIANTS
+    from drope_check.audit.variants import VARIANTS
 
     assert [v["name"] for v in doc["variants"]] == list(VARIANTS)
     for v in doc["variants"]:
@@ -447,8 +452,8 @@ def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims
 
 def synthetic_rows(llama_claims, author, edit, suite=None):
     """Audit rows with a synthetic ``upstream`` measurement: the author's values, changed by ``edit(doc)``."""
-    from drope_check.audit_author import load_author_files
-    from drope_check.variants import get_variants
+    from drope_check.audit.author import load_author_files
+    from drope_check.audit.variants import get_variants
 
     variants = get_variants("upstream")
     upstream = json.loads(json.dumps(author[1]))
@@ -512,13 +517,13 @@ def test_reproduction_not_compared_when_a_side_is_missing(llama_claims, author):
     assert missing["text"].startswith("the suite's `upstream` variant has no value: ")
     assert "layer1_ablation:bos_only" in missing["text"]
     # the variant not in the audit at all (--variants without upstream)
-    from drope_check.audit_author import agreement, author_cell
+    from drope_check.audit.author import agreement, author_cell
 
     claim = llama_claims.get("sink_rate_average", "rope")
     alone = agreement(claim, None, author_cell(claim, author))
     assert alone == {"verdict": "not compared", "text": "the suite's `upstream` variant is not in this audit (--variants)"}
     # no copy of the author's files: every author cell says where the search looked, nothing is compared
-    from drope_check.author_files import AuthorFilesUnavailable
+    from drope_check.sources.author_files import AuthorFilesUnavailable
 
     gone = AuthorFilesUnavailable("no copy found (looked in /nowhere)")
     cell = author_cell(claim, gone)
@@ -585,7 +590,7 @@ def test_cli_pair_without_models_or_author_files_exits_2(monkeypatch, tmp_path, 
     load = claims.load_claims
     monkeypatch.setattr(audit, "models_here", lambda pair, device=None: (False, NO_WEIGHTS))
     monkeypatch.setattr(audit.claims, "load_claims", lambda pair: load(pair, TOY_EXPECTED))
-    monkeypatch.setattr("drope_check.models.get_pair", lambda pair: None)
+    monkeypatch.setattr("drope_check.models.loading.get_pair", lambda pair: None)
     args = SimpleNamespace(pair="toy", variants=None, n_texts=FAITHFUL.n_texts, upstream=None, out_dir=tmp_path,
                            wikitext=None, device=None, dtype=None, no_progress=True)
     assert audit.cli_audit(args) == 2

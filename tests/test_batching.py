@@ -1,4 +1,4 @@
-"""Tests of drope_check.batching: BOS at position 0, truncation, and right padding that changes no
+"""Tests of drope_check.engine.batching: BOS at position 0, truncation, and right padding that changes no
 real token's position."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check.batching import Batch, make_batches, tokenize_with_bos
+from drope_check.engine.batching import Batch, make_batches, tokenize_with_bos
 
 BOS = 1
 PAD = 0
@@ -95,7 +95,7 @@ def test_real_tokenizer_on_wikitext_protocol(smollm2_tokenizer) -> None:
     path = Path(env) if env else _SHARED_WIKITEXT
     if not path.is_file():
         pytest.skip(f"WikiText-2 file not found: set DROPE_CHECK_WIKITEXT or provide {_SHARED_WIKITEXT}")
-    from drope_check.texts import wikitext_lines
+    from drope_check.engine.texts import wikitext_lines
 
     texts = wikitext_lines(20, 100, path=path).texts
     for max_tokens in (512, 24):

@@ -74,7 +74,7 @@ def test_table_has_the_issue_targets_with_load_beside_each_number():
 def test_time_runs_records_a_run_whose_pair_is_not_installed_as_skipped(monkeypatch):
     import time_runs
 
-    import drope_check.models as models
+    import drope_check.models.loading as models
 
     monkeypatch.setattr(models, "pair_available", lambda name: (False, f"{name}: package missing"))
     record = time_runs.time_run(time_runs.RUNS_BY_NAME["claims-gemma"], [])

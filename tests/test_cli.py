@@ -1,7 +1,7 @@
 """Tests for the drope-check command line: user errors fail fast and clearly, nothing is lost.
 
 Every user error exits 2 with one sentence on stderr naming the input (a traceback only with
-``--debug``), and is found before any weights load: ``drope_check.measure.load_model`` is replaced
+``--debug``), and is found before any weights load: ``drope_check.measurements.measure.load_model`` is replaced
 by a guard that fails the test if it is ever called. No test here loads a model.
 """
 
@@ -16,10 +16,11 @@ import pytest
 import torch
 from test_models import make_checkpoint, make_qwen2_drope_checkpoint, rewrite_checkpoint
 
-import drope_check.measure
-from drope_check import atomic, cli, report
-from drope_check.models import custom_pair
-from drope_check.texts import ENV_WIKITEXT
+import drope_check.measurements.measure
+from drope_check import atomic, cli
+from drope_check.engine.texts import ENV_WIKITEXT
+from drope_check.models.loading import custom_pair
+from drope_check.report import build as report
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -31,7 +32,7 @@ def no_weights(monkeypatch):
     def guard(*_args, **_kwargs):
         raise AssertionError("load_model was called: the error was not found before loading weights")
 
-    monkeypatch.setattr(drope_check.measure, "load_model", guard)
+    monkeypatch.setattr(drope_check.measurements.measure, "load_model", guard)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def fake_measurement(monkeypatch, result: dict | None = None, during=None):
             during()
         return result if result is not None else {"models": {}}
 
-    monkeypatch.setattr(drope_check.measure, "measure_pair", measure_pair)
+    monkeypatch.setattr(drope_check.measurements.measure, "measure_pair", measure_pair)
 
 
 def test_overwriting_out_is_said_and_keeps_the_mode(tmp_path, capsys, monkeypatch):

@@ -1,5 +1,5 @@
 """The embedded GGUF is dequantised once per machine: a safetensors copy in the user cache dir,
-keyed by the GGUF's sha256 (drope_check.models.dequantized_cache_path)."""
+keyed by the GGUF's sha256 (drope_check.models.loading.dequantized_cache_path)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from drope_check import models
-from drope_check.models import CACHE_ENV, cache_dir, dequantized_cache_path, pair_available
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.models import loading as models
+from drope_check.models.loading import CACHE_ENV, cache_dir, dequantized_cache_path, pair_available
+from drope_check.models.tiny_models import build_llama, llama_config
 
 SHA = "ab" * 32
 

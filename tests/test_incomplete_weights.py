@@ -30,10 +30,11 @@ from safetensors.torch import load_file, save_file
 from test_models import make_checkpoint, rewrite_checkpoint, save_tokenizer, tiny_config
 
 import drope_check
-from drope_check import cli, models
-from drope_check.models import CACHE_ENV, ModelLoadError, ModelSpec, load_model
-from drope_check.report import build_report, pair_info, render_markdown
-from drope_check.tiny_models import build_llama
+from drope_check import cli
+from drope_check.models import loading as models
+from drope_check.models.loading import CACHE_ENV, ModelLoadError, ModelSpec, load_model
+from drope_check.models.tiny_models import build_llama
+from drope_check.report.build import build_report, pair_info, render_markdown
 
 REPO = Path(drope_check.__file__).resolve().parent.parent
 MISSING = "model.layers.1.mlp.down_proj.weight"
@@ -178,7 +179,7 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    # the hub id with the cached snapshot's commit it was resolved to (drope_check.hub.resolve_pair)
+    # the hub id with the cached snapshot's commit it was resolved to (drope_check.models.hub.resolve_pair)
     one_sentence(proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing (")
     assert not out.exists()
 
@@ -287,7 +288,7 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
 def test_the_pytest_option_reaches_the_measure_options(pytestconfig: pytest.Config) -> None:
     """``--drope-allow-incomplete-weights`` is registered (off by default) and becomes
     ``MeasureOptions.allow_incomplete_weights``."""
-    from drope_check.plugin import _measure_options
+    from drope_check.pytest_plugin.hooks import _measure_options
 
     assert pytestconfig.getoption("drope_allow_incomplete_weights") is False
     given = {"drope_allow_incomplete_weights": True}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drope_check.batching import tokenize_with_bos
-from drope_check.interventions import measure_interventions
+from drope_check.engine.batching import tokenize_with_bos
+from drope_check.engine.interventions import measure_interventions
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def _wikitext_path() -> Path | None:
 
 @pytest.fixture(scope="module")
 def rope_setup():
-    from drope_check.models import PAIRS, load_model, pair_available
-    from drope_check.texts import wikitext_lines
+    from drope_check.engine.texts import wikitext_lines
+    from drope_check.models.loading import PAIRS, load_model, pair_available
 
     ok, why = pair_available("smollm2-135m")
     if not ok:

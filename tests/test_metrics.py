@@ -1,4 +1,4 @@
-"""Tests for drope_check.metrics: known answers, properties (hypothesis) and every error path."""
+"""Tests for drope_check.engine.metrics: known answers, properties (hypothesis) and every error path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check import metrics
-from drope_check.metrics import (
+from drope_check.engine import metrics
+from drope_check.engine.metrics import (
     SpectrumEntropy,
     argmax_layer,
     argmin_layer,

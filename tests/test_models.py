@@ -1,4 +1,4 @@
-"""Tests for drope_check.models: the identity rotation, native DroPE loading of a checkpoint
+"""Tests for drope_check.models.loading: the identity rotation, native DroPE loading of a checkpoint
 directory in SakanaAI's layout, and the embedded SmolLM2 pair.
 
 The independent reference throughout is a hand-written float64 Llama forward pass
@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import drope_check.attention  # noqa: F401  (registers the "drope_check" attention function)
-from drope_check.attention import ATTN_IMPLEMENTATION
-from drope_check.models import (
+import drope_check.engine.attention  # noqa: F401  (registers the "drope_check" attention function)
+from drope_check.engine.attention import ATTN_IMPLEMENTATION
+from drope_check.models.loading import (
     IdentityRotaryEmbedding,
     ModelLoadError,
     ModelSpec,
@@ -30,7 +30,7 @@ from drope_check.models import (
     load_model,
     pair_available,
 )
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.models.tiny_models import build_llama, llama_config
 
 # A float32 model vs the float64 reference: logits O(1) through 2 small layers, float32 rounding ~1e-6.
 # (Converting the model to float64 would not tighten this: HF's LlamaRMSNorm normalises in float32

@@ -1,4 +1,4 @@
-"""The per-layer plots of the claims report (drope_check.report.write_plots), on synthetic report documents.
+"""The per-layer plots of the claims report (drope_check.report.build.write_plots), on synthetic report documents.
 
 Claimed: besides one plot per pair and series (and per series of the author's files), every series
 that exists on at least two model families gets one overlay plot with the families overlaid on a
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from drope_check.report import (  # noqa: E402
+from drope_check.report.build import (  # noqa: E402
     ACROSS_FAMILIES,
     build_report,
     overlay_figure,

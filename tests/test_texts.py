@@ -1,4 +1,4 @@
-"""Tests of drope_check.texts: which texts the perplexity protocol uses, and their provenance.
+"""Tests of drope_check.engine.texts: which texts the perplexity protocol uses, and their provenance.
 
 The facts checked against the shared WikiText-2 file (row counts, the first selected lines, the
 newline-in-length question, the file hash) are those recorded in shared/data/wikitext-2-raw/README.md.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from drope_check import texts as T
-from drope_check.texts import (
+from drope_check.engine import texts as T
+from drope_check.engine.texts import (
     ENV_WIKITEXT,
     HF_SOURCE,
     WIKITEXT2_TEST_NONEMPTY_ROWS,

@@ -1,7 +1,7 @@
 """``drope-check import-upstream``: the author's committed files as a llama2-7b measurements file.
 
 Claimed: every imported value is the file's number unchanged, and names its commit, file, JSON path
-and protocol; derived values come from drope_check.metrics and say so; a NaN (or upstream's 0 for a
+and protocol; derived values come from drope_check.engine.metrics and say so; a NaN (or upstream's 0 for a
 run that never happened) is never imported; a missing commit, file or malformed JSON is one sentence
 naming it (exit 2 from the CLI); a git clone gives the same file as the folder layout; and judging
 the imported file gives the verdicts computed by hand from the raw JSON below.
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from drope_check import upstream as U
-from drope_check.report import judge_file
+from drope_check.report.build import judge_file
+from drope_check.sources import upstream as U
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"
 if not SHARED.is_dir():  # a worktree under /work/wt/<name> or the main checkout under /work/main
@@ -160,7 +160,7 @@ def test_methods_facts_are_imported_with_their_protocol(report_era) -> None:
 def test_a_run_made_after_the_report_is_never_a_source() -> None:
     """run_layer1_ablation.py was first committed on 2026-01-21, after the report's commit of 2026-01-20:
     a claim may read its numbers only as evidence against it (contradicted) or as prose_only.later."""
-    from drope_check.claim_file import ClaimsFileError, load_claims
+    from drope_check.claims.claim_file import ClaimsFileError, load_claims
 
     assert "after the report's commit 90f8e3c" in U.run_after_report("wikitext-lines-fp4")
     assert U.run_after_report("functional-5-prompts-nf4") is None and U.run_after_report("eager-fp16-fp4") is None
@@ -183,7 +183,7 @@ def test_a_run_made_after_the_report_is_never_a_source() -> None:
 
 
 def test_derived_values_come_from_the_metric_functions_and_are_marked(report_era) -> None:
-    from drope_check import metrics
+    from drope_check.engine import metrics
 
     for role, key in (("rope", "RoPE"), ("drope", "DroPE")):
         model = report_era["models"][role]
@@ -494,8 +494,8 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
     """A WikiText-lines ratio against the 5-phase-paragraph Q/K 6.7x: skipped naming both protocols."""
     import dataclasses
 
-    from drope_check.author_files import author_files_verdict
-    from drope_check.claim_file import load_claims
+    from drope_check.claims.claim_file import load_claims
+    from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("qk_disruption_ratio", "rope")
     wrong = dataclasses.replace(claim, author_files=dataclasses.replace(
@@ -515,8 +515,8 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
 def test_a_path_the_files_lack_is_a_skip_and_an_unknown_protocol_an_error(report_era) -> None:
     import dataclasses
 
-    from drope_check.author_files import author_files_verdict
-    from drope_check.claim_file import load_claims
+    from drope_check.claims.claim_file import load_claims
+    from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("peak_bos_norm", "rope")
     lacking = dataclasses.replace(claim, author_files=dataclasses.replace(

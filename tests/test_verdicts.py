@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check import claims as C
+from drope_check.claims import api as C
 from drope_check.cli import main as cli_main
-from drope_check.report import judge_file, terminal_lines
+from drope_check.report.build import judge_file, terminal_lines
 
 pytest_plugins = ["pytester"]
 
@@ -153,7 +153,7 @@ def test_a_measurement_that_cannot_state_its_protocol_is_not_judged_against_gold
 
 
 def test_regen_writes_the_protocol_beside_each_golden(tmp_path: Path) -> None:
-    from drope_check.regen import updates_from_verdicts
+    from drope_check.claims.regen import updates_from_verdicts
 
     shutil.copy(REPO_EXPECTED / "smollm2-135m.toml", tmp_path / "smollm2-135m.toml")
     cs = C.load_claims("smollm2-135m", tmp_path)
@@ -168,7 +168,7 @@ def test_regen_writes_the_protocol_beside_each_golden(tmp_path: Path) -> None:
 
 
 def test_every_shipped_golden_records_its_protocol() -> None:
-    from drope_check.protocol_identity import relevant_fields
+    from drope_check.claims.protocol_identity import relevant_fields
 
     for pair in C.available_pairs(REPO_EXPECTED):
         for claim in C.load_claims(pair, REPO_EXPECTED).claims:
@@ -224,7 +224,7 @@ def _measurement_from_goldens(cs: C.ClaimSet) -> dict[str, Any]:
 
 @pytest.mark.parametrize("pair", ["smollm2-135m", "llama2-7b"])
 def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: str) -> None:
-    from drope_check.regen import updates_from_verdicts
+    from drope_check.claims.regen import updates_from_verdicts
 
     shutil.copy(REPO_EXPECTED / f"{pair}.toml", tmp_path / f"{pair}.toml")
     cs = C.load_claims(pair, tmp_path)
@@ -250,7 +250,7 @@ def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: 
 
 def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from drope_check.report import unchecked_pair_lines
+    from drope_check.report.build import unchecked_pair_lines
 
     data = smollm_measurement()
     data["texts"]["sha256"] = "f" * 64  # another text set: every golden skips
@@ -304,8 +304,8 @@ def test_other_models_are_refused_unless_as_pair(tmp_path: Path, capsys: pytest.
 
 
 def test_the_pairs_model_ids_match_the_registry() -> None:
-    models = pytest.importorskip("drope_check.models")
-    from drope_check.embedded import embedded_model, is_embedded
+    models = pytest.importorskip("drope_check.models.loading")
+    from drope_check.models.embedded import embedded_model, is_embedded
 
     for pair in C.available_pairs(REPO_EXPECTED):
         cs = C.load_claims(pair, REPO_EXPECTED)
@@ -396,7 +396,7 @@ def test_the_plugin_refuses_a_malformed_file_with_the_same_validator(pytester: p
 def test_optional_fields_may_be_absent_and_their_claims_skip() -> None:
     """A source that measured little (an importer of upstream's result files, say) is valid; the
     claims reading what it lacks skip as "not measured by this source", never error."""
-    from drope_check.measurements_file import validate_measurements
+    from drope_check.measurements.validate import validate_measurements
 
     data = {"schema_version": 1, "pair": "llama2-7b", "models": {
         "rope": {"variant": "rope", "provenance": {"model_id": "meta-llama/Llama-2-7b-hf"},
@@ -443,7 +443,7 @@ def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
     with any number of sequences, ``null`` marking an overflowed fp16-eager head; a grid of the
     wrong shape is named by its JSON path. (The suite's own measurements carry it: a validator that
     read it as ``[layer][head]`` refused every real run.)"""
-    from drope_check.measurements_file import MeasurementsFileError, validate_measurements
+    from drope_check.measurements.validate import MeasurementsFileError, validate_measurements
 
     data = llama()
     rope = data["models"]["rope"]

@@ -1,0 +1,553 @@
+"""Import the report author's committed result files as a llama2-7b measurements file.
+
+``drope-check import-upstream SOURCE --out upstream.json [--era report|head]``
+
+The report's numbers come from upstream's ``results/phase_metrics/rope_vs_drope_phase_metrics.json``
+at several commits (DavidDemitriAfrica/drope-activations). This module reads that file at the
+commits named in ``upstream_sources.toml`` (shipped with the package: which commit and JSON path
+feed which field is data, not code) and writes a measurements JSON in this suite's schema
+(``docs/measurements-schema.md``) for pair ``llama2-7b``, so that the claims can be judged against
+the author's own files on any machine.
+
+* SOURCE is a git clone of the upstream repository (each file read with ``git show COMMIT:PATH``)
+  or a folder laid out ``<commit>/<path>`` (``shared/data/upstream-results``).
+* Every value carries its provenance in ``models.<m>.field_provenance["<field path>"]``: repository,
+  commit, file, JSON path, the protocol that produced it (text set, quantisation, method) and
+  whether it was derived. Values that differ in protocol therefore never look alike.
+* Fields upstream never measured are absent. Derived values (argmax, means over layers, ratios)
+  are computed with :mod:`drope_check.engine.metrics` and marked ``derived``.
+* A NaN or infinite number can never be imported: the JSON's NaN literals are parsed, then any
+  selected value that is not finite is refused with a sentence naming commit, file and JSON path
+  (upstream's 90f8e3c DroPE phase arrays are NaN / 0, which is why the report era reads them at
+  16a5164). Each value also passes a check of what it must be (a perplexity is >= 1, a layer index
+  lies in [0, L), a rate in [0, 1]), so upstream's 0 for a run that never happened is refused too.
+  The one exception is evidence ABOUT non-finite values (check ``nonfinite_evidence``): 90f8e3c's
+  DroPE BOS norms [44.2, NaN x 31] come from eager attention in fp16, which is what the report's
+  "DroPE produces NaN values ... with eager attention" is about. What is imported then is a finite
+  count (``transform``: the number of non-finite layers, the first of them), never the NaN.
+* Facts about the author's code (a protocol's ``method`` table) and about the models (``[models.<m>]``)
+  are imported as ``provenance.method.<fact>`` strings, each with its own field provenance, so the
+  report's Methods statements are judged against them like any number.
+
+Errors in the input (a missing commit, file or key, malformed JSON, a value that fails its check)
+raise :class:`UpstreamImportError`, one sentence naming what is wrong; the CLI exits 2 with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ERAS",
+    "FieldProvenance",
+    "UpstreamImportError",
+    "field_key",
+    "field_provenance_for",
+    "import_upstream",
+    "load_sources",
+    "main",
+    "open_source",
+]
+
+SCHEMA_VERSION = 1
+SOURCES_FILE = "upstream_sources.toml"
+ERAS: tuple[str, ...] = ("report", "head")
+PAIR = "llama2-7b"
+
+
+class UpstreamImportError(ValueError):
+    """The upstream source cannot be imported; the message is one sentence naming what and where."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped mapping
+
+
+def load_sources(path: str | Path | None = None) -> dict[str, Any]:
+    """The mapping table (``drope_check/sources/upstream_sources.toml`` unless ``path`` is given)."""
+    if path is None:
+        text = resources.files("drope_check.sources").joinpath(SOURCES_FILE).read_text(encoding="utf-8")
+        where = f"drope_check/sources/{SOURCES_FILE}"
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+        where = str(path)
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UpstreamImportError(f"{where} is not valid TOML: {exc}") from None
+    if table.get("schema_version") != SCHEMA_VERSION:
+        raise UpstreamImportError(f"{where}: schema_version must be {SCHEMA_VERSION}")
+    for era in table.get("eras", {}).values():
+        for use in era["uses"]:
+            if use["source"] not in table["sources"] or use["protocol"] not in table["protocols"]:
+                raise UpstreamImportError(f"{where}: era entry {use} names an unknown source or protocol")
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_sources() -> dict[str, Any]:
+    return load_sources()
+
+
+def run_after_report(protocol_name: str, table: Mapping[str, Any] | None = None) -> str | None:
+    """Why the run behind ``protocol_name`` cannot be the source of a number of the report, or None.
+
+    A protocol whose ``run.first_committed_date`` is later than the ``[report] date`` was made after
+    the report was written: ``"run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05,
+    after the report's commit 90f8e3c of 2026-01-20T23:26"``. None for a protocol without a dated run
+    (or an unknown name: the claim file's protocol names are checked when a claim is judged).
+    """
+    table = table if table is not None else _shipped_sources()
+    protocol = table.get("protocols", {}).get(protocol_name) or {}
+    run = protocol.get("run") or {}
+    report = table.get("report") or {}
+    date, report_date = run.get("first_committed_date"), report.get("date")
+    if not date or not report_date or str(date) <= str(report_date):  # ISO 8601: text order is time order
+        return None
+    return (f"{run.get('script', 'its script')}, first committed {run.get('first_committed', '?')} on {date}, after the "
+            f"report's commit {str(report.get('commit', '?'))[:7]} of {report_date}")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading a file at a commit
+
+
+class _Source:
+    """Reads ``path`` at ``commit`` from a git clone or a ``<commit>/<path>`` folder."""
+
+    def __init__(self, root: Path, kind: str) -> None:
+        self.root = root
+        self.kind = kind
+        self._cache: dict[tuple[str, str], tuple[Any, str]] = {}
+
+    def describe(self) -> str:
+        return f"{'git clone' if self.kind == 'git' else 'folder'} {self.root}"
+
+    def _read_bytes(self, commit: str, path: str) -> bytes:
+        if self.kind == "folder":
+            folder = self.root / commit
+            if not folder.is_dir():
+                raise UpstreamImportError(
+                    f"upstream folder {self.root} has no folder for commit {commit} (expected {folder}/{path})"
+                )
+            file = folder / path
+            if not file.is_file():
+                raise UpstreamImportError(f"upstream folder {self.root} has no file {path} at commit {commit} ({file})")
+            return file.read_bytes()
+        have = subprocess.run(
+            ["git", "-C", str(self.root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+        )
+        if have.returncode != 0:
+            raise UpstreamImportError(f"git clone {self.root} does not contain commit {commit} (fetch it first)")
+        shown = subprocess.run(["git", "-C", str(self.root), "show", f"{commit}:{path}"], capture_output=True)
+        if shown.returncode != 0:
+            raise UpstreamImportError(f"git clone {self.root} has no file {path} at commit {commit}")
+        return shown.stdout
+
+    def read_json(self, commit: str, path: str) -> tuple[Any, str]:
+        """The parsed JSON (NaN literals allowed at parse time) and the file's sha256."""
+        key = (commit, path)
+        if key not in self._cache:
+            data = self._read_bytes(commit, path)
+            try:
+                parsed = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UpstreamImportError(f"{path} at commit {commit} in {self.describe()} is not valid JSON: {exc}") from None
+            self._cache[key] = (parsed, hashlib.sha256(data).hexdigest())
+        return self._cache[key]
+
+
+def open_source(source: str | Path) -> _Source:
+    """A git clone (``git show``) or a ``<commit>/<path>`` folder; anything else is an error."""
+    root = Path(source)
+    if not root.is_dir():
+        raise UpstreamImportError(f"upstream source {root} is not a folder (give a git clone or a <commit>/<path> folder)")
+    if (root / ".git").exists():
+        probe = subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True)
+        if probe.returncode != 0:
+            raise UpstreamImportError(f"{root} has a .git but git cannot read it: {probe.stderr.decode().strip()}")
+        return _Source(root, "git")
+    return _Source(root, "folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# checks on every imported value
+
+
+def _nonfinite(x: Any) -> bool:
+    if isinstance(x, list):
+        return any(_nonfinite(v) for v in x)
+    return isinstance(x, float) and not math.isfinite(x)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_value(check: str, value: Any, n_layers: int) -> str | None:
+    """Why ``value`` is not what ``check`` says it must be, or None."""
+    if check == "nonfinite_evidence":  # NaN allowed: it is what the field counts
+        if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
+            return f"is not a list of {n_layers} numbers (one per layer)"
+        return None
+    if check.startswith("per_layer"):
+        if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
+            return f"is not a list of {n_layers} numbers (one per layer)"
+        if check == "per_layer_positive" and any(v <= 0 for v in value):
+            return f"must be > 0 at every layer, but layer {next(i for i, v in enumerate(value) if v <= 0)} is {fmt_value(value)}"
+        if check == "per_layer_fraction" and any(not 0 <= v <= 1 for v in value):
+            return "must lie in [0, 1] at every layer"
+        return None
+    if check == "perplexity":
+        if not _is_number(value) or value < 1:
+            return f"is {value!r}, not a perplexity (>= 1; upstream writes 0 for a run that never happened)"
+        return None
+    if check == "layer_index":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_layers:
+            return f"is {value!r}, not a layer index in [0, {n_layers})"
+        return None
+    raise UpstreamImportError(f"unknown check {check!r} in {SOURCES_FILE}")
+
+
+#: How a ``nonfinite_evidence`` list becomes a finite number (the only values that may hold NaN).
+TRANSFORMS = {
+    "count_nonfinite": lambda values: sum(1 for v in values if not math.isfinite(v)),
+    "first_nonfinite": lambda values: next((i for i, v in enumerate(values) if not math.isfinite(v)), None),
+}
+
+
+def fmt_value(value: Any) -> str:
+    """A short form of a value for an error sentence."""
+    if isinstance(value, list):
+        return f"[{', '.join(repr(v) for v in value[:3])}{', ...' if len(value) > 3 else ''}] ({len(value)} values)"
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# provenance
+
+
+def field_key(path: Sequence[str]) -> str:
+    """The key of a field in ``field_provenance``: the path as in a claim's metric path, without root.
+
+    ``["interventions", "bos_mlp_ablation:argmax-ratio", "ppl"]`` ->
+    ``interventions.bos_mlp_ablation:argmax-ratio.ppl``; a key holding ``.`` or brackets is written
+    ``["..."]`` as the claim paths do.
+    """
+    parts = []
+    for i, key in enumerate(path):
+        if any(ch in key for ch in '.[]" ') or not key:
+            parts.append(f"[{json.dumps(key)}]")
+        else:
+            parts.append(key if i == 0 else f".{key}")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class FieldProvenance:
+    """Where one imported value came from (``models.<m>.field_provenance[<field key>]``)."""
+
+    repository: str
+    commit: str
+    file: str
+    json_path: str | None
+    protocol_name: str
+    protocol: Mapping[str, Any]
+    derived: bool
+    rule: str | None = None
+    inputs: tuple[str, ...] = ()
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "repository": self.repository, "commit": self.commit, "file": self.file, "json_path": self.json_path,
+            # a copy per field: nested tables (method, run) must not be one object shared by every field
+            "protocol": copy.deepcopy({"name": self.protocol_name, **self.protocol}), "derived": self.derived,
+        }
+        if self.derived:
+            out["rule"] = self.rule
+            out["inputs"] = list(self.inputs)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def field_provenance_for(measurements: Mapping[str, Any], metric_path: str) -> dict[str, Any] | None:
+    """The provenance of the value a claim's metric path reads, or None when the file has none.
+
+    ``rope:layers.sink_rate[1]`` -> ``models.rope.field_provenance["layers.sink_rate"]``: index and
+    slice steps are dropped, then the longest recorded prefix of the remaining keys wins.
+    """
+    from drope_check.claims.api import parse_path
+
+    parsed = parse_path(metric_path)
+    if parsed.root == "root":
+        return None
+    model = (measurements.get("models") or {}).get(parsed.root) or {}
+    table = model.get("field_provenance") or {}
+    keys = [step[1] for step in parsed.steps if step[0] == "key"]
+    for n in range(len(keys), 0, -1):
+        entry = table.get(field_key(keys[:n]))
+        if entry is not None:
+            return dict(entry)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# derived values: one drope_check.engine.metrics function per rule
+
+
+def _derive(rule: str, inputs: list[Any]) -> Any:
+    from drope_check.engine import metrics
+
+    if rule == "layer_mean":
+        return metrics.layer_mean(inputs[0])
+    if rule == "argmax_layer":
+        return metrics.argmax_layer(inputs[0])
+    if rule == "argmin_layer":
+        return metrics.argmin_layer(inputs[0])
+    if rule == "value_at_argmax":
+        return inputs[0][metrics.argmax_layer(inputs[0])]
+    if rule == "value_at_argmin":
+        return inputs[0][metrics.argmin_layer(inputs[0])]
+    if rule == "perplexity_ratio":
+        return metrics.perplexity_ratio(inputs[0], inputs[1])
+    raise UpstreamImportError(f"unknown derivation rule {rule!r} in {SOURCES_FILE}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the import
+
+
+def _get(node: Mapping[str, Any], path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _set(node: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def _json_get(data: Any, json_path: str) -> tuple[bool, Any]:
+    node = data
+    for key in json_path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _import_model(
+    role: str, uses: list[Mapping[str, Any]], table: Mapping[str, Any], source: _Source, files: dict[str, str]
+) -> dict[str, Any]:
+    repo = table["repository"]
+    n_layers = int(repo["n_layers"])
+    spec = table["models"][role]
+    model: dict[str, Any] = {
+        "role": role,
+        "variant": spec["variant"],
+        "provenance": {
+            "model_id": spec["model_id"],
+            "source": f"author's committed results ({repo['name']}), imported by drope-check import-upstream",
+            "dtype": "bitsandbytes 4-bit, fp16 compute (NF4 or FP4 per field: see field_provenance)",
+            "attention_path": "upstream (see field_provenance)",
+            "device": "upstream: one NVIDIA A10G (24 GB)",
+        },
+        "n_layers": n_layers,
+        "n_heads": int(repo["n_heads"]),
+    }
+    prov: dict[str, dict[str, Any]] = {}
+    for use in uses:
+        commit, protocol_name = use["commit"], use["protocol"]
+        protocol = dict(table["protocols"][protocol_name])
+        src = table["sources"][use["source"]]
+        data, sha = source.read_json(commit, repo["file"])
+        files[commit] = sha
+        for entry in src.get("fields", []):
+            json_path = entry["json_path"].replace("{model}", spec["upstream_key"])
+            found, value = _json_get(data, json_path)
+            where = f"{repo['file']} at commit {commit[:7]} ({source.describe()})"
+            if not found:
+                raise UpstreamImportError(f"{where} has no key {json_path} (needed for {role} {field_key(entry['field'])})")
+            if entry["check"] == "nonfinite_evidence":
+                why = _check_value(entry["check"], value, n_layers)
+                if why is not None:
+                    raise UpstreamImportError(f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}")
+                transform = TRANSFORMS.get(entry.get("transform", ""))
+                if transform is None:
+                    raise UpstreamImportError(f"{SOURCES_FILE}: a nonfinite_evidence field needs a transform "
+                                              f"({', '.join(TRANSFORMS)}), got {entry.get('transform')!r}")
+                value = transform(value)
+                if value is None:  # no non-finite layer: there is nothing to count from
+                    continue
+                _set(model, entry["field"], value)
+                prov[field_key(entry["field"])] = FieldProvenance(
+                    repo["name"], commit, repo["file"], json_path, protocol_name, protocol, derived=True,
+                    rule=entry["transform"], inputs=(json_path,),
+                    note=f"{entry['transform']} of {json_path}, whose non-finite entries are the evidence",
+                ).to_dict()
+                continue
+            if _nonfinite(value):
+                raise UpstreamImportError(
+                    f"{where}: {json_path} holds NaN or inf {fmt_value(value)}; a non-finite number is never imported "
+                    f"(it would feed {role} {field_key(entry['field'])})"
+                )
+            why = _check_value(entry["check"], value, n_layers)
+            if why is not None:
+                raise UpstreamImportError(f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}")
+            _set(model, entry["field"], value)
+            prov[field_key(entry["field"])] = FieldProvenance(
+                repo["name"], commit, repo["file"], json_path, protocol_name, protocol, derived=False
+            ).to_dict()
+            _name_protocol(model, entry["field"], protocol)
+        for entry in src.get("constants", []):
+            if "from_model" in entry:
+                key, value, origin = entry["from_model"], spec[entry["from_model"]], f"[models.{role}]"
+            else:
+                key, value, origin = entry["from_protocol"], protocol[entry["from_protocol"]], f"protocol {protocol_name}"
+            # a table of facts (a protocol's `method`) is imported fact by fact, each with its provenance
+            items = value.items() if isinstance(value, Mapping) else [(None, value)]
+            for name, item in items:
+                path = list(entry["field"]) + ([name] if name is not None else [])
+                _set(model, path, item)
+                prov[field_key(path)] = FieldProvenance(
+                    repo["name"], commit, repo["file"], None, protocol_name, protocol, derived=False,
+                    note=f"not a number of the results file: {origin}'s {key}{'.' + name if name else ''} "
+                    f"({protocol.get('source', 'upstream code')})",
+                ).to_dict()
+    for entry in table.get("derived", []):
+        values = [_get(model, path) for path in entry["inputs"]]
+        if any(v is None for v in values):
+            continue  # an input upstream never measured in this era: the derived field is absent too
+        sources = [prov[field_key(path)] for path in entry["inputs"]]
+        names = {s["protocol"]["name"] for s in sources}
+        if len(names) != 1:
+            raise UpstreamImportError(
+                f"{SOURCES_FILE}: {role} {field_key(entry['field'])} would combine values from protocols "
+                f"{', '.join(sorted(names))}; a derived value never crosses protocols"
+            )
+        try:
+            value = _derive(entry["rule"], values)
+        except ValueError as exc:
+            raise UpstreamImportError(f"{role} {field_key(entry['field'])} cannot be derived ({entry['rule']}): {exc}") from None
+        _set(model, entry["field"], value)
+        first = sources[0]
+        prov[field_key(entry["field"])] = FieldProvenance(
+            first["repository"], first["commit"], first["file"], None, first["protocol"]["name"],
+            {k: v for k, v in first["protocol"].items() if k != "name"}, derived=True, rule=entry["rule"],
+            inputs=tuple(field_key(p) for p in entry["inputs"]),
+        ).to_dict()
+    model["field_provenance"] = dict(sorted(prov.items()))
+    return model
+
+
+def _name_protocol(model: dict[str, Any], path: Sequence[str], protocol: Mapping[str, Any]) -> None:
+    """Every ``perplexity.<p>`` and ``interventions.<name>`` entry names its perplexity protocol."""
+    if len(path) == 3 and path[0] in ("perplexity", "interventions") and "perplexity_protocol" in protocol:
+        entry = model[path[0]][path[1]]
+        entry["protocol"] = protocol["perplexity_protocol"]
+        if path[0] == "interventions":
+            entry.setdefault("intervention", path[1])
+            entry.setdefault("kind", path[1].split(":")[0])
+
+
+def import_upstream(source: str | Path, era: str = "report", sources_table: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The measurements dict (schema version 1, pair llama2-7b) of the author's files in ``era``."""
+    table = sources_table if sources_table is not None else load_sources()
+    if era not in table["eras"]:
+        raise UpstreamImportError(f"unknown era {era!r} (known: {', '.join(table['eras'])})")
+    src = open_source(source)
+    uses = table["eras"][era]["uses"]
+    files: dict[str, str] = {}
+    models = {
+        role: _import_model(role, [u for u in uses if u["model"] == role], table, src, files)
+        for role in table["models"]
+    }
+    from drope_check import __version__
+
+    repo = table["repository"]
+    return {
+        "schema_version": 1,
+        "tool": {"name": "drope_check", "version": __version__},
+        "pair": PAIR,
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "protocol": {"name": f"upstream-author-files:{era}", "era": era, "description": table["eras"][era]["description"]},
+        "texts": {
+            "name": "upstream-author-files",
+            "source": repo["name"],
+            "selection": "differs per field: see models.<model>.field_provenance.<field>.protocol.text_set",
+            "n_texts": None,
+            "sha256": None,
+        },
+        "environment": {"device": "upstream: one NVIDIA A10G (24 GB)", "platform": "author's committed results"},
+        "upstream": {
+            "repository": repo["name"],
+            "licence": repo.get("licence"),
+            "file": repo["file"],
+            "era": era,
+            "source": src.describe(),
+            "files_sha256": dict(sorted(files.items())),
+        },
+        "models": models,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``import-upstream`` options (shared by ``drope-check import-upstream`` and :func:`main`)."""
+    parser.add_argument("source", type=Path, help="a git clone of DavidDemitriAfrica/drope-activations, or a <commit>/<path> folder")
+    parser.add_argument("--out", required=True, type=Path, help="measurements JSON to write")
+    parser.add_argument("--era", choices=ERAS, default="report",
+                        help="'report': the commits the report quotes (default); 'head': upstream's HEAD rerun")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import and write; an input error is one sentence on stderr and exit 2."""
+    from drope_check.cli import write_json_atomic
+
+    try:
+        measurements = import_upstream(args.source, args.era)
+    except UpstreamImportError as exc:
+        print(f"drope-check import-upstream: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(args.out, measurements)
+    n = sum(len(m["field_provenance"]) for m in measurements["models"].values())
+    print(f"wrote {args.out}: {n} fields of pair {PAIR} from {measurements['upstream']['source']} (era {args.era})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m drope_check.sources.upstream SOURCE --out FILE [--era head]``."""
+    parser = argparse.ArgumentParser(prog="drope-check import-upstream", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -355,7 +355,8 @@ def compare_captures(a: list, b: list) -> float:
 def load(folder: Path, role: str, quantization: str | None = None, dtype=None):
     import torch
 
-    from drope_check.models.loading import ModelSpec, load_model
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import ModelSpec
 
     dtype = dtype if dtype is not None or quantization is not None else torch.bfloat16
     return load_model(ModelSpec(role, str(folder), role), bos_token="<s>", device=DEVICE, dtype=dtype,
@@ -457,7 +458,7 @@ def check_4bit(loaded, quantization: str, data: StepData, shapes, batch_size: in
     """A bitsandbytes 4-bit load as upstream ran it, and a finite capture."""
     import torch
 
-    from drope_check.models.loading import quantization_settings
+    from drope_check.models.quantization import quantization_settings
 
     linear4 = [m for m in loaded.model.modules() if type(m).__name__ == "Linear4bit"]
     data.check("4-bit linear layers", len(linear4), 1, ">=")
@@ -479,7 +480,8 @@ def device_map_check(data: StepData, config: dict[str, Any], offload_dir: Path, 
 
     from drope_check.engine.protocol import Protocol
     from drope_check.measurements.measure import measure_model
-    from drope_check.models.loading import LoadedModel, ModelSpec
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
 
     def loaded(model) -> LoadedModel:
         return LoadedModel(model, None, ModelSpec("rope", "random", "rope"), BOS_ID, PAD_ID, {})
@@ -546,7 +548,8 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
     import memory_probe
     import torch
 
-    from drope_check.models.loading import LoadedModel, ModelSpec
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
     from drope_check.models.tiny_checkpoints import write_pair_checkpoints
 
     simulate = args.simulate_cpu

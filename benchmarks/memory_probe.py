@@ -144,7 +144,8 @@ def token_rows(tokenizer: Any, bos_token_id: int, tokens: int, batch: int, text:
 
 def load_embedded(layers: int | None = None):
     """The embedded RoPE model (``LoadedModel``), optionally cut to its first ``layers`` layers."""
-    from drope_check.models.loading import PAIRS, load_model
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import PAIRS
 
     pair = PAIRS[PAIR]
     loaded = load_model(pair.rope, bos_token=pair.bos_token)

@@ -27,11 +27,6 @@ from drope_check.engine.protocol import SPIKE_RULES, Protocol
 from drope_check.errors import UserError
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename: a crash never leaves half a file."""
-    atomic_write_json(path, payload)
-
-
 def _add_measure_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--pair", default=None, help="registered pair (default smollm2-135m); see `drope-check pairs`")
@@ -77,7 +72,7 @@ def _measure(args: argparse.Namespace) -> int:
     import re
 
     from drope_check.measurements.measure import MeasureOptions, measure_pair, resolve_interventions
-    from drope_check.models.loading import PAIRS, custom_pair
+    from drope_check.models.pairs import PAIRS, custom_pair
     from drope_check.preflight import check_output_file
 
     if args.rope or args.drope:
@@ -113,11 +108,11 @@ def _measure(args: argparse.Namespace) -> int:
     result = measure_pair(pair, protocol, args.interventions, options)
     replaced = args.out.exists()
     try:
-        write_json_atomic(args.out, result)
+        atomic_write_json(args.out, result)
     except OSError as exc:  # the folder went away or filled up during the run: keep the measurements
         fd, rescue = tempfile.mkstemp(prefix="drope-check-measurements.", suffix=".json")
         os.close(fd)
-        write_json_atomic(Path(rescue), result)
+        atomic_write_json(Path(rescue), result)
         raise UserError(f"cannot write --out {args.out} ({exc.strerror or exc}); the measurements were saved to {rescue}") from exc
     _print_summary(result)
     print(f"wrote {args.out}" + (" (replaced the previous file)" if replaced else ""))
@@ -186,8 +181,9 @@ def _pairs(_args: argparse.Namespace) -> int:
     """Per pair: where its weights stand here (embedded; or per hub model cached / downloadable with
     its size / gated without access, naming HF_TOKEN / not found / unreachable with the reason), and
     whether it needs a GPU this machine lacks. Never downloads."""
+    from drope_check.models.availability import gpu_refusal, pair_available
     from drope_check.models.hub import hub_models, human_size, model_status
-    from drope_check.models.loading import PAIRS, gpu_refusal, pair_available
+    from drope_check.models.pairs import PAIRS
 
     for name, pair in PAIRS.items():
         models = hub_models(pair)
@@ -220,7 +216,7 @@ def _fetch(args: argparse.Namespace) -> int:
     without access, an unknown repo or an unreachable hub is one sentence and exit 2, before any
     download."""
     from drope_check.models.hub import fetch_pair, hub_models
-    from drope_check.models.loading import PAIRS
+    from drope_check.models.pairs import PAIRS
 
     if args.pair not in PAIRS:
         raise UserError(f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")

@@ -40,7 +40,9 @@ from drope_check.engine.attention import attention_modules, decoder_layers
 from drope_check.engine.capture import LAYER_STATS, OnePassCapture
 from drope_check.engine.interventions import bos_mlp_ablation, qk_disruption
 from drope_check.engine.protocol import Protocol
-from drope_check.models.loading import ModelLoadError, ModelSpec, apply_identity_rotation, load_model
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.qk_norm import apply_identity_rotation
 from drope_check.models.tiny_models import build_gemma3, gemma3_config
 
 #: Captured attention to BOS (float64 statistics from the float32 model's q/k) vs Gemma 3's own

@@ -44,7 +44,7 @@ from drope_check.engine.capture import (
     attention_to_position0_from_lse,
 )
 from drope_check.engine.protocol import Protocol
-from drope_check.models.loading import apply_identity_rotation
+from drope_check.models.qk_norm import apply_identity_rotation
 from drope_check.models.tiny_models import build_llama, llama_config
 
 PROPERTY = settings(max_examples=40, deadline=None)

@@ -29,7 +29,9 @@ from drope_check.engine.fp16_eager import attention_to_position0_fp16_eager
 from drope_check.engine.protocol import FAITHFUL, Protocol
 from drope_check.engine.sink_stats import derive_statistics
 from drope_check.measurements.measure import cut_to_prompt_tokens, measure_model
-from drope_check.models.loading import LoadedModel, ModelSpec, PairSpec, apply_identity_rotation
+from drope_check.models.loading import LoadedModel
+from drope_check.models.pairs import ModelSpec, PairSpec
+from drope_check.models.qk_norm import apply_identity_rotation
 from drope_check.models.tiny_models import build_llama, llama_config
 
 TOY_EXPECTED = Path(__file__).resolve().parent / "data" / "expected"
@@ -590,7 +592,7 @@ def test_cli_pair_without_models_or_author_files_exits_2(monkeypatch, tmp_path, 
     load = claims.load_claims
     monkeypatch.setattr(audit, "models_here", lambda pair, device=None: (False, NO_WEIGHTS))
     monkeypatch.setattr(audit.claims, "load_claims", lambda pair: load(pair, TOY_EXPECTED))
-    monkeypatch.setattr("drope_check.models.loading.get_pair", lambda pair: None)
+    monkeypatch.setattr("drope_check.models.pairs.get_pair", lambda pair: None)
     args = SimpleNamespace(pair="toy", variants=None, n_texts=FAITHFUL.n_texts, upstream=None, out_dir=tmp_path,
                            wikitext=None, device=None, dtype=None, no_progress=True)
     assert audit.cli_audit(args) == 2

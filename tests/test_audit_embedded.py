@@ -19,7 +19,7 @@ from test_measure_embedded import WIKITEXT  # tests/ is on sys.path (rootdir con
 from drope_check.audit import run as audit
 from drope_check.engine.protocol import Protocol
 from drope_check.measurements.measure import MeasureOptions, measure_pair
-from drope_check.models.loading import pair_available
+from drope_check.models.availability import pair_available
 
 PAIR = "smollm2-135m"
 BASE = Protocol(n_texts=3, max_tokens=96)

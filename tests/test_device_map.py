@@ -30,7 +30,8 @@ import drope_check.measurements.measure
 from drope_check import cli
 from drope_check.engine.protocol import Protocol
 from drope_check.measurements.measure import measure_model
-from drope_check.models.loading import ModelSpec, load_model
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
 from drope_check.models.tiny_checkpoints import write_pair_checkpoints
 from drope_check.models.tiny_models import build_llama, llama_config
 

@@ -18,7 +18,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from drope_check.engine.attention import active_registrations
 from drope_check.engine.eager_probe import EAGER_FP16, eager_fp16_attention, eager_fp16_probe
-from drope_check.models.loading import apply_identity_rotation
+from drope_check.models.qk_norm import apply_identity_rotation
 from drope_check.models.tiny_models import build_llama, llama_config
 
 SEQS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 11, 3, 4], [1, 30, 31, 32, 33, 34, 35]]
@@ -88,7 +88,8 @@ def test_no_overflow_no_count() -> None:
 def test_measure_model_writes_the_probe_beside_a_finite_faithful_measurement() -> None:
     from drope_check.measurements.measure import measure_model
     from drope_check.measurements.validate import validate_measurements
-    from drope_check.models.loading import LoadedModel, ModelSpec
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
 
     model = overflowing(layers=4, at=1)
     spec = ModelSpec(role="drope", source="tiny", variant="drope")

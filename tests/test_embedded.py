@@ -11,7 +11,7 @@ from drope_check.models.embedded import (
     embedded_model,
     is_embedded,
 )
-from drope_check.models.loading import PAIRS
+from drope_check.models.pairs import PAIRS
 
 
 def test_sources_name_embedded_models():

@@ -24,7 +24,7 @@ step asserts the same 20 lines as the file gives). ``datasets`` revalidates a ca
 few metadata requests on every run (its own behaviour, no download); the weights are never asked for
 again. Two deliberate differences from the workflow, both named in the commands below: the device
 is named (``--drope-device cpu`` / ``--device cpu``: a 7B pair runs on a CPU only when asked, see
-``drope_check.models.loading.gpu_refusal``), and the audit measures 4 texts instead of 20 (the same code
+``drope_check.models.availability.gpu_refusal``), and the audit measures 4 texts instead of 20 (the same code
 path at a fifth of the forwards; the audit's numbers are tested elsewhere).
 
 Claims whose status is ``skip`` in expected/llama2-7b.toml would be declared not measurable by this

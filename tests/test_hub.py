@@ -190,7 +190,8 @@ def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_
     import torch
 
     from drope_check import cli
-    from drope_check.models.loading import PAIRS, gpu_refusal
+    from drope_check.models.availability import gpu_refusal
+    from drope_check.models.pairs import PAIRS
     from drope_check.preflight import check_needs_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -207,7 +208,7 @@ def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_
 
 
 def test_pair_available_offline_names_HF_HUB_OFFLINE_without_a_request(monkeypatch, local_hub):
-    from drope_check.models.loading import pair_available
+    from drope_check.models.availability import pair_available
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)

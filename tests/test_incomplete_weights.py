@@ -31,8 +31,11 @@ from test_models import make_checkpoint, rewrite_checkpoint, save_tokenizer, tin
 
 import drope_check
 from drope_check import cli
-from drope_check.models import loading as models
-from drope_check.models.loading import CACHE_ENV, ModelLoadError, ModelSpec, load_model
+from drope_check.models import checkpoints as models_checkpoints
+from drope_check.models import gguf_cache as models_gguf_cache
+from drope_check.models.embedded import CACHE_ENV
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
 from drope_check.models.tiny_models import build_llama
 from drope_check.report.build import build_report, pair_info, render_markdown
 
@@ -234,13 +237,13 @@ def embedded_gguf(monkeypatch, tmp_path):
     """Point the embedded model at a GGUF of the test's making, with a fresh cache folder."""
     pytest.importorskip("gguf")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
 
     def use(path: Path) -> None:
-        monkeypatch.setattr(models, "embedded_gguf_path", lambda source="embedded": path)
+        monkeypatch.setattr(models_gguf_cache, "embedded_gguf_path", lambda source="embedded": path)
 
     yield use
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
 
 
 def test_a_complete_gguf_loads_and_is_cached(tmp_path, embedded_gguf):
@@ -257,7 +260,7 @@ def test_a_gguf_with_a_missing_and_an_unmapped_tensor_is_refused(tmp_path, embed
     message = str(info.value)
     for name in (str(bad), f"1 missing ({MISSING})", "1 unexpected (blk.0.attn_q.bias)", "--allow-incomplete-weights"):
         assert name in message, message
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
     loaded = load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32,
                         allow_incomplete_weights=True)
     assert loaded.provenance["incomplete_weights"] == {"missing": [MISSING], "unexpected": ["blk.0.attn_q.bias"]}
@@ -269,14 +272,14 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
     gguf_file = tmp_path / "weights.gguf"
     gguf_file.write_bytes(b"not parsed: the cache entry keyed by this file's sha256 is read instead")
     embedded_gguf(gguf_file)
-    entry = models.dequantized_cache_path(models.file_sha256(gguf_file))
+    entry = models_gguf_cache.dequantized_cache_path(models_checkpoints.file_sha256(gguf_file))
     model = build_llama(tiny_config(), seed=1, attn=None)
 
     class Tokenizer:
         def save_pretrained(self, folder: str) -> None:
             save_tokenizer(Path(folder))
 
-    models._write_dequantized_cache(model, Tokenizer(), entry, "sha")
+    models_gguf_cache._write_dequantized_cache(model, Tokenizer(), entry, "sha")
     weights = load_file(str(entry / "model.safetensors"))
     del weights[MISSING]
     save_file(weights, str(entry / "model.safetensors"), metadata={"format": "pt"})

@@ -35,7 +35,9 @@ def _wikitext_path() -> Path | None:
 @pytest.fixture(scope="module")
 def rope_setup():
     from drope_check.engine.texts import wikitext_lines
-    from drope_check.models.loading import PAIRS, load_model, pair_available
+    from drope_check.models.availability import pair_available
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import PAIRS
 
     ok, why = pair_available("smollm2-135m")
     if not ok:

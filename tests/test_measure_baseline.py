@@ -12,7 +12,8 @@ from drope_check.engine import interventions
 from drope_check.engine.perplexity import perplexity_lines
 from drope_check.engine.protocol import Protocol
 from drope_check.measurements.measure import measure_model
-from drope_check.models.loading import LoadedModel, ModelSpec
+from drope_check.models.loading import LoadedModel
+from drope_check.models.pairs import ModelSpec
 from drope_check.models.tiny_models import build_llama, llama_config
 
 BOS, PAD = 1, 0

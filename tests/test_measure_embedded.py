@@ -22,7 +22,9 @@ import torch
 from drope_check.engine.protocol import Protocol
 from drope_check.engine.texts import wikitext_lines
 from drope_check.measurements.measure import MeasureOptions, measure_pair
-from drope_check.models.loading import ModelSpec, load_model, pair_available
+from drope_check.models.availability import pair_available
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
 
 PAIR = "smollm2-135m"
 BOS = "<|im_start|>"

@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from drope_check import cli
-from drope_check.report.build import judge_file
-from drope_check.report.merge import MeasurementsConflict, first_difference, judge_files, measurement_variant
+from drope_check.report.merge import (
+    MeasurementsConflict,
+    first_difference,
+    judge_file,
+    judge_files,
+    measurement_variant,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"

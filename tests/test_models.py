@@ -21,15 +21,12 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import drope_check.engine.attention  # noqa: F401  (registers the "drope_check" attention function)
+from drope_check.engine.architectures import IdentityRotaryEmbedding
 from drope_check.engine.attention import ATTN_IMPLEMENTATION
-from drope_check.models.loading import (
-    IdentityRotaryEmbedding,
-    ModelLoadError,
-    ModelSpec,
-    apply_identity_rotation,
-    load_model,
-    pair_available,
-)
+from drope_check.models.availability import pair_available
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.qk_norm import apply_identity_rotation
 from drope_check.models.tiny_models import build_llama, llama_config
 
 # A float32 model vs the float64 reference: logits O(1) through 2 small layers, float32 rounding ~1e-6.

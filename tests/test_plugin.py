@@ -2,7 +2,7 @@
 
 Each test copies the repository's ``claims/`` modules and ``tests/data/expected/toy.toml`` into a
 fresh directory and runs pytest in a subprocess, judging ``tests/data/toy-measurements.json`` with
-``--measurements`` (or a fake ``drope_check.models.loading`` / ``drope_check.measurements.measure`` installed by a
+``--measurements`` (or a fake ``drope_check.models.pairs`` / ``.availability`` / ``drope_check.measurements.measure`` installed by a
 conftest), so no model is ever loaded. Against that file the toy claims give: PASS 7, FAIL 3 (one
 below its band, one above, one stale golden), XFAIL 1 (does-not-generalise), SKIP 2 (a status-skip
 claim and a pending golden).
@@ -35,15 +35,16 @@ import sys
 import types
 from pathlib import Path
 
-models = types.ModuleType("drope_check.models.loading")
-models.PAIRS = {{"toy": "toy spec", "toy2": "toy2 spec"}}
+pairs = types.ModuleType("drope_check.models.pairs")
+pairs.PAIRS = {{"toy": "toy spec", "toy2": "toy2 spec"}}
+availability = types.ModuleType("drope_check.models.availability")
 
 
 def pair_available(name, device=None):
     return ({available}, "weights found" if {available} else "toy weights are not on this machine")
 
 
-models.pair_available = pair_available
+availability.pair_available = pair_available
 measure = types.ModuleType("drope_check.measurements.measure")
 
 
@@ -58,7 +59,8 @@ def measure_pair(pair, protocol=None, interventions="all", options=None):
 
 
 measure.measure_pair = measure_pair
-sys.modules["drope_check.models.loading"] = models
+sys.modules["drope_check.models.pairs"] = pairs
+sys.modules["drope_check.models.availability"] = availability
 sys.modules["drope_check.measurements.measure"] = measure
 '''
 

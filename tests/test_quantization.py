@@ -29,13 +29,9 @@ from drope_check.audit.variants import VARIANTS
 from drope_check.engine.attention import observe_attention
 from drope_check.engine.protocol import Protocol
 from drope_check.measurements.measure import run_capture
-from drope_check.models.loading import (
-    QUANTIZATIONS,
-    QUANTIZED_DTYPE,
-    ModelSpec,
-    load_model,
-    quantization_settings,
-)
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
+from drope_check.models.quantization import QUANTIZATIONS, QUANTIZED_DTYPE, quantization_settings
 from drope_check.models.tiny_checkpoints import write_pair_checkpoints
 from drope_check.models.tiny_models import build_llama, llama_config
 
@@ -114,7 +110,7 @@ def test_the_audit_loads_its_4bit_variants_in_float16_whatever_dtype_was_asked(m
     source = audit.default_source("smollm2-135m", MeasureOptions(dtype="bfloat16"))
     source.load(source.spec.rope, "nf4")
     source.load(source.spec.rope, None)
-    assert calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"  # None -> models.QUANTIZED_DTYPE
+    assert calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"  # None -> models_quantization.QUANTIZED_DTYPE
     assert calls[1]["dtype"] == torch.bfloat16 and calls[1]["quantization"] is None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from drope_check.report.build import judge_file
+from drope_check.report.merge import judge_file
 from drope_check.sources import upstream as U
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"

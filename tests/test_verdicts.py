@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from drope_check.claims import api as C
 from drope_check.cli import main as cli_main
-from drope_check.report.build import judge_file, terminal_lines
+from drope_check.report.build import terminal_lines
+from drope_check.report.merge import judge_file
 
 pytest_plugins = ["pytester"]
 

@@ -107,9 +107,10 @@ class AuditSource:
 
 def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) -> AuditSource:
     """The registry pair ``pair``, its models loaded by :func:`drope_check.models.loading.load_model`."""
-    from drope_check.measurements.measure import MeasureOptions, _dtype, load_texts, token_sequences
+    from drope_check.measurements.measure import MeasureOptions, load_texts, token_sequences, torch_dtype
     from drope_check.models.hub import resolve_pair
-    from drope_check.models.loading import get_pair, load_model
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import get_pair
 
     options = options or MeasureOptions()
     texts = load_texts(base, options)
@@ -118,7 +119,7 @@ def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) ->
 
     def load(model_spec: Any, quantization: str | None) -> Any:
         # a 4-bit variant runs as upstream ran it, fp16 compute and activations (models.QUANTIZED_DTYPE), whatever --dtype
-        dtype = None if quantization is not None else _dtype(options.dtype)
+        dtype = None if quantization is not None else torch_dtype(options.dtype)
         return load_model(model_spec, bos_token=spec.bos_token, dtype=dtype, device=options.device,
                           trust_remote_code=options.trust_remote_code, quantization=quantization,
                           allow_incomplete_weights=options.allow_incomplete_weights,
@@ -663,7 +664,7 @@ def heatmap_png(audit: Mapping[str, Any]) -> bytes:
 
 def write_audit(result: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``measurements/<variant>.json``, ``audit-heatmap.png``, ``audit.json``, ``audit.md`` (in that order)."""
-    from drope_check.report.build import atomic_write_bytes, atomic_write_text
+    from drope_check.atomic import atomic_write_bytes, atomic_write_text
 
     folder = Path(out_dir)
     (folder / "measurements").mkdir(parents=True, exist_ok=True)
@@ -742,7 +743,7 @@ def models_here(pair: str, device: str | None = None) -> tuple[bool, str]:
     """Whether the pair's models can be loaded here (on ``device``, when one is named), and if not
     why (never raises)."""
     try:
-        from drope_check.models.loading import pair_available
+        from drope_check.models.availability import pair_available
 
         ok, reason = pair_available(pair, device=device)
     except Exception as exc:  # a broken engine is a reason not to measure, said in the audit
@@ -766,7 +767,7 @@ def cli_audit(args: Any) -> int:
     any weights load. Without the pair's models, a pair with the author's files is audited without them
     (the ``author-files`` column filled, every variant *not measured* with the reason); any other pair exits 2."""
     from drope_check.measurements.measure import MeasureOptions
-    from drope_check.models.loading import get_pair
+    from drope_check.models.pairs import get_pair
     from drope_check.sources.author_files import AuthorFilesBroken, locate_upstream
 
     try:

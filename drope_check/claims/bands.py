@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from drope_check.numbers import first_non_finite, flatten
+
 __all__ = ["BAND_KINDS", "EDGE_SLACK", "ONE_SIDED_OPS", "Band", "BandResult", "fmt"]
 
 BAND_KINDS: tuple[str, ...] = (
@@ -63,7 +65,7 @@ def fmt(x: Any, digits: int = 4, ratio: bool = False) -> str:
     if isinstance(x, (list, tuple)) and any(isinstance(v, str) for v in x):  # text facts: each distinct one once
         return " / ".join(dict.fromkeys(fmt(v) for v in x))
     if isinstance(x, (list, tuple)):
-        flat = _flatten(x)
+        flat = flatten(x)
         if len(flat) > 6:
             return f"[{fmt(min(flat), digits, ratio)} .. {fmt(max(flat), digits, ratio)}] ({len(flat)} values)"
         return "[" + ", ".join(fmt(v, digits, ratio) for v in x) + "]"
@@ -78,23 +80,6 @@ def _ratio_text(x: float, digits: int) -> str:
         whole, _, frac = text.partition(".")
         text = f"{whole}.{frac.ljust(2, '0')}"
     return text + "x"
-
-
-def _flatten(x: Any) -> list[float]:
-    if isinstance(x, (list, tuple)):
-        out: list[float] = []
-        for item in x:
-            out.extend(_flatten(item))
-        return out
-    return [float(x)]
-
-
-def _first_non_finite(x: Any) -> float | None:
-    """The first NaN or infinity in a number or (nested) list of numbers, or None when all are finite."""
-    for v in _flatten(x):
-        if not math.isfinite(v):
-            return v
-    return None
 
 
 def _op_holds(a: float, op: str, b: float) -> bool:
@@ -177,11 +162,11 @@ class Band:
             return BandResult(True, None, "the same")
         # A non-finite value is never inside a band, whatever its kind: inf would make the edge
         # slack infinite and pass an absolute band; inf > b passes an ordering. Refuse it first.
-        bad = _first_non_finite(measured)
+        bad = first_non_finite(measured)
         if bad is not None:
             return BandResult(False, None, f"measured value is {fmt(bad)}: a non-finite value is never inside a band")
         if value is not None and self.kind not in ("one_sided", "range", "ordering", "each"):
-            bad = _first_non_finite(value)
+            bad = first_non_finite(value)
             if bad is not None:
                 return BandResult(False, None, f"expected value is {fmt(bad)}: a band around it is undefined")
         k, p = self.kind, self.params
@@ -196,7 +181,7 @@ class Band:
             ok = all(_op_holds(v, op, float(bd)) for v, op, bd in zip(values, p["ops"], p["bounds"], strict=True))
             worst = min(margins)
             return BandResult(ok, worst, _margin_text(ok, worst, " (worst of the bounds)"))
-        flat_m = _flatten(measured)
+        flat_m = flatten(measured)
         if k == "range":
             margins = [min(v - p["lo"], p["hi"] - v) for v in flat_m]
             ok = all(_le(p["lo"], v) and _le(v, p["hi"]) for v in flat_m)
@@ -207,7 +192,7 @@ class Band:
             ok = all(_op_holds(v, p["op"], float(p["bound"])) for v in flat_m)
             worst = min(margins)
             return BandResult(ok, worst, _margin_text(ok, worst, ""))
-        flat_v = _flatten(value)
+        flat_v = flatten(value)
         if len(flat_v) == 1 and len(flat_m) > 1:
             flat_v = flat_v * len(flat_m)
         if len(flat_v) != len(flat_m):

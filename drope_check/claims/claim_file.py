@@ -61,11 +61,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drope_check.claims.bands import BAND_KINDS, ONE_SIDED_OPS, Band, _flatten
+from drope_check.claims.bands import BAND_KINDS, ONE_SIDED_OPS, Band
 from drope_check.claims.evidence_spec import AuthorFilesEvidence, parse_evidence
 from drope_check.claims.metric_paths import MetricPath, MetricPathError, parse_path
 from drope_check.claims.protocol_identity import validate_recorded_identity
 from drope_check.measurements.validate import VARIANTS, validate_measurements
+from drope_check.numbers import flatten, is_number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -305,10 +306,6 @@ def available_pairs(expected_dir: str | Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _is_text(x: Any) -> bool:
     return isinstance(x, str) and bool(x.strip())
 
@@ -317,7 +314,7 @@ def _is_value(x: Any) -> bool:
     """A finite number or a non-empty flat-or-nested list of them (TOML can spell nan and inf)."""
     if isinstance(x, list):
         return bool(x) and all(_is_value(v) for v in x)
-    return _is_number(x) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)
 
 
 def _req_str(table: Mapping[str, Any], key: str, err: Any, allow_empty: bool = False) -> str:
@@ -351,7 +348,7 @@ def _validate_band(raw: Any, err: Any, n_metrics: int, value: Any, combine: str 
     def need_number(key: str, check: Any = None, what: str = "") -> None:
         if key not in params:
             raise err(f"band.{key}", f"is required for a {kind!r} band")
-        if not _is_number(params[key]) or not math.isfinite(params[key]):
+        if not is_number(params[key]) or not math.isfinite(params[key]):
             raise err(f"band.{key}", "must be a finite number")
         if check is not None and not check(params[key]):
             raise err(f"band.{key}", what)
@@ -370,7 +367,7 @@ def _validate_band(raw: Any, err: Any, n_metrics: int, value: Any, combine: str 
             ops, bounds = params.get("ops"), params.get("bounds")
             if not isinstance(ops, list) or not all(o in ONE_SIDED_OPS for o in ops):
                 raise err("band.ops", f"must be a list of {', '.join(ONE_SIDED_OPS)}")
-            if not isinstance(bounds, list) or not all(_is_number(b) for b in bounds):
+            if not isinstance(bounds, list) or not all(is_number(b) for b in bounds):
                 raise err("band.bounds", "must be a list of numbers")
             if not (len(ops) == len(bounds) == n_metrics):
                 raise err("band.ops", f"ops ({len(ops)}), bounds ({len(bounds)}) and metric ({n_metrics}) must have the same length")
@@ -381,18 +378,18 @@ def _validate_band(raw: Any, err: Any, n_metrics: int, value: Any, combine: str 
         need_number("tol", lambda t: t > 0, "must be > 0")
     elif kind == "relative":
         need_number("rel", lambda t: t > 0, "must be > 0")
-        if value is not None and any(v == 0 for v in _flatten(value)):
+        if value is not None and any(v == 0 for v in flatten(value)):
             raise err("value", "a relative band needs a non-zero value")
     elif kind == "log_ratio":
         need_number("factor", lambda f: f > 1, "must be > 1")
-        if value is not None and any(v <= 0 for v in _flatten(value)):
+        if value is not None and any(v <= 0 for v in flatten(value)):
             raise err("value", "a log_ratio band needs a positive value")
     elif kind == "one_sided":
         if params.get("op") not in ONE_SIDED_OPS:
             raise err("band.op", f"must be one of {', '.join(ONE_SIDED_OPS)}")
         need_number("bound")
     elif kind == "exact":
-        if value is not None and not all(float(v).is_integer() for v in _flatten(value)):
+        if value is not None and not all(float(v).is_integer() for v in flatten(value)):
             raise err("value", "an 'exact' band needs integer value(s) (layer indices)")
     elif kind == "range":
         need_number("lo")

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.atomic import atomic_write_text
-from drope_check.claims.bands import _first_non_finite, fmt
+from drope_check.claims.bands import fmt
 from drope_check.claims.claim_file import Claim, ClaimsFileError
 from drope_check.claims.metric_paths import MetricPathError
 from drope_check.claims.protocol_identity import identity_for_claim
-from drope_check.claims.verdicts import Verdict, _base_verdict, _measure, protocol_mismatch, text_set_mismatch
+from drope_check.claims.verdicts import (
+    Verdict,
+    base_verdict,
+    claim_value,
+    protocol_mismatch,
+    text_set_mismatch,
+)
+from drope_check.numbers import first_non_finite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,14 +206,14 @@ def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: s
     if claim.status not in ("golden", "does-not-generalise"):
         raise ValueError(f"{claim.key}: only goldens and does-not-generalise claims are regenerated")
     try:
-        measured = _measure(claim, measurements)
+        measured = claim_value(claim, measurements)
     except MetricPathError as exc:
-        return _base_verdict(claim, outcome="error", reason=str(exc))
-    bad = _first_non_finite(measured)
+        return base_verdict(claim, outcome="error", reason=str(exc))
+    bad = first_non_finite(measured)
     if bad is not None:
-        return _base_verdict(claim, measured=measured, outcome="error",
+        return base_verdict(claim, measured=measured, outcome="error",
                              reason=f"cannot record a non-finite value ({fmt(bad)}) as {claim.key}")
-    verdict = _base_verdict(claim, measured=measured, outcome="regenerated", measured_how=measured_how,
+    verdict = base_verdict(claim, measured=measured, outcome="regenerated", measured_how=measured_how,
                             command=claim.regen_command(),
                             texts_sha256=(measurements.get("texts") or {}).get("sha256"),
                             protocol_identity=identity_for_claim(measurements, claim.model, claim.metrics))

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from drope_check.claims.bands import fmt
-from drope_check.claims.claim_file import Claim, _is_number, measured_model_ids
+from drope_check.claims.claim_file import Claim, measured_model_ids
 from drope_check.claims.metric_paths import MetricPathError, resolve
 from drope_check.claims.protocol_identity import identity_mismatch
 from drope_check.measurements.validate import is_optional_field
+from drope_check.numbers import is_number
 
 __all__ = [
     "Verdict",
@@ -145,7 +146,9 @@ def _json_value(x: Any) -> Any:
     return _json_float(x)
 
 
-def _measure(claim: Claim, measurements: Mapping[str, Any]) -> Any:
+def claim_value(claim: Claim, measurements: Mapping[str, Any]) -> Any:
+    """The value a claim compares: its metric path's value, a pair's two values, or their combination
+    (ratio / difference); raises :class:`MetricPathError` for a path that does not hold what it needs."""
     values = [resolve(measurements, path, claim.key, text=claim.reads_text) for path in claim.metrics]
     if claim.model != "pair":
         return values[0]
@@ -153,11 +156,11 @@ def _measure(claim: Claim, measurements: Mapping[str, Any]) -> Any:
         if claim.reads_text:
             return values  # facts written as text, each compared with the claim's value
         for path, v in zip(claim.metrics, values, strict=True):
-            if not _is_number(v):
+            if not is_number(v):
                 raise MetricPathError(path, "a pair comparison needs a scalar here, got a list", claim.key)
         return values
     a, b = values
-    if not (_is_number(a) and _is_number(b)):
+    if not (is_number(a) and is_number(b)):
         raise MetricPathError(claim.metrics[0], "combine needs two scalars", claim.key)
     if claim.combine == "ratio":
         if b == 0:
@@ -166,7 +169,8 @@ def _measure(claim: Claim, measurements: Mapping[str, Any]) -> Any:
     return a - b
 
 
-def _base_verdict(claim: Claim, **kw: Any) -> Verdict:
+def base_verdict(claim: Claim, **kw: Any) -> Verdict:
+    """A verdict carrying everything the claim says about itself; ``kw`` sets the outcome's fields."""
     fields: dict[str, Any] = dict(
         key=claim.source_key("suite"), pair=claim.pair, id=claim.id, model=claim.model, family=claim.family,
         status=claim.status, sentence=claim.sentence, metrics=list(claim.metrics), measured=None,
@@ -181,7 +185,7 @@ def _base_verdict(claim: Claim, **kw: Any) -> Verdict:
 
 def skipped_verdict(claim: Claim, reason: str, outcome: str = "skip") -> Verdict:
     """A verdict for a claim that was not evaluated (unavailable pair, pending golden, status skip)."""
-    return _base_verdict(claim, outcome=outcome, reason=reason)
+    return base_verdict(claim, outcome=outcome, reason=reason)
 
 
 def pending_reason(claim: Claim) -> str | None:
@@ -244,9 +248,9 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     if why is not None:
         return skipped_verdict(claim, why)
     assert claim.band is not None
-    measured = _measure(claim, measurements)
+    measured = claim_value(claim, measurements)
     result = claim.band.check(measured, claim.value)
-    verdict = _base_verdict(claim, measured=measured, passed=result.passed, margin=result.margin,
+    verdict = base_verdict(claim, measured=measured, passed=result.passed, margin=result.margin,
                             margin_text=result.margin_text)
     if claim.status == "does-not-generalise":
         if result.passed:
@@ -297,7 +301,7 @@ def verdict_for(claim: Claim, measurements: Mapping[str, Any], as_pair: bool = F
         if exc.missing_key is not None and is_optional_field(exc.missing_key):
             verdict = skipped_verdict(claim, f"not measured by this source: {exc}")
         else:
-            verdict = _base_verdict(claim, outcome="error", reason=str(exc))
+            verdict = base_verdict(claim, outcome="error", reason=str(exc))
     if as_pair:
         verdict.measured_models = measured_models_text(measurements)
     return verdict

@@ -27,8 +27,10 @@ from drope_check.engine.capture import LAYER_STATS, OnePassCapture, SequenceCapt
 from drope_check.engine.eager_probe import EAGER_FP16, eager_fp16_probe
 from drope_check.engine.interventions import INTERVENTIONS
 from drope_check.engine.protocol import FAITHFUL, Protocol
+from drope_check.models.device import environment_info
 from drope_check.models.hub import resolve_pair
-from drope_check.models.loading import LoadedModel, PairSpec, environment_info, get_pair, load_model
+from drope_check.models.loading import LoadedModel, load_model
+from drope_check.models.pairs import PairSpec, get_pair
 
 SCHEMA_VERSION = 1
 
@@ -52,13 +54,14 @@ class MeasureOptions:
     #: load a checkpoint whose tensors do not match the model (recorded per model as
     #: ``provenance.incomplete_weights``; :func:`drope_check.models.loading.load_model`)
     allow_incomplete_weights: bool = False
-    #: accelerate's device map for models larger than one device (``auto``, ...; :data:`drope_check.models.loading.DEVICE_MAPS`),
+    #: accelerate's device map for models larger than one device (``auto``, ...; :data:`drope_check.models.quantization.DEVICE_MAPS`),
     #: and the folder for layers it offloads to disk.
     device_map: str | None = None
     offload_folder: str | None = None
 
 
-def _dtype(name: str | None) -> torch.dtype | None:
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype a ``--dtype`` name names (None: the model's own); raises ValueError for any other name."""
     if name is None:
         return None
     try:
@@ -350,7 +353,7 @@ def measure_pair(
         loaded = load_model(
             model_spec,
             bos_token=spec.bos_token,
-            dtype=_dtype(options.dtype),
+            dtype=torch_dtype(options.dtype),
             device=options.device,
             trust_remote_code=options.trust_remote_code,
             quantization=options.quantization,

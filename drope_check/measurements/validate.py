@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drope_check.numbers import is_number
+
 __all__ = [
     "CONSISTENCY_RTOL",
     "OPTIONAL_FIELDS",
@@ -177,7 +179,7 @@ class Number:
     def problem(self, value: Any, ctx: Mapping[str, Any]) -> str | None:
         if value is None:
             return None if self.nullable else f"is null: expected {self.what}"
-        if not _is_number(value) or (self.integer and not isinstance(value, int)):
+        if not is_number(value) or (self.integer and not isinstance(value, int)):
             return f"is {_shown(value)}: expected {self.what}"
         if (self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))) or (
             self.hi is not None and value > self.hi
@@ -436,10 +438,6 @@ def rule_at(parts: Sequence[Any], data: Mapping[str, Any] | None = None) -> Any:
 # validation
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= CONSISTENCY_ATOL + CONSISTENCY_RTOL * max(abs(a), abs(b))
 
@@ -595,7 +593,7 @@ def _flat_numbers(series: Any, where: str, err: Callable[..., MeasurementsFileEr
     for i, value in enumerate(series):
         if isinstance(value, list):
             raise err(f"{where}[{i}]", "is a nested list: expected a number (one per layer)")
-        if not (_is_number(value) or (allow_null and value is None)):
+        if not (is_number(value) or (allow_null and value is None)):
             raise err(f"{where}[{i}]", f"is {value!r}: expected a number" + (" or null" if allow_null else ""))
         message = rule.problem(value, {}) if value is not None else None
         if message:

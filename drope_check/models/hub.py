@@ -33,12 +33,11 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from drope_check.errors import UserError
-
-if TYPE_CHECKING:
-    from drope_check.models.loading import ModelSpec, PairSpec
+from drope_check.models.embedded import is_embedded
+from drope_check.models.pairs import ModelSpec, PairSpec, looks_like_local_path
 
 __all__ = [
     "REMOTE_CODE_PATTERNS",
@@ -276,9 +275,6 @@ def _gated(repo_id: str, where: str, token: str | None) -> ModelStatus:
 def is_hub_model(spec: ModelSpec) -> bool:
     """Whether a model of a pair comes from the hub (neither embedded nor a local directory, nor
     already resolved to its snapshot)."""
-    from drope_check.models.embedded import is_embedded
-    from drope_check.models.loading import looks_like_local_path
-
     if spec.hub_id is not None or is_embedded(spec.source):
         return False
     return not Path(spec.source).is_dir() and not looks_like_local_path(spec.source)

@@ -267,16 +267,16 @@ class _State:
 
 
 def _pair_available(pair: str, device: str | None = None) -> tuple[bool, str]:
-    """``drope_check.models.loading.pair_available`` (on ``device``, the one ``--drope-device`` names), never raising."""
+    """``drope_check.models.availability.pair_available`` (on ``device``, the one ``--drope-device`` names), never raising."""
     try:
-        models = importlib.import_module("drope_check.models.loading")
+        registry = importlib.import_module("drope_check.models.pairs").PAIRS
+        availability = importlib.import_module("drope_check.models.availability")
     except Exception as exc:  # the engine may be missing or broken; say so instead of crashing collection
-        return False, f"drope_check.models.loading cannot be imported ({type(exc).__name__}: {exc})"
-    registry = getattr(models, "PAIRS", {})
+        return False, f"drope_check.models cannot be imported ({type(exc).__name__}: {exc})"
     if pair not in registry:
-        return False, f"pair {pair!r} is not registered in drope_check.models.loading.PAIRS ({', '.join(sorted(registry))})"
+        return False, f"pair {pair!r} is not registered in drope_check.models.pairs.PAIRS ({', '.join(sorted(registry))})"
     try:
-        ok, reason = models.pair_available(pair, device=device)
+        ok, reason = availability.pair_available(pair, device=device)
     except Exception as exc:
         return False, f"pair_available({pair!r}) raised {type(exc).__name__}: {exc}"
     return bool(ok), str(reason)

@@ -6,7 +6,7 @@ for every skip and expected failure), and where the report's number came from. A
 comes first. Every file is written atomically (a temporary file in the same folder, then
 ``os.replace``), so a crash never leaves a half-written report.
 
-:func:`judge_file` evaluates a measurements JSON made elsewhere (``drope-check judge m.json --pair
+:func:`drope_check.report.merge.judge_file` evaluates a measurements JSON made elsewhere (``drope-check judge m.json --pair
 NAME``) and writes the same report as a ``pytest claims/ --claims-report DIR`` run.
 """
 
@@ -43,10 +43,7 @@ __all__ = [
     "OUTCOMES",
     "PLOT_SERIES",
     "OverlayLine",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "build_report",
-    "judge_file",
     "overlay_figure",
     "overlay_lines",
     "pair_info",
@@ -625,33 +622,6 @@ def unchecked_pair_lines(verdicts: Iterable[Mapping[str, Any]], available: Itera
             )
     return lines
 
-
-# ----------------------------------------------------------------------------------------------
-# judge
-
-
-def judge_file(
-    measurements_path: str | Path,
-    pair: str,
-    report_dir: str | Path | None = None,
-    expected_dir: str | Path | None = None,
-    plots: bool = True,
-    as_pair: bool = False,
-    strict: bool = False,
-) -> list[Verdict]:
-    """Judge a measurements JSON made elsewhere against ``expected/<pair>.toml``.
-
-    Returns one :class:`Verdict` per claim (skips included) and, when ``report_dir`` is given, writes
-    the same ``claims-report.md`` / ``.json`` / plots as ``pytest claims/ --claims-report``. Raises
-    :class:`~drope_check.measurements.validate.MeasurementsFileError` for a malformed file and
-    :class:`~drope_check.claims.claim_file.MeasurementsMismatch` for measurements of another pair, variant
-    or (without ``as_pair``) other models. A file written by ``drope-check import-upstream`` is judged
-    as the ``author-files`` source (:func:`drope_check.sources.author_files.author_files_verdict`): each value
-    only under the protocol the report's value came from. ``strict``: see :func:`~drope_check.claims.verdicts.strict_verdict`.
-    """
-    from drope_check.report.merge import judge_files  # one flow for one file and for several
-
-    return judge_files([measurements_path], pair, report_dir, expected_dir, plots=plots, as_pair=as_pair, strict=strict)
 
 
 def claims_by_key(claim_set: ClaimSet) -> dict[str, Claim]:

@@ -33,9 +33,11 @@ from drope_check.claims.claim_file import ClaimSet, MeasurementsMismatch, check_
 from drope_check.claims.evidence_spec import AUTHOR_FILES, SUITE
 from drope_check.claims.verdicts import Verdict, strict_verdict, verdict_for
 from drope_check.measurements.validate import CONSISTENCY_ATOL, CONSISTENCY_RTOL, load_measurements
+from drope_check.report.build import build_report, pair_info, plot_marks, write_report
 from drope_check.sources.author_files import author_files_verdict, is_author_files_import
 
-__all__ = ["MERGE_ATOL", "MERGE_RTOL", "MeasurementsConflict", "first_difference", "judge_files", "measurement_variant"]
+__all__ = ["MERGE_ATOL", "MERGE_RTOL", "MeasurementsConflict", "first_difference", "judge_file", "judge_files",
+           "measurement_variant"]
 
 MERGE_RTOL = CONSISTENCY_RTOL
 MERGE_ATOL = CONSISTENCY_ATOL
@@ -184,8 +186,6 @@ def judge_files(
     :class:`~drope_check.claims.claim_file.MeasurementsMismatch`, :class:`~drope_check.claims.claim_file.ClaimsFileError`),
     each naming the file, and :class:`MeasurementsConflict` for two files claiming one model that disagree.
     """
-    from drope_check.report.build import build_report, pair_info, plot_marks, write_report
-
     if not paths:
         raise ValueError("judge_files needs at least one measurements file")
     claim_sets: dict[str, ClaimSet] = {}
@@ -227,3 +227,26 @@ def judge_files(
     if report_dir is not None:
         write_report(build_report(verdicts, infos, marks, author_files=author_infos), report_dir, plots=plots)
     return verdicts
+
+
+def judge_file(
+    measurements_path: str | Path,
+    pair: str,
+    report_dir: str | Path | None = None,
+    expected_dir: str | Path | None = None,
+    plots: bool = True,
+    as_pair: bool = False,
+    strict: bool = False,
+) -> list[Verdict]:
+    """Judge a measurements JSON made elsewhere against ``expected/<pair>.toml``.
+
+    Returns one :class:`Verdict` per claim (skips included) and, when ``report_dir`` is given, writes
+    the same ``claims-report.md`` / ``.json`` / plots as ``pytest claims/ --claims-report``. Raises
+    :class:`~drope_check.measurements.validate.MeasurementsFileError` for a malformed file and
+    :class:`~drope_check.claims.claim_file.MeasurementsMismatch` for measurements of another pair, variant
+    or (without ``as_pair``) other models. A file written by ``drope-check import-upstream`` is judged
+    as the ``author-files`` source (:func:`drope_check.sources.author_files.author_files_verdict`): each value
+    only under the protocol the report's value came from. ``strict``: see :func:`~drope_check.claims.verdicts.strict_verdict`.
+    """
+    # one flow for one file and for several
+    return judge_files([measurements_path], pair, report_dir, expected_dir, plots=plots, as_pair=as_pair, strict=strict)

@@ -50,6 +50,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from drope_check.atomic import atomic_write_json
+from drope_check.claims.metric_paths import parse_path
+from drope_check.numbers import has_non_finite_float, is_number
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -192,24 +196,14 @@ def open_source(source: str | Path) -> _Source:
 # checks on every imported value
 
 
-def _nonfinite(x: Any) -> bool:
-    if isinstance(x, list):
-        return any(_nonfinite(v) for v in x)
-    return isinstance(x, float) and not math.isfinite(x)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _check_value(check: str, value: Any, n_layers: int) -> str | None:
     """Why ``value`` is not what ``check`` says it must be, or None."""
     if check == "nonfinite_evidence":  # NaN allowed: it is what the field counts
-        if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
+        if not isinstance(value, list) or len(value) != n_layers or not all(is_number(v) for v in value):
             return f"is not a list of {n_layers} numbers (one per layer)"
         return None
     if check.startswith("per_layer"):
-        if not isinstance(value, list) or len(value) != n_layers or not all(_is_number(v) for v in value):
+        if not isinstance(value, list) or len(value) != n_layers or not all(is_number(v) for v in value):
             return f"is not a list of {n_layers} numbers (one per layer)"
         if check == "per_layer_positive" and any(v <= 0 for v in value):
             return f"must be > 0 at every layer, but layer {next(i for i, v in enumerate(value) if v <= 0)} is {fmt_value(value)}"
@@ -217,7 +211,7 @@ def _check_value(check: str, value: Any, n_layers: int) -> str | None:
             return "must lie in [0, 1] at every layer"
         return None
     if check == "perplexity":
-        if not _is_number(value) or value < 1:
+        if not is_number(value) or value < 1:
             return f"is {value!r}, not a perplexity (>= 1; upstream writes 0 for a run that never happened)"
         return None
     if check == "layer_index":
@@ -296,7 +290,6 @@ def field_provenance_for(measurements: Mapping[str, Any], metric_path: str) -> d
     ``rope:layers.sink_rate[1]`` -> ``models.rope.field_provenance["layers.sink_rate"]``: index and
     slice steps are dropped, then the longest recorded prefix of the remaining keys wins.
     """
-    from drope_check.claims.api import parse_path
 
     parsed = parse_path(metric_path)
     if parsed.root == "root":
@@ -410,7 +403,7 @@ def _import_model(
                     note=f"{entry['transform']} of {json_path}, whose non-finite entries are the evidence",
                 ).to_dict()
                 continue
-            if _nonfinite(value):
+            if has_non_finite_float(value):
                 raise UpstreamImportError(
                     f"{where}: {json_path} holds NaN or inf {fmt_value(value)}; a non-finite number is never imported "
                     f"(it would feed {role} {field_key(entry['field'])})"
@@ -529,14 +522,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Import and write; an input error is one sentence on stderr and exit 2."""
-    from drope_check.cli import write_json_atomic
 
     try:
         measurements = import_upstream(args.source, args.era)
     except UpstreamImportError as exc:
         print(f"drope-check import-upstream: {exc}", file=sys.stderr)
         return 2
-    write_json_atomic(args.out, measurements)
+    atomic_write_json(args.out, measurements)
     n = sum(len(m["field_provenance"]) for m in measurements["models"].values())
     print(f"wrote {args.out}: {n} fields of pair {PAIR} from {measurements['upstream']['source']} (era {args.era})")
     return 0

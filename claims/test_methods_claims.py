@@ -10,7 +10,7 @@ the code contradicts is a strict xfail that turns red if the facts ever agree; o
 supports is prose only.
 """
 
-from drope_check.pytest_plugin.hooks import check_claim
+from drope_check.pytest_plugin.fixtures import check_claim
 
 CLAIM_FAMILY = "method"
 

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    from drope_check.audit.run import add_cli as add_audit_cli
+    from drope_check.audit.commands import add_cli as add_audit_cli
 
     add_audit_cli(sub)
     return parser

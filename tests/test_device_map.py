@@ -138,7 +138,7 @@ def test_device_map_on_an_embedded_pair_is_refused(tmp_path, capsys, no_weights)
 
 
 def test_pytest_options_reach_the_measure_options():
-    from drope_check.pytest_plugin.hooks import _measure_options
+    from drope_check.pytest_plugin.session import measure_options
 
     class Config:
         values = {"drope_device_map": "auto", "drope_offload_folder": "/tmp/off"}
@@ -146,5 +146,5 @@ def test_pytest_options_reach_the_measure_options():
         def getoption(self, name, default=None):  # pytest.Config.getoption's signature
             return self.values.get(name, default)
 
-    options = _measure_options(Config())
+    options = measure_options(Config())
     assert options.device_map == "auto" and options.offload_folder == "/tmp/off" and options.device is None

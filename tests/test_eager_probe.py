@@ -106,7 +106,7 @@ def test_measure_model_writes_the_probe_beside_a_finite_faithful_measurement() -
 
 @pytest.mark.parametrize("name", [EAGER_FP16])
 def test_the_probe_is_requested_like_an_intervention(name: str) -> None:
-    from drope_check.audit.run import needed_interventions
+    from drope_check.audit.cells import needed_interventions
     from drope_check.claims.claim_file import load_claims
     from drope_check.engine.protocol import FAITHFUL
     from drope_check.measurements.measure import ALL_INTERVENTIONS, resolve_interventions

@@ -291,9 +291,9 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
 def test_the_pytest_option_reaches_the_measure_options(pytestconfig: pytest.Config) -> None:
     """``--drope-allow-incomplete-weights`` is registered (off by default) and becomes
     ``MeasureOptions.allow_incomplete_weights``."""
-    from drope_check.pytest_plugin.hooks import _measure_options
+    from drope_check.pytest_plugin.session import measure_options
 
     assert pytestconfig.getoption("drope_allow_incomplete_weights") is False
     given = {"drope_allow_incomplete_weights": True}
     config = SimpleNamespace(getoption=lambda name, default=None: given.get(name, default))
-    assert _measure_options(config).allow_incomplete_weights is True
+    assert measure_options(config).allow_incomplete_weights is True

@@ -43,12 +43,11 @@ from hypothesis import strategies as st
 
 from drope_check.claims.claim_file import ClaimSet, MeasurementsMismatch, check_measurements, load_claims
 from drope_check.claims.verdicts import verdict_for
+from drope_check.measurements.rules import Number, rule_at
 from drope_check.measurements.validate import (
     MeasurementsFileError,
-    Number,
     _json_path,
     parse_measurements_json,
-    rule_at,
     validate_measurements,
 )
 from drope_check.report.build import build_report, pair_info, plot_marks, render_markdown

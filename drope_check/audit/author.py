@@ -8,7 +8,7 @@ this suite), what the author's committed result files say for each claim. What i
   :func:`drope_check.sources.author_files.author_files_verdict` (the function the claims tests and the claims
   report use), never recomputed here. It needs no model, so the audit shows it on any machine.
 * It is a *source*, not a measurement choice: it is kept out of the variant cells (``row["cells"]``),
-  so no robustness verdict ever counts it (:func:`drope_check.audit.run.robustness` never sees it).
+  so no robustness verdict ever counts it (:func:`drope_check.audit.cells.robustness` never sees it).
 * Where the ``upstream`` variant and the author's files both have a value for a claim, the row says
   whether they agree (:func:`agreement`): for a band around a value (absolute, relative, log-ratio,
   exact) the suite's value must lie in the claim's own band centred on the author's value; for a

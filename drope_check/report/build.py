@@ -550,9 +550,7 @@ def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = T
         plot_files = write_plots(doc, staging) if plots else {}
         names = [f for files in plot_files.values() for f in files]
         atomic_write_text(staging / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        from drope_check.audit.run import (
-            report_section,  # an audit.json next to the report: robustness per claim
-        )
+        from drope_check.audit.render import report_section
 
         markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
         atomic_write_text(staging / "claims-report.md", markdown)

@@ -105,7 +105,9 @@ def wikitext_file() -> Path | None:
 def bench_text() -> tuple[str, str]:
     """One long real text and a label: the WikiText-2 test split joined with ``"\\n\\n"`` (as the
     HF perplexity guide does), or, without the file, gensim's Wikipedia paragraphs joined likewise."""
-    from drope_check.engine.texts import TextSourceError, gensim_fallback, wikitext_split_text
+    from drope_check.engine.gensim_texts import gensim_fallback
+    from drope_check.engine.text_set import TextSourceError
+    from drope_check.engine.texts import wikitext_split_text
 
     path = wikitext_file()
     if path is not None:

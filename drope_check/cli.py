@@ -152,8 +152,8 @@ def _print_summary(result: dict) -> None:
 def _judge(args: argparse.Namespace) -> int:
     from drope_check.claims.claim_file import ClaimsFileError, MeasurementsMismatch
     from drope_check.measurements.validate import MeasurementsFileError
-    from drope_check.report.build import unchecked_pair_lines
     from drope_check.report.merge import judge_files
+    from drope_check.report.terminal import unchecked_pair_lines
 
     try:
         verdicts = judge_files(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)

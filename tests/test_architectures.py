@@ -37,9 +37,10 @@ from drope_check.engine.architectures import (
     supported_model_types,
 )
 from drope_check.engine.attention import attention_modules, decoder_layers
+from drope_check.engine.bos_ablation import bos_mlp_ablation
 from drope_check.engine.capture import LAYER_STATS, OnePassCapture
-from drope_check.engine.interventions import bos_mlp_ablation, qk_disruption
 from drope_check.engine.protocol import Protocol
+from drope_check.engine.qk_disruption import qk_disruption
 from drope_check.models.loading import load_model
 from drope_check.models.pairs import ModelLoadError, ModelSpec
 from drope_check.models.qk_norm import apply_identity_rotation

@@ -17,7 +17,7 @@ import pytest
 from drope_check.atomic import atomic_write_text
 from drope_check.claims import api as C
 from drope_check.engine.protocol import FAITHFUL
-from drope_check.report.build import render_markdown
+from drope_check.report.markdown import render_markdown
 from drope_check.report.merge import judge_file
 
 if sys.version_info >= (3, 11):

@@ -37,7 +37,8 @@ from drope_check.models.embedded import CACHE_ENV
 from drope_check.models.loading import load_model
 from drope_check.models.pairs import ModelLoadError, ModelSpec
 from drope_check.models.tiny_models import build_llama
-from drope_check.report.build import build_report, pair_info, render_markdown
+from drope_check.report.build import build_report, pair_info
+from drope_check.report.markdown import render_markdown
 
 REPO = Path(drope_check.__file__).resolve().parent.parent
 MISSING = "model.layers.1.mlp.down_proj.weight"

@@ -50,7 +50,8 @@ from drope_check.measurements.validate import (
     parse_measurements_json,
     validate_measurements,
 )
-from drope_check.report.build import build_report, pair_info, plot_marks, render_markdown
+from drope_check.report.build import build_report, pair_info, plot_marks
+from drope_check.report.markdown import render_markdown
 from drope_check.sources.author_files import author_files_verdict, is_author_files_import
 from drope_check.sources.upstream import import_upstream
 

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from drope_check.report.merge import judge_file
+from drope_check.sources import field_provenance as sources_field_provenance
+from drope_check.sources import table as sources_table
 from drope_check.sources import upstream as U
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upstream-results"
@@ -104,7 +106,7 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
             for leaf in _leaves(model[section], (section,)):
                 if leaf[-1] in ("protocol", "intervention", "kind"):
                     continue  # labels of an entry, not measured values
-                prov = U.field_provenance_for(report_era, f"{role}:" + ".".join(leaf))
+                prov = sources_field_provenance.field_provenance_for(report_era, f"{role}:" + ".".join(leaf))
                 assert prov is not None, (role, leaf)
                 assert prov["commit"] in COMMITS and prov["file"] == FILE
                 assert prov["repository"] == "DavidDemitriAfrica/drope-activations"
@@ -126,9 +128,9 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
     assert bos_only["commit"] == HEAD_COMMIT and bos_only["protocol"]["n_texts"] == 20
     assert "MLP AND attention" in bos_only["protocol"]["layer1_ablation"]
     # a metric path with an index reads the provenance of its series
-    assert U.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"] == "DroPE.baseline.sink_rate.mean"
+    assert sources_field_provenance.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"] == "DroPE.baseline.sink_rate.mean"
     # the later WikiText-lines run says when it was first committed (after the report)
-    assert bos_only["protocol"]["run"]["first_committed_date"] > U.load_sources()["report"]["date"]
+    assert bos_only["protocol"]["run"]["first_committed_date"] > sources_table.load_sources()["report"]["date"]
 
 
 def test_nan_is_imported_only_as_a_count_of_non_finite_layers(report_era) -> None:
@@ -162,8 +164,8 @@ def test_a_run_made_after_the_report_is_never_a_source() -> None:
     a claim may read its numbers only as evidence against it (contradicted) or as prose_only.later."""
     from drope_check.claims.claim_file import ClaimsFileError, load_claims
 
-    assert "after the report's commit 90f8e3c" in U.run_after_report("wikitext-lines-fp4")
-    assert U.run_after_report("functional-5-prompts-nf4") is None and U.run_after_report("eager-fp16-fp4") is None
+    assert "after the report's commit 90f8e3c" in sources_table.run_after_report("wikitext-lines-fp4")
+    assert sources_table.run_after_report("functional-5-prompts-nf4") is None and sources_table.run_after_report("eager-fp16-fp4") is None
     claims = load_claims("llama2-7b").claims
     for claim in claims:
         ev = claim.author_files
@@ -246,7 +248,7 @@ def _copy_shared(tmp_path: Path) -> Path:
 def test_a_folder_missing_a_commit_is_one_sentence_naming_it(tmp_path: Path, capsys) -> None:
     root = _copy_shared(tmp_path)
     shutil.rmtree(root / DROPE_PHASE_COMMIT)
-    with pytest.raises(U.UpstreamImportError) as info:
+    with pytest.raises(sources_table.UpstreamImportError) as info:
         U.import_upstream(root, "report")
     message = str(info.value)
     assert DROPE_PHASE_COMMIT in message and str(root) in message and "\n" not in message
@@ -261,17 +263,17 @@ def test_a_folder_missing_a_commit_is_one_sentence_naming_it(tmp_path: Path, cap
 def test_a_missing_file_and_malformed_json_are_named(tmp_path: Path) -> None:
     root = _copy_shared(tmp_path)
     (root / HEAD_COMMIT / FILE).unlink()
-    with pytest.raises(U.UpstreamImportError, match=f"no file {FILE} at commit {HEAD_COMMIT}"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"no file {FILE} at commit {HEAD_COMMIT}"):
         U.import_upstream(root, "report")
     (root / HEAD_COMMIT / FILE).write_text('{"RoPE": {')
-    with pytest.raises(U.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"):
         U.import_upstream(root, "report")
-    with pytest.raises(U.UpstreamImportError, match="is not a folder"):
+    with pytest.raises(sources_table.UpstreamImportError, match="is not a folder"):
         U.import_upstream(tmp_path / "nowhere", "report")
 
 
 def _table_with(change) -> dict[str, Any]:
-    table = copy.deepcopy(U.load_sources())
+    table = copy.deepcopy(sources_table.load_sources())
     change(table)
     return table
 
@@ -285,7 +287,7 @@ def test_importing_nan_is_impossible() -> None:
             if use["model"] == "drope" and use["source"] == "phase":
                 use["commit"] = REPORT_COMMIT
 
-    with pytest.raises(U.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"):
         U.import_upstream(SHARED, "report", _table_with(drope_phase_at_report_commit))
 
 
@@ -295,7 +297,7 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
             if use["source"] == "functional-head":
                 use["source"] = "functional"
 
-    with pytest.raises(U.UpstreamImportError, match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity"):
         U.import_upstream(SHARED, "head", _table_with(ablation_at_head))
 
     def zero_ratio_source(table: dict[str, Any]) -> None:  # DroPE bos_ratio at 90f8e3c is [0.62, 0, 0, ...]
@@ -303,7 +305,7 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
             {"json_path": "{model}.baseline.bos_ratio.mean", "field": ["layers", "bos_ratio"], "check": "per_layer_positive"}
         )
 
-    with pytest.raises(U.UpstreamImportError, match=r"must be > 0 at every layer, but layer 1"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"must be > 0 at every layer, but layer 1"):
         U.import_upstream(SHARED, "report", _table_with(zero_ratio_source))
 
 
@@ -314,7 +316,7 @@ def test_a_derived_value_never_crosses_protocols() -> None:
             "inputs": [["interventions", "layer1_ablation:bos_only", "ppl"], ["perplexity", "prompts", "ppl"]],
         })
 
-    with pytest.raises(U.UpstreamImportError, match="never crosses protocols"):
+    with pytest.raises(sources_table.UpstreamImportError, match="never crosses protocols"):
         U.import_upstream(SHARED, "report", _table_with(cross))
 
 
@@ -356,7 +358,7 @@ def test_a_git_clone_gives_the_same_measurements_as_the_folder(tmp_path: Path, r
         for section in ("layers", "scalars", "perplexity", "interventions"):
             assert got[section] == want[section]
     assert set(from_git["upstream"]["files_sha256"].values()) == set(report_era["upstream"]["files_sha256"].values())
-    with pytest.raises(U.UpstreamImportError, match=f"does not contain commit {REPORT_COMMIT}"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"does not contain commit {REPORT_COMMIT}"):
         U.import_upstream(repo, "report")
 
 

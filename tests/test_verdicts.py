@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from drope_check.claims import api as C
 from drope_check.cli import main as cli_main
-from drope_check.report.build import terminal_lines
 from drope_check.report.merge import judge_file
+from drope_check.report.terminal import terminal_lines
 
 pytest_plugins = ["pytester"]
 
@@ -251,7 +251,7 @@ def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: 
 
 def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from drope_check.report.build import unchecked_pair_lines
+    from drope_check.report.terminal import unchecked_pair_lines
 
     data = smollm_measurement()
     data["texts"]["sha256"] = "f" * 64  # another text set: every golden skips

@@ -20,23 +20,12 @@ from drope_check.claims import api as claims
 from drope_check.engine.protocol import Protocol
 
 ROBUST = "robust"
-
-
 FRAGILE = "fragile"
-
-
 UPSTREAM_ONLY = "holds only under upstream's choices"
-
-
 NOT_EVALUATED = "not evaluated"
-
-
 #: Status of a variant that was not measured: GPU-only without a GPU, or no models here at all.
 SKIPPED = "skipped"
-
-
 NOT_MEASURED = "not measured"
-
 
 #: Metric-path rewrites under ``spike_rule = "max-write"``: the claims name the argmax-ratio rule.
 SPIKE_ALIASES = (("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write"),

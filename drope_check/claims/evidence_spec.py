@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drope_check.claims.metric_paths import MetricPathError, parse_path
+from drope_check.sources.table import run_after_report
 
 __all__ = ["AUTHOR_FILES", "SOURCES", "SUITE", "AuthorFilesEvidence", "parse_evidence"]
 
@@ -157,8 +158,6 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
         raise err(f"{where}.protocol", f"names {len(protocols)} protocol(s) for {len(read)} metric path(s)")
     contradicted = text("contradicted")
     if contradicted is None:
-        from drope_check.sources.upstream import run_after_report
-
         for name in protocols:
             after = run_after_report(name)
             if after is not None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from drope_check.engine import metrics
+from drope_check.engine import residual_stats
 from drope_check.engine.architectures import architecture_of
 from drope_check.engine.attention import AttentionCall, observe_attention
 from drope_check.engine.fp16_eager import attention_to_position0_fp16_eager
@@ -78,13 +78,13 @@ LAYER_STATS = (
 )
 
 
-#: Residual statistics from the moments of a residual (:func:`drope_check.engine.metrics.residual_moments`)
-#: and those from its spectrum (:func:`drope_check.engine.metrics.gram_entropies`).
+#: Residual statistics from the moments of a residual (:func:`drope_check.engine.residual_stats.residual_moments`)
+#: and those from its spectrum (:func:`drope_check.engine.residual_stats.gram_entropies`).
 MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
 SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
 RESIDUAL_STATS = MOMENT_STATS + SPECTRUM_STATS
 
-#: Name of a residual matrix in the errors of :func:`drope_check.engine.metrics.residual_moments`.
+#: Name of a residual matrix in the errors of :func:`drope_check.engine.residual_stats.residual_moments`.
 RESIDUAL = "residual"
 
 #: CPU: residual rows (copies, in the model's dtype) kept before their statistics are solved as one
@@ -217,7 +217,7 @@ class OnePassCapture:
         self.layers_from_kernel = 0
         self._seqs: list[SequenceCapture] = []
         self._projections: dict[tuple[int, str], torch.Tensor] = {}
-        self._pending: list[tuple[int, int, metrics.ResidualMoments]] = []  # (layer, row, moments)
+        self._pending: list[tuple[int, int, residual_stats.ResidualMoments]] = []  # (layer, row, moments)
         self._pending_bytes = 0
         self._rows: list[tuple[int, int, torch.Tensor]] = []  # (layer, row, residual) queued on CPU
         self._rows_bytes = 0
@@ -246,19 +246,19 @@ class OnePassCapture:
         """CPU: keep a copy of each row (float64 where numpy cannot read the dtype, converted here on
         the forward's thread); solve them when the buffer is full and after the forward."""
         for row, x in enumerate(rows):
-            x = x.clone() if metrics.numpy_ready(x) else x.to(torch.float64)
+            x = x.clone() if residual_stats.numpy_ready(x) else x.to(torch.float64)
             self._rows.append((layer, row, x))
             self._rows_bytes += x.nbytes
         if self._rows_bytes > ROW_BUFFER_BYTES:
             self._solve_rows()
 
     def _solve_rows(self) -> None:
-        """Every statistic of the queued rows (:func:`drope_check.engine.metrics.residual_summary`: numpy
+        """Every statistic of the queued rows (:func:`drope_check.engine.residual_stats.residual_summary`: numpy
         only, so torch's thread pool stays out of the capture's threads), one task per row."""
         if not self._rows:
             return
         assert self._pool is not None
-        futures = [self._pool.submit(metrics.residual_summary, x, RESIDUAL) for _, _, x in self._rows]
+        futures = [self._pool.submit(residual_stats.residual_summary, x, RESIDUAL) for _, _, x in self._rows]
         try:
             for (layer, row, _), future in zip(self._rows, futures, strict=True):
                 summary = self._checked(layer, row, future.result)
@@ -279,7 +279,7 @@ class OnePassCapture:
         """Other devices: each row's moments now, on the device; its Gram matrix queued for the
         batched eigenproblems (:meth:`_finish_spectra`)."""
         for row, x in enumerate(rows):
-            moments = self._checked(layer, row, functools.partial(metrics.residual_moments, x, RESIDUAL))
+            moments = self._checked(layer, row, functools.partial(residual_stats.residual_moments, x, RESIDUAL))
             for name in MOMENT_STATS:
                 self._seqs[row].record(name, layer, getattr(moments, name))
             self._pending.append((layer, row, moments))
@@ -293,7 +293,7 @@ class OnePassCapture:
         self._solve_rows()
         if not self._pending:
             return
-        entropies = metrics.gram_entropies([m.gram for _, _, m in self._pending])
+        entropies = residual_stats.gram_entropies([m.gram for _, _, m in self._pending])
         for (layer, row, _), ent in zip(self._pending, entropies, strict=True):
             for name in SPECTRUM_STATS:
                 self._seqs[row].record(name, layer, getattr(ent, name))
@@ -395,7 +395,7 @@ class OnePassCapture:
                         proj = arch.projection(attn, which)
                         handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
             threads = max(1, torch.get_num_threads())  # the forward's share of the cores, after it the rows'
-            with metrics.single_threaded_blas(), ThreadPoolExecutor(threads) as self._pool, observe_attention(
+            with residual_stats.single_threaded_blas(), ThreadPoolExecutor(threads) as self._pool, observe_attention(
                 self.model, self._observer
             ):
                 yield self._seqs

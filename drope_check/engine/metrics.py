@@ -29,20 +29,18 @@ wrong dimensionality, too few rows, empty input or non-finite values; no functio
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
+from drope_check.engine.tensor_checks import as_float64, as_matrix, as_vector, check_finite, finite_scalar
+
 __all__ = [
-    "ResidualMoments",
-    "ResidualSummary",
     "SpectrumEntropy",
     "argmax_layer",
     "argmin_layer",
@@ -52,14 +50,8 @@ __all__ = [
     "layer_mean",
     "matrix_entropy",
     "mean_over_sequences",
-    "numpy_ready",
     "perplexity_ratio",
     "queipo_c_alpha",
-    "gram_entropies",
-    "residual_moments",
-    "residual_summaries",
-    "residual_summary",
-    "single_threaded_blas",
     "sink_rate",
     "sink_scores",
     "spectrum_entropy",
@@ -77,66 +69,6 @@ DEFAULT_SINK_TAU: float = 0.3
 
 
 # --------------------------------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _as_float64(x: Tensor | Sequence[float] | float, name: str) -> Tensor:
-    """Convert ``x`` to a detached float64 tensor, rejecting complex and non-numeric input."""
-    if not isinstance(x, Tensor):
-        try:
-            # float64 from the start: torch.as_tensor(list of floats) would make float32 and round
-            x = torch.as_tensor(x, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(
-                f"{name}: cannot convert input of type {type(x).__name__} to a tensor: {exc}"
-            ) from exc
-    if x.is_complex():
-        raise ValueError(f"{name}: complex input is not supported (dtype {x.dtype})")
-    return x.detach().to(torch.float64)
-
-
-def _check_finite(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name}: contains {n_bad} non-finite value(s) (NaN or inf)")
-
-
-def _matrix(x: Tensor, name: str, min_rows: int = 1) -> Tensor:
-    """Validate a ``[T, d]`` matrix and return it as float64."""
-    x64 = _as_float64(x, name)
-    if x64.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D [T, d] tensor, got shape {tuple(x64.shape)}")
-    if x64.shape[0] == 0 or x64.shape[1] == 0:
-        raise ValueError(f"{name}: empty matrix of shape {tuple(x64.shape)}")
-    if x64.shape[0] < min_rows:
-        raise ValueError(f"{name}: needs at least {min_rows} rows (tokens), got T = {x64.shape[0]}")
-    _check_finite(x64, name)
-    return x64
-
-
-def _vector(v: Tensor | Sequence[float], name: str, min_len: int = 1) -> Tensor:
-    """Validate a non-empty finite 1-D vector and return it as float64."""
-    v64 = _as_float64(v, name)
-    if v64.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D tensor / sequence, got shape {tuple(v64.shape)}")
-    if v64.numel() < min_len:
-        raise ValueError(f"{name}: needs at least {min_len} entries, got {v64.numel()}")
-    _check_finite(v64, name)
-    return v64
-
-
-def _finite_scalar(value: float, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected a real number, got {value!r}") from exc
-    if not math.isfinite(out):
-        raise ValueError(f"{name}: must be finite, got {out}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # BOS norm, BOS ratio, Queipo-de-Llano bound quantities
 # --------------------------------------------------------------------------------------------------
 
@@ -146,9 +78,9 @@ def token_norms(x: Tensor) -> Tensor:
 
     ``out[t] = ||x_t||_2`` computed in float64. Shape ``[T]``, same device as ``x``.
     """
-    x64 = _matrix(x, "x")
+    x64 = as_matrix(x, "x")
     norms = torch.linalg.vector_norm(x64, ord=2, dim=1)
-    _check_finite(norms, "token_norms(x) (overflow in float64)")
+    check_finite(norms, "token_norms(x) (overflow in float64)")
     return norms
 
 
@@ -170,7 +102,7 @@ def bos_ratio_from_norms(norms: Tensor | Sequence[float]) -> float:
     Note that every row passed in is counted: upstream's RoPE numbers included EOS padding rows in
     the mean, so callers must strip padding before calling if they want the unpadded ratio.
     """
-    n = _vector(norms, "norms", min_len=2)
+    n = as_vector(norms, "norms", min_len=2)
     if bool((n < 0).any()):
         raise ValueError("norms: L2 norms must be non-negative")
     mean_rest = n[1:].mean()
@@ -184,7 +116,7 @@ def bos_ratio(x: Tensor) -> float:
 
     Thin wrapper: ``bos_ratio_from_norms(token_norms(x))`` (one implementation of the ratio).
     """
-    x64 = _matrix(x, "x", min_rows=2)
+    x64 = as_matrix(x, "x", min_rows=2)
     return bos_ratio_from_norms(token_norms(x64))
 
 
@@ -203,7 +135,7 @@ def queipo_c_alpha(x: Tensor) -> tuple[float, float]:
 
     Raises ``ValueError`` if ``x_0 = 0`` (no BOS direction) or if ``R = 0``.
     """
-    x64 = _matrix(x, "x", min_rows=2)
+    x64 = as_matrix(x, "x", min_rows=2)
     x0 = x64[0]
     rest = x64[1:]
     m = float(x0 @ x0)
@@ -235,10 +167,10 @@ def squared_singular_values(x: Tensor) -> Tensor:
     negative; these are clamped to 0. The absolute error of every entry is of order
     ``1e-16 * s_1^2``, i.e. accurate relative to the largest value, which is all the entropy needs.
     """
-    x64 = _matrix(x, "x")
+    x64 = as_matrix(x, "x")
     t, d = x64.shape
     gram = x64 @ x64.T if t <= d else x64.T @ x64
-    _check_finite(gram, "Gram matrix of x (overflow in float64)")
+    check_finite(gram, "Gram matrix of x (overflow in float64)")
     if gram.device.type == "cpu":
         # LAPACK through numpy, single-threaded: on the 2-core CI machine torch's MKL eigvalsh took
         # ~1 s per call inside the forward pass, and numpy's OpenBLAS with its own spinning thread
@@ -276,7 +208,7 @@ def spectrum_entropy(s2: Tensor | Sequence[float]) -> SpectrumEntropy:
     the normalised entropy undefined) with a positive sum (a zero matrix has no spectrum
     distribution).
     """
-    v = _vector(s2, "s2", min_len=2)
+    v = as_vector(s2, "s2", min_len=2)
     if bool((v < 0).any()):
         raise ValueError("s2: squared singular values must be non-negative")
     total = v.sum()
@@ -303,203 +235,6 @@ def matrix_entropy(x: Tensor) -> SpectrumEntropy:
 
 
 # --------------------------------------------------------------------------------------------------
-# every residual statistic of one matrix at once (the capture's path)
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Limit numpy's BLAS / LAPACK to one thread while the context is open.
-
-    Inside a torch forward pass on few cores, numpy's OpenBLAS pool spinning against torch's
-    OpenMP pool slowed the capture ~4x (one batch: 98 s vs 24 s); entering the limit costs ~1-3 ms,
-    so callers enter it once around many calls (the capture: once per batch).
-    """
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@dataclass(frozen=True)
-class ResidualMoments:
-    """Everything :func:`residual_summary` reports except the spectrum, plus the float64 Gram
-    matrix whose eigenvalues are the squared singular values (``X X^T`` when ``T <= d``, else
-    ``X^T X``; ``[n, n]``, ``n = min(T, d)``: a numpy array for CPU input, a tensor on the input's
-    device otherwise)."""
-
-    bos_norm: float
-    bos_ratio: float
-    queipo_c: float
-    queipo_alpha: float
-    mean_token_norm: float
-    gram: np.ndarray | Tensor
-
-
-@dataclass(frozen=True)
-class ResidualSummary:
-    """The per-layer statistics of one sequence's ``[T, d]`` residual matrix, each equal to its
-    public definition (:func:`bos_norm`, :func:`bos_ratio`, :func:`queipo_c_alpha`,
-    :func:`matrix_entropy`; ``mean_token_norm`` = mean of :func:`token_norms`)."""
-
-    bos_norm: float
-    bos_ratio: float
-    queipo_c: float
-    queipo_alpha: float
-    entropy: float
-    entropy_normalized: float
-    anisotropy: float
-    mean_token_norm: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
-    """Validate a ``[T, d]`` residual ONCE (T >= 2, min(T, d) >= 2, finite) and compute, in float64,
-    its token norms, BOS ratio, Queipo-de-Llano ``c, alpha`` and Gram matrix.
-
-    The same formulas as the public functions, sharing one float64 copy: ``||x_t||^2`` row sums,
-    ``c = M / R``, ``alpha = sum_{i>=1} <x_i, x_0>^2 / (M R)`` (= the definition with
-    ``u = x_0 / sqrt(M)``). Raises ``ValueError`` naming ``name`` where those would.
-
-    CPU input is computed in numpy only (no torch operator runs, so the capture may call this from
-    worker threads without starting torch's OpenMP pool there): when ``T <= d`` the squared row
-    norms are the Gram matrix's diagonal (``X X^T``, one symmetric rank-k update), and finiteness is
-    read from them (a NaN / inf anywhere in a row makes its squared norm non-finite), the input being
-    scanned only to word the error.
-    """
-    x64 = _as_float64(x, name) if not numpy_ready(x) else x.detach()
-    if x64.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D [T, d] tensor, got shape {tuple(x64.shape)}")
-    t, d = x64.shape
-    if t == 0 or d == 0:
-        raise ValueError(f"{name}: empty matrix of shape {(t, d)}")
-    if t < 2:
-        raise ValueError(f"{name}: needs at least 2 rows (tokens), got T = {t}")
-    if min(t, d) < 2:
-        raise ValueError(f"{name}: min(T, d) must be >= 2 for a spectrum entropy, got shape {(t, d)}")
-    if x64.device.type != "cpu":  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
-        return _moments_torch(x64, name)
-    a = x64.numpy().astype(np.float64, copy=False)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if t <= d:
-            gram = a @ a.T  # numpy recognises a @ a.T: one symmetric rank-k update (syrk)
-            sq = np.diagonal(gram).copy()
-        else:
-            gram = a.T @ a
-            sq = np.einsum("td,td->t", a, a)
-        if not np.isfinite(sq).all():
-            _check_finite(torch.from_numpy(a), name)  # raises on NaN / inf in the input itself
-            raise ValueError(f"{name}: squared norms overflow float64")
-        m = float(sq[0])
-        r = float(sq[1:].sum())
-    if not math.isfinite(r):
-        raise ValueError(f"{name}: squared norms overflow float64")
-    if m == 0.0:
-        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
-    if r == 0.0:
-        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
-    if not np.isfinite(gram).all():
-        raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
-    norms = np.sqrt(sq)
-    proj = a[1:] @ a[0]
-    return ResidualMoments(
-        bos_norm=float(norms[0]),
-        bos_ratio=float(norms[0] / norms[1:].mean()),
-        queipo_c=m / r,
-        queipo_alpha=float(proj @ proj) / (m * r),
-        mean_token_norm=float(norms.mean()),
-        gram=gram,
-    )
-
-
-def numpy_ready(x: object) -> bool:
-    """A real CPU tensor numpy can read without a torch operator (float32 / float64)."""
-    return isinstance(x, Tensor) and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-
-
-def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:
-    """:func:`residual_moments` on a device tensor (float64), with torch operators on that device."""
-    _check_finite(x64, name)
-    t, d = x64.shape
-    sq = torch.einsum("td,td->t", x64, x64)
-    m = float(sq[0])
-    r = float(sq[1:].sum())
-    if not (math.isfinite(m) and math.isfinite(r)):
-        raise ValueError(f"{name}: squared norms overflow float64")
-    if m == 0.0:
-        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
-    if r == 0.0:
-        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
-    norms = torch.sqrt(sq)
-    proj = x64[1:] @ x64[0]
-    gram = x64 @ x64.T if t <= d else x64.T @ x64
-    if not bool(torch.isfinite(gram).all()):
-        raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
-    return ResidualMoments(
-        bos_norm=float(norms[0]),
-        bos_ratio=float(norms[0] / norms[1:].mean()),
-        queipo_c=m / r,
-        queipo_alpha=float(proj @ proj) / (m * r),
-        mean_token_norm=float(norms.mean()),
-        gram=gram,
-    )
-
-
-def _eigvalsh(gram: np.ndarray | Tensor) -> np.ndarray:
-    return np.linalg.eigvalsh(gram) if isinstance(gram, np.ndarray) else torch.linalg.eigvalsh(gram).cpu().numpy()
-
-
-def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:
-    """:func:`spectrum_entropy` of the eigenvalues (= squared singular values, clamped at 0) of
-    each Gram matrix, in float64: LAPACK ``syevd`` through numpy for numpy arrays, ``workers``
-    threads at a time (numpy releases the GIL in LAPACK; the matrices are independent), and
-    ``torch.linalg.eigvalsh`` on the device for device tensors."""
-    if workers > 1 and len(grams) > 1 and all(isinstance(g, np.ndarray) for g in grams):
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            eigs = list(pool.map(_eigvalsh, grams))
-    else:
-        eigs = [_eigvalsh(g) for g in grams]
-    return [spectrum_entropy(torch.from_numpy(np.clip(e, 0.0, None))) for e in eigs]
-
-
-def _summary(moments: ResidualMoments, ent: SpectrumEntropy) -> ResidualSummary:
-    return ResidualSummary(
-        bos_norm=moments.bos_norm,
-        bos_ratio=moments.bos_ratio,
-        queipo_c=moments.queipo_c,
-        queipo_alpha=moments.queipo_alpha,
-        entropy=ent.entropy,
-        entropy_normalized=ent.entropy_normalized,
-        anisotropy=ent.anisotropy,
-        mean_token_norm=moments.mean_token_norm,
-    )
-
-
-def residual_summaries(
-    xs: Sequence[Tensor], workers: int = 1, moments: Sequence[ResidualMoments] | None = None
-) -> list[ResidualSummary]:
-    """:func:`residual_summary` of many residual matrices, their eigenproblems solved in a batch
-    (``workers`` threads). Pass precomputed ``moments`` (from :func:`residual_moments`) instead of
-    ``xs`` to finish them."""
-    if moments is None:
-        moments = [residual_moments(x, f"xs[{i}]") for i, x in enumerate(xs)]
-    ents = gram_entropies([m.gram for m in moments], workers=workers)
-    return [_summary(m, e) for m, e in zip(moments, ents, strict=True)]
-
-
-def residual_summary(x: Tensor, name: str = "x") -> ResidualSummary:
-    """Every per-layer residual statistic of ONE sequence's ``[T, d]`` matrix, validated once.
-
-    BOS norm, BOS ratio, Queipo-de-Llano ``c`` and ``alpha``, matrix entropy (raw, normalised) and
-    anisotropy, mean token norm: the values of the public functions (tests compare them to those and
-    to a float64 numpy SVD), from one float64 copy, one Gram matrix and one symmetric eigenproblem.
-    Errors name the input ``name``.
-    """
-    moments = residual_moments(x, name)
-    return _summary(moments, gram_entropies([moments.gram])[0])
-
-
-# --------------------------------------------------------------------------------------------------
 # attention sinks
 # --------------------------------------------------------------------------------------------------
 
@@ -519,7 +254,7 @@ def sink_scores(attn_to_bos: Tensor, include_self: bool = True) -> Tensor:
     tolerance are clamped to ``[0, 1]`` before averaging. NaN attention (e.g. from fp16 overflow of
     ``q.k``) raises instead of silently becoming a non-sink. Returns a float64 tensor ``[H]``.
     """
-    a = _matrix(attn_to_bos, "attn_to_bos")
+    a = as_matrix(attn_to_bos, "attn_to_bos")
     if float(a.min()) < -ATTENTION_TOLERANCE or float(a.max()) > 1.0 + ATTENTION_TOLERANCE:
         raise ValueError(
             f"attn_to_bos: attention weights must lie in [0, 1] (tolerance {ATTENTION_TOLERANCE}); "
@@ -541,8 +276,8 @@ def sink_rate(scores: Tensor | Sequence[float], tau: float = DEFAULT_SINK_TAU, s
     which is above a float64 ``tau = 0.3`` under both rules. ``scores`` must be a non-empty, finite
     1-D vector.
     """
-    s = _vector(scores, "scores")
-    t = _finite_scalar(tau, "tau")
+    s = as_vector(scores, "scores")
+    t = finite_scalar(tau, "tau")
     passed = s > t if strict else s >= t
     return float(passed.to(torch.float64).mean())
 
@@ -557,7 +292,7 @@ def argmax_layer(values: Tensor | Sequence[float]) -> int:
 
     Rejects empty, non-1-D and non-finite (NaN / inf) input.
     """
-    v = _vector(values, "values")
+    v = as_vector(values, "values")
     return int(torch.nonzero(v == v.max())[0, 0])
 
 
@@ -566,7 +301,7 @@ def argmin_layer(values: Tensor | Sequence[float]) -> int:
 
     Rejects empty, non-1-D and non-finite (NaN / inf) input.
     """
-    v = _vector(values, "values")
+    v = as_vector(values, "values")
     return int(torch.nonzero(v == v.min())[0, 0])
 
 
@@ -588,10 +323,10 @@ def spike_layer_max_write(embedding_bos_norm: float, bos_norm_per_layer: Tensor 
     ``n[-1] := embedding_bos_norm`` (the embedding output that enters block 0). First index on ties.
     Norms must be finite and non-negative.
     """
-    emb = _finite_scalar(embedding_bos_norm, "embedding_bos_norm")
+    emb = finite_scalar(embedding_bos_norm, "embedding_bos_norm")
     if emb < 0:
         raise ValueError(f"embedding_bos_norm: an L2 norm must be non-negative, got {emb}")
-    n = _vector(bos_norm_per_layer, "bos_norm_per_layer")
+    n = as_vector(bos_norm_per_layer, "bos_norm_per_layer")
     if bool((n < 0).any()):
         raise ValueError("bos_norm_per_layer: L2 norms must be non-negative")
     prev = torch.cat([n.new_tensor([emb]), n[:-1]])
@@ -603,7 +338,7 @@ def layer_mean(values: Tensor | Sequence[float]) -> float:
 
     Rejects empty, non-1-D and non-finite input.
     """
-    v = _vector(values, "values")
+    v = as_vector(values, "values")
     return float(v.sum() / v.numel())
 
 
@@ -614,8 +349,8 @@ def perplexity_ratio(ppl: float, baseline_ppl: float) -> float:
     sentinel upstream's files use for a run that never happened). Only meaningful when both were
     measured under the same protocol on the same texts; the caller guarantees that.
     """
-    a = _finite_scalar(ppl, "ppl")
-    b = _finite_scalar(baseline_ppl, "baseline_ppl")
+    a = finite_scalar(ppl, "ppl")
+    b = finite_scalar(baseline_ppl, "baseline_ppl")
     if a < 1 or b < 1:
         raise ValueError(f"a perplexity is >= 1, got ppl {a} and baseline {b}")
     return a / b
@@ -637,14 +372,14 @@ def mean_over_sequences(per_sequence: Sequence[Tensor | Sequence[float] | float]
         raise ValueError("per_sequence: no sequences given")
     vecs: list[Tensor] = []
     for k, item in enumerate(items):
-        v = _as_float64(item, f"per_sequence[{k}]").cpu()
+        v = as_float64(item, f"per_sequence[{k}]").cpu()
         if v.ndim > 1:
             raise ValueError(
                 f"per_sequence[{k}]: expected a 1-D per-layer vector, got shape {tuple(v.shape)}"
             )
         if v.ndim == 1 and v.numel() == 0:
             raise ValueError(f"per_sequence[{k}]: empty vector")
-        _check_finite(v, f"per_sequence[{k}]")
+        check_finite(v, f"per_sequence[{k}]")
         if vecs and v.shape != vecs[0].shape:
             raise ValueError(
                 f"per_sequence: ragged input, entry 0 has shape {tuple(vecs[0].shape)} "

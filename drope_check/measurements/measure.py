@@ -277,7 +277,7 @@ def resolve_interventions(interventions: str | Sequence[str] | None) -> tuple[st
 
 
 def load_texts(protocol: Protocol, options: MeasureOptions):
-    """The protocol's text set (a :class:`drope_check.engine.texts.TextSet`)."""
+    """The protocol's text set (a :class:`drope_check.engine.text_set.TextSet`)."""
     from drope_check.engine import texts
 
     if protocol.text_set == "concatenated":

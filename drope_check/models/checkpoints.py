@@ -97,8 +97,6 @@ def checkpoint_tensor_digests(folder: Path, names: list[str]) -> dict[str, str]:
 #: The command-line option (and, after the slash, the pytest option) that loads a checkpoint whose
 #: tensors do not match the model anyway; what did not match is recorded in provenance.
 ALLOW_INCOMPLETE_OPTION = "--allow-incomplete-weights (pytest: --drope-allow-incomplete-weights)"
-
-
 #: How many tensor names a refusal shows per kind (the count is always given).
 SHOWN_TENSORS = 4
 

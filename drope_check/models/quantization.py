@@ -11,7 +11,6 @@ import torch
 #: passed only ``load_in_4bit=True``, i.e. bitsandbytes' default type FP4 (``fp4``).
 QUANTIZATIONS: dict[str, tuple[str, bool]] = {"nf4": ("nf4", False), "nf4-double": ("nf4", True), "fp4": ("fp4", False)}
 
-
 #: Compute AND activation dtype of a 4-bit load, as upstream ran it: ``bnb_4bit_compute_dtype=float16``, and no
 #: ``torch_dtype``, which transformers 4.x's bitsandbytes quantizer then set to float16 ("Overriding torch_dtype=None
 #: with torch_dtype=torch.float16 due to requirements of bitsandbytes"), so embeddings, norms, the output head and
@@ -19,7 +18,6 @@ QUANTIZATIONS: dict[str, tuple[str, bool]] = {"nf4": ("nf4", False), "nf4-double
 #: the loader sets it. fp16 is where DroPE's layer-1 q.k overflows in eager attention; the suite's own statistics
 #: stay finite (the capture recomputes attention to BOS from the q/k in float32 / float64, :mod:`drope_check.engine.capture`).
 QUANTIZED_DTYPE = torch.float16
-
 
 #: accelerate's automatic device maps (``--device-map``): layers spread over the visible GPUs, then CPU memory,
 #: then ``offload_folder`` on disk, for models that do not fit one device.

@@ -71,7 +71,8 @@ class Aggregator:
             if any(line.startswith("audit failed") for line in self.audit_lines):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:
-            from drope_check.report.build import ReportWriteError, build_report, plot_marks, write_report
+            from drope_check.report.build import build_report, plot_marks
+            from drope_check.report.write import ReportWriteError, write_report
 
             pairs = sorted({v["pair"] for v in verdicts})
             infos = {
@@ -91,12 +92,12 @@ class Aggregator:
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if is_worker(config) or not self.state.verdicts:
             return
-        from drope_check.report.build import terminal_lines
+        from drope_check.report.terminal import terminal_lines
 
         writer = getattr(terminalreporter, "_tw", None)
         width = writer.fullwidth if writer is not None else 120
         terminalreporter.section("drope_check claims")
-        from drope_check.report.build import unchecked_pair_lines
+        from drope_check.report.terminal import unchecked_pair_lines
 
         for line in terminal_lines(self.verdicts(), width=width):
             terminalreporter.write_line(line)
@@ -110,7 +111,7 @@ class Aggregator:
             )
         for line in self.audit_lines:
             terminalreporter.write_line(line)
-        from drope_check.report.build import provenance_notes
+        from drope_check.report.markdown import provenance_notes
 
         for pair, info in sorted(self.state.pairs.items()):
             for note in provenance_notes(info):

@@ -25,11 +25,7 @@ from drope_check.sources.author_files import (
 )
 
 CLAIM_PROPERTY = "drope_claim"
-
-
 PAIR_PROPERTY = "drope_pair"
-
-
 AUTHOR_FILES_PROPERTY = "drope_author_files"
 
 

@@ -33,7 +33,8 @@ from drope_check.claims.claim_file import ClaimSet, MeasurementsMismatch, check_
 from drope_check.claims.evidence_spec import AUTHOR_FILES, SUITE
 from drope_check.claims.verdicts import Verdict, strict_verdict, verdict_for
 from drope_check.measurements.validate import CONSISTENCY_ATOL, CONSISTENCY_RTOL, load_measurements
-from drope_check.report.build import build_report, pair_info, plot_marks, write_report
+from drope_check.report.build import build_report, pair_info, plot_marks
+from drope_check.report.write import write_report
 from drope_check.sources.author_files import author_files_verdict, is_author_files_import
 
 __all__ = ["MERGE_ATOL", "MERGE_RTOL", "MeasurementsConflict", "first_difference", "judge_file", "judge_files",

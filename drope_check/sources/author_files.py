@@ -111,7 +111,8 @@ def author_files_measurements(source: str) -> dict[str, Any]:
     """The validated measurements of the author's files at ``source`` (era ``report``), imported
     once per process (each xdist worker imports its own copy: the import is deterministic)."""
     from drope_check.measurements.validate import MeasurementsFileError, validate_measurements
-    from drope_check.sources.upstream import UpstreamImportError, import_upstream
+    from drope_check.sources.table import UpstreamImportError
+    from drope_check.sources.upstream import import_upstream
 
     try:
         data = import_upstream(source, ERA)
@@ -130,7 +131,7 @@ def is_author_files_import(measurements: Mapping[str, Any]) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _protocols() -> dict[str, dict[str, Any]]:
-    from drope_check.sources.upstream import load_sources
+    from drope_check.sources.table import load_sources
 
     return {name: dict(p) for name, p in load_sources()["protocols"].items()}
 
@@ -143,7 +144,7 @@ def _expected_identity(name: str) -> dict[str, Any] | None:
 
 
 def _provenance(measurements: Mapping[str, Any], path: str) -> dict[str, Any] | None:
-    from drope_check.sources.upstream import field_provenance_for
+    from drope_check.sources.field_provenance import field_provenance_for
 
     return field_provenance_for(measurements, path)
 
@@ -182,7 +183,7 @@ _skip = author_files_skip
 
 def _after_report(prov: Mapping[str, Any] | None) -> str | None:
     """Why the run behind a field's provenance postdates the report, or None."""
-    from drope_check.sources.upstream import run_after_report
+    from drope_check.sources.table import run_after_report
 
     name = ((prov or {}).get("protocol") or {}).get("name")
     return run_after_report(str(name)) if name else None

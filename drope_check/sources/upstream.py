@@ -36,160 +36,35 @@ raise :class:`UpstreamImportError`, one sentence naming what is wrong; the CLI e
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
-import hashlib
-import json
 import math
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from drope_check.atomic import atomic_write_json
-from drope_check.claims.metric_paths import parse_path
 from drope_check.numbers import has_non_finite_float, is_number
+from drope_check.sources.commits import CommitReader, open_source
+from drope_check.sources.field_provenance import FieldProvenance, field_key
+from drope_check.sources.table import (
+    SOURCES_FILE,
+    UpstreamImportError,
+    load_sources,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+__all__ = ["ERAS", "import_upstream", "main"]
 
-__all__ = [
-    "ERAS",
-    "FieldProvenance",
-    "UpstreamImportError",
-    "field_key",
-    "field_provenance_for",
-    "import_upstream",
-    "load_sources",
-    "main",
-    "open_source",
-]
-
-SCHEMA_VERSION = 1
-SOURCES_FILE = "upstream_sources.toml"
 ERAS: tuple[str, ...] = ("report", "head")
 PAIR = "llama2-7b"
-
-
-class UpstreamImportError(ValueError):
-    """The upstream source cannot be imported; the message is one sentence naming what and where."""
 
 
 # ----------------------------------------------------------------------------------------------
 # the shipped mapping
 
 
-def load_sources(path: str | Path | None = None) -> dict[str, Any]:
-    """The mapping table (``drope_check/sources/upstream_sources.toml`` unless ``path`` is given)."""
-    if path is None:
-        text = resources.files("drope_check.sources").joinpath(SOURCES_FILE).read_text(encoding="utf-8")
-        where = f"drope_check/sources/{SOURCES_FILE}"
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-        where = str(path)
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UpstreamImportError(f"{where} is not valid TOML: {exc}") from None
-    if table.get("schema_version") != SCHEMA_VERSION:
-        raise UpstreamImportError(f"{where}: schema_version must be {SCHEMA_VERSION}")
-    for era in table.get("eras", {}).values():
-        for use in era["uses"]:
-            if use["source"] not in table["sources"] or use["protocol"] not in table["protocols"]:
-                raise UpstreamImportError(f"{where}: era entry {use} names an unknown source or protocol")
-    return table
-
-
-@functools.lru_cache(maxsize=1)
-def _shipped_sources() -> dict[str, Any]:
-    return load_sources()
-
-
-def run_after_report(protocol_name: str, table: Mapping[str, Any] | None = None) -> str | None:
-    """Why the run behind ``protocol_name`` cannot be the source of a number of the report, or None.
-
-    A protocol whose ``run.first_committed_date`` is later than the ``[report] date`` was made after
-    the report was written: ``"run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05,
-    after the report's commit 90f8e3c of 2026-01-20T23:26"``. None for a protocol without a dated run
-    (or an unknown name: the claim file's protocol names are checked when a claim is judged).
-    """
-    table = table if table is not None else _shipped_sources()
-    protocol = table.get("protocols", {}).get(protocol_name) or {}
-    run = protocol.get("run") or {}
-    report = table.get("report") or {}
-    date, report_date = run.get("first_committed_date"), report.get("date")
-    if not date or not report_date or str(date) <= str(report_date):  # ISO 8601: text order is time order
-        return None
-    return (f"{run.get('script', 'its script')}, first committed {run.get('first_committed', '?')} on {date}, after the "
-            f"report's commit {str(report.get('commit', '?'))[:7]} of {report_date}")
-
-
 # ----------------------------------------------------------------------------------------------
 # reading a file at a commit
-
-
-class _Source:
-    """Reads ``path`` at ``commit`` from a git clone or a ``<commit>/<path>`` folder."""
-
-    def __init__(self, root: Path, kind: str) -> None:
-        self.root = root
-        self.kind = kind
-        self._cache: dict[tuple[str, str], tuple[Any, str]] = {}
-
-    def describe(self) -> str:
-        return f"{'git clone' if self.kind == 'git' else 'folder'} {self.root}"
-
-    def _read_bytes(self, commit: str, path: str) -> bytes:
-        if self.kind == "folder":
-            folder = self.root / commit
-            if not folder.is_dir():
-                raise UpstreamImportError(
-                    f"upstream folder {self.root} has no folder for commit {commit} (expected {folder}/{path})"
-                )
-            file = folder / path
-            if not file.is_file():
-                raise UpstreamImportError(f"upstream folder {self.root} has no file {path} at commit {commit} ({file})")
-            return file.read_bytes()
-        have = subprocess.run(
-            ["git", "-C", str(self.root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
-        )
-        if have.returncode != 0:
-            raise UpstreamImportError(f"git clone {self.root} does not contain commit {commit} (fetch it first)")
-        shown = subprocess.run(["git", "-C", str(self.root), "show", f"{commit}:{path}"], capture_output=True)
-        if shown.returncode != 0:
-            raise UpstreamImportError(f"git clone {self.root} has no file {path} at commit {commit}")
-        return shown.stdout
-
-    def read_json(self, commit: str, path: str) -> tuple[Any, str]:
-        """The parsed JSON (NaN literals allowed at parse time) and the file's sha256."""
-        key = (commit, path)
-        if key not in self._cache:
-            data = self._read_bytes(commit, path)
-            try:
-                parsed = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UpstreamImportError(f"{path} at commit {commit} in {self.describe()} is not valid JSON: {exc}") from None
-            self._cache[key] = (parsed, hashlib.sha256(data).hexdigest())
-        return self._cache[key]
-
-
-def open_source(source: str | Path) -> _Source:
-    """A git clone (``git show``) or a ``<commit>/<path>`` folder; anything else is an error."""
-    root = Path(source)
-    if not root.is_dir():
-        raise UpstreamImportError(f"upstream source {root} is not a folder (give a git clone or a <commit>/<path> folder)")
-    if (root / ".git").exists():
-        probe = subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True)
-        if probe.returncode != 0:
-            raise UpstreamImportError(f"{root} has a .git but git cannot read it: {probe.stderr.decode().strip()}")
-        return _Source(root, "git")
-    return _Source(root, "folder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,71 +112,6 @@ def fmt_value(value: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # provenance
-
-
-def field_key(path: Sequence[str]) -> str:
-    """The key of a field in ``field_provenance``: the path as in a claim's metric path, without root.
-
-    ``["interventions", "bos_mlp_ablation:argmax-ratio", "ppl"]`` ->
-    ``interventions.bos_mlp_ablation:argmax-ratio.ppl``; a key holding ``.`` or brackets is written
-    ``["..."]`` as the claim paths do.
-    """
-    parts = []
-    for i, key in enumerate(path):
-        if any(ch in key for ch in '.[]" ') or not key:
-            parts.append(f"[{json.dumps(key)}]")
-        else:
-            parts.append(key if i == 0 else f".{key}")
-    return "".join(parts)
-
-
-@dataclass(frozen=True)
-class FieldProvenance:
-    """Where one imported value came from (``models.<m>.field_provenance[<field key>]``)."""
-
-    repository: str
-    commit: str
-    file: str
-    json_path: str | None
-    protocol_name: str
-    protocol: Mapping[str, Any]
-    derived: bool
-    rule: str | None = None
-    inputs: tuple[str, ...] = ()
-    note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "repository": self.repository, "commit": self.commit, "file": self.file, "json_path": self.json_path,
-            # a copy per field: nested tables (method, run) must not be one object shared by every field
-            "protocol": copy.deepcopy({"name": self.protocol_name, **self.protocol}), "derived": self.derived,
-        }
-        if self.derived:
-            out["rule"] = self.rule
-            out["inputs"] = list(self.inputs)
-        if self.note:
-            out["note"] = self.note
-        return out
-
-
-def field_provenance_for(measurements: Mapping[str, Any], metric_path: str) -> dict[str, Any] | None:
-    """The provenance of the value a claim's metric path reads, or None when the file has none.
-
-    ``rope:layers.sink_rate[1]`` -> ``models.rope.field_provenance["layers.sink_rate"]``: index and
-    slice steps are dropped, then the longest recorded prefix of the remaining keys wins.
-    """
-
-    parsed = parse_path(metric_path)
-    if parsed.root == "root":
-        return None
-    model = (measurements.get("models") or {}).get(parsed.root) or {}
-    table = model.get("field_provenance") or {}
-    keys = [step[1] for step in parsed.steps if step[0] == "key"]
-    for n in range(len(keys), 0, -1):
-        entry = table.get(field_key(keys[:n]))
-        if entry is not None:
-            return dict(entry)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +164,7 @@ def _json_get(data: Any, json_path: str) -> tuple[bool, Any]:
 
 
 def _import_model(
-    role: str, uses: list[Mapping[str, Any]], table: Mapping[str, Any], source: _Source, files: dict[str, str]
+    role: str, uses: list[Mapping[str, Any]], table: Mapping[str, Any], source: CommitReader, files: dict[str, str]
 ) -> dict[str, Any]:
     repo = table["repository"]
     n_layers = int(repo["n_layers"])

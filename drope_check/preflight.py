@@ -34,7 +34,7 @@ from drope_check.engine.texts import ENV_WIKITEXT
 from drope_check.errors import UserError
 from drope_check.models.availability import gpu_refusal
 from drope_check.models.checkpoints import require_qk_norm_tensors, safetensors_files
-from drope_check.models.embedded import EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.models.embedded import EmbeddedUnavailable, is_embedded
 from drope_check.models.hub import TOKENIZER_FILES
 from drope_check.models.loading import load_tokenizer, resolve_token_id
 from drope_check.models.native_drope import (
@@ -43,7 +43,7 @@ from drope_check.models.native_drope import (
     native_drope_attention_type,
     read_config_dict,
 )
-from drope_check.models.pairs import ModelLoadError, ModelSpec, PairSpec
+from drope_check.models.pairs import ModelLoadError, ModelSpec, PairSpec, embedded_model
 from drope_check.models.quantization import DEVICE_MAPS
 from drope_check.output_paths import (  # re-exported: they live in a module without torch
     check_output_file,

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from drope_check.models.embedded import (
-    EMBEDDED_MODELS,
-    EmbeddedModel,
-    EmbeddedUnavailable,
-    embedded_model,
-    is_embedded,
-)
-from drope_check.models.pairs import PAIRS
+from drope_check.models.embedded import EmbeddedModel, EmbeddedUnavailable, is_embedded
+from drope_check.models.pairs import EMBEDDED_MODELS, PAIRS, embedded_model
 
 
 def test_sources_name_embedded_models():

@@ -2,7 +2,7 @@
 
 Each test copies the repository's ``claims/`` modules and ``tests/data/expected/toy.toml`` into a
 fresh directory and runs pytest in a subprocess, judging ``tests/data/toy-measurements.json`` with
-``--measurements`` (or a fake ``drope_check.models.pairs`` / ``.availability`` / ``drope_check.measurements.measure`` installed by a
+``--measurements`` (or the toy pairs registered with a fake ``drope_check.models.availability`` / ``drope_check.measurements.measure`` installed by a
 conftest), so no model is ever loaded. Against that file the toy claims give: PASS 7, FAIL 3 (one
 below its band, one above, one stale golden), XFAIL 1 (does-not-generalise), SKIP 2 (a status-skip
 claim and a pending golden).
@@ -35,8 +35,11 @@ import sys
 import types
 from pathlib import Path
 
-pairs = types.ModuleType("drope_check.models.pairs")
-pairs.PAIRS = {{"toy": "toy spec", "toy2": "toy2 spec"}}
+from drope_check.models.pairs import PAIRS, ModelSpec, PairSpec
+
+for name in ("toy", "toy2"):  # registered like any pair (the pair registry loads no engine)
+    PAIRS[name] = PairSpec(name, ModelSpec("rope", name + "-rope", "rope"), ModelSpec("drope", name + "-drope", "drope"),
+                           None, name + " (fake engine)")
 availability = types.ModuleType("drope_check.models.availability")
 
 
@@ -59,7 +62,6 @@ def measure_pair(pair, protocol=None, interventions="all", options=None):
 
 
 measure.measure_pair = measure_pair
-sys.modules["drope_check.models.pairs"] = pairs
 sys.modules["drope_check.models.availability"] = availability
 sys.modules["drope_check.measurements.measure"] = measure
 '''

@@ -306,7 +306,8 @@ def test_other_models_are_refused_unless_as_pair(tmp_path: Path, capsys: pytest.
 
 def test_the_pairs_model_ids_match_the_registry() -> None:
     models = pytest.importorskip("drope_check.models.loading")
-    from drope_check.models.embedded import embedded_model, is_embedded
+    from drope_check.models.embedded import is_embedded
+    from drope_check.models.pairs import embedded_model
 
     for pair in C.available_pairs(REPO_EXPECTED):
         cs = C.load_claims(pair, REPO_EXPECTED)

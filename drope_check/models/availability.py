@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from drope_check.models.embedded import EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.models.embedded import EmbeddedUnavailable, is_embedded
 from drope_check.models.hub import hub_models, human_size, model_status, refusal
-from drope_check.models.pairs import PairSpec, get_pair
+from drope_check.models.pairs import PairSpec, embedded_model, get_pair
 
 
 def gpu_refusal(pair: PairSpec, device: str | None) -> str | None:

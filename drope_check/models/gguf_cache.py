@@ -14,8 +14,8 @@ from drope_check.models.checkpoints import (
     file_sha256,
     refuse_incomplete_load,
 )
-from drope_check.models.embedded import EmbeddedUnavailable, cache_dir, embedded_model
-from drope_check.models.pairs import ModelLoadError
+from drope_check.models.embedded import EmbeddedUnavailable, cache_dir
+from drope_check.models.pairs import ModelLoadError, embedded_model
 
 
 def embedded_gguf_path(source: str = "embedded") -> Path:

@@ -51,7 +51,7 @@ from drope_check.models.checkpoints import (
     safetensors_files,
 )
 from drope_check.models.device import default_device, default_dtype
-from drope_check.models.embedded import embedded_model, is_embedded
+from drope_check.models.embedded import is_embedded
 from drope_check.models.gguf_cache import embedded_base
 from drope_check.models.native_drope import (
     is_drope_config,
@@ -60,7 +60,7 @@ from drope_check.models.native_drope import (
     native_drope_llama_class,
     read_config_dict,
 )
-from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.pairs import ModelLoadError, ModelSpec, embedded_model
 from drope_check.models.qk_norm import apply_identity_rotation, install_qk_norm, set_softmax_scale
 from drope_check.models.quantization import QUANTIZED_DTYPE, dtype_name, quantization_settings
 

@@ -32,9 +32,9 @@ from drope_check.claims.claim_file import AUTHOR_FILES_ONLY_FAMILIES, RECALIBRAT
 from drope_check.claims.evidence_spec import AUTHOR_FILES, SUITE
 from drope_check.claims.metric_paths import MetricPathError, parse_path
 from drope_check.claims.verdicts import value_text
+from drope_check.models.pairs import PAIRS
 
 __all__ = [
-    "FAMILY_TITLES",
     "EvidenceRow",
     "SkipGroup",
     "evidence_rows",
@@ -45,8 +45,6 @@ __all__ = [
     "skip_groups",
 ]
 
-#: Column titles: the model family of each registered pair, in column order (others follow by pair name).
-FAMILY_TITLES = {"llama2-7b": "Llama-2-7B", "smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}
 #: Outcomes that are grouped as "not evaluated" (the cell names the group).
 GROUPED_OUTCOMES: tuple[str, ...] = ("skip", "regenerated")
 _VERDICT_WORD = {
@@ -76,7 +74,7 @@ def family_title(pair: str) -> str:
     """The model family a pair measures (``Llama-2-7B``), or the pair's name for an unregistered pair; a further
     variant of a pair judged into the same report (``llama2-7b@4bit-nf4``, :mod:`drope_check.report.merge`) adds it."""
     base, _, variant = pair.partition("@")
-    title = FAMILY_TITLES.get(base, base)
+    title = PAIRS[base].family_title if base in PAIRS else base
     return f"{title} ({variant})" if variant else title
 
 
@@ -84,7 +82,7 @@ def family_rank(pair: str) -> int:
     """Where a pair's family stands in the table's columns (and the plots' legends): registered first, a
     pair's further variants right after it."""
     base = pair.partition("@")[0]
-    return list(FAMILY_TITLES).index(base) if base in FAMILY_TITLES else len(FAMILY_TITLES)
+    return list(PAIRS).index(base) if base in PAIRS else len(PAIRS)
 
 
 def _table_order(verdicts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -179,7 +177,7 @@ def _report_value(vs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _columns(doc: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-    """``(pair, source, title)`` per source column: families in :data:`FAMILY_TITLES` order, the
+    """``(pair, source, title)`` per source column: families in registry order (:data:`drope_check.models.pairs.PAIRS`), the
     author's files before this suite for a pair judged against them."""
     seen = list(dict.fromkeys([*(doc.get("pairs") or {}), *(v["pair"] for v in verdicts if v.get("pair"))]))
     pairs = sorted(seen, key=family_rank)  # stable: unregistered pairs in the order they appear

@@ -11,6 +11,7 @@ from typing import Any
 
 from drope_check.atomic import atomic_write_bytes
 from drope_check.claims.bands import fmt
+from drope_check.models.pairs import PAIRS
 from drope_check.report.build import ACROSS_FAMILIES, PLOT_SERIES
 from drope_check.report.evidence import (
     family_rank,
@@ -19,7 +20,6 @@ from drope_check.report.evidence import (
 
 _MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
 #: The across-families plots: a colour per family, a line style per model.
-_FAMILY_COLOURS = {"llama2-7b": "tab:blue", "smollm2-135m": "tab:green", "gemma3-270m": "tab:red"}
 _ROLE_STYLES = {"rope": "-", "drope": "--"}
 
 
@@ -129,7 +129,7 @@ def overlay_figure(series: str, label: str, log: bool, lines: Sequence[OverlayLi
     fig, ax = _new_axes()
     for line in lines:
         ax.plot(line.depth, line.values, marker="." if line.source == "this suite" else "x", markersize=4,
-                color=_FAMILY_COLOURS.get(line.pair), linestyle=_ROLE_STYLES.get(line.role, ":"), label=line.label)
+                color=PAIRS[line.pair].colour if line.pair in PAIRS else None, linestyle=_ROLE_STYLES.get(line.role, ":"), label=line.label)
     _finish_axes(ax, "relative depth: layer / (n_layers - 1)", label, f"{series} across model families", log)
     return fig
 

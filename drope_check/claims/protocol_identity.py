@@ -42,6 +42,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from drope_check.claims.metric_paths import MetricPathError, parse_path
+from drope_check.engine import metric_table
+from drope_check.engine.metric_table import ATTENTION_METHOD_FACTS
+
 __all__ = [
     "ALL_FIELDS",
     "ATTENTION_FIELDS",
@@ -67,12 +71,18 @@ FIELD_FIELDS: tuple[str, ...] = ("protocol", "text_set")
 #: The value of a field a measurements file does not state; it never matches a recorded value.
 UNKNOWN = "unknown"
 
-_ATTENTION_MARKERS = ("sink",)
-
-
 def is_attention_metric(path: str) -> bool:
-    """Whether a metric path reads an attention-to-BOS number (a sink score, rate or its average)."""
-    return any(marker in path for marker in _ATTENTION_MARKERS)
+    """Whether a metric path reads an attention-to-BOS number (a sink score, rate or its average: an
+    ``attention`` metric of :mod:`drope_check.engine.metric_table`) or a fact about the author's sink rule
+    (:data:`~drope_check.engine.metric_table.ATTENTION_METHOD_FACTS`). A path that does not parse reads none."""
+    try:
+        steps = [step[1] for step in parse_path(path).steps[:3] if step[0] == "key"]
+    except MetricPathError:
+        return False
+    if len(steps) >= 2 and steps[0] in ("layers", "heads", "scalars"):
+        found = metric_table.metric(steps[0], steps[1])
+        return found is not None and found.attention
+    return len(steps) >= 3 and steps[:2] == ["provenance", "method"] and steps[2] in ATTENTION_METHOD_FACTS
 
 
 def relevant_fields(metrics: Iterable[str]) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ from drope_check.engine import residual_stats
 from drope_check.engine.architectures import architecture_of
 from drope_check.engine.attention import AttentionCall, observe_attention
 from drope_check.engine.fp16_eager import attention_to_position0_fp16_eager
+from drope_check.engine.metric_table import CAPTURED_SERIES, MOMENT_STATS, SPECTRUM_STATS
 from drope_check.engine.protocol import Protocol
 
 #: Upper bound on the elements of one chunk of attention scores ([B, H, chunk, K]).
@@ -64,24 +65,13 @@ AUTO_FLOAT32_BOUND = 2e-5
 #: (it reports it as ``kernel_lse_max_rel_error``).
 KERNEL_LSE_TRUSTED: frozenset[tuple[str, torch.dtype]] = frozenset({("cpu", torch.float32), ("cpu", torch.float64)})
 
-#: Per-layer residual statistics a sequence gets, in this order (names of ``SequenceCapture.layers``).
-LAYER_STATS = (
-    "bos_norm",
-    "bos_ratio",
-    "queipo_c",
-    "queipo_alpha",
-    "entropy",
-    "entropy_normalized",
-    "anisotropy",
-    "mean_token_norm",
-    "bos_mlp_write_norm",
-)
+#: Per-layer residual statistics a sequence gets, in this order (names of ``SequenceCapture.layers``;
+#: :data:`drope_check.engine.metric_table.CAPTURED_SERIES`).
+LAYER_STATS = CAPTURED_SERIES
 
 
 #: Residual statistics from the moments of a residual (:func:`drope_check.engine.residual_stats.residual_moments`)
 #: and those from its spectrum (:func:`drope_check.engine.residual_stats.gram_entropies`).
-MOMENT_STATS = ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "mean_token_norm")
-SPECTRUM_STATS = ("entropy", "entropy_normalized", "anisotropy")
 RESIDUAL_STATS = MOMENT_STATS + SPECTRUM_STATS
 
 #: Name of a residual matrix in the errors of :func:`drope_check.engine.residual_stats.residual_moments`.

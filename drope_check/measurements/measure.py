@@ -23,9 +23,10 @@ import torch
 from drope_check import __version__, preflight
 from drope_check.engine import metrics, sink_stats, workers
 from drope_check.engine.batching import chunk_with_bos, make_batches, tokenize_with_bos
-from drope_check.engine.capture import LAYER_STATS, OnePassCapture, SequenceCapture
+from drope_check.engine.capture import OnePassCapture, SequenceCapture
 from drope_check.engine.eager_probe import EAGER_FP16, eager_fp16_probe
 from drope_check.engine.interventions import INTERVENTIONS
+from drope_check.engine.metric_table import CAPTURED_SERIES
 from drope_check.engine.protocol import FAITHFUL, Protocol
 from drope_check.models.device import environment_info
 from drope_check.models.hub import resolve_pair
@@ -122,7 +123,7 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     if not captures:
         raise ValueError("no sequences were captured")
     layers: dict[str, list[float]] = {
-        stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in LAYER_STATS
+        stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in CAPTURED_SERIES
     }
     attn = [c.attn_to_bos for c in captures]
     sinks = sink_stats.sink_statistics(

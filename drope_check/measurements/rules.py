@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from drope_check.engine.metric_table import METRICS
 from drope_check.numbers import is_number
 
 #: ``heads`` fields holding one ``[layer][head]`` grid per sequence (drope_check.engine.sink_stats).
@@ -151,26 +152,16 @@ TEXT_OR_NULL = Text(nullable=True)
 FLAG = Flag()
 STRINGS = Obj(other=TEXT, what="an object of strings")
 
-#: ``layers.<series>``: one value per layer, each in its range (a series not listed: any number).
-LAYER_SERIES: dict[str, Number] = {
-    "bos_norm": NORM, "bos_ratio": NONNEG, "queipo_c": NONNEG, "queipo_alpha": FRACTION, "entropy": ENTROPY,
-    "entropy_normalized": FRACTION, "anisotropy": FRACTION, "sink_rate": RATE, "sink_rate_excl_self": RATE,
-    "attention_nan_heads": COUNT0, "bos_mlp_write_norm": NORM, "mean_token_norm": NORM,
-}
 #: ``heads.*``: sink scores in [0, 1]; ``null`` marks a head whose fp16-eager attention overflowed.
 SINK_SCORE = Number("a sink score in [0, 1] (or null: an overflowed fp16-eager head)", lo=0, hi=1 + FRACTION_SLACK,
                     nullable=True)
+#: The rule of each range of :mod:`drope_check.engine.metric_table`.
+RANGES: dict[str, Number] = {"norm": NORM, "nonneg": NONNEG, "fraction": FRACTION, "rate": RATE, "entropy": ENTROPY,
+                             "count0": COUNT0, "layer": LAYER, "ppl": PPL, "sink_score": SINK_SCORE}
+#: ``layers.<series>``: one value per layer, each in its range (a series not listed: any number).
+LAYER_SERIES: dict[str, Number] = {m.name: RANGES[m.range] for m in METRICS if m.kind == "series"}
 #: ``scalars.<name>`` (``null``: not measured; a scalar not listed: any number).
-SCALARS: dict[str, Number] = {
-    "embedding_bos_norm": NORM, "sink_rate_average": RATE, "sink_rate_average_excl_self": RATE,
-    "attention_nan_heads": COUNT0, "bos_spike_layer_argmax_ratio": LAYER, "bos_spike_layer_max_write": LAYER,
-    "max_bos_ratio": NONNEG, "peak_bos_norm": NORM, "peak_bos_norm_layer": LAYER, "min_entropy": ENTROPY,
-    "min_entropy_layer": LAYER, "min_entropy_normalized": FRACTION, "min_entropy_normalized_layer": LAYER,
-    "ppl_baseline": PPL,
-    # the eager-fp16 probe (drope_check.engine.eager_probe) or the author's files' count of non-finite layers
-    "eager_fp16_nonfinite_layers": COUNT0, "eager_fp16_first_nonfinite_layer": LAYER,
-    "eager_fp16_nonfinite_attention_heads": COUNT0,
-}
+SCALARS: dict[str, Number] = {m.name: RANGES[m.range] for m in METRICS if m.kind == "scalar"}
 ANY_NUMBER = Number("a number")
 
 #: ``protocol`` (the engine's :class:`~drope_check.engine.protocol.Protocol`, or a source's own record):

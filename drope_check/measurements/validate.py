@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from drope_check.engine import metric_table
 from drope_check.measurements.rules import (
     ANY_NUMBER,
     LAYER_SERIES,
@@ -66,15 +67,10 @@ CONSISTENCY_ATOL = 1e-9
 #: source" (an error only for a name that is not in the schema: a typo in a claim file).
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "model": ("role", "provenance", "n_layers", "n_heads", "layers", "heads", "scalars", "perplexity", "interventions"),
-    "layers": ("bos_norm", "bos_ratio", "queipo_c", "queipo_alpha", "entropy", "entropy_normalized", "anisotropy",
-               "sink_rate", "sink_rate_excl_self", "bos_mlp_write_norm", "mean_token_norm"),
+    "layers": metric_table.names("series", optional=True),
     "provenance": ("pad_to", "method"),
-    "heads": ("sink_score", "sink_score_excl_self", "sink_score_per_sequence", "sink_score_excl_self_per_sequence"),
-    "scalars": ("embedding_bos_norm", "sink_rate_average", "sink_rate_average_excl_self",
-                "bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write", "max_bos_ratio", "peak_bos_norm",
-                "peak_bos_norm_layer", "min_entropy", "min_entropy_layer", "min_entropy_normalized",
-                "min_entropy_normalized_layer", "ppl_baseline", "eager_fp16_nonfinite_layers",
-                "eager_fp16_first_nonfinite_layer", "eager_fp16_nonfinite_attention_heads"),
+    "heads": metric_table.names("heads", optional=True),
+    "scalars": metric_table.names("scalar", optional=True),
     "perplexity": ("lines", "prompts", "sliding"),
     "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
                       "qk_disruption:jin"),

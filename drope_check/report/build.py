@@ -21,6 +21,7 @@ from drope_check import __version__
 from drope_check.claims.claim_file import FAMILIES, MODELS, Claim, ClaimSet
 from drope_check.claims.evidence_spec import SOURCES
 from drope_check.claims.verdicts import Verdict
+from drope_check.engine.metric_table import METRICS
 
 __all__ = [
     "ACROSS_FAMILIES",
@@ -40,11 +41,9 @@ OUTCOME_LABEL = {
     "xpass": "XPASS (strict: fails)",
     "error": "ERROR", "prose-only": "prose only (finding)", "skip": "skip", "regenerated": "regenerated",
 }
-#: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?).
-PLOT_SERIES: tuple[tuple[str, str, bool], ...] = (
-    ("bos_norm", "BOS residual norm ||x_0||", True),
-    ("entropy", "matrix entropy H (nats, uncentred)", True),
-    ("sink_rate", "sink rate (fraction of heads, score >= tau)", False),
+#: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?), the table's plotted series.
+PLOT_SERIES: tuple[tuple[str, str, bool], ...] = tuple(
+    (m.name, m.plot, m.log) for m in METRICS if m.kind == "series" and m.plot is not None
 )
 #: The key of the across-families plots in :func:`write_plots`' result (not a pair name: it has a space).
 ACROSS_FAMILIES = "across families"

@@ -1,5 +1,5 @@
 """Root fixtures only. The claims fixtures (pairs, measurements) live in the drope_check pytest
-plugin (drope_check/plugin.py), so an installed drope_check serves any checkout.
+plugin (drope_check/pytest_plugin/hooks.py), so an installed drope_check serves any checkout.
 
 Here: the hypothesis profiles, and the ``slow`` mark of every test (in tests/ and claims/) that loads
 an embedded real model, set from what the test uses (``real_model`` fixture, suite claims tests)."""

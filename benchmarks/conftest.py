@@ -118,7 +118,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded RoPE model (SmolLM2-135M, fp32, CPU), loaded once."""
-    from drope_check.models import pair_available
+    from drope_check.models.availability import pair_available
 
     ok, why = pair_available(memory_probe.PAIR)
     if not ok:

@@ -26,7 +26,7 @@ claims about a model. Steps, in order:
    batch: attention to BOS within :data:`PROMISED_RELATIVE` (the suite's promise for the float32 path).
 4. ``write_checkpoints``: the model as a plain Llama checkpoint and as a DroPE checkpoint in SakanaAI's
    layout (``llama_drope``, ``qk_norm_nope``, ``softmax_scale`` :data:`SOFTMAX_SCALE`, sharded
-   safetensors with an index; :mod:`drope_check.tiny_checkpoints`); layer 1's q/k norm weights give
+   safetensors with an index; :mod:`drope_check.models.tiny_checkpoints`); layer 1's q/k norm weights give
    per-head q/k norms like DroPE Llama-2-7B's layer 1 (:data:`DROPE_LAYER1_QK_NORMS`).
 5. ``drope_bf16``: that checkpoint through the native loader. Checks: loader native, the config's
    ``softmax_scale`` is every attention module's scale and the one the capture sees; the same
@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: DroPE Llama-2-7B layer 1's per-head q / k norms (the provenance notes): what the float64 fallback must catch.
 DROPE_LAYER1_QK_NORMS = (6.6e3, 5.5e3)
-#: The suite's promise for attention to BOS against a float64 softmax (README, drope_check/capture.py).
+#: The suite's promise for attention to BOS against a float64 softmax (README, drope_check/engine/capture.py).
 PROMISED_RELATIVE = 1e-4
 #: Bound on the kernel log-sum-exp path's relative error in attention to BOS: the suite's promise. Why not
 #: tighter: on CPU the bf16 / fp16 flash kernel's reduced-precision exp already costs ~5e-5 (measured,
@@ -273,8 +273,8 @@ def plain_pass(model, seqs: list[list[int]], batch_size: int) -> None:
     import memory_probe
     import torch
 
-    from drope_check.batching import make_batches
-    from drope_check.perplexity import input_device
+    from drope_check.engine.batching import make_batches
+    from drope_check.engine.perplexity import input_device
 
     device = input_device(model)
     with memory_probe.attn_implementation(model, "sdpa"), torch.inference_mode():
@@ -285,9 +285,9 @@ def plain_pass(model, seqs: list[list[int]], batch_size: int) -> None:
 def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions: bool = True) -> None:
     """Paired plain / capture (/ interventions) timings at each shape, and checks that every captured
     statistic and perplexity is finite."""
-    from drope_check.interventions import INTERVENTIONS, measure_interventions
-    from drope_check.measure import baseline_perplexity, run_capture
-    from drope_check.protocol import Protocol
+    from drope_check.engine.interventions import INTERVENTIONS, measure_interventions
+    from drope_check.engine.protocol import Protocol
+    from drope_check.measurements.measure import baseline_perplexity, run_capture
 
     vocab = loaded.model.config.vocab_size
     for t, n in shapes:
@@ -331,10 +331,10 @@ def capture_attention(loaded, seqs: list[list[int]], stats_dtype: str, batch_siz
     """Per sequence and layer the captured attention to BOS (``[H, T]`` float64 on the CPU), and the capture."""
     import torch
 
-    from drope_check.batching import make_batches
-    from drope_check.capture import OnePassCapture
-    from drope_check.perplexity import input_device
-    from drope_check.protocol import Protocol
+    from drope_check.engine.batching import make_batches
+    from drope_check.engine.capture import OnePassCapture
+    from drope_check.engine.perplexity import input_device
+    from drope_check.engine.protocol import Protocol
 
     capture = OnePassCapture(loaded.model, Protocol(stats_dtype=stats_dtype), loaded.name)
     device = input_device(loaded.model)
@@ -355,7 +355,8 @@ def compare_captures(a: list, b: list) -> float:
 def load(folder: Path, role: str, quantization: str | None = None, dtype=None):
     import torch
 
-    from drope_check.models import ModelSpec, load_model
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import ModelSpec
 
     dtype = dtype if dtype is not None or quantization is not None else torch.bfloat16
     return load_model(ModelSpec(role, str(folder), role), bos_token="<s>", device=DEVICE, dtype=dtype,
@@ -366,10 +367,10 @@ def float64_fallback_check(loaded, data: StepData, t: int = 512) -> None:
     """Layer 1 (DroPE-like q/k norms) takes the float64 path, and only it, and matches a float64 softmax."""
     import torch
 
-    from drope_check.attention import observe_attention
-    from drope_check.capture import OnePassCapture
-    from drope_check.perplexity import input_device
-    from drope_check.protocol import Protocol
+    from drope_check.engine.attention import observe_attention
+    from drope_check.engine.capture import OnePassCapture
+    from drope_check.engine.perplexity import input_device
+    from drope_check.engine.protocol import Protocol
 
     seqs = random_sequences(t, 1, loaded.model.config.vocab_size, seed=7)
     device = input_device(loaded.model)
@@ -398,8 +399,8 @@ def kernel_checks(data: StepData, shape: tuple[int, int, int, int] = KERNEL_SHAP
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from drope_check.attention import sdpa_with_logsumexp
-    from drope_check.capture import attention_to_position0_from_lse
+    from drope_check.engine.attention import sdpa_with_logsumexp
+    from drope_check.engine.capture import attention_to_position0_from_lse
 
     class Module(torch.nn.Module):
         num_key_value_groups, is_causal = 1, True
@@ -436,8 +437,8 @@ def check_softmax_scale(loaded, data: StepData) -> None:
     """The config's ``softmax_scale`` is in provenance, on every attention module, and what attention sees."""
     import torch
 
-    from drope_check.attention import attention_modules, observe_attention
-    from drope_check.perplexity import input_device
+    from drope_check.engine.attention import attention_modules, observe_attention
+    from drope_check.engine.perplexity import input_device
 
     prov = loaded.provenance
     data["provenance"] = {k: prov.get(k) for k in ("loader", "attention_type", "softmax_scale")}
@@ -457,7 +458,7 @@ def check_4bit(loaded, quantization: str, data: StepData, shapes, batch_size: in
     """A bitsandbytes 4-bit load as upstream ran it, and a finite capture."""
     import torch
 
-    from drope_check.models import quantization_settings
+    from drope_check.models.quantization import quantization_settings
 
     linear4 = [m for m in loaded.model.modules() if type(m).__name__ == "Linear4bit"]
     data.check("4-bit linear layers", len(linear4), 1, ">=")
@@ -477,9 +478,10 @@ def device_map_check(data: StepData, config: dict[str, Any], offload_dir: Path, 
     import torch
     from accelerate import dispatch_model
 
-    from drope_check.measure import measure_model
-    from drope_check.models import LoadedModel, ModelSpec
-    from drope_check.protocol import Protocol
+    from drope_check.engine.protocol import Protocol
+    from drope_check.measurements.measure import measure_model
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
 
     def loaded(model) -> LoadedModel:
         return LoadedModel(model, None, ModelSpec("rope", "random", "rope"), BOS_ID, PAD_ID, {})
@@ -546,8 +548,9 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
     import memory_probe
     import torch
 
-    from drope_check.models import LoadedModel, ModelSpec
-    from drope_check.tiny_checkpoints import write_pair_checkpoints
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
+    from drope_check.models.tiny_checkpoints import write_pair_checkpoints
 
     simulate = args.simulate_cpu
     model_config = dict(SIMULATED["model"]) if simulate else {"num_hidden_layers": args.layers}

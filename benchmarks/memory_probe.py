@@ -105,7 +105,9 @@ def wikitext_file() -> Path | None:
 def bench_text() -> tuple[str, str]:
     """One long real text and a label: the WikiText-2 test split joined with ``"\\n\\n"`` (as the
     HF perplexity guide does), or, without the file, gensim's Wikipedia paragraphs joined likewise."""
-    from drope_check.texts import TextSourceError, gensim_fallback, wikitext_split_text
+    from drope_check.engine.gensim_texts import gensim_fallback
+    from drope_check.engine.text_set import TextSourceError
+    from drope_check.engine.texts import wikitext_split_text
 
     path = wikitext_file()
     if path is not None:
@@ -144,7 +146,8 @@ def token_rows(tokenizer: Any, bos_token_id: int, tokens: int, batch: int, text:
 
 def load_embedded(layers: int | None = None):
     """The embedded RoPE model (``LoadedModel``), optionally cut to its first ``layers`` layers."""
-    from drope_check.models import PAIRS, load_model
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import PAIRS
 
     pair = PAIRS[PAIR]
     loaded = load_model(pair.rope, bos_token=pair.bos_token)
@@ -167,7 +170,7 @@ def llama2_7b_shaped(device: str | torch.device = "cuda", dtype: torch.dtype = t
     the config (the self-check uses a tiny one on CPU)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from drope_check.attention import ATTN_IMPLEMENTATION
+    from drope_check.engine.attention import ATTN_IMPLEMENTATION
 
     shape = dict(
         hidden_size=4096,
@@ -241,7 +244,7 @@ def upstream_per_layer(
     ``passes`` stops after that many layers (the memory probe: every pass has the same peak)."""
     from transformers.integrations.sdpa_attention import repeat_kv
 
-    from drope_check.attention import attention_modules
+    from drope_check.engine.attention import attention_modules
 
     cfg = model.config
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -290,14 +293,14 @@ def run_path(
         with attn_implementation(model, "sdpa"):
             return forward(model, input_ids, attention_mask).logits
     if path == "drope_attn":
-        from drope_check.attention import ATTN_IMPLEMENTATION
+        from drope_check.engine.attention import ATTN_IMPLEMENTATION
 
         with attn_implementation(model, ATTN_IMPLEMENTATION):
             return forward(model, input_ids, attention_mask).logits
     if path == "capture":
-        from drope_check.attention import ATTN_IMPLEMENTATION
-        from drope_check.capture import OnePassCapture
-        from drope_check.protocol import Protocol
+        from drope_check.engine.attention import ATTN_IMPLEMENTATION
+        from drope_check.engine.capture import OnePassCapture
+        from drope_check.engine.protocol import Protocol
 
         name = loaded.name if loaded is not None else "bench-model"
         rows = [int(n) for n in attention_mask.sum(dim=1).tolist()]
@@ -319,9 +322,9 @@ def run_path(
         with attn_implementation(model, "sdpa"):
             return forward(model.model, input_ids, attention_mask).last_hidden_state
     if path == "capture_body":
-        from drope_check.attention import ATTN_IMPLEMENTATION
-        from drope_check.capture import OnePassCapture
-        from drope_check.protocol import Protocol
+        from drope_check.engine.attention import ATTN_IMPLEMENTATION
+        from drope_check.engine.capture import OnePassCapture
+        from drope_check.engine.protocol import Protocol
 
         rows = [int(n) for n in attention_mask.sum(dim=1).tolist()]
         with attn_implementation(model, ATTN_IMPLEMENTATION):

@@ -133,8 +133,8 @@ def test_forward_path(benchmark, embedded, bench_batches, plain_times, case):
 @pytest.fixture(scope="module")
 def ppl_seqs(embedded):
     """Upstream's perplexity texts: the first 20 WikiText-2 test rows > 100 characters, BOS + 511."""
-    from drope_check.batching import tokenize_with_bos
-    from drope_check.texts import wikitext_lines
+    from drope_check.engine.batching import tokenize_with_bos
+    from drope_check.engine.texts import wikitext_lines
 
     path = memory_probe.wikitext_file()
     texts = wikitext_lines(n=20, min_chars=100, path=path, allow_fallback=True)
@@ -142,7 +142,7 @@ def ppl_seqs(embedded):
 
 
 def _plain_batched(model, seqs, pad_id):
-    from drope_check.batching import make_batches
+    from drope_check.engine.batching import make_batches
 
     for batch in make_batches(seqs, PPL_BATCH, pad_id):
         memory_probe.forward(model, batch.input_ids, batch.attention_mask).logits  # noqa: B018
@@ -150,7 +150,7 @@ def _plain_batched(model, seqs, pad_id):
 
 @pytest.mark.parametrize("variant", PPL_VARIANTS)
 def test_perplexity(benchmark, embedded, ppl_seqs, variant):
-    from drope_check.perplexity import perplexity_lines
+    from drope_check.engine.perplexity import perplexity_lines
 
     model, pad = embedded.model, embedded.pad_token_id
     n_tokens = sum(len(s) for s in ppl_seqs)

@@ -89,7 +89,9 @@ def _load() -> list[float] | None:
 
 def _cache_state(pair: str) -> str:
     """``warm`` / ``cold`` for the pair's dequantised-weights cache, or why it cannot be told."""
-    from drope_check.models import dequantized_cache_path, embedded_gguf_path, file_sha256, get_pair
+    from drope_check.models.checkpoints import file_sha256
+    from drope_check.models.gguf_cache import dequantized_cache_path, embedded_gguf_path
+    from drope_check.models.pairs import get_pair
 
     try:
         gguf = embedded_gguf_path(get_pair(pair).rope.source)
@@ -100,7 +102,7 @@ def _cache_state(pair: str) -> str:
 
 def time_run(run: TimedRun, extra: list[str]) -> dict:
     """Run one :class:`TimedRun` and return its record (see the module docstring)."""
-    from drope_check.models import pair_available
+    from drope_check.models.availability import pair_available
 
     ok, why = pair_available(run.pair)
     base = {"name": run.name, "title": run.title, "target_seconds": run.target_seconds, "clock": run.clock,

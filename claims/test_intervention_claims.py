@@ -8,7 +8,7 @@ of upstream's code); the principled variants sit next to them in the measurement
 rationales say where the conclusion depends on the rule.
 """
 
-from drope_check.plugin import check_claim
+from drope_check.pytest_plugin.fixtures import check_claim
 
 CLAIM_FAMILY = "intervention"
 

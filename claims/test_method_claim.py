@@ -27,8 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaForCausalLM
 
-from drope_check.models import apply_identity_rotation
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 #: Manual float32 vs eager float64 on tiny models: float32 round-off only. With q/k weights drawn
 #: N(0, 0.5) the scores reach |s| ~ 30, and exp(s) in float32 carries ~|s| * 6e-8 relative error per
@@ -122,7 +122,9 @@ def test_manual_projection_attention_fails_for_rope(seed: int, shape: tuple[int,
 
 @pytest.fixture(scope="module")
 def embedded_models(real_model: None, claim_pairs: list[str]):
-    from drope_check.models import PAIRS, load_model, pair_available
+    from drope_check.models.availability import pair_available
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import PAIRS
 
     if "smollm2-135m" not in claim_pairs:
         pytest.skip(f"pair smollm2-135m not selected (this run judges {', '.join(claim_pairs)})")

@@ -6,7 +6,7 @@ report's number live in the claim file, and the verdict goes to the claims repor
 pair the values are the report's own; on the embedded pair they are regression goldens of this suite.
 """
 
-from drope_check.plugin import check_claim
+from drope_check.pytest_plugin.fixtures import check_claim
 
 CLAIM_FAMILY = "perplexity"
 

@@ -4,7 +4,7 @@ higher in DroPE". Layer l is the output of decoder block l; entropy is the raw (
 uncentred residual spectrum, as upstream's code computed it.
 """
 
-from drope_check.plugin import check_claim
+from drope_check.pytest_plugin.fixtures import check_claim
 
 CLAIM_FAMILY = "phase"
 

@@ -6,7 +6,7 @@ to position 0, taken from the exact q/k the model attends with; a head is a sink
 (L0, L1, L2-30, L31), the averages, and that both models' rates are "nearly identical".
 """
 
-from drope_check.plugin import check_claim
+from drope_check.pytest_plugin.fixtures import check_claim
 
 CLAIM_FAMILY = "sink"
 

@@ -23,13 +23,8 @@ import warnings
 from pathlib import Path
 
 from drope_check.atomic import atomic_write_json
+from drope_check.engine.protocol import SPIKE_RULES, Protocol
 from drope_check.errors import UserError
-from drope_check.protocol import SPIKE_RULES, Protocol
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename: a crash never leaves half a file."""
-    atomic_write_json(path, payload)
 
 
 def _add_measure_args(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +71,8 @@ def _add_measure_args(parser: argparse.ArgumentParser) -> None:
 def _measure(args: argparse.Namespace) -> int:
     import re
 
-    from drope_check.measure import MeasureOptions, measure_pair, resolve_interventions
-    from drope_check.models import PAIRS, custom_pair
+    from drope_check.measurements.measure import MeasureOptions, measure_pair, resolve_interventions
+    from drope_check.models.pairs import PAIRS, custom_pair
     from drope_check.preflight import check_output_file
 
     if args.rope or args.drope:
@@ -113,11 +108,11 @@ def _measure(args: argparse.Namespace) -> int:
     result = measure_pair(pair, protocol, args.interventions, options)
     replaced = args.out.exists()
     try:
-        write_json_atomic(args.out, result)
+        atomic_write_json(args.out, result)
     except OSError as exc:  # the folder went away or filled up during the run: keep the measurements
         fd, rescue = tempfile.mkstemp(prefix="drope-check-measurements.", suffix=".json")
         os.close(fd)
-        write_json_atomic(Path(rescue), result)
+        atomic_write_json(Path(rescue), result)
         raise UserError(f"cannot write --out {args.out} ({exc.strerror or exc}); the measurements were saved to {rescue}") from exc
     _print_summary(result)
     print(f"wrote {args.out}" + (" (replaced the previous file)" if replaced else ""))
@@ -155,10 +150,10 @@ def _print_summary(result: dict) -> None:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from drope_check.claim_file import ClaimsFileError, MeasurementsMismatch
-    from drope_check.measurements_file import MeasurementsFileError
-    from drope_check.merge import judge_files
-    from drope_check.report import unchecked_pair_lines
+    from drope_check.claims.claim_file import ClaimsFileError, MeasurementsMismatch
+    from drope_check.measurements.validate import MeasurementsFileError
+    from drope_check.report.merge import judge_files
+    from drope_check.report.terminal import unchecked_pair_lines
 
     try:
         verdicts = judge_files(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
@@ -186,8 +181,9 @@ def _pairs(_args: argparse.Namespace) -> int:
     """Per pair: where its weights stand here (embedded; or per hub model cached / downloadable with
     its size / gated without access, naming HF_TOKEN / not found / unreachable with the reason), and
     whether it needs a GPU this machine lacks. Never downloads."""
-    from drope_check.hub import hub_models, human_size, model_status
-    from drope_check.models import PAIRS, gpu_refusal, pair_available
+    from drope_check.models.availability import gpu_refusal, pair_available
+    from drope_check.models.hub import hub_models, human_size, model_status
+    from drope_check.models.pairs import PAIRS
 
     for name, pair in PAIRS.items():
         models = hub_models(pair)
@@ -219,8 +215,8 @@ def _fetch(args: argparse.Namespace) -> int:
     (nothing else: no model loads). Exit 0 when everything is cached or downloaded; a gated repo
     without access, an unknown repo or an unreachable hub is one sentence and exit 2, before any
     download."""
-    from drope_check.hub import fetch_pair, hub_models
-    from drope_check.models import PAIRS
+    from drope_check.models.hub import fetch_pair, hub_models
+    from drope_check.models.pairs import PAIRS
 
     if args.pair not in PAIRS:
         raise UserError(f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
@@ -253,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--strict", action="store_true",
                        help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
     judge.set_defaults(func=_judge)
-    from drope_check import upstream
+    from drope_check.sources import upstream
 
     imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
     upstream.add_arguments(imported)
@@ -269,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    from drope_check.audit import add_cli as add_audit_cli
+    from drope_check.audit.commands import add_cli as add_audit_cli
 
     add_audit_cli(sub)
     return parser

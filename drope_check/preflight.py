@@ -16,7 +16,7 @@ whose message names the input and the fix:
   folder can be created and written): :mod:`drope_check.output_paths`, re-exported here.
 
 A checkpoint whose tensors do not match its model (missing, unexpected, mis-shaped) is refused by
-the loader itself (:func:`drope_check.models.load_model`), from transformers' own loading info,
+the loader itself (:func:`drope_check.models.loading.load_model`), from transformers' own loading info,
 before the model is measured.
 """
 
@@ -29,30 +29,26 @@ from typing import Any
 
 import torch
 
-from drope_check.architectures import UnsupportedArchitecture, architecture_for_model_type
-from drope_check.embedded import EmbeddedUnavailable, embedded_model, is_embedded
+from drope_check.engine.architectures import UnsupportedArchitecture, architecture_for_model_type
+from drope_check.engine.texts import ENV_WIKITEXT
 from drope_check.errors import UserError
-from drope_check.hub import TOKENIZER_FILES
-from drope_check.models import (
-    DEVICE_MAPS,
-    ModelLoadError,
-    ModelSpec,
-    PairSpec,
-    gpu_refusal,
+from drope_check.models.availability import gpu_refusal
+from drope_check.models.checkpoints import require_qk_norm_tensors, safetensors_files
+from drope_check.models.embedded import EmbeddedUnavailable, is_embedded
+from drope_check.models.hub import TOKENIZER_FILES
+from drope_check.models.loading import load_tokenizer, resolve_token_id
+from drope_check.models.native_drope import (
     is_drope_config,
     llama_config_from_drope,
-    load_tokenizer,
     native_drope_attention_type,
     read_config_dict,
-    require_qk_norm_tensors,
-    resolve_token_id,
-    safetensors_files,
 )
+from drope_check.models.pairs import ModelLoadError, ModelSpec, PairSpec, embedded_model
+from drope_check.models.quantization import DEVICE_MAPS
 from drope_check.output_paths import (  # re-exported: they live in a module without torch
     check_output_file,
     check_output_folder,
 )
-from drope_check.texts import ENV_WIKITEXT
 
 __all__ = [
     "check_device",
@@ -211,7 +207,7 @@ def check_device_map(pair: PairSpec, device_map: str | None, device: str | None,
         check_output_folder(offload_folder, "--offload-folder")
 def check_needs_gpu(pair: PairSpec, device: str | None) -> None:
     """A pair that needs a GPU (7B models) runs on a CPU only when the user names the device
-    (:func:`drope_check.models.gpu_refusal`)."""
+    (:func:`drope_check.models.availability.gpu_refusal`)."""
     why = gpu_refusal(pair, device)
     if why is not None:
         raise UserError(why)

@@ -1,8 +1,8 @@
 """Fixtures of the download-path tests: a local hub endpoint serving the report's repo ids.
 
 ``hub_root`` writes the tiny stand-ins of ``meta-llama/Llama-2-7b-hf`` (gated) and
-``SakanaAI/Llama-2-7b-hf-DroPE`` in their published layout (:mod:`drope_check.rehearsal_repos`) once
-per session; ``local_hub`` serves them from a server process (:mod:`drope_check.local_hub`) that
+``SakanaAI/Llama-2-7b-hf-DroPE`` in their published layout (:mod:`drope_check.models.rehearsal_repos`) once
+per session; ``local_hub`` serves them from a server process (:mod:`drope_check.models.local_hub`) that
 ``huggingface_hub``'s own client reaches over HTTP through ``HF_ENDPOINT``. ``hub_env`` is the
 environment of a child process that uses it, from an empty HF cache. (Test modules take these as
 fixtures; nothing is imported from this file: two conftest.py files make ``import conftest`` ambiguous.)
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from helpers import NO_AUTHOR_FILES, NO_WIKITEXT, REPO, author_files_folder, wikitext_file
 
-from drope_check.rehearsal_repos import GRANTED_TOKEN
+from drope_check.models.rehearsal_repos import GRANTED_TOKEN
 
 #: Environment variables of huggingface_hub / transformers that a child must not inherit: the child
 #: gets its own endpoint, cache and token (CI sets HF_HUB_OFFLINE=1 for everything else).
@@ -54,8 +54,8 @@ def author_files_path() -> Path:
 def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The stand-in repos; with the workplace's WikiText-2 copy, also ``Salesforce/wikitext`` built
     from it, so a child loads its texts through ``datasets`` from the local hub as the GPU job does."""
-    from drope_check.rehearsal_repos import build_hub_root
-    from drope_check.texts import load_wikitext_rows
+    from drope_check.engine.texts import load_wikitext_rows
+    from drope_check.models.rehearsal_repos import build_hub_root
 
     wikitext = wikitext_file()
     rows = load_wikitext_rows(wikitext)[0] if wikitext is not None else None
@@ -64,7 +64,7 @@ def hub_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_hub(hub_root: Path) -> Iterator[object]:
-    from drope_check.local_hub import local_hub_process
+    from drope_check.models.local_hub import local_hub_process
 
     with local_hub_process(hub_root, tokens=[GRANTED_TOKEN]) as hub:
         yield hub

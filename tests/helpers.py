@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from drope_check.author_files import AuthorFilesUnavailable, locate_upstream
-from drope_check.texts import ENV_WIKITEXT
+from drope_check.engine.texts import ENV_WIKITEXT
+from drope_check.sources.author_files import AuthorFilesUnavailable, locate_upstream
 
 #: The repository root (the checkout this file belongs to).
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ SHARED_WIKITEXT = Path("shared") / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 def wikitext_file() -> Path | None:
     """The local ``wiki.test.raw``: ``$DROPE_CHECK_WIKITEXT`` (the package's file route,
-    :data:`drope_check.texts.ENV_WIKITEXT`) when set, even when it names no file (as in the package,
+    :data:`drope_check.engine.texts.ENV_WIKITEXT`) when set, even when it names no file (as in the package,
     a path given but broken is an error, never a fallback: the tests then fail naming it), else the
     nearest ``shared/data/wikitext-2-raw`` copy over the repository's ancestors; None when there is
     none (the package would then try ``datasets``, which the tests do not)."""
@@ -44,7 +44,7 @@ NO_WIKITEXT = f"WikiText-2 test file not found: set {ENV_WIKITEXT}=PATH to wiki.
 
 def author_files_folder() -> Path | None:
     """The report author's committed result files, found by the package's own
-    :func:`drope_check.author_files.locate_upstream` (``$DROPE_CHECK_UPSTREAM``, else the nearest
+    :func:`drope_check.sources.author_files.locate_upstream` (``$DROPE_CHECK_UPSTREAM``, else the nearest
     ``shared/data/upstream-results`` over the repository's ancestors); None when there is none."""
     try:
         return locate_upstream(None, [REPO])

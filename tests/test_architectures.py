@@ -1,4 +1,4 @@
-"""Tests of the architecture adapters (drope_check.architectures) and of the engine on Gemma 3.
+"""Tests of the architecture adapters (drope_check.engine.architectures) and of the engine on Gemma 3.
 
 * The adapter's paths are pinned on tiny random models of both families (Llama, Gemma 3), so a
   transformers upgrade that moves a module fails here, not as a plausible wrong number.
@@ -27,7 +27,7 @@ from helpers import layer_outputs
 from test_attention_capture import MODEL_TOL, assert_no_hooks, residual_summaries, tiny_llama
 from transformers import Gemma3ForCausalLM, MistralConfig, MistralForCausalLM
 
-from drope_check.architectures import (
+from drope_check.engine.architectures import (
     GEMMA3,
     LLAMA,
     IdentityRotaryEmbedding,
@@ -37,12 +37,15 @@ from drope_check.architectures import (
     architecture_of,
     supported_model_types,
 )
-from drope_check.attention import attention_modules, decoder_layers
-from drope_check.capture import LAYER_STATS, OnePassCapture
-from drope_check.interventions import bos_mlp_ablation, qk_disruption
-from drope_check.models import ModelLoadError, ModelSpec, apply_identity_rotation, load_model
-from drope_check.protocol import Protocol
-from drope_check.tiny_models import build_gemma3, gemma3_config
+from drope_check.engine.attention import attention_modules, decoder_layers
+from drope_check.engine.bos_ablation import bos_mlp_ablation
+from drope_check.engine.capture import LAYER_STATS, OnePassCapture
+from drope_check.engine.protocol import Protocol
+from drope_check.engine.qk_disruption import qk_disruption
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_gemma3, gemma3_config
 
 #: Captured attention to BOS (float64 statistics from the float32 model's q/k) vs Gemma 3's own
 #: eager attention of a float64 copy. Gemma3RMSNorm normalises in float32 even in a float64 model,

@@ -1,5 +1,5 @@
-"""Tests for the registered attention function (drope_check.attention) and the one-pass capture
-(drope_check.capture).
+"""Tests for the registered attention function (drope_check.engine.attention) and the one-pass capture
+(drope_check.engine.capture).
 
 Two levels:
 
@@ -26,15 +26,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-import drope_check.attention  # noqa: F401  (registers the "drope_check" attention function)
-from drope_check.attention import (
+import drope_check.engine.attention  # noqa: F401  (registers the "drope_check" attention function)
+from drope_check.engine.attention import (
     active_registrations,
     allowed_mask,
     drope_check_attention_forward,
     observe_attention,
     sdpa_with_logsumexp,
 )
-from drope_check.capture import (
+from drope_check.engine.capture import (
     AUTO_FLOAT32_BOUND,
     KERNEL_LSE_TRUSTED,
     LAYER_STATS,
@@ -43,9 +43,9 @@ from drope_check.capture import (
     attention_to_position0,
     attention_to_position0_from_lse,
 )
-from drope_check.models import apply_identity_rotation
-from drope_check.protocol import Protocol
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.engine.protocol import Protocol
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -141,11 +141,11 @@ class FakeAttention:
 @contextlib.contextmanager
 def observing(module, observer):
     """Register ``observer`` on one (fake) module; observe_attention needs a whole model."""
-    drope_check.attention._observers[module] = [observer]
+    drope_check.engine.attention._observers[module] = [observer]
     try:
         yield
     finally:
-        drope_check.attention._observers.pop(module, None)
+        drope_check.engine.attention._observers.pop(module, None)
 
 
 @PROPERTY

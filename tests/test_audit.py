@@ -1,4 +1,4 @@
-"""The confound audit on tiny random Llama models (drope_check.audit, sink_stats, fp16_eager).
+"""The confound audit on tiny random Llama models (drope_check.audit.run, sink_stats, fp16_eager).
 
 Tiny models stand in for the embedded pair wherever the invariant is a property of the computation,
 not of SmolLM2: a statistics-only variant equals a full re-measurement, ``no-rotary`` equals
@@ -22,14 +22,21 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from drope_check import audit, claims
-from drope_check.attention import allowed_mask
-from drope_check.fp16_eager import attention_to_position0_fp16_eager
-from drope_check.measure import cut_to_prompt_tokens, measure_model
-from drope_check.models import LoadedModel, ModelSpec, PairSpec, apply_identity_rotation
-from drope_check.protocol import FAITHFUL, Protocol
-from drope_check.sink_stats import derive_statistics
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.audit import cells as audit_cells
+from drope_check.audit import commands as audit_commands
+from drope_check.audit import render as audit_render
+from drope_check.audit import run as audit
+from drope_check.audit.author import AUTHOR_COLUMN
+from drope_check.claims import api as claims
+from drope_check.engine.attention import allowed_mask
+from drope_check.engine.fp16_eager import attention_to_position0_fp16_eager
+from drope_check.engine.protocol import FAITHFUL, Protocol
+from drope_check.engine.sink_stats import derive_statistics
+from drope_check.measurements.measure import cut_to_prompt_tokens, measure_model
+from drope_check.models.loading import LoadedModel
+from drope_check.models.pairs import ModelSpec, PairSpec
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 TOY_EXPECTED = Path(__file__).resolve().parent / "data" / "expected"
 SINK_KEYS = ("sink_rate", "sink_rate_excl_self", "attention_nan_heads")
@@ -240,14 +247,14 @@ def test_audit_matrix_covers_every_claim_and_variant(toy_audit):
     assert [r["key"] for r in doc["claims"]] == [c.key for c in claim_set.claims]
     for row in doc["claims"]:
         assert list(row["cells"]) == names
-        assert row["robustness"]["verdict"] in (audit.ROBUST, audit.FRAGILE, audit.UPSTREAM_ONLY, audit.NOT_EVALUATED)
+        assert row["robustness"]["verdict"] in (audit_cells.ROBUST, audit_cells.FRAGILE, audit_cells.UPSTREAM_ONLY, audit_cells.NOT_EVALUATED)
         if row["kind"] == "verdict":
             assert all("holds" in c for n, c in row["cells"].items() if not c.get("skipped")), row["key"]
         if row["kind"] == "golden":
             assert all("holds" not in c for c in row["cells"].values())  # no verdict under another protocol
             assert all("change" in c for n, c in row["cells"].items() if not c.get("skipped"))
     rows = {r["key"]: r for r in doc["claims"]}
-    assert rows["bos_mlp_ablation_ratio[toy:drope]"]["robustness"]["verdict"] == audit.NOT_EVALUATED
+    assert rows["bos_mlp_ablation_ratio[toy:drope]"]["robustness"]["verdict"] == audit_cells.NOT_EVALUATED
     spike = rows["bos_spike_layer[toy:rope]"]["cells"]["spike-max-write"]
     assert spike["read"] == ["rope:scalars.bos_spike_layer_max_write"]
     assert spike["value"] == result["measurements"]["suite"]["models"]["rope"]["scalars"]["bos_spike_layer_max_write"]
@@ -257,14 +264,14 @@ def test_goldens_that_record_their_protocol_get_a_value_under_every_measured_var
     """A golden records the protocol it was measured under (the claims run skips it elsewhere); the audit
     measures under other protocols on purpose and must show the value and its change, never a skip.
     (The shipped goldens record protocols; before this test every protocol-changing cell showed '-'.)"""
-    from drope_check.protocol_identity import identity_for_claim
+    from drope_check.claims.protocol_identity import identity_for_claim
 
     result, _ = toy_audit
     suite = result["measurements"]["suite"]
     claim_set = claims.load_claims("toy", TOY_EXPECTED)
     recorded = [
         dataclasses.replace(c, protocol=identity_for_claim(suite, c.model, c.metrics))
-        if c.status == "golden" and audit.evaluated(c) else c
+        if c.status == "golden" and audit_cells.evaluated(c) else c
         for c in claim_set.claims
     ]
     assert any(c.protocol for c in recorded)
@@ -285,16 +292,16 @@ def test_goldens_that_record_their_protocol_get_a_value_under_every_measured_var
 
 def test_audit_outputs_and_the_claims_report_section(toy_audit, tmp_path):
     result, _ = toy_audit
-    audit.write_audit(result, tmp_path / "audit" / "toy")
+    audit_render.write_audit(result, tmp_path / "audit" / "toy")
     folder = tmp_path / "audit" / "toy"
     doc = json.loads((folder / "audit.json").read_text())
     assert doc == json.loads(json.dumps(result["audit"]))
-    assert (folder / audit.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / audit_render.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (folder / "audit.md").read_text()
     for row in doc["claims"]:
         assert row["key"] in md
     assert (folder / "measurements" / "tau-0.5.json").is_file()
-    section = "\n".join(audit.report_section(tmp_path))
+    section = "\n".join(audit_render.report_section(tmp_path))
     assert "audit/toy/audit.md" in section
     for row in doc["claims"]:
         assert f"| {row['key']} | {row['robustness']['verdict']} |" in section
@@ -305,17 +312,17 @@ def cells(**verdicts) -> dict[str, dict[str, Any]]:
 
 
 def test_robustness_verdicts():
-    from drope_check.variants import VARIANTS
+    from drope_check.audit.variants import VARIANTS
 
     claim = claims.load_claims("toy", TOY_EXPECTED).get("sink_rate_average", "rope")
-    rob = audit.robustness
-    assert rob(claim, cells(suite=True, **{"no-rotary": True, "tau-0.5": True}), VARIANTS)["verdict"] == audit.ROBUST
+    rob = audit_cells.robustness
+    assert rob(claim, cells(suite=True, **{"no-rotary": True, "tau-0.5": True}), VARIANTS)["verdict"] == audit_cells.ROBUST
     fragile = rob(claim, cells(suite=True, **{"no-rotary": True, "tau-0.5": False}), VARIANTS)
-    assert fragile["verdict"] == audit.FRAGILE and fragile["variants"] == ["tau-0.5"]
+    assert fragile["verdict"] == audit_cells.FRAGILE and fragile["variants"] == ["tau-0.5"]
     up = rob(claim, cells(suite=False, upstream=True, **{"padded-rope": True, "tau-0.5": False}), VARIANTS)
-    assert up["verdict"] == audit.UPSTREAM_ONLY and up["variants"] == ["padded-rope", "upstream"]
+    assert up["verdict"] == audit_cells.UPSTREAM_ONLY and up["variants"] == ["padded-rope", "upstream"]
     mixed = rob(claim, cells(suite=False, upstream=True, **{"tau-0.2": True}), VARIANTS)
-    assert mixed["verdict"] == audit.FRAGILE and mixed["variants"] == ["tau-0.2", "upstream"]  # VARIANTS order
+    assert mixed["verdict"] == audit_cells.FRAGILE and mixed["variants"] == ["tau-0.2", "upstream"]  # VARIANTS order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ NO_WEIGHTS = "no Llama-2 weights in this test (a reason as pair_available gives 
 @pytest.fixture(scope="module")
 def author(author_files_path):
     """``(folder, measurements)`` of the shipped author's files; skipped where no copy is beside the repository."""
-    from drope_check.author_files import author_files_measurements
+    from drope_check.sources.author_files import author_files_measurements
 
     return author_files_path, author_files_measurements(str(author_files_path))
 
@@ -374,7 +381,7 @@ def model_free_audit(llama_claims, author, variants=None):
 
 
 def test_without_models_the_author_files_column_is_the_author_files_evidence(llama_claims, author):
-    from drope_check.author_files import author_files_verdict
+    from drope_check.sources.author_files import author_files_verdict
 
     result = model_free_audit(llama_claims, author)
     doc = result["audit"]
@@ -385,7 +392,7 @@ def test_without_models_the_author_files_column_is_the_author_files_evidence(lla
     assert list(rows) == [c.key for c in llama_claims.claims]
     judged = 0
     for claim in llama_claims.claims:
-        cell = rows[claim.key][audit.AUTHOR_COLUMN_KEY]
+        cell = rows[claim.key][audit_render.AUTHOR_COLUMN_KEY]
         verdict = author_files_verdict(claim, author[1]).to_dict()  # the claims tests' author-files source
         assert cell["outcome"] == verdict["outcome"], claim.key
         if verdict["outcome"] in ("pass", "fail", "xfail", "xpass"):
@@ -408,17 +415,17 @@ def test_without_models_the_author_files_column_is_the_author_files_evidence(lla
 
 def test_without_models_every_suite_cell_says_not_measured_and_why(llama_claims, author):
     doc = model_free_audit(llama_claims, author)["audit"]
-    from drope_check.variants import VARIANTS
+    from drope_check.audit.variants import VARIANTS
 
     assert [v["name"] for v in doc["variants"]] == list(VARIANTS)
     for v in doc["variants"]:
-        assert v["status"] == audit.NOT_MEASURED and v["reason"] == NO_WEIGHTS
+        assert v["status"] == audit_cells.NOT_MEASURED and v["reason"] == NO_WEIGHTS
     for row in doc["claims"]:
-        assert audit.AUTHOR_COLUMN not in row["cells"]  # a source, never a variant
+        assert AUTHOR_COLUMN not in row["cells"]  # a source, never a variant
         for cell in row["cells"].values():
-            assert cell["value"] is None and cell["status"] == audit.NOT_MEASURED
+            assert cell["value"] is None and cell["status"] == audit_cells.NOT_MEASURED
             assert cell["note"] == f"not measured: {NO_WEIGHTS}"
-        assert row["robustness"]["verdict"] == audit.NOT_EVALUATED
+        assert row["robustness"]["verdict"] == audit_cells.NOT_EVALUATED
         assert row["reproduction"]["verdict"] == "not compared"
     rows = {r["key"]: r for r in doc["claims"]}
     assert rows["sink_rate_average[llama2-7b:rope]"]["reproduction"]["text"] == \
@@ -429,7 +436,7 @@ def test_without_models_every_suite_cell_says_not_measured_and_why(llama_claims,
 
 def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims, author, tmp_path):
     result = model_free_audit(llama_claims, author)
-    audit.write_audit(result, tmp_path)
+    audit_render.write_audit(result, tmp_path)
     md = (tmp_path / "audit.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| claim | `suite`"))
     assert "| `upstream` | `author-files` |" in header and header.endswith("| robustness | reproduces the author's? |")
@@ -437,23 +444,23 @@ def test_without_models_audit_md_shows_author_files_beside_upstream(llama_claims
     assert "| not measured | holds 0.978 | not measured |" in row and row.endswith("| not evaluated | not compared |")
     assert "Not measured here (`suite`, `no-rotary`" in md and NO_WEIGHTS in md
     assert "0 of 0 compared claims agree, 0 disagree, 45 not compared" in md
-    assert (tmp_path / audit.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / audit_render.HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "audit.json").read_text())["reproduction"] == result["audit"]["reproduction"]
 
 
 def synthetic_rows(llama_claims, author, edit, suite=None):
     """Audit rows with a synthetic ``upstream`` measurement: the author's values, changed by ``edit(doc)``."""
-    from drope_check.audit_author import load_author_files
-    from drope_check.variants import get_variants
+    from drope_check.audit.author import load_author_files
+    from drope_check.audit.variants import get_variants
 
     variants = get_variants("upstream")
     upstream = json.loads(json.dumps(author[1]))
     edit(upstream)
     docs = {"upstream": upstream, **({"suite": suite} if suite is not None else {})}
-    status = {v.name: {"status": "measured"} if v.name in docs else {"status": audit.NOT_MEASURED, "reason": "synthetic"}
+    status = {v.name: {"status": "measured"} if v.name in docs else {"status": audit_cells.NOT_MEASURED, "reason": "synthetic"}
               for v in variants}
     protocols = {v.name: {r: v.protocol(r) for r in ("rope", "drope")} for v in variants}
-    rows = audit.audit_rows(llama_claims, variants, docs, status, protocols, load_author_files(lambda: author))
+    rows = audit_cells.audit_rows(llama_claims, variants, docs, status, protocols, load_author_files(lambda: author))
     return {r["key"]: r for r in rows}
 
 
@@ -508,13 +515,13 @@ def test_reproduction_not_compared_when_a_side_is_missing(llama_claims, author):
     assert missing["text"].startswith("the suite's `upstream` variant has no value: ")
     assert "layer1_ablation:bos_only" in missing["text"]
     # the variant not in the audit at all (--variants without upstream)
-    from drope_check.audit_author import agreement, author_cell
+    from drope_check.audit.author import agreement, author_cell
 
     claim = llama_claims.get("sink_rate_average", "rope")
     alone = agreement(claim, None, author_cell(claim, author))
     assert alone == {"verdict": "not compared", "text": "the suite's `upstream` variant is not in this audit (--variants)"}
     # no copy of the author's files: every author cell says where the search looked, nothing is compared
-    from drope_check.author_files import AuthorFilesUnavailable
+    from drope_check.sources.author_files import AuthorFilesUnavailable
 
     gone = AuthorFilesUnavailable("no copy found (looked in /nowhere)")
     cell = author_cell(claim, gone)
@@ -534,7 +541,7 @@ def test_robustness_never_counts_the_author_files_column(llama_claims, author):
     row = rows["sink_rate_average[llama2-7b:rope]"]
     assert row["author_files"]["holds"] is True
     assert [c["holds"] for c in row["cells"].values()] == [False, False]
-    assert row["robustness"] == {"verdict": audit.ROBUST, "variants": [], "text": "fails under every variant"}
+    assert row["robustness"] == {"verdict": audit_cells.ROBUST, "variants": [], "text": "fails under every variant"}
     assert row["reproduction"]["verdict"] == "disagrees"
 
 
@@ -544,7 +551,7 @@ def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims
     state = SimpleNamespace(claim_set=lambda pair: llama_claims if pair == "llama2-7b" else claims.load_claims(pair, TOY_EXPECTED),
                             upstream=lambda: author)
     config = SimpleNamespace(invocation_params=SimpleNamespace(dir=tmp_path))
-    lines = audit.audit_session(config, state, ["llama2-7b", "toy"], "report", None, lambda pair: (False, NO_WEIGHTS))
+    lines = audit_commands.audit_session(config, state, ["llama2-7b", "toy"], "report", None, lambda pair: (False, NO_WEIGHTS))
     assert lines[0] == (f"audit of llama2-7b: robust 0, fragile 0, holds only under upstream's choices 0, not evaluated 45: "
                         f"{tmp_path / 'report' / 'audit' / 'llama2-7b' / 'audit.md'}")
     assert lines[1] == f"audit of llama2-7b: suite variants not measured: {NO_WEIGHTS}"
@@ -554,7 +561,7 @@ def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims
     assert written["claims"][0]["author_files"]["outcome"] == "prose-only"  # ppl_baseline[rope] (issue 20)
     by_key = {c["key"]: c for c in written["claims"]}
     assert by_key["qk_disruption_ratio[llama2-7b:rope]"]["author_files"]["value"] == pytest.approx(6.708, abs=1e-3)
-    section = "\n".join(audit.report_section(tmp_path / "report"))
+    section = "\n".join(audit_render.report_section(tmp_path / "report"))
     assert "Author's files: reproduces the author's numbers" in section
     # no suite variant measured: one sentence with the reason, not 36 rows repeating it
     assert f"No suite variant measured ({NO_WEIGHTS}): no robustness verdict for its 45 claims" in section
@@ -562,14 +569,14 @@ def test_pytest_audit_without_models_writes_the_author_files_column(llama_claims
 
 
 def test_cli_audits_llama2_without_models(author, tmp_path):
-    if audit.models_here("llama2-7b")[0]:
+    if audit_commands.models_here("llama2-7b")[0]:
         pytest.skip("the llama2-7b weights are here: the CLI would measure them (not a unit test)")
     proc = subprocess.run([sys.executable, "-m", "drope_check.cli", "audit", "--pair", "llama2-7b", "--out-dir",
                            str(tmp_path), "--no-progress", "--upstream", str(author[0])],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "audit.json").read_text())
-    assert all(v["status"] == audit.NOT_MEASURED for v in doc["variants"])
+    assert all(v["status"] == audit_cells.NOT_MEASURED for v in doc["variants"])
     assert doc["claims"][10]["key"] == "sink_rate_average[llama2-7b:rope]"
     assert doc["claims"][10]["author_files"]["value"] == 0.978125
     assert "reproduces the author's numbers" in proc.stdout and "suite variants not measured" in proc.stdout
@@ -579,12 +586,12 @@ def test_cli_pair_without_models_or_author_files_exits_2(monkeypatch, tmp_path, 
     from types import SimpleNamespace
 
     load = claims.load_claims
-    monkeypatch.setattr(audit, "models_here", lambda pair, device=None: (False, NO_WEIGHTS))
+    monkeypatch.setattr(audit_commands, "models_here", lambda pair, device=None: (False, NO_WEIGHTS))
     monkeypatch.setattr(audit.claims, "load_claims", lambda pair: load(pair, TOY_EXPECTED))
-    monkeypatch.setattr("drope_check.models.get_pair", lambda pair: None)
+    monkeypatch.setattr("drope_check.models.pairs.get_pair", lambda pair: None)
     args = SimpleNamespace(pair="toy", variants=None, n_texts=FAITHFUL.n_texts, upstream=None, out_dir=tmp_path,
                            wikitext=None, device=None, dtype=None, no_progress=True)
-    assert audit.cli_audit(args) == 2
+    assert audit_commands.cli_audit(args) == 2
     err = capsys.readouterr().err
     assert err == (f"drope-check audit: pair toy cannot be measured here ({NO_WEIGHTS}) and its claims have no "
                    "author-files tables: nothing to audit without its models\n")

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from helpers import NO_WIKITEXT, wikitext_file  # tests/ is on sys.path (rootdir conftest-less prepend import)
 
-from drope_check import audit
-from drope_check.measure import MeasureOptions, measure_pair
-from drope_check.models import pair_available
-from drope_check.protocol import Protocol
+from drope_check.audit import run as audit
+from drope_check.engine.protocol import Protocol
+from drope_check.measurements.measure import MeasureOptions, measure_pair
+from drope_check.models.availability import pair_available
 
 PAIR = "smollm2-135m"
 BASE = Protocol(n_texts=3, max_tokens=96)

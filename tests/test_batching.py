@@ -1,4 +1,4 @@
-"""Tests of drope_check.batching: BOS at position 0, truncation, and right padding that changes no
+"""Tests of drope_check.engine.batching: BOS at position 0, truncation, and right padding that changes no
 real token's position."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check.batching import Batch, make_batches, tokenize_with_bos
+from drope_check.engine.batching import Batch, make_batches, tokenize_with_bos
 
 BOS = 1
 PAD = 0
@@ -89,7 +89,7 @@ def test_real_tokenizer_bos_and_truncation(smollm2_tokenizer) -> None:
 
 
 def test_real_tokenizer_on_wikitext_protocol(smollm2_tokenizer, wikitext_path) -> None:
-    from drope_check.texts import wikitext_lines
+    from drope_check.engine.texts import wikitext_lines
 
     texts = wikitext_lines(20, 100, path=wikitext_path).texts
     for max_tokens in (512, 24):

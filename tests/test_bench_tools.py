@@ -12,6 +12,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compare_ratios  # noqa: E402
 import make_table  # noqa: E402
 
+from drope_check.models import availability as models_availability  # noqa: E402
+
 
 def bench(name: str, path: str, t: int, b: int, ratio: float | None, seconds: float, load=(0.4, 0.3, 0.2)) -> dict:
     info = {"path": path, "T": t, "B": b, "device": "cpu", "tokens": t * b, "tokens_per_s_best": t * b / seconds,
@@ -74,9 +76,7 @@ def test_table_has_the_issue_targets_with_load_beside_each_number():
 def test_time_runs_records_a_run_whose_pair_is_not_installed_as_skipped(monkeypatch):
     import time_runs
 
-    import drope_check.models as models
-
-    monkeypatch.setattr(models, "pair_available", lambda name: (False, f"{name}: package missing"))
+    monkeypatch.setattr(models_availability, "pair_available", lambda name: (False, f"{name}: package missing"))
     record = time_runs.time_run(time_runs.RUNS_BY_NAME["claims-gemma"], [])
     assert record == {"name": "claims-gemma", "title": time_runs.RUNS_BY_NAME["claims-gemma"].title,
                       "target_seconds": 240.0, "clock": "pytest", "faster_than": None,

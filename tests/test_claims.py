@@ -1,4 +1,4 @@
-"""Unit tests of drope_check.claims and drope_check.report: paths, bands, claim files, judge, regen.
+"""Unit tests of drope_check.claims.api and drope_check.report.build: paths, bands, claim files, judge, regen.
 
 Nothing here loads a model: measurements are hand-written dicts or the JSON files in tests/data.
 """
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from drope_check import claims as C
-from drope_check.protocol import FAITHFUL
-from drope_check.report import atomic_write_text, judge_file, render_markdown
+from drope_check.atomic import atomic_write_text
+from drope_check.claims import api as C
+from drope_check.engine.protocol import FAITHFUL
+from drope_check.report.markdown import render_markdown
+from drope_check.report.merge import judge_file
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,7 +1,7 @@
 """Tests for the drope-check command line: user errors fail fast and clearly, nothing is lost.
 
 Every user error exits 2 with one sentence on stderr naming the input (a traceback only with
-``--debug``), and is found before any weights load: ``drope_check.measure.load_model`` is replaced
+``--debug``), and is found before any weights load: ``drope_check.measurements.measure.load_model`` is replaced
 by a guard that fails the test if it is ever called. No test here loads a model.
 """
 
@@ -16,10 +16,10 @@ import pytest
 import torch
 from test_models import make_checkpoint, make_qwen2_drope_checkpoint, rewrite_checkpoint
 
-import drope_check.measure
-from drope_check import atomic, cli, report
-from drope_check.models import custom_pair
-from drope_check.texts import ENV_WIKITEXT
+import drope_check.measurements.measure
+from drope_check import atomic, cli
+from drope_check.engine.texts import ENV_WIKITEXT
+from drope_check.models.pairs import custom_pair
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -31,7 +31,7 @@ def no_weights(monkeypatch):
     def guard(*_args, **_kwargs):
         raise AssertionError("load_model was called: the error was not found before loading weights")
 
-    monkeypatch.setattr(drope_check.measure, "load_model", guard)
+    monkeypatch.setattr(drope_check.measurements.measure, "load_model", guard)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def fake_measurement(monkeypatch, result: dict | None = None, during=None):
             during()
         return result if result is not None else {"models": {}}
 
-    monkeypatch.setattr(drope_check.measure, "measure_pair", measure_pair)
+    monkeypatch.setattr(drope_check.measurements.measure, "measure_pair", measure_pair)
 
 
 def test_overwriting_out_is_said_and_keeps_the_mode(tmp_path, capsys, monkeypatch):
@@ -227,11 +227,11 @@ def test_out_that_cannot_be_written_at_the_end_loses_no_run(tmp_path, capsys, mo
 
 
 def _write_cli(path: Path) -> None:
-    cli.write_json_atomic(path, {"a": 1})
+    atomic.atomic_write_json(path, {"a": 1})
 
 
 def _write_report(path: Path) -> None:
-    report.atomic_write_bytes(path, b"{}\n")
+    atomic.atomic_write_bytes(path, b"{}\n")
 
 
 @pytest.fixture
@@ -241,7 +241,7 @@ def umask_022():
     os.umask(old)
 
 
-@pytest.mark.parametrize("write", [_write_cli, _write_report], ids=["cli.write_json_atomic", "report.atomic_write_bytes"])
+@pytest.mark.parametrize("write", [_write_cli, _write_report], ids=["atomic.atomic_write_json", "atomic.atomic_write_bytes"])
 @pytest.mark.parametrize("before", [None, 0o644, 0o640], ids=["new", "existing-0644", "existing-0640"])
 def test_atomic_writes_keep_the_mode_a_plain_write_gives(tmp_path, umask_022, write, before):
     path = tmp_path / "out.json"
@@ -350,6 +350,6 @@ def test_ctrl_c_while_writing_leaves_the_old_file_and_no_partial_one(tmp_path, m
 
     monkeypatch.setattr(atomic.os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
-        cli.write_json_atomic(out, {"new": True})
+        atomic.atomic_write_json(out, {"new": True})
     assert out.read_text() == '{"old": true}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

@@ -1,5 +1,5 @@
 """The embedded GGUF is dequantised once per machine: a safetensors copy in the user cache dir,
-keyed by the GGUF's sha256 (drope_check.models.dequantized_cache_path)."""
+keyed by the GGUF's sha256 (drope_check.models.gguf_cache.dequantized_cache_path)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from drope_check import models
-from drope_check.models import CACHE_ENV, cache_dir, dequantized_cache_path, pair_available
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.models import checkpoints as models_checkpoints
+from drope_check.models import gguf_cache as models_gguf_cache
+from drope_check.models import loading as models
+from drope_check.models import pairs as models_pairs
+from drope_check.models.availability import pair_available
+from drope_check.models.embedded import CACHE_ENV, cache_dir
+from drope_check.models.gguf_cache import dequantized_cache_path
+from drope_check.models.tiny_models import build_llama, llama_config
 
 SHA = "ab" * 32
 
@@ -19,7 +24,7 @@ SHA = "ab" * 32
 def test_cache_dir_env_override_and_xdg_fallback(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
-    assert dequantized_cache_path(SHA) == tmp_path / "mine" / "dequantized" / f"{SHA}-v{models.DEQUANT_CACHE_FORMAT}"
+    assert dequantized_cache_path(SHA) == tmp_path / "mine" / "dequantized" / f"{SHA}-v{models_gguf_cache.DEQUANT_CACHE_FORMAT}"
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setitem(sys.modules, "platformdirs", None)  # not installed: XDG
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -43,9 +48,9 @@ def test_cache_entry_is_written_whole_and_a_second_writer_keeps_the_first(monkey
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     target = dequantized_cache_path(SHA)
     first = _tiny(0)
-    models._write_dequantized_cache(first, _Tokenizer(), target, SHA)
+    models_gguf_cache._write_dequantized_cache(first, _Tokenizer(), target, SHA)
     assert (target / "model.safetensors").is_file() and (target / "drope_check_cache.json").is_file()
-    models._write_dequantized_cache(_tiny(1), _Tokenizer(), target, SHA)  # lost the race: no error
+    models_gguf_cache._write_dequantized_cache(_tiny(1), _Tokenizer(), target, SHA)  # lost the race: no error
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary folder left
     back = LlamaForCausalLM.from_pretrained(str(target), dtype=torch.float32)
     for name, tensor in first.state_dict().items():
@@ -61,18 +66,18 @@ def test_embedded_model_from_cache_is_the_dequantised_model(monkeypatch, tmp_pat
     """First load dequantises and writes the cache; the next process (here: a cleared lru_cache)
     reads it, with bit-identical weights, the same tokenizer and the GGUF's sha256 in provenance."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
     try:
-        fresh, fresh_tok, sha, origin, incomplete = models._embedded_base()
+        fresh, fresh_tok, sha, origin, incomplete = models_gguf_cache.embedded_base()
         assert incomplete is None  # every tensor of the GGUF read (SmolLM2's lm_head is tied, not missing)
         assert "dequantised from" in origin and "cached to" in origin
-        assert sha == models.file_sha256(models.embedded_gguf_path())
-        models._embedded_base.cache_clear()
-        cached, cached_tok, sha2, origin2, incomplete2 = models._embedded_base()
+        assert sha == models_checkpoints.file_sha256(models_gguf_cache.embedded_gguf_path())
+        models_gguf_cache.embedded_base.cache_clear()
+        cached, cached_tok, sha2, origin2, incomplete2 = models_gguf_cache.embedded_base()
         assert incomplete2 is None
         assert origin2.startswith("dequantised cache") and sha2 == sha
     finally:
-        models._embedded_base.cache_clear()
+        models_gguf_cache.embedded_base.cache_clear()
     fresh_sd, cached_sd = fresh.state_dict(), cached.state_dict()
     assert fresh_sd.keys() == cached_sd.keys()
     for name, tensor in fresh_sd.items():
@@ -86,6 +91,6 @@ def test_embedded_model_from_cache_is_the_dequantised_model(monkeypatch, tmp_pat
     assert cached.config.tie_word_embeddings == fresh.config.tie_word_embeddings
     assert (cached_tok.bos_token_id, cached_tok.eos_token_id, cached_tok.pad_token_id) == (
         fresh_tok.bos_token_id, fresh_tok.eos_token_id, fresh_tok.pad_token_id)
-    loaded = models.load_model(models.PAIRS["smollm2-135m"].rope, bos_token=models.PAIRS["smollm2-135m"].bos_token)
+    loaded = models.load_model(models_pairs.PAIRS["smollm2-135m"].rope, bos_token=models_pairs.PAIRS["smollm2-135m"].bos_token)
     assert loaded.provenance["weights_sha256"] == sha
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()

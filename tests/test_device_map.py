@@ -26,13 +26,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import drope_check.measure
+import drope_check.measurements.measure
 from drope_check import cli
-from drope_check.measure import measure_model
-from drope_check.models import ModelSpec, load_model
-from drope_check.protocol import Protocol
-from drope_check.tiny_checkpoints import write_pair_checkpoints
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.engine.protocol import Protocol
+from drope_check.measurements.measure import measure_model
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
+from drope_check.models.tiny_checkpoints import write_pair_checkpoints
+from drope_check.models.tiny_models import build_llama, llama_config
 
 pytest.importorskip("accelerate")
 
@@ -108,7 +109,7 @@ def no_weights(monkeypatch):
     def guard(*_args, **_kwargs):
         raise AssertionError("load_model was called: the error was not found before loading weights")
 
-    monkeypatch.setattr(drope_check.measure, "load_model", guard)
+    monkeypatch.setattr(drope_check.measurements.measure, "load_model", guard)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ def test_device_map_on_an_embedded_pair_is_refused(tmp_path, capsys, no_weights)
 
 
 def test_pytest_options_reach_the_measure_options():
-    from drope_check.plugin import _measure_options
+    from drope_check.pytest_plugin.session import measure_options
 
     class Config:
         values = {"drope_device_map": "auto", "drope_offload_folder": "/tmp/off"}
@@ -145,5 +146,5 @@ def test_pytest_options_reach_the_measure_options():
         def getoption(self, name, default=None):  # pytest.Config.getoption's signature
             return self.values.get(name, default)
 
-    options = _measure_options(Config())
+    options = measure_options(Config())
     assert options.device_map == "auto" and options.offload_folder == "/tmp/off" and options.device is None

@@ -16,10 +16,10 @@ import torch
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from drope_check.attention import active_registrations
-from drope_check.eager_probe import EAGER_FP16, eager_fp16_attention, eager_fp16_probe
-from drope_check.models import apply_identity_rotation
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.engine.attention import active_registrations
+from drope_check.engine.eager_probe import EAGER_FP16, eager_fp16_attention, eager_fp16_probe
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 SEQS = [[1, 5, 9, 13, 17, 21, 25, 29], [1, 7, 11, 3, 4], [1, 30, 31, 32, 33, 34, 35]]
 
@@ -86,9 +86,10 @@ def test_no_overflow_no_count() -> None:
 
 
 def test_measure_model_writes_the_probe_beside_a_finite_faithful_measurement() -> None:
-    from drope_check.measure import measure_model
-    from drope_check.measurements_file import validate_measurements
-    from drope_check.models import LoadedModel, ModelSpec
+    from drope_check.measurements.measure import measure_model
+    from drope_check.measurements.validate import validate_measurements
+    from drope_check.models.loading import LoadedModel
+    from drope_check.models.pairs import ModelSpec
 
     model = overflowing(layers=4, at=1)
     spec = ModelSpec(role="drope", source="tiny", variant="drope")
@@ -105,10 +106,10 @@ def test_measure_model_writes_the_probe_beside_a_finite_faithful_measurement() -
 
 @pytest.mark.parametrize("name", [EAGER_FP16])
 def test_the_probe_is_requested_like_an_intervention(name: str) -> None:
-    from drope_check.audit import needed_interventions
-    from drope_check.claim_file import load_claims
-    from drope_check.measure import ALL_INTERVENTIONS, resolve_interventions
-    from drope_check.protocol import FAITHFUL
+    from drope_check.audit.cells import needed_interventions
+    from drope_check.claims.claim_file import load_claims
+    from drope_check.engine.protocol import FAITHFUL
+    from drope_check.measurements.measure import ALL_INTERVENTIONS, resolve_interventions
 
     assert name in ALL_INTERVENTIONS and resolve_interventions(name) == (name,)
     llama = load_claims("llama2-7b")

@@ -1,17 +1,11 @@
-"""The registry of offline models (drope_check.embedded): names, locating, clear errors."""
+"""The registry of offline models (drope_check.models.embedded): names, locating, clear errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from drope_check.embedded import (
-    EMBEDDED_MODELS,
-    EmbeddedModel,
-    EmbeddedUnavailable,
-    embedded_model,
-    is_embedded,
-)
-from drope_check.models import PAIRS
+from drope_check.models.embedded import EmbeddedModel, EmbeddedUnavailable, is_embedded
+from drope_check.models.pairs import EMBEDDED_MODELS, PAIRS, embedded_model
 
 
 def test_sources_name_embedded_models():

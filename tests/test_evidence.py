@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from drope_check import author_files as A
-from drope_check.bands import fmt
-from drope_check.claim_file import ClaimsFileError, load_claims
-from drope_check.evidence import evidence_rows, render_evidence_table, render_skip_groups, skip_groups
-from drope_check.evidence_spec import AuthorFilesEvidence
-from drope_check.report import render_markdown
-from drope_check.upstream import load_sources
-from drope_check.verdicts import skipped_verdict
+from drope_check.claims.bands import fmt
+from drope_check.claims.claim_file import ClaimsFileError, load_claims
+from drope_check.claims.evidence_spec import AuthorFilesEvidence
+from drope_check.claims.verdicts import skipped_verdict
+from drope_check.report.evidence import evidence_rows, render_evidence_table, render_skip_groups, skip_groups
+from drope_check.report.markdown import render_markdown
+from drope_check.sources import author_files as A
+from drope_check.sources.table import load_sources
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE_ONLY = "the committed files hold DroPE's layer-1 q/k norms, not a count of non-finite values"

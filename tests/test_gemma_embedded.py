@@ -2,7 +2,7 @@
 
 Marked ``slow`` and ``gemma`` (deselect with ``-m 'not gemma'``); skipped with the reason when the
 extra is not installed. The first load on a machine dequantises the Q4_K_M GGUF and caches the float32
-weights (drope_check.models.dequantized_cache_path); measured on the 2-core workplace machine shared
+weights (drope_check.models.gguf_cache.dequantized_cache_path); measured on the 2-core workplace machine shared
 with five other jobs (load average 4-8): 341 s for that cold load, then 13 s and 189 s for the two
 tests after it, 9.5 min in all. On an idle machine expect a fraction of that.
 
@@ -22,10 +22,12 @@ import pytest
 import torch
 from helpers import layer_outputs
 
-from drope_check.architectures import GEMMA3, IdentityRotaryEmbedding
-from drope_check.measure import ALL_INTERVENTIONS, measure_model
-from drope_check.models import PAIRS, load_model, pair_available
-from drope_check.protocol import Protocol
+from drope_check.engine.architectures import GEMMA3, IdentityRotaryEmbedding
+from drope_check.engine.protocol import Protocol
+from drope_check.measurements.measure import ALL_INTERVENTIONS, measure_model
+from drope_check.models.availability import pair_available
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import PAIRS
 
 pytestmark = [pytest.mark.slow, pytest.mark.gemma]
 

@@ -24,7 +24,7 @@ step asserts the same 20 lines as the file gives). ``datasets`` revalidates a ca
 few metadata requests on every run (its own behaviour, no download); the weights are never asked for
 again. Two deliberate differences from the workflow, both named in the commands below: the device
 is named (``--drope-device cpu`` / ``--device cpu``: a 7B pair runs on a CPU only when asked, see
-``drope_check.models.gpu_refusal``), and the audit measures 4 texts instead of 20 (the same code
+``drope_check.models.availability.gpu_refusal``), and the audit measures 4 texts instead of 20 (the same code
 path at a fifth of the forwards; the audit's numbers are tested elsewhere).
 
 Claims whose status is ``skip`` in expected/llama2-7b.toml would be declared not measurable by this
@@ -47,9 +47,9 @@ import pytest
 import torch
 from helpers import wikitext_file
 
-from drope_check.claim_file import load_claims
-from drope_check.evidence import evidence_rows
-from drope_check.rehearsal_repos import DROPE_REPO, ROPE_REPO
+from drope_check.claims.claim_file import load_claims
+from drope_check.models.rehearsal_repos import DROPE_REPO, ROPE_REPO
+from drope_check.report.evidence import evidence_rows
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.xdist_group(name="rehearsal")]  # the steps share one cache
 
@@ -173,7 +173,7 @@ def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights
     info = doc["pairs"][PAIR]
     assert info["available"] is True
     if (hub_root / "datasets").is_dir():  # the texts came through datasets from the endpoint: the file's 20 lines
-        from drope_check.texts import wikitext_lines
+        from drope_check.engine.texts import wikitext_lines
 
         from_file = wikitext_lines(n=info["texts"]["n_texts"], path=wikitext_file()).to_provenance()
         assert info["texts"]["source"] == "datasets:Salesforce/wikitext:wikitext-2-raw-v1:test"

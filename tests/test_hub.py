@@ -1,4 +1,4 @@
-"""The download path (drope_check.hub) against a local hub endpoint, with huggingface_hub's own client.
+"""The download path (drope_check.models.hub) against a local hub endpoint, with huggingface_hub's own client.
 
 Every test talks HTTP to the server process of the ``local_hub`` fixture (tests/conftest.py), which
 serves tiny stand-ins under the report's repo ids: ``meta-llama/Llama-2-7b-hf`` gated, the SakanaAI
@@ -18,7 +18,7 @@ import pytest
 from huggingface_hub import constants
 
 from drope_check.errors import UserError
-from drope_check.hub import (
+from drope_check.models.hub import (
     WEIGHT_PATTERNS,
     HubUnavailable,
     cached_snapshot,
@@ -27,7 +27,7 @@ from drope_check.hub import (
     model_status,
     refusal,
 )
-from drope_check.rehearsal_repos import DROPE_REPO, GRANTED_TOKEN, ROPE_REPO
+from drope_check.models.rehearsal_repos import DROPE_REPO, GRANTED_TOKEN, ROPE_REPO
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +190,8 @@ def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_
     import torch
 
     from drope_check import cli
-    from drope_check.models import PAIRS, gpu_refusal
+    from drope_check.models.availability import gpu_refusal
+    from drope_check.models.pairs import PAIRS
     from drope_check.preflight import check_needs_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -207,7 +208,7 @@ def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_
 
 
 def test_pair_available_offline_names_HF_HUB_OFFLINE_without_a_request(monkeypatch, local_hub):
-    from drope_check.models import pair_available
+    from drope_check.models.availability import pair_available
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "ENDPOINT", local_hub.url)

@@ -30,10 +30,15 @@ from safetensors.torch import load_file, save_file
 from test_models import make_checkpoint, rewrite_checkpoint, save_tokenizer, tiny_config
 
 import drope_check
-from drope_check import cli, models
-from drope_check.models import CACHE_ENV, ModelLoadError, ModelSpec, load_model
-from drope_check.report import build_report, pair_info, render_markdown
-from drope_check.tiny_models import build_llama
+from drope_check import cli
+from drope_check.models import checkpoints as models_checkpoints
+from drope_check.models import gguf_cache as models_gguf_cache
+from drope_check.models.embedded import CACHE_ENV
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.tiny_models import build_llama
+from drope_check.report.build import build_report, pair_info
+from drope_check.report.markdown import render_markdown
 
 REPO = Path(drope_check.__file__).resolve().parent.parent
 MISSING = "model.layers.1.mlp.down_proj.weight"
@@ -178,7 +183,7 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    # the hub id with the cached snapshot's commit it was resolved to (drope_check.hub.resolve_pair)
+    # the hub id with the cached snapshot's commit it was resolved to (drope_check.models.hub.resolve_pair)
     one_sentence(proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing (")
     assert not out.exists()
 
@@ -233,13 +238,13 @@ def embedded_gguf(monkeypatch, tmp_path):
     """Point the embedded model at a GGUF of the test's making, with a fresh cache folder."""
     pytest.importorskip("gguf")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
 
     def use(path: Path) -> None:
-        monkeypatch.setattr(models, "embedded_gguf_path", lambda source="embedded": path)
+        monkeypatch.setattr(models_gguf_cache, "embedded_gguf_path", lambda source="embedded": path)
 
     yield use
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
 
 
 def test_a_complete_gguf_loads_and_is_cached(tmp_path, embedded_gguf):
@@ -256,7 +261,7 @@ def test_a_gguf_with_a_missing_and_an_unmapped_tensor_is_refused(tmp_path, embed
     message = str(info.value)
     for name in (str(bad), f"1 missing ({MISSING})", "1 unexpected (blk.0.attn_q.bias)", "--allow-incomplete-weights"):
         assert name in message, message
-    models._embedded_base.cache_clear()
+    models_gguf_cache.embedded_base.cache_clear()
     loaded = load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32,
                         allow_incomplete_weights=True)
     assert loaded.provenance["incomplete_weights"] == {"missing": [MISSING], "unexpected": ["blk.0.attn_q.bias"]}
@@ -268,14 +273,14 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
     gguf_file = tmp_path / "weights.gguf"
     gguf_file.write_bytes(b"not parsed: the cache entry keyed by this file's sha256 is read instead")
     embedded_gguf(gguf_file)
-    entry = models.dequantized_cache_path(models.file_sha256(gguf_file))
+    entry = models_gguf_cache.dequantized_cache_path(models_checkpoints.file_sha256(gguf_file))
     model = build_llama(tiny_config(), seed=1, attn=None)
 
     class Tokenizer:
         def save_pretrained(self, folder: str) -> None:
             save_tokenizer(Path(folder))
 
-    models._write_dequantized_cache(model, Tokenizer(), entry, "sha")
+    models_gguf_cache._write_dequantized_cache(model, Tokenizer(), entry, "sha")
     weights = load_file(str(entry / "model.safetensors"))
     del weights[MISSING]
     save_file(weights, str(entry / "model.safetensors"), metadata={"format": "pt"})
@@ -287,9 +292,9 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
 def test_the_pytest_option_reaches_the_measure_options(pytestconfig: pytest.Config) -> None:
     """``--drope-allow-incomplete-weights`` is registered (off by default) and becomes
     ``MeasureOptions.allow_incomplete_weights``."""
-    from drope_check.plugin import _measure_options
+    from drope_check.pytest_plugin.session import measure_options
 
     assert pytestconfig.getoption("drope_allow_incomplete_weights") is False
     given = {"drope_allow_incomplete_weights": True}
     config = SimpleNamespace(getoption=lambda name, default=None: given.get(name, default))
-    assert _measure_options(config).allow_incomplete_weights is True
+    assert measure_options(config).allow_incomplete_weights is True

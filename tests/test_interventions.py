@@ -19,15 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaForCausalLM
 
-import drope_check.attention as attention
-from drope_check.interventions import (
-    bos_mlp_ablation,
-    measure_interventions,
-    qk_disruption,
-    replace_massive_columns,
-)
-from drope_check.perplexity import perplexity_lines
-from drope_check.tiny_models import build_llama, llama_config
+import drope_check.engine.attention as attention
+from drope_check.engine.bos_ablation import bos_mlp_ablation
+from drope_check.engine.interventions import measure_interventions
+from drope_check.engine.perplexity import perplexity_lines
+from drope_check.engine.qk_disruption import qk_disruption, replace_massive_columns
+from drope_check.models.tiny_models import build_llama, llama_config
 
 #: Batched vs single perplexity: the only difference is float32 summation order inside SDPA and
 #: the matmuls for padded shapes, measured ~1e-7 relative on these models.

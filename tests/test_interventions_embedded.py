@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from drope_check.batching import tokenize_with_bos
-from drope_check.interventions import measure_interventions
+from drope_check.engine.batching import tokenize_with_bos
+from drope_check.engine.interventions import measure_interventions
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,10 @@ N_LINES, MAX_TOKENS = 4, 128
 
 @pytest.fixture(scope="module")
 def rope_setup(real_model: None, wikitext_path):
-    from drope_check.models import PAIRS, load_model, pair_available
-    from drope_check.texts import wikitext_lines
+    from drope_check.engine.texts import wikitext_lines
+    from drope_check.models.availability import pair_available
+    from drope_check.models.loading import load_model
+    from drope_check.models.pairs import PAIRS
 
     ok, why = pair_available("smollm2-135m")
     if not ok:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import drope_check.attention  # noqa: F401  (registers the attention function)
-from drope_check import interventions
-from drope_check.measure import measure_model
-from drope_check.models import LoadedModel, ModelSpec
-from drope_check.perplexity import perplexity_lines
-from drope_check.protocol import Protocol
-from drope_check.tiny_models import build_llama, llama_config
+import drope_check.engine.attention  # noqa: F401  (registers the attention function)
+from drope_check.engine import interventions
+from drope_check.engine.perplexity import perplexity_lines
+from drope_check.engine.protocol import Protocol
+from drope_check.measurements.measure import measure_model
+from drope_check.models.loading import LoadedModel
+from drope_check.models.pairs import ModelSpec
+from drope_check.models.tiny_models import build_llama, llama_config
 
 BOS, PAD = 1, 0
 
@@ -75,7 +76,7 @@ def test_spike_rules_on_the_same_layer_share_one_ablation_pass(monkeypatch):
 def test_measure_pair_refuses_interventions_for_a_role_the_pair_does_not_have() -> None:
     """Per-role interventions (the claims run asks only for what its claims read): a typo in a role is
     an error before any model loads, not a model silently measured without them."""
-    from drope_check.measure import measure_pair
+    from drope_check.measurements.measure import measure_pair
 
     with pytest.raises(ValueError, match=r"unknown role\(s\) \['nope'\] of pair smollm2-135m"):
         measure_pair("smollm2-135m", interventions={"rope": ("qk_disruption:report",), "nope": ()})

@@ -4,7 +4,7 @@
 is checked for completeness (every number finite), the RoPE model's massive BOS activation, exact
 reproducibility, and against a float64 reference computed independently from the model's own
 EAGER attention (``output_attentions``) and ``output_hidden_states`` (plus a hook for the raw last
-layer), with the entropy taken from numpy's SVD rather than drope_check.metrics.
+layer), with the entropy taken from numpy's SVD rather than drope_check.engine.metrics.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import pytest
 import torch
 from helpers import NO_WIKITEXT, wikitext_file
 
-from drope_check.measure import MeasureOptions, measure_pair
-from drope_check.models import ModelSpec, load_model, pair_available
-from drope_check.protocol import Protocol
-from drope_check.texts import wikitext_lines
+from drope_check.engine.protocol import Protocol
+from drope_check.engine.texts import wikitext_lines
+from drope_check.measurements.measure import MeasureOptions, measure_pair
+from drope_check.models.availability import pair_available
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
 
 PAIR = "smollm2-135m"
 BOS = "<|im_start|>"
@@ -183,7 +185,7 @@ def eager_reference(loaded, seqs: list[list[int]]) -> dict[str, np.ndarray]:
 )
 def test_matches_float64_eager_reference(measured, texts, role, spec):
     loaded = load_model(spec, bos_token=BOS, device="cpu", dtype=torch.float32)
-    # tokenized here, independently of drope_check.batching: BOS + the text's tokens, 128 in total
+    # tokenized here, independently of drope_check.engine.batching: BOS + the text's tokens, 128 in total
     seqs = [
         ([loaded.bos_token_id] + loaded.tokenizer.encode(t, add_special_tokens=False))[: PROTOCOL.max_tokens]
         for t in texts

@@ -42,19 +42,19 @@ from helpers import NO_AUTHOR_FILES, author_files_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check.author_files import author_files_verdict, is_author_files_import
-from drope_check.claim_file import ClaimSet, MeasurementsMismatch, check_measurements, load_claims
-from drope_check.measurements_file import (
+from drope_check.claims.claim_file import ClaimSet, MeasurementsMismatch, check_measurements, load_claims
+from drope_check.claims.verdicts import verdict_for
+from drope_check.measurements.rules import Number, rule_at
+from drope_check.measurements.validate import (
     MeasurementsFileError,
-    Number,
     _json_path,
     parse_measurements_json,
-    rule_at,
     validate_measurements,
 )
-from drope_check.report import build_report, pair_info, plot_marks, render_markdown
-from drope_check.upstream import import_upstream
-from drope_check.verdicts import verdict_for
+from drope_check.report.build import build_report, pair_info, plot_marks
+from drope_check.report.markdown import render_markdown
+from drope_check.sources.author_files import author_files_verdict, is_author_files_import
+from drope_check.sources.upstream import import_upstream
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "smollm2-135m-measurements.json"

@@ -1,6 +1,6 @@
 """``drope-check judge A.json B.json ... --report-dir D``: several measurements files, ONE claims report.
 
-What is claimed (drope_check.merge): each file is judged exactly as it is judged alone (same verdicts), the
+What is claimed (drope_check.report.merge): each file is judged exactly as it is judged alone (same verdicts), the
 report holds every pair (and every variant of a pair, in a column of its own), two files claiming the same
 pair, source, variant and model are accepted only when they agree (then named together), and every
 refusal is one sentence naming the file(s), exit 2 on the command line.
@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 
 from drope_check import cli
-from drope_check.merge import MeasurementsConflict, first_difference, judge_files, measurement_variant
-from drope_check.report import judge_file
+from drope_check.report.merge import (
+    MeasurementsConflict,
+    first_difference,
+    judge_file,
+    judge_files,
+    measurement_variant,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -137,7 +142,7 @@ def test_first_difference_names_the_path_and_values():
 
 @pytest.fixture
 def upstream_file(tmp_path: Path, author_files_path: Path) -> Path:
-    from drope_check import upstream as U
+    from drope_check.sources import upstream as U
 
     path = tmp_path / "upstream.json"
     path.write_text(json.dumps(U.import_upstream(author_files_path, "report"), allow_nan=False))

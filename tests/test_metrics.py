@@ -1,4 +1,4 @@
-"""Tests for drope_check.metrics: known answers, properties (hypothesis) and every error path."""
+"""Tests for drope_check.engine.metrics: known answers, properties (hypothesis) and every error path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check import metrics
-from drope_check.metrics import (
+from drope_check.engine import metrics
+from drope_check.engine import residual_stats as engine_residual_stats
+from drope_check.engine.metrics import (
     SpectrumEntropy,
     argmax_layer,
     argmin_layer,
@@ -21,8 +22,6 @@ from drope_check.metrics import (
     matrix_entropy,
     mean_over_sequences,
     queipo_c_alpha,
-    residual_summaries,
-    residual_summary,
     sink_rate,
     sink_scores,
     spectrum_entropy,
@@ -31,6 +30,7 @@ from drope_check.metrics import (
     squared_singular_values,
     token_norms,
 )
+from drope_check.engine.residual_stats import residual_summaries, residual_summary
 
 PROPERTY = settings(max_examples=50, deadline=None)
 
@@ -586,11 +586,11 @@ def test_residual_summaries_batched_and_threaded_equal_one_by_one() -> None:
 
 
 def test_numpy_ready_only_for_float_cpu_tensors() -> None:
-    assert metrics.numpy_ready(torch.ones(2, 2))
-    assert metrics.numpy_ready(torch.ones(2, 2, dtype=torch.float64))
-    assert not metrics.numpy_ready(torch.ones(2, 2, dtype=torch.bfloat16))
-    assert not metrics.numpy_ready(torch.ones(2, 2, dtype=torch.int64))
-    assert not metrics.numpy_ready(np.ones((2, 2)))
+    assert engine_residual_stats.numpy_ready(torch.ones(2, 2))
+    assert engine_residual_stats.numpy_ready(torch.ones(2, 2, dtype=torch.float64))
+    assert not engine_residual_stats.numpy_ready(torch.ones(2, 2, dtype=torch.bfloat16))
+    assert not engine_residual_stats.numpy_ready(torch.ones(2, 2, dtype=torch.int64))
+    assert not engine_residual_stats.numpy_ready(np.ones((2, 2)))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for drope_check.models: the identity rotation, native DroPE loading of a checkpoint
+"""Tests for drope_check.models.loading: the identity rotation, native DroPE loading of a checkpoint
 directory in SakanaAI's layout, and the embedded SmolLM2 pair.
 
 The independent reference throughout is a hand-written float64 Llama forward pass
@@ -21,17 +21,14 @@ from helpers import layer_outputs
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import drope_check.attention  # noqa: F401  (registers the "drope_check" attention function)
-from drope_check.attention import ATTN_IMPLEMENTATION
-from drope_check.models import (
-    IdentityRotaryEmbedding,
-    ModelLoadError,
-    ModelSpec,
-    apply_identity_rotation,
-    load_model,
-    pair_available,
-)
-from drope_check.tiny_models import build_llama, llama_config
+import drope_check.engine.attention  # noqa: F401  (registers the "drope_check" attention function)
+from drope_check.engine.architectures import IdentityRotaryEmbedding
+from drope_check.engine.attention import ATTN_IMPLEMENTATION
+from drope_check.models.availability import pair_available
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelLoadError, ModelSpec
+from drope_check.models.qk_norm import apply_identity_rotation
+from drope_check.models.tiny_models import build_llama, llama_config
 
 # A float32 model vs the float64 reference: logits O(1) through 2 small layers, float32 rounding ~1e-6.
 # (Converting the model to float64 would not tighten this: HF's LlamaRMSNorm normalises in float32

@@ -17,14 +17,14 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from drope_check.perplexity import (
+from drope_check.engine.perplexity import (
     PerplexityResult,
     perplexity_lines,
     perplexity_prompts,
     perplexity_sliding,
     token_nll,
 )
-from drope_check.tiny_models import build_llama, llama_config
+from drope_check.models.tiny_models import build_llama, llama_config
 
 #: HF computes the loss as a float32 mean; we sum float32 per-token NLLs in float64 -- ~1e-7 apart.
 HF_REL_TOL = 1e-5
@@ -225,7 +225,7 @@ def test_result_to_dict_is_json(model: LlamaForCausalLM) -> None:
 
 def _split_case(name: str) -> torch.nn.Module:
     """The tiny model of one split-forward case: ``llama``, ``gemma3`` or ``gemma3-softcapped``."""
-    from drope_check.tiny_models import build_gemma3, build_llama, gemma3_config, llama_config
+    from drope_check.models.tiny_models import build_gemma3, build_llama, gemma3_config, llama_config
 
     if name == "llama":
         return build_llama(llama_config(vocab_size=96), seed=3)
@@ -240,8 +240,8 @@ def _split_case(name: str) -> torch.nn.Module:
 def test_model_nll_equals_token_nll_of_the_models_logits(case: str) -> None:
     """The split path (body, then the head on scored rows) is the same NLL as the model's own forward:
     right-padded rows of different lengths, a score mask, and chunks of one row each."""
-    from drope_check.architectures import architecture_of
-    from drope_check.perplexity import hidden_nll, model_nll
+    from drope_check.engine.architectures import architecture_of
+    from drope_check.engine.perplexity import hidden_nll, model_nll
 
     model = _split_case(case)
     assert architecture_of(model).split_forward(model) is not None
@@ -265,8 +265,8 @@ def test_model_nll_equals_token_nll_of_the_models_logits(case: str) -> None:
 
 def test_model_nll_softcapping_is_applied() -> None:
     """Leaving Gemma's final soft-capping out changes the NLL: the equality above is not vacuous."""
-    from drope_check.architectures import architecture_of
-    from drope_check.perplexity import hidden_nll
+    from drope_check.engine.architectures import architecture_of
+    from drope_check.engine.perplexity import hidden_nll
 
     model = _split_case("gemma3-softcapped")
     ids = torch.randint(3, 96, (1, 9), generator=torch.Generator().manual_seed(9))
@@ -281,8 +281,8 @@ def test_model_nll_softcapping_is_applied() -> None:
 
 def test_model_nll_runs_an_unknown_class_whole() -> None:
     """A causal-LM class the architecture record does not name (e.g. remote code) is never split."""
-    from drope_check.architectures import architecture_of
-    from drope_check.perplexity import model_nll
+    from drope_check.engine.architectures import architecture_of
+    from drope_check.engine.perplexity import model_nll
 
     model = _split_case("llama")
     renamed = type("RemoteLlamaForCausalLM", (type(model),), {})

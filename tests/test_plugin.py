@@ -2,7 +2,7 @@
 
 Each test copies the repository's ``claims/`` modules and ``tests/data/expected/toy.toml`` into a
 fresh directory and runs pytest in a subprocess, judging ``tests/data/toy-measurements.json`` with
-``--measurements`` (or a fake ``drope_check.models`` / ``drope_check.measure`` installed by a
+``--measurements`` (or the toy pairs registered with a fake ``drope_check.models.availability`` / ``drope_check.measurements.measure`` installed by a
 conftest), so no model is ever loaded. Against that file the toy claims give: PASS 7, FAIL 3 (one
 below its band, one above, one stale golden), XFAIL 1 (does-not-generalise), SKIP 2 (a status-skip
 claim and a pending golden).
@@ -36,16 +36,20 @@ import sys
 import types
 from pathlib import Path
 
-models = types.ModuleType("drope_check.models")
-models.PAIRS = {{"toy": "toy spec", "toy2": "toy2 spec"}}
+from drope_check.models.pairs import PAIRS, ModelSpec, PairSpec
+
+for name in ("toy", "toy2"):  # registered like any pair (the pair registry loads no engine)
+    PAIRS[name] = PairSpec(name, ModelSpec("rope", name + "-rope", "rope"), ModelSpec("drope", name + "-drope", "drope"),
+                           None, name + " (fake engine)")
+availability = types.ModuleType("drope_check.models.availability")
 
 
 def pair_available(name, device=None):
     return ({available}, "weights found" if {available} else "toy weights are not on this machine")
 
 
-models.pair_available = pair_available
-measure = types.ModuleType("drope_check.measure")
+availability.pair_available = pair_available
+measure = types.ModuleType("drope_check.measurements.measure")
 
 
 def measure_pair(pair, protocol=None, interventions="all", options=None):
@@ -59,8 +63,8 @@ def measure_pair(pair, protocol=None, interventions="all", options=None):
 
 
 measure.measure_pair = measure_pair
-sys.modules["drope_check.models"] = models
-sys.modules["drope_check.measure"] = measure
+sys.modules["drope_check.models.availability"] = availability
+sys.modules["drope_check.measurements.measure"] = measure
 '''
 
 
@@ -370,7 +374,7 @@ def test_author_files_of_a_clone_given_by_the_environment(llama_suite: pytest.Py
 def test_without_a_copy_the_author_files_tests_skip_saying_where_it_looked(llama_suite: pytest.Pytester) -> None:
     (llama_suite.path / "conftest.py").write_text(
         (llama_suite.path / "conftest.py").read_text()
-        + "\nimport drope_check.author_files as _A\n_A.SHARED_COPY = Path('no-such-copy-of-the-author-files')\n"
+        + "\nimport drope_check.sources.author_files as _A\n_A.SHARED_COPY = Path('no-such-copy-of-the-author-files')\n"
     )
     result = run(llama_suite, "--pair", "llama2-7b", "-k", "author-files and sink_rate", "-rs")
     result.assert_outcomes(skipped=11)

@@ -12,7 +12,7 @@ it and the float16 path runs on a plain float16 tiny model; ``benchmarks/gpu_smo
 Where fp16 overflows (DroPE Llama-2-7B's layer 1: per-head q/k norms ~6.6e3 / 5.5e3, so q.k reaches
 ~3.6e7, far past float16's 65504), eager attention turns the logits into inf and the weights into NaN.
 The suite's capture never multiplies q.k in float16: the rounding bound sends that layer to its float64
-path (:data:`drope_check.capture.AUTO_FLOAT32_BOUND`), so its attention to BOS is finite and equals a
+path (:data:`drope_check.engine.capture.AUTO_FLOAT32_BOUND`), so its attention to BOS is finite and equals a
 float64 softmax of the very q/k the model attended with (within the suite's 1e-4 relative promise).
 """
 
@@ -23,15 +23,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import drope_check.models as models
-from drope_check import audit
-from drope_check.attention import observe_attention
-from drope_check.measure import run_capture
-from drope_check.models import QUANTIZATIONS, QUANTIZED_DTYPE, ModelSpec, load_model, quantization_settings
-from drope_check.protocol import Protocol
-from drope_check.tiny_checkpoints import write_pair_checkpoints
-from drope_check.tiny_models import build_llama, llama_config
-from drope_check.variants import VARIANTS
+import drope_check.models.loading as models
+from drope_check.audit import run as audit
+from drope_check.audit.variants import VARIANTS
+from drope_check.engine.attention import observe_attention
+from drope_check.engine.protocol import Protocol
+from drope_check.measurements.measure import run_capture
+from drope_check.models.loading import load_model
+from drope_check.models.pairs import ModelSpec
+from drope_check.models.quantization import QUANTIZATIONS, QUANTIZED_DTYPE, quantization_settings
+from drope_check.models.tiny_checkpoints import write_pair_checkpoints
+from drope_check.models.tiny_models import build_llama, llama_config
 
 #: The suite's promise for attention to BOS against a float64 softmax (README, capture.py).
 PROMISED_RELATIVE = 1e-4
@@ -101,14 +103,14 @@ def test_a_4bit_load_is_float16_with_its_settings_in_provenance(drope_dir, monke
 
 def test_the_audit_loads_its_4bit_variants_in_float16_whatever_dtype_was_asked(monkeypatch):
     calls = []
-    monkeypatch.setattr("drope_check.models.load_model", lambda spec, **kw: calls.append(kw))
-    monkeypatch.setattr("drope_check.measure.load_texts", lambda protocol, options: None)
-    from drope_check.measure import MeasureOptions
+    monkeypatch.setattr("drope_check.models.loading.load_model", lambda spec, **kw: calls.append(kw))
+    monkeypatch.setattr("drope_check.measurements.measure.load_texts", lambda protocol, options: None)
+    from drope_check.measurements.measure import MeasureOptions
 
     source = audit.default_source("smollm2-135m", MeasureOptions(dtype="bfloat16"))
     source.load(source.spec.rope, "nf4")
     source.load(source.spec.rope, None)
-    assert calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"  # None -> models.QUANTIZED_DTYPE
+    assert calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"  # None -> models_quantization.QUANTIZED_DTYPE
     assert calls[1]["dtype"] == torch.bfloat16 and calls[1]["quantization"] is None
 
 

@@ -1,4 +1,4 @@
-"""The per-layer plots of the claims report (drope_check.report.write_plots), on synthetic report documents.
+"""The per-layer plots of the claims report (drope_check.report.plots.write_plots), on synthetic report documents.
 
 Claimed: besides one plot per pair and series (and per series of the author's files), every series
 that exists on at least two model families gets one overlay plot with the families overlaid on a
@@ -14,14 +14,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from drope_check.report import (  # noqa: E402
-    ACROSS_FAMILIES,
-    build_report,
-    overlay_figure,
-    overlay_lines,
-    render_markdown,
-    write_plots,
-)
+from drope_check.report.build import ACROSS_FAMILIES, build_report
+from drope_check.report.markdown import render_markdown
+from drope_check.report.plots import overlay_figure, overlay_lines, write_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

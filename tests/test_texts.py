@@ -1,4 +1,4 @@
-"""Tests of drope_check.texts: which texts the perplexity protocol uses, and their provenance.
+"""Tests of drope_check.engine.texts: which texts the perplexity protocol uses, and their provenance.
 
 The facts checked against the shared WikiText-2 file (row counts, the first selected lines, the
 newline-in-length question, the file hash) are those recorded in shared/data/wikitext-2-raw/README.md.
@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from drope_check import texts as T
-from drope_check.texts import (
+from drope_check.engine import gensim_texts as engine_gensim_texts
+from drope_check.engine import texts as T
+from drope_check.engine.gensim_texts import gensim_fallback
+from drope_check.engine.prompt_files import prompt_file
+from drope_check.engine.text_set import TextSet, TextSourceError, sha256_of_texts
+from drope_check.engine.texts import (
     ENV_WIKITEXT,
     HF_SOURCE,
     WIKITEXT2_TEST_NONEMPTY_ROWS,
     WIKITEXT2_TEST_RAW_SHA256,
     WIKITEXT2_TEST_ROWS,
-    TextSet,
-    TextSourceError,
     WikiTextUnavailableError,
-    gensim_fallback,
     load_wikitext_rows,
-    prompt_file,
-    sha256_of_texts,
     wikitext_lines,
     wikitext_split_text,
 )
@@ -262,7 +261,7 @@ def test_no_fallback_when_disallowed(
     def must_not_run(*a: object, **k: object) -> None:
         raise AssertionError("fallback used although allow_fallback=False")
 
-    monkeypatch.setattr(T, "gensim_fallback", must_not_run)
+    monkeypatch.setattr(T, "gensim_fallback", must_not_run)  # the name wikitext_lines calls
     with pytest.raises(WikiTextUnavailableError, match="disabled"):
         wikitext_lines(allow_fallback=False)
 
@@ -284,7 +283,7 @@ def test_gensim_fallback_texts() -> None:
     ts = gensim_fallback(20, 100)
     assert len(ts.texts) == 20
     assert all(len(t) > 100 for t in ts.texts)
-    assert ts.source == f"gensim-fallback:{T.GENSIM_WIKI_SAMPLE}"
+    assert ts.source == f"gensim-fallback:{engine_gensim_texts.GENSIM_WIKI_SAMPLE}"
     assert "NOT WikiText-2" in ts.name and "NOT WikiText-2" in ts.selection
     assert ts.texts[0].startswith("Anarchism is a political philosophy")
     for t in ts.texts:  # the cheap stripper left no obvious markup
@@ -310,7 +309,7 @@ def test_markup_stripper() -> None:
         "== Heading ==\n* a list item that is long enough to be kept if lists were kept at all ok\n"
         "[[File:X.jpg|thumb|A caption with [[link]]]]See [http://example.org the site] &amp; more."
     )
-    paragraphs = list(T._paragraphs(src))
+    paragraphs = list(engine_gensim_texts._paragraphs(src))
     assert paragraphs == ["Foo is a bar of baz. It is old.", "See the site & more."]
 
 

@@ -1,12 +1,18 @@
-"""drope_check.tiny_models: the tests' random models are a pure function of config, seed and re-draws,
+"""drope_check.models.tiny_models: the tests' random models are a pure function of config, seed and re-draws,
 and the re-draws and switches do what the builders say."""
 
 from __future__ import annotations
 
 import torch
 
-from drope_check.attention import ATTN_IMPLEMENTATION
-from drope_check.tiny_models import GEMMA3_LAYER_TYPES, build_gemma3, build_llama, gemma3_config, llama_config
+from drope_check.engine.attention import ATTN_IMPLEMENTATION
+from drope_check.models.tiny_models import (
+    GEMMA3_LAYER_TYPES,
+    build_gemma3,
+    build_llama,
+    gemma3_config,
+    llama_config,
+)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -1,7 +1,7 @@
 """``drope-check import-upstream``: the author's committed files as a llama2-7b measurements file.
 
 Claimed: every imported value is the file's number unchanged, and names its commit, file, JSON path
-and protocol; derived values come from drope_check.metrics and say so; a NaN (or upstream's 0 for a
+and protocol; derived values come from drope_check.engine.metrics and say so; a NaN (or upstream's 0 for a
 run that never happened) is never imported; a missing commit, file or malformed JSON is one sentence
 naming it (exit 2 from the CLI); a git clone gives the same file as the folder layout; and judging
 the imported file gives the verdicts computed by hand from the raw JSON below.
@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 from helpers import NO_AUTHOR_FILES, author_files_folder
 
-from drope_check import upstream as U
-from drope_check.report import judge_file
+from drope_check.report.merge import judge_file
+from drope_check.sources import field_provenance as sources_field_provenance
+from drope_check.sources import table as sources_table
+from drope_check.sources import upstream as U
 
 SHARED = author_files_folder()
 FILE = "results/phase_metrics/rope_vs_drope_phase_metrics.json"
@@ -103,7 +105,7 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
             for leaf in _leaves(model[section], (section,)):
                 if leaf[-1] in ("protocol", "intervention", "kind"):
                     continue  # labels of an entry, not measured values
-                prov = U.field_provenance_for(report_era, f"{role}:" + ".".join(leaf))
+                prov = sources_field_provenance.field_provenance_for(report_era, f"{role}:" + ".".join(leaf))
                 assert prov is not None, (role, leaf)
                 assert prov["commit"] in COMMITS and prov["file"] == FILE
                 assert prov["repository"] == "DavidDemitriAfrica/drope-activations"
@@ -125,9 +127,9 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
     assert bos_only["commit"] == HEAD_COMMIT and bos_only["protocol"]["n_texts"] == 20
     assert "MLP AND attention" in bos_only["protocol"]["layer1_ablation"]
     # a metric path with an index reads the provenance of its series
-    assert U.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"] == "DroPE.baseline.sink_rate.mean"
+    assert sources_field_provenance.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"] == "DroPE.baseline.sink_rate.mean"
     # the later WikiText-lines run says when it was first committed (after the report)
-    assert bos_only["protocol"]["run"]["first_committed_date"] > U.load_sources()["report"]["date"]
+    assert bos_only["protocol"]["run"]["first_committed_date"] > sources_table.load_sources()["report"]["date"]
 
 
 def test_nan_is_imported_only_as_a_count_of_non_finite_layers(report_era) -> None:
@@ -159,10 +161,10 @@ def test_methods_facts_are_imported_with_their_protocol(report_era) -> None:
 def test_a_run_made_after_the_report_is_never_a_source() -> None:
     """run_layer1_ablation.py was first committed on 2026-01-21, after the report's commit of 2026-01-20:
     a claim may read its numbers only as evidence against it (contradicted) or as prose_only.later."""
-    from drope_check.claim_file import ClaimsFileError, load_claims
+    from drope_check.claims.claim_file import ClaimsFileError, load_claims
 
-    assert "after the report's commit 90f8e3c" in U.run_after_report("wikitext-lines-fp4")
-    assert U.run_after_report("functional-5-prompts-nf4") is None and U.run_after_report("eager-fp16-fp4") is None
+    assert "after the report's commit 90f8e3c" in sources_table.run_after_report("wikitext-lines-fp4")
+    assert sources_table.run_after_report("functional-5-prompts-nf4") is None and sources_table.run_after_report("eager-fp16-fp4") is None
     claims = load_claims("llama2-7b").claims
     for claim in claims:
         ev = claim.author_files
@@ -182,7 +184,7 @@ def test_a_run_made_after_the_report_is_never_a_source() -> None:
 
 
 def test_derived_values_come_from_the_metric_functions_and_are_marked(report_era) -> None:
-    from drope_check import metrics
+    from drope_check.engine import metrics
 
     for role, key in (("rope", "RoPE"), ("drope", "DroPE")):
         model = report_era["models"][role]
@@ -245,7 +247,7 @@ def _copy_shared(tmp_path: Path) -> Path:
 def test_a_folder_missing_a_commit_is_one_sentence_naming_it(tmp_path: Path, capsys) -> None:
     root = _copy_shared(tmp_path)
     shutil.rmtree(root / DROPE_PHASE_COMMIT)
-    with pytest.raises(U.UpstreamImportError) as info:
+    with pytest.raises(sources_table.UpstreamImportError) as info:
         U.import_upstream(root, "report")
     message = str(info.value)
     assert DROPE_PHASE_COMMIT in message and str(root) in message and "\n" not in message
@@ -260,17 +262,17 @@ def test_a_folder_missing_a_commit_is_one_sentence_naming_it(tmp_path: Path, cap
 def test_a_missing_file_and_malformed_json_are_named(tmp_path: Path) -> None:
     root = _copy_shared(tmp_path)
     (root / HEAD_COMMIT / FILE).unlink()
-    with pytest.raises(U.UpstreamImportError, match=f"no file {FILE} at commit {HEAD_COMMIT}"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"no file {FILE} at commit {HEAD_COMMIT}"):
         U.import_upstream(root, "report")
     (root / HEAD_COMMIT / FILE).write_text('{"RoPE": {')
-    with pytest.raises(U.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"):
         U.import_upstream(root, "report")
-    with pytest.raises(U.UpstreamImportError, match="is not a folder"):
+    with pytest.raises(sources_table.UpstreamImportError, match="is not a folder"):
         U.import_upstream(tmp_path / "nowhere", "report")
 
 
 def _table_with(change) -> dict[str, Any]:
-    table = copy.deepcopy(U.load_sources())
+    table = copy.deepcopy(sources_table.load_sources())
     change(table)
     return table
 
@@ -284,7 +286,7 @@ def test_importing_nan_is_impossible() -> None:
             if use["model"] == "drope" and use["source"] == "phase":
                 use["commit"] = REPORT_COMMIT
 
-    with pytest.raises(U.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"):
         U.import_upstream(SHARED, "report", _table_with(drope_phase_at_report_commit))
 
 
@@ -294,7 +296,7 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
             if use["source"] == "functional-head":
                 use["source"] = "functional"
 
-    with pytest.raises(U.UpstreamImportError, match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity"):
         U.import_upstream(SHARED, "head", _table_with(ablation_at_head))
 
     def zero_ratio_source(table: dict[str, Any]) -> None:  # DroPE bos_ratio at 90f8e3c is [0.62, 0, 0, ...]
@@ -302,7 +304,7 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
             {"json_path": "{model}.baseline.bos_ratio.mean", "field": ["layers", "bos_ratio"], "check": "per_layer_positive"}
         )
 
-    with pytest.raises(U.UpstreamImportError, match=r"must be > 0 at every layer, but layer 1"):
+    with pytest.raises(sources_table.UpstreamImportError, match=r"must be > 0 at every layer, but layer 1"):
         U.import_upstream(SHARED, "report", _table_with(zero_ratio_source))
 
 
@@ -313,7 +315,7 @@ def test_a_derived_value_never_crosses_protocols() -> None:
             "inputs": [["interventions", "layer1_ablation:bos_only", "ppl"], ["perplexity", "prompts", "ppl"]],
         })
 
-    with pytest.raises(U.UpstreamImportError, match="never crosses protocols"):
+    with pytest.raises(sources_table.UpstreamImportError, match="never crosses protocols"):
         U.import_upstream(SHARED, "report", _table_with(cross))
 
 
@@ -355,7 +357,7 @@ def test_a_git_clone_gives_the_same_measurements_as_the_folder(tmp_path: Path, r
         for section in ("layers", "scalars", "perplexity", "interventions"):
             assert got[section] == want[section]
     assert set(from_git["upstream"]["files_sha256"].values()) == set(report_era["upstream"]["files_sha256"].values())
-    with pytest.raises(U.UpstreamImportError, match=f"does not contain commit {REPORT_COMMIT}"):
+    with pytest.raises(sources_table.UpstreamImportError, match=f"does not contain commit {REPORT_COMMIT}"):
         U.import_upstream(repo, "report")
 
 
@@ -493,8 +495,8 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
     """A WikiText-lines ratio against the 5-phase-paragraph Q/K 6.7x: skipped naming both protocols."""
     import dataclasses
 
-    from drope_check.author_files import author_files_verdict
-    from drope_check.claim_file import load_claims
+    from drope_check.claims.claim_file import load_claims
+    from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("qk_disruption_ratio", "rope")
     wrong = dataclasses.replace(claim, author_files=dataclasses.replace(
@@ -514,8 +516,8 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
 def test_a_path_the_files_lack_is_a_skip_and_an_unknown_protocol_an_error(report_era) -> None:
     import dataclasses
 
-    from drope_check.author_files import author_files_verdict
-    from drope_check.claim_file import load_claims
+    from drope_check.claims.claim_file import load_claims
+    from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("peak_bos_norm", "rope")
     lacking = dataclasses.replace(claim, author_files=dataclasses.replace(

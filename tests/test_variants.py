@@ -1,4 +1,4 @@
-"""Named protocol variants of the confound audit (drope_check.variants): each changes exactly the
+"""Named protocol variants of the confound audit (drope_check.audit.variants): each changes exactly the
 protocol fields the issue names, per model where upstream treated the models differently."""
 
 from __future__ import annotations
@@ -10,9 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drope_check.measure import cut_to_prompt_tokens
-from drope_check.protocol import FAITHFUL, STATISTICS_FIELDS, Protocol
-from drope_check.variants import VARIANTS, compose, get_variants, measurement_key, readme_table, variant
+from drope_check.audit.variants import (
+    VARIANTS,
+    compose,
+    get_variants,
+    measurement_key,
+    variant,
+    variants_table,
+)
+from drope_check.engine.protocol import FAITHFUL, STATISTICS_FIELDS, Protocol
+from drope_check.measurements.measure import cut_to_prompt_tokens
 
 PAD = {"pad_to": 512, "padding_in_stats": True}
 #: The issue's definitions, written out independently of variants.py: role -> {field: value}.
@@ -98,7 +105,7 @@ def test_measurement_key_drops_statistics_fields_only():
 
 def test_variant_table_in_the_audit_doc_is_in_sync():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "audit.md").read_text(encoding="utf-8")
-    assert readme_table() in doc
+    assert variants_table() in doc
 
 
 def test_protocol_validates_new_fields():

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drope_check import claims as C
+from drope_check.claims import api as C
 from drope_check.cli import main as cli_main
-from drope_check.report import judge_file, terminal_lines
+from drope_check.report.merge import judge_file
+from drope_check.report.terminal import terminal_lines
 
 pytest_plugins = ["pytester"]
 
@@ -155,7 +156,7 @@ def test_a_measurement_that_cannot_state_its_protocol_is_not_judged_against_gold
 
 
 def test_regen_writes_the_protocol_beside_each_golden(tmp_path: Path) -> None:
-    from drope_check.regen import updates_from_verdicts
+    from drope_check.claims.regen import updates_from_verdicts
 
     shutil.copy(REPO_EXPECTED / "smollm2-135m.toml", tmp_path / "smollm2-135m.toml")
     cs = C.load_claims("smollm2-135m", tmp_path)
@@ -170,7 +171,7 @@ def test_regen_writes_the_protocol_beside_each_golden(tmp_path: Path) -> None:
 
 
 def test_every_shipped_golden_records_its_protocol() -> None:
-    from drope_check.protocol_identity import relevant_fields
+    from drope_check.claims.protocol_identity import relevant_fields
 
     for pair in C.available_pairs(REPO_EXPECTED):
         for claim in C.load_claims(pair, REPO_EXPECTED).claims:
@@ -226,7 +227,7 @@ def _measurement_from_goldens(cs: C.ClaimSet) -> dict[str, Any]:
 
 @pytest.mark.parametrize("pair", ["smollm2-135m", "llama2-7b"])
 def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: str) -> None:
-    from drope_check.regen import updates_from_verdicts
+    from drope_check.claims.regen import updates_from_verdicts
 
     shutil.copy(REPO_EXPECTED / f"{pair}.toml", tmp_path / f"{pair}.toml")
     cs = C.load_claims(pair, tmp_path)
@@ -252,7 +253,7 @@ def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: 
 
 def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from drope_check.report import unchecked_pair_lines
+    from drope_check.report.terminal import unchecked_pair_lines
 
     data = smollm_measurement()
     data["texts"]["sha256"] = "f" * 64  # another text set: every golden skips
@@ -306,8 +307,9 @@ def test_other_models_are_refused_unless_as_pair(tmp_path: Path, capsys: pytest.
 
 
 def test_the_pairs_model_ids_match_the_registry() -> None:
-    models = pytest.importorskip("drope_check.models")
-    from drope_check.embedded import embedded_model, is_embedded
+    models = pytest.importorskip("drope_check.models.pairs")
+    from drope_check.models.embedded import is_embedded
+    from drope_check.models.pairs import embedded_model
 
     for pair in C.available_pairs(REPO_EXPECTED):
         cs = C.load_claims(pair, REPO_EXPECTED)
@@ -398,7 +400,7 @@ def test_the_plugin_refuses_a_malformed_file_with_the_same_validator(pytester: p
 def test_optional_fields_may_be_absent_and_their_claims_skip() -> None:
     """A source that measured little (an importer of upstream's result files, say) is valid; the
     claims reading what it lacks skip as "not measured by this source", never error."""
-    from drope_check.measurements_file import validate_measurements
+    from drope_check.measurements.validate import validate_measurements
 
     data = {"schema_version": 1, "pair": "llama2-7b", "models": {
         "rope": {"variant": "rope", "provenance": {"model_id": "meta-llama/Llama-2-7b-hf"},
@@ -445,7 +447,7 @@ def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
     with any number of sequences, ``null`` marking an overflowed fp16-eager head; a grid of the
     wrong shape is named by its JSON path. (The suite's own measurements carry it: a validator that
     read it as ``[layer][head]`` refused every real run.)"""
-    from drope_check.measurements_file import MeasurementsFileError, validate_measurements
+    from drope_check.measurements.validate import MeasurementsFileError, validate_measurements
 
     data = llama()
     rope = data["models"]["rope"]
@@ -480,7 +482,7 @@ def with_middle_rates(rates: dict[int, float], fill: float = 1.0) -> dict[str, A
 
 
 def expand(ranges: str) -> list[int]:
-    """``"2-5, 9"`` -> ``[2, 3, 4, 5, 9]`` (the inverse of :func:`drope_check.bands.index_ranges`)."""
+    """``"2-5, 9"`` -> ``[2, 3, 4, 5, 9]`` (the inverse of :func:`drope_check.claims.bands.index_ranges`)."""
     out: list[int] = []
     for part in ranges.split(", "):
         lo, _, hi = part.partition("-")
@@ -543,7 +545,7 @@ def test_the_layers_named_are_exactly_those_outside_the_band(rates: list[float])
 
 @given(st.lists(st.integers(0, 80), max_size=30))
 def test_index_ranges_round_trip(indices: list[int]) -> None:
-    from drope_check.bands import index_ranges
+    from drope_check.claims.bands import index_ranges
 
     text = index_ranges(indices)
     assert (expand(text) if text else []) == sorted(set(indices))

@@ -1,4 +1,4 @@
-"""xdist workers share the machine: one per pair, cores shared while measuring, one GPU each (drope_check.workers)."""
+"""xdist workers share the machine: one per pair, cores shared while measuring, one GPU each (drope_check.engine.workers)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drope_check.workers import CoreShare, claims_only, planned_workers, worker_resources
+from drope_check.engine.workers import CoreShare, claims_only, planned_workers, worker_resources
 
 
 def test_threads_split_between_workers():
@@ -35,7 +35,7 @@ def test_a_worker_pins_its_own_gpu(monkeypatch, count_after, pinned):
     devices afterwards (it started before the variable could act), the worker pins its ordinal instead."""
     import torch
 
-    from drope_check.workers import apply_to_this_worker
+    from drope_check.engine.workers import apply_to_this_worker
 
     calls: list[int] = []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
@@ -57,7 +57,7 @@ def test_bad_worker_count():
 
 
 def test_claim_param_id_with_and_without_group_suffix():
-    from drope_check.workers import claim_param_id
+    from drope_check.engine.workers import claim_param_id
 
     node = "claims/test_sink_claims.py::test_sink[sink_rate_average[toy:rope]]"
     assert claim_param_id(node) == "sink_rate_average[toy:rope]"
@@ -157,7 +157,7 @@ def test_measuring_sets_threads_before_every_forward_and_removes_its_hook(tmp_pa
     moment: all cores alone, half once another worker measures. Elsewhere nothing changes."""
     import torch
 
-    from drope_check import workers
+    from drope_check.engine import workers
 
     model = torch.nn.Linear(2, 2)
     seen: list[int] = []

@@ -1,0 +1,1 @@
+"""The confound audit: every claim re-judged under named protocol variants."""

@@ -1,0 +1,1 @@
+"""The measurement engine: architectures, attention capture, metrics, interventions, perplexity, texts."""

@@ -1,0 +1,1 @@
+"""Measurements files: built from a pair under a protocol, read and validated."""

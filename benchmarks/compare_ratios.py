@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("baseline", type=Path)
     parser.add_argument("current", type=Path)
-    parser.add_argument("--max-regression", type=float, default=0.2, help="allowed relative growth of a ratio")
+    parser.add_argument(
+        "--max-regression", type=float, default=0.2, help="allowed relative growth of a ratio"
+    )
     args = parser.parse_args(argv)
     try:
         baseline, current = (json.loads(p.read_text()) for p in (args.baseline, args.current))

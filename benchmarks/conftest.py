@@ -62,7 +62,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["transformers"] = transformers.__version__
     machine_info["numpy"] = numpy.__version__
     machine_info["thread_env"] = {
-        k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+        k: os.environ[k]
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        if k in os.environ
     }
     machine_info["loadavg_at_start"] = _LOAD_AT_START
     try:

@@ -97,8 +97,16 @@ KERNEL_SHAPE = (4, 32, 512, 128)
 DEVICE = "cuda"
 #: ``--simulate-cpu`` sizes: a tiny model, short sequences (the steps' self-check, seconds on a CPU).
 SIMULATED = dict(
-    model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-               num_key_value_heads=4, head_dim=16, vocab_size=64, max_position_embeddings=128),
+    model=dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        vocab_size=64,
+        max_position_embeddings=128,
+    ),
     shapes=((16, 3), (24, 1)),
     batch_size=2,
     kernel_shape=(3, 4, 40, 16),
@@ -137,7 +145,11 @@ class Check:
     def ok(self) -> bool:
         if self.op == "==":
             return self.value == self.bound
-        if not isinstance(self.value, (int, float)) or isinstance(self.value, bool) or not math.isfinite(self.value):
+        if (
+            not isinstance(self.value, (int, float))
+            or isinstance(self.value, bool)
+            or not math.isfinite(self.value)
+        ):
             return False  # a NaN or a non-number never meets a bound
         return self.value <= self.bound if self.op == "<=" else self.value >= self.bound
 
@@ -180,7 +192,10 @@ def run_steps(steps: list[Step], deadline: float, report: dict[str, Any]) -> Non
     for name, fn in steps:
         if out_of_time or time.monotonic() > deadline:
             out_of_time = True
-            report[name] = {"status": "skipped", "reason": "the time budget (--budget-s) was spent before it started"}
+            report[name] = {
+                "status": "skipped",
+                "reason": "the time budget (--budget-s) was spent before it started",
+            }
             continue
         release()
         _reset_peak()
@@ -192,8 +207,11 @@ def run_steps(steps: list[Step], deadline: float, report: dict[str, Any]) -> Non
         except StepSkipped as exc:
             entry.update(status="skipped", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - a broken step is recorded, the others still run
-            entry.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                         traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
+            entry.update(
+                status="error",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+            )
         else:
             entry["status"] = "pass" if all(c.ok for c in data.checks) else "fail"
         entry["seconds"] = round(time.perf_counter() - start, 3)
@@ -212,7 +230,11 @@ def shortfalls(steps: dict[str, Any], allow_skip: bool = False) -> list[str]:
     for name, entry in steps.items():
         status = entry.get("status")
         if status == "fail":
-            missed = [Check(**{k: c[k] for k in ("name", "value", "bound", "op")}) for c in entry["checks"] if not c["ok"]]
+            missed = [
+                Check(**{k: c[k] for k in ("name", "value", "bound", "op")})
+                for c in entry["checks"]
+                if not c["ok"]
+            ]
             lines.append(f"FAIL {name}: " + "; ".join(c.text() for c in missed))
         elif status == "error":
             lines.append(f"ERROR {name}: {entry.get('error')}")
@@ -279,7 +301,11 @@ def plain_pass(model, seqs: list[list[int]], batch_size: int) -> None:
     device = input_device(model)
     with memory_probe.attn_implementation(model, "sdpa"), torch.inference_mode():
         for batch in make_batches(seqs, batch_size, PAD_ID):
-            model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+            model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            )
 
 
 def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions: bool = True) -> None:
@@ -297,8 +323,12 @@ def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions
         row: dict[str, Any] = {}
         _, plain_s = timed(plain_pass, loaded.model, seqs, batch_size)
         (captures, nll, precision), capture_s = timed(run_capture, loaded, seqs, protocol)
-        row.update(plain_s=round(plain_s, 3), capture_s=round(capture_s, 3),
-                   capture_ratio=round(capture_s / plain_s, 3), precision=precision)
+        row.update(
+            plain_s=round(plain_s, 3),
+            capture_s=round(capture_s, 3),
+            capture_ratio=round(capture_s / plain_s, 3),
+            precision=precision,
+        )
         non_finite = sum(not math.isfinite(v) for c in captures for vals in c.layers.values() for v in vals)
         non_finite += sum(not bool(a.isfinite().all()) for c in captures for a in c.attn_to_bos)
         data.check(f"{key}: non-finite captured values", non_finite, 0, "==")
@@ -314,8 +344,12 @@ def measure_paths(loaded, data: StepData, shapes, batch_size: int, interventions
             # one ablation pass serves both spike rules (same layer), so 3 passes for 4 names
             row["interventions_ratio_per_pass"] = round(inter_s / 3 / plain_s, 3)
             row["intervention_ppl"] = {k: v["ppl"] for k, v in result.items()}
-            data.check(f"{key}: intervention perplexities finite",
-                       all(math.isfinite(v["ppl"]) for v in result.values()), True, "==")
+            data.check(
+                f"{key}: intervention perplexities finite",
+                all(math.isfinite(v["ppl"]) for v in result.values()),
+                True,
+                "==",
+            )
         data[key] = row
 
 
@@ -342,14 +376,21 @@ def capture_attention(loaded, seqs: list[list[int]], stats_dtype: str, batch_siz
     with torch.inference_mode():
         for batch in make_batches(seqs, batch_size, PAD_ID):
             with capture.batch(batch.lengths) as caps:
-                loaded.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                             use_cache=False)
+                loaded.model(
+                    input_ids=batch.input_ids.to(device),
+                    attention_mask=batch.attention_mask.to(device),
+                    use_cache=False,
+                )
             out += [[a.double() for a in c.attn_to_bos] for c in caps]
     return out, capture
 
 
 def compare_captures(a: list, b: list) -> float:
-    return max(max_relative(x, y) for seq_a, seq_b in zip(a, b, strict=True) for x, y in zip(seq_a, seq_b, strict=True))
+    return max(
+        max_relative(x, y)
+        for seq_a, seq_b in zip(a, b, strict=True)
+        for x, y in zip(seq_a, seq_b, strict=True)
+    )
 
 
 def load(folder: Path, role: str, quantization: str | None = None, dtype=None):
@@ -359,8 +400,13 @@ def load(folder: Path, role: str, quantization: str | None = None, dtype=None):
     from drope_check.models.pairs import ModelSpec
 
     dtype = dtype if dtype is not None or quantization is not None else torch.bfloat16
-    return load_model(ModelSpec(role, str(folder), role), bos_token="<s>", device=DEVICE, dtype=dtype,
-                      quantization=quantization)
+    return load_model(
+        ModelSpec(role, str(folder), role),
+        bos_token="<s>",
+        device=DEVICE,
+        dtype=dtype,
+        quantization=quantization,
+    )
 
 
 def float64_fallback_check(loaded, data: StepData, t: int = 512) -> None:
@@ -381,7 +427,11 @@ def float64_fallback_check(loaded, data: StepData, t: int = 512) -> None:
         seen["q"], seen["k"], seen["scaling"] = call.query.double(), call.key.double(), call.scaling
 
     capture = OnePassCapture(loaded.model, Protocol(stats_dtype="auto"), loaded.name)
-    with torch.inference_mode(), observe_attention(loaded.model, grab, layers=[1]), capture.batch([t]) as caps:
+    with (
+        torch.inference_mode(),
+        observe_attention(loaded.model, grab, layers=[1]),
+        capture.batch([t]) as caps,
+    ):
         loaded.model(input_ids=ids, use_cache=False)
     q, k = seen["q"][0], seen["k"][0]
     k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
@@ -391,8 +441,11 @@ def float64_fallback_check(loaded, data: StepData, t: int = 512) -> None:
     data["layer1_q_norm_max"] = float(seen["q"].norm(dim=-1).max())
     data["layer1_k_norm_max"] = float(seen["k"].norm(dim=-1).max())
     data.check("layers computed in float64 (layer 1 only)", capture.layers_in_float64, 1, "==")
-    data.check("layer-1 attention to BOS vs float64 softmax, relative", max_relative(caps[0].attn_to_bos[1], ref),
-               PROMISED_RELATIVE)
+    data.check(
+        "layer-1 attention to BOS vs float64 softmax, relative",
+        max_relative(caps[0].attn_to_bos[1], ref),
+        PROMISED_RELATIVE,
+    )
 
 
 def kernel_checks(data: StepData, shape: tuple[int, int, int, int] = KERNEL_SHAPE) -> None:
@@ -414,7 +467,9 @@ def kernel_checks(data: StepData, shape: tuple[int, int, int, int] = KERNEL_SHAP
             if masked:  # right padding: row i keeps its first t - 37 i tokens (at least 2)
                 lengths = torch.tensor([max(2, t - 37 * i) for i in range(b)], device=DEVICE)
                 real = torch.arange(t, device=DEVICE)[None, :] < lengths[:, None]
-                mask = (torch.ones(t, t, dtype=torch.bool, device=DEVICE).tril()[None] & real[:, None, :]).unsqueeze(1)
+                mask = (
+                    torch.ones(t, t, dtype=torch.bool, device=DEVICE).tril()[None] & real[:, None, :]
+                ).unsqueeze(1)
             name = f"{str(dtype).removeprefix('torch.')}{'-padded' if masked else ''}"
             fused = sdpa_with_logsumexp(Module(), q, k, v, mask, scaling=d**-0.5)
             if fused is None:  # no kernel path for this case: the capture recomputes, nothing to assert
@@ -427,9 +482,14 @@ def kernel_checks(data: StepData, shape: tuple[int, int, int, int] = KERNEL_SHAP
             expected = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)[..., 0]
             got = attention_to_position0_from_lse(q, k, lse, allowed[..., 0], d**-0.5)
             rel = max_relative(got, expected)
-            data[name] = {"kernel_path": True, "output_max_abs_diff": float((out.float() - ref.float()).abs().max()),
-                          "kernel_lse_max_rel_error": rel}
-            data.check(f"{name}: kernel output bit-identical to SDPA's", bool(torch.equal(out, ref)), True, "==")
+            data[name] = {
+                "kernel_path": True,
+                "output_max_abs_diff": float((out.float() - ref.float()).abs().max()),
+                "kernel_lse_max_rel_error": rel,
+            }
+            data.check(
+                f"{name}: kernel output bit-identical to SDPA's", bool(torch.equal(out, ref)), True, "=="
+            )
             data.check(f"{name}: kernel_lse_max_rel_error", rel, KERNEL_LSE_BOUND)
 
 
@@ -448,8 +508,13 @@ def check_softmax_scale(loaded, data: StepData) -> None:
     scales = sorted({float(m.scaling) for m in attention_modules(loaded.model)})
     data.check("attention modules' scaling", scales, [SOFTMAX_SCALE], "==")
     seen: list[float] = []
-    ids = torch.tensor(random_sequences(8, 1, loaded.model.config.vocab_size, seed=1), device=input_device(loaded.model))
-    with torch.inference_mode(), observe_attention(loaded.model, lambda call: seen.append(float(call.scaling))):
+    ids = torch.tensor(
+        random_sequences(8, 1, loaded.model.config.vocab_size, seed=1), device=input_device(loaded.model)
+    )
+    with (
+        torch.inference_mode(),
+        observe_attention(loaded.model, lambda call: seen.append(float(call.scaling))),
+    ):
         loaded.model(input_ids=ids, use_cache=False)
     data.check("scaling the attention function saw", sorted(set(seen)), [SOFTMAX_SCALE], "==")
 
@@ -464,10 +529,18 @@ def check_4bit(loaded, quantization: str, data: StepData, shapes, batch_size: in
     data.check("4-bit linear layers", len(linear4), 1, ">=")
     if quantization == "nf4-double" and linear4:
         state = getattr(linear4[0].weight, "quant_state", None)
-        data.check("double quantization (nested quant state)", bool(getattr(state, "nested", False)), True, "==")
-    data.check("activations dtype", str(loaded.model.get_input_embeddings().weight.dtype), str(torch.float16), "==")
-    data.check("provenance quantization_config", loaded.provenance.get("quantization_config"),
-               quantization_settings(quantization), "==")
+        data.check(
+            "double quantization (nested quant state)", bool(getattr(state, "nested", False)), True, "=="
+        )
+    data.check(
+        "activations dtype", str(loaded.model.get_input_embeddings().weight.dtype), str(torch.float16), "=="
+    )
+    data.check(
+        "provenance quantization_config",
+        loaded.provenance.get("quantization_config"),
+        quantization_settings(quantization),
+        "==",
+    )
     measure_paths(loaded, data, shapes, batch_size, interventions=False)
 
 
@@ -486,7 +559,9 @@ def device_map_check(data: StepData, config: dict[str, Any], offload_dir: Path, 
     def loaded(model) -> LoadedModel:
         return LoadedModel(model, None, ModelSpec("rope", "random", "rope"), BOS_ID, PAD_ID, {})
 
-    base = memory_probe.llama2_7b_shaped("cpu", torch.float32, **config)  # one set of weights for both placements
+    base = memory_probe.llama2_7b_shaped(
+        "cpu", torch.float32, **config
+    )  # one set of weights for both placements
     seqs = random_sequences(24, 3, config["vocab_size"], seed=5)
     protocol = Protocol(batch_size=batch_size, max_tokens=24, n_texts=3)
     names = ("bos_mlp_ablation:argmax-ratio", "qk_disruption:report", "qk_disruption:jin")
@@ -495,13 +570,22 @@ def device_map_check(data: StepData, config: dict[str, Any], offload_dir: Path, 
     n = config["num_hidden_layers"]
     away = "disk" if DEVICE == "cpu" else "cpu"
     here: Any = "cpu" if DEVICE == "cpu" else 0
-    device_map = {"model.embed_tokens": here, "model.rotary_emb": here, "model.norm": away, "lm_head": here,
-                  **{f"model.layers.{i}": (here if i % 2 == 0 else away) for i in range(n)}}
+    device_map = {
+        "model.embed_tokens": here,
+        "model.rotary_emb": here,
+        "model.norm": away,
+        "lm_head": here,
+        **{f"model.layers.{i}": (here if i % 2 == 0 else away) for i in range(n)},
+    }
     dispatch_model(spread.model, device_map, main_device="cpu", offload_dir=str(offload_dir))
     data["device_map"] = {k: str(v) for k, v in device_map.items()}
     # the guard: parameters really sit on both sides (under --simulate-cpu the disk ones wait on "meta")
-    data.check("where the parameters are", sorted({p.device.type for p in base.parameters()}),
-               ["cpu", "cuda"] if DEVICE == "cuda" else ["cpu", "meta"], "==")
+    data.check(
+        "where the parameters are",
+        sorted({p.device.type for p in base.parameters()}),
+        ["cpu", "cuda"] if DEVICE == "cuda" else ["cpu", "meta"],
+        "==",
+    )
     got = measure_model(spread, seqs, protocol, names)
     worst: dict[str, float] = {}
     # (sink rates count heads past a threshold: a score at the threshold may flip; the scores themselves are held)
@@ -556,9 +640,20 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
     model_config = dict(SIMULATED["model"]) if simulate else {"num_hidden_layers": args.layers}
     shapes = SIMULATED["shapes"] if simulate else SHAPES
     batch = SIMULATED["batch_size"] if simulate else BATCH_SIZE
-    small = dict(SIMULATED["model"], num_hidden_layers=4) if simulate else dict(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-        head_dim=64, vocab_size=512, max_position_embeddings=128)
+    small = (
+        dict(SIMULATED["model"], num_hidden_layers=4)
+        if simulate
+        else dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=64,
+            vocab_size=512,
+            max_position_embeddings=128,
+        )
+    )
     dirs: dict[str, Path] = {}
 
     def kernel(data: StepData) -> None:
@@ -566,7 +661,9 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
 
     def rope_bf16(data: StepData) -> None:
         model = memory_probe.llama2_7b_shaped(DEVICE, torch.bfloat16, **model_config)
-        held["rope"] = LoadedModel(model, None, ModelSpec("rope", "random-7b-shaped", "rope"), BOS_ID, PAD_ID, {})
+        held["rope"] = LoadedModel(
+            model, None, ModelSpec("rope", "random-7b-shaped", "rope"), BOS_ID, PAD_ID, {}
+        )
         measure_paths(held["rope"], data, shapes, batch)
 
     def float32_vs_float64(data: StepData) -> None:
@@ -574,16 +671,26 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
         seqs = random_sequences(t, n, held["rope"].model.config.vocab_size, seed=11)
         f32, _ = capture_attention(held["rope"], seqs, "float32", batch)
         f64, _ = capture_attention(held["rope"], seqs, "float64", batch)
-        data.check("attention to BOS, float32 vs float64 capture, relative", compare_captures(f32, f64), PROMISED_RELATIVE)
+        data.check(
+            "attention to BOS, float32 vs float64 capture, relative",
+            compare_captures(f32, f64),
+            PROMISED_RELATIVE,
+        )
 
     def write_checkpoints(data: StepData) -> None:
         dirs["rope"], dirs["drope"] = write_pair_checkpoints(
-            held.pop("rope").model, root, softmax_scale=SOFTMAX_SCALE, layer_qk_norms={1: DROPE_LAYER1_QK_NORMS})
+            held.pop("rope").model,
+            root,
+            softmax_scale=SOFTMAX_SCALE,
+            layer_qk_norms={1: DROPE_LAYER1_QK_NORMS},
+        )
         config = json.loads((dirs["drope"] / "config.json").read_text())
         data["bytes"] = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
         data.check("DroPE config model_type", config.get("model_type"), "llama_drope", "==")
         data.check("DroPE config softmax_scale", config.get("softmax_scale"), SOFTMAX_SCALE, "==")
-        data.check("DroPE shard index", (dirs["drope"] / "model.safetensors.index.json").is_file(), True, "==")
+        data.check(
+            "DroPE shard index", (dirs["drope"] / "model.safetensors.index.json").is_file(), True, "=="
+        )
 
     def drope_bf16(data: StepData) -> None:
         held["drope"] = load(dirs["drope"], "drope")
@@ -596,7 +703,11 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
         seqs = random_sequences(shapes[0][0], shapes[0][1], loaded.model.config.vocab_size, seed=13)
         auto, _ = capture_attention(loaded, seqs, "auto", batch)
         f64, _ = capture_attention(loaded, seqs, "float64", batch)
-        data.check("attention to BOS, auto vs float64 capture, relative", compare_captures(auto, f64), PROMISED_RELATIVE)
+        data.check(
+            "attention to BOS, auto vs float64 capture, relative",
+            compare_captures(auto, f64),
+            PROMISED_RELATIVE,
+        )
 
     def four_bit(role: str, quantization: str) -> Callable[[StepData], None]:
         def step(data: StepData) -> None:
@@ -605,11 +716,14 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
             import importlib.util
 
             if importlib.util.find_spec("bitsandbytes") is None:
-                raise StepSkipped("bitsandbytes is not installed: pip install -c ci/constraints-gpu.txt -e '.[gpu]'")
+                raise StepSkipped(
+                    "bitsandbytes is not installed: pip install -c ci/constraints-gpu.txt -e '.[gpu]'"
+                )
             loaded = load(dirs[role], role, quantization=quantization)
             check_4bit(loaded, quantization, data, shapes[:1], batch)
             if role == "drope":  # fp16 q/k whose q.k overflows fp16: layer 1, and only it, in float64
                 float64_fallback_check(loaded, data, t=shapes[0][0])
+
         return step
 
     def device_map(data: StepData) -> None:
@@ -632,14 +746,29 @@ def build_steps(args: argparse.Namespace, root: Path, held: dict[str, Any]) -> l
 def main(argv: list[str] | None = None) -> int:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", default="gpu_smoke.json", help="where the JSON goes (default gpu_smoke.json)")
-    parser.add_argument("--budget-s", type=float, default=240.0,
-                        help=f"start no step after this many seconds (default 240; the run must end within {TOTAL_BOUND_S:.0f})")
-    parser.add_argument("--layers", type=int, default=8, help="decoder layers of the Llama-2-7B-wide models (8)")
-    parser.add_argument("--steps", default=None, help="run only these steps (comma list; e.g. a rerun of one that failed)")
-    parser.add_argument("--allow-skip", action="store_true", help="a step that could not run is not a shortfall")
-    parser.add_argument("--simulate-cpu", action="store_true",
-                        help="run the steps on CPU with tiny shapes (their self-check; 4-bit steps skip)")
+    parser.add_argument(
+        "--out", default="gpu_smoke.json", help="where the JSON goes (default gpu_smoke.json)"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=240.0,
+        help=f"start no step after this many seconds (default 240; the run must end within {TOTAL_BOUND_S:.0f})",
+    )
+    parser.add_argument(
+        "--layers", type=int, default=8, help="decoder layers of the Llama-2-7B-wide models (8)"
+    )
+    parser.add_argument(
+        "--steps", default=None, help="run only these steps (comma list; e.g. a rerun of one that failed)"
+    )
+    parser.add_argument(
+        "--allow-skip", action="store_true", help="a step that could not run is not a shortfall"
+    )
+    parser.add_argument(
+        "--simulate-cpu",
+        action="store_true",
+        help="run the steps on CPU with tiny shapes (their self-check; 4-bit steps skip)",
+    )
     parser.add_argument("--workdir", default=None, help="where the checkpoints are written (a temp dir)")
     args = parser.parse_args(argv)
 
@@ -662,8 +791,12 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "layers": args.layers,
-        "bounds": {"kernel_lse": KERNEL_LSE_BOUND, "promised_relative": PROMISED_RELATIVE,
-                   "device_map_rtol": DEVICE_MAP_RTOL, "total_s": TOTAL_BOUND_S},
+        "bounds": {
+            "kernel_lse": KERNEL_LSE_BOUND,
+            "promised_relative": PROMISED_RELATIVE,
+            "device_map_rtol": DEVICE_MAP_RTOL,
+            "total_s": TOTAL_BOUND_S,
+        },
         "steps": {},
     }
     root = Path(args.workdir or tempfile.mkdtemp(prefix="drope_gpu_smoke_"))
@@ -674,8 +807,10 @@ def main(argv: list[str] | None = None) -> int:
             wanted = [s.strip() for s in args.steps.split(",") if s.strip()]
             unknown = sorted(set(wanted) - {name for name, _ in steps})
             if unknown:
-                print(f"gpu_smoke: unknown step(s) {', '.join(unknown)}; the steps are {', '.join(n for n, _ in steps)}",
-                      file=sys.stderr)
+                print(
+                    f"gpu_smoke: unknown step(s) {', '.join(unknown)}; the steps are {', '.join(n for n, _ in steps)}",
+                    file=sys.stderr,
+                )
                 return 2
             needed = with_prerequisites(wanted)
             steps = [s for s in steps if s[0] in needed]
@@ -694,8 +829,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print(f"gpu_smoke: {line}")
     passed = sum(1 for e in report["steps"].values() if e.get("status") == "pass")
-    print(f"gpu_smoke: wrote {args.out}; {passed} of {len(report['steps'])} step(s) passed in {report['total_s']} s"
-          + ("" if not lines else f"; {len(lines)} shortfall(s)"))
+    print(
+        f"gpu_smoke: wrote {args.out}; {passed} of {len(report['steps'])} step(s) passed in {report['total_s']} s"
+        + ("" if not lines else f"; {len(lines)} shortfall(s)")
+    )
     return 1 if lines else 0
 
 

@@ -132,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         default="1024,2048,4096,8192",
         help="T values for sdpa_body / capture_body (no LM head, so the peak is inside the layers)",
     )
-    parser.add_argument("--eager-tokens", default="1024,2048", help="T values for output_attentions, full model")
+    parser.add_argument(
+        "--eager-tokens", default="1024,2048", help="T values for output_attentions, full model"
+    )
     parser.add_argument("--eager-layers", type=int, default=4)
-    parser.add_argument("--eager-layers-tokens", default="4096", help="T values for output_attentions, first N layers")
+    parser.add_argument(
+        "--eager-layers-tokens", default="4096", help="T values for output_attentions, first N layers"
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per probe")
     args = parser.parse_args(argv)
     data = run(args)

@@ -249,7 +249,9 @@ def run_rows(runs: list[dict]) -> list[str]:
         rival = by_name.get(run.get("faster_than")) if run.get("faster_than") else None
         if run.get("faster_than"):
             goal = rival.get("seconds") if rival and rival.get("returncode") == 0 else None
-            head = f"| {title}: less {clock} than {run['faster_than']} ({_fmt(goal, '.1f')} s) on this machine"
+            head = (
+                f"| {title}: less {clock} than {run['faster_than']} ({_fmt(goal, '.1f')} s) on this machine"
+            )
         else:
             head = f"| {title} <= {_fmt(goal, '.0f')} s of {clock} on this machine"
         if run.get("skipped"):
@@ -267,7 +269,9 @@ def run_rows(runs: list[dict]) -> list[str]:
             f"{status}) | {load} | {_verdict(ok)} |"
         )
     if not runs:
-        rows.append("| end-to-end runs (claims, Gemma claims, audit) | not measured (`benchmarks/time_runs.py`) | | not measured |")
+        rows.append(
+            "| end-to-end runs (claims, Gemma claims, audit) | not measured (`benchmarks/time_runs.py`) | | not measured |"
+        )
     return rows
 
 
@@ -289,7 +293,10 @@ def targets(
         speed = bestbest = None
         if cap and up:
             bestbest = up[0]["min"] / cap[0]["min"]
-            r_up, r_cap = up[1].get("ratio_to_plain_paired_median"), cap[1].get("ratio_to_plain_paired_median")
+            r_up, r_cap = (
+                up[1].get("ratio_to_plain_paired_median"),
+                cap[1].get("ratio_to_plain_paired_median"),
+            )
             speed = r_up / r_cap if r_up and r_cap else bestbest
         rows.append(
             f"| capture >= {TARGETS['upstream_speedup']:.0f}x faster than upstream's per-layer method, T = {big[0]} "
@@ -310,7 +317,9 @@ def targets(
                 f"| see the long-context run | {_verdict(ratio >= TARGETS['memory_ratio'])} |"
             )
     if ratio is None:
-        rows.append("| capture's extra memory >= 20x less than output_attentions, T = 4096 | not measured | | not measured |")
+        rows.append(
+            "| capture's extra memory >= 20x less than output_attentions, T = 4096 | not measured | | not measured |"
+        )
     if "ppl_lines_batched" in ppl:
         paired = ppl["ppl_lines_batched"][1].get("ratio_to_plain_paired_median")
         speed = 1 / paired if paired else None
@@ -323,8 +332,13 @@ def targets(
 
 
 def render(
-    bench: dict, lc: dict | None, load_before: str | None, load_after: str | None, notes: str | None,
-    runs: list[dict] | None = None, studies: str | None = None,
+    bench: dict,
+    lc: dict | None,
+    load_before: str | None,
+    load_after: str | None,
+    notes: str | None,
+    runs: list[dict] | None = None,
+    studies: str | None = None,
 ) -> str:
     machine = bench.get("machine_info", {})
     extra = bench.get("drope_check", {})
@@ -366,12 +380,15 @@ def render(
         "",
     ] + targets(fwd, ppl, lc, shapes, runs)
     out += ["## Forward paths (CPU)", ""] + forward_table(fwd, mem, shapes)
-    out += ["## Perplexity evaluation (CPU, `lines` protocol, the 20 WikiText-2 rows, BOS + up to 511 tokens)", ""]
+    out += [
+        "## Perplexity evaluation (CPU, `lines` protocol, the 20 WikiText-2 rows, BOS + up to 511 tokens)",
+        "",
+    ]
     out += ppl_table(ppl)
     out += [
         "## Long context: peak memory against T (CPU, one sequence)",
         "",
-        "Each row is a fresh process running one sequence of T real tokens. \"Extra\" is the path's peak "
+        'Each row is a fresh process running one sequence of T real tokens. "Extra" is the path\'s peak '
         "minus the plain forward's at the same T and layer count. `output_attentions` keeps "
         "30 x 9 x T^2 float32 maps (18 GB at T = 4096), so at T = 4096 it runs on the first 4 layers and "
         "its per-layer extra is scaled to 30 layers (each layer's map is kept independently).",
@@ -405,18 +422,29 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bench", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
-    parser.add_argument("--long-context", type=Path, nargs="*", default=None, help="long_context.py JSON file(s)")
+    parser.add_argument(
+        "--long-context", type=Path, nargs="*", default=None, help="long_context.py JSON file(s)"
+    )
     parser.add_argument("--load-before", default=None, help="`uptime` output before the run")
     parser.add_argument("--load-after", default=None, help="`uptime` output after the run")
     parser.add_argument("--notes", default=None, help="a paragraph to add under Run (e.g. what else ran)")
     parser.add_argument("--runs", type=Path, default=None, help="time_runs.py JSON (end-to-end runs timed)")
-    parser.add_argument("--studies", type=Path, default=STUDIES,
-                        help="hand-written measurements of design options, copied in verbatim (default: %(default)s)")
+    parser.add_argument(
+        "--studies",
+        type=Path,
+        default=STUDIES,
+        help="hand-written measurements of design options, copied in verbatim (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args(argv)
     text = render(
-        load(args.bench) or {}, load_long_context(args.long_context), args.load_before, args.load_after, args.notes,
-        (load(args.runs) or {}).get("runs", []), args.studies.read_text() if args.studies and args.studies.is_file() else None,
+        load(args.bench) or {},
+        load_long_context(args.long_context),
+        args.load_before,
+        args.load_after,
+        args.notes,
+        (load(args.runs) or {}).get("runs", []),
+        args.studies.read_text() if args.studies and args.studies.is_file() else None,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

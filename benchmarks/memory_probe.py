@@ -122,7 +122,9 @@ def bench_text() -> tuple[str, str]:
     raise RuntimeError("no benchmark text: provide wiki.test.raw (DROPE_CHECK_WIKITEXT) or install gensim")
 
 
-def token_rows(tokenizer: Any, bos_token_id: int, tokens: int, batch: int, text: str | None = None) -> torch.Tensor:
+def token_rows(
+    tokenizer: Any, bos_token_id: int, tokens: int, batch: int, text: str | None = None
+) -> torch.Tensor:
     """``[batch, tokens]`` ids: consecutive ``tokens - 1``-token slices of the text, each with BOS first.
 
     Raises if the text is too short (the joined WikiText-2 test split holds ~300k tokens)."""
@@ -135,7 +137,9 @@ def token_rows(tokenizer: Any, bos_token_id: int, tokens: int, batch: int, text:
             break
         chars = min(len(text), chars * 2)
     if len(ids) < need:
-        raise RuntimeError(f"the benchmark text has {len(ids)} tokens; {need} are needed for {batch} x {tokens}")
+        raise RuntimeError(
+            f"the benchmark text has {len(ids)} tokens; {need} are needed for {batch} x {tokens}"
+        )
     rows = [[bos_token_id] + ids[i * (tokens - 1) : (i + 1) * (tokens - 1)] for i in range(batch)]
     return torch.tensor(rows, dtype=torch.long)
 
@@ -164,7 +168,9 @@ def truncate_layers(model: torch.nn.Module, layers: int) -> None:
         model.config.layer_types = model.config.layer_types[:layers]
 
 
-def llama2_7b_shaped(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, **overrides: Any):
+def llama2_7b_shaped(
+    device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, **overrides: Any
+):
     """A Llama-2-7B-shaped ``LlamaForCausalLM`` with random weights (32 layers, hidden 4096,
     32 heads, MLP 11008, vocab 32000), switched to drope_check's attention. ``overrides`` change
     the config (the self-check uses a tiny one on CPU)."""
@@ -250,7 +256,10 @@ def upstream_per_layer(
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     b, t = input_ids.shape
     real = attention_mask.to(torch.bool)
-    allowed = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None] & real[:, None, None, :]
+    allowed = (
+        torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None]
+        & real[:, None, None, :]
+    )
     n_real = real.sum(dim=1).clamp_min(1).to(torch.float32)
     scores = []
     for attn in attention_modules(model)[:passes]:
@@ -434,8 +443,18 @@ def probe_subprocess(
     upstream_passes: int | None = None,
 ) -> dict[str, Any]:
     """:func:`probe` in a fresh ``python`` process; returns its JSON line as a dict."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--path", path, "--tokens", str(tokens), "--batch", str(batch),
-           "--device", device]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--path",
+        path,
+        "--tokens",
+        str(tokens),
+        "--batch",
+        str(batch),
+        "--device",
+        device,
+    ]
     if layers is not None:
         cmd += ["--layers", str(layers)]
     if upstream_passes is not None:
@@ -443,7 +462,9 @@ def probe_subprocess(
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory probe {' '.join(cmd[2:])} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"memory probe {' '.join(cmd[2:])} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     return json.loads(lines[-1])
 
 
@@ -454,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--upstream-passes", type=int, default=None, help="upstream: only the first N layer passes")
+    parser.add_argument(
+        "--upstream-passes", type=int, default=None, help="upstream: only the first N layer passes"
+    )
     args = parser.parse_args(argv)
     result = probe(args.path, args.tokens, args.batch, args.layers, args.device, args.upstream_passes)
     print(json.dumps(result), flush=True)

@@ -78,7 +78,7 @@ def _record(benchmark, tokens: int, plain: list[float] | None, reference: dict |
     info["tokens_per_s_best"] = tokens / min(times)
     info["tokens_per_s_median"] = tokens / statistics.median(times)
     if plain:
-        plain = plain[-len(times):]  # drop the warm-up rounds' plain forwards
+        plain = plain[-len(times) :]  # drop the warm-up rounds' plain forwards
         info["paired_plain_s"] = [round(t, 4) for t in plain]
         per_round = [t / p for t, p in zip(times, plain, strict=True)]
         info["ratio_to_plain_paired_median"] = statistics.median(per_round)
@@ -100,8 +100,10 @@ def test_forward_path(benchmark, embedded, bench_batches, plain_times, case):
     long = tokens >= LONG_T  # minutes per forward on 2 cores: one timed round, no warm-up
     if path == "sdpa":
         benchmark.pedantic(
-            run_path, args=(path, embedded, ids, mask),
-            rounds=1 if long else bench_rounds(), warmup_rounds=0 if long else bench_warmup(),
+            run_path,
+            args=(path, embedded, ids, mask),
+            rounds=1 if long else bench_rounds(),
+            warmup_rounds=0 if long else bench_warmup(),
         )
         times = _round_times(benchmark)
         plain_times[(tokens, batch)] = {"best": min(times), "median": statistics.median(times)}
@@ -157,7 +159,9 @@ def test_perplexity(benchmark, embedded, ppl_seqs, variant):
     benchmark.group = "cpu perplexity (lines protocol, 20 WikiText-2 rows)"
     benchmark.extra_info.update(path=f"ppl_{variant}", n_sequences=len(ppl_seqs), device="cpu")
     if variant == "plain_batched":
-        benchmark.pedantic(_plain_batched, args=(model, ppl_seqs, pad), rounds=bench_rounds(), warmup_rounds=bench_warmup())
+        benchmark.pedantic(
+            _plain_batched, args=(model, ppl_seqs, pad), rounds=bench_rounds(), warmup_rounds=bench_warmup()
+        )
         _record(benchmark, n_tokens, None)
         return
     plain: list[float] = []
@@ -206,7 +210,9 @@ def test_peak_memory(benchmark, embedded, case):
 # ------------------------------------------------------------------------------------------------
 # GPU: Llama-2-7B-shaped, bf16, random weights, T = 4096
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU benchmarks need one")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: GPU benchmarks need one"
+)
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +299,13 @@ def test_gpu_peak_memory(benchmark, gpu_model, gpu_batch, path):
 
     base, peak = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info.update(
-        memory=True, path=path, T=GPU_TOKENS, B=1, device=torch.cuda.get_device_name(0),
-        method="cuda.max_memory_allocated", baseline_bytes=base, peak_bytes=peak, delta_bytes=peak - base,
+        memory=True,
+        path=path,
+        T=GPU_TOKENS,
+        B=1,
+        device=torch.cuda.get_device_name(0),
+        method="cuda.max_memory_allocated",
+        baseline_bytes=base,
+        peak_bytes=peak,
+        delta_bytes=peak - base,
     )

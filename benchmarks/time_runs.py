@@ -50,31 +50,68 @@ RUNS: tuple[TimedRun, ...] = (
     # README command 1 on the machine it sets up (`ci/setup.sh` without --with-gemma): the default pair and
     # llama2-7b's author files. Named explicitly, so an installed Gemma extra is not timed as part of it.
     TimedRun(
-        "claims", "README command 1 (`pytest claims/ --strict-claims`: smollm2-135m + llama2-7b's author files)",
+        "claims",
+        "README command 1 (`pytest claims/ --strict-claims`: smollm2-135m + llama2-7b's author files)",
         "smollm2-135m",
-        ("pytest", "claims/", "--strict-claims", "--pair", "smollm2-135m", "--pair", "llama2-7b",
-         "-p", "no:cacheprovider"), 60.0, "pytest",
+        (
+            "pytest",
+            "claims/",
+            "--strict-claims",
+            "--pair",
+            "smollm2-135m",
+            "--pair",
+            "llama2-7b",
+            "-p",
+            "no:cacheprovider",
+        ),
+        60.0,
+        "pytest",
     ),
     TimedRun(
-        "claims-gemma", "`pytest claims/ --pair gemma3-270m --strict-claims` (opt-in pair)", "gemma3-270m",
-        ("pytest", "claims/", "--pair", "gemma3-270m", "--strict-claims", "-p", "no:cacheprovider"), 240.0, "pytest",
+        "claims-gemma",
+        "`pytest claims/ --pair gemma3-270m --strict-claims` (opt-in pair)",
+        "gemma3-270m",
+        ("pytest", "claims/", "--pair", "gemma3-270m", "--strict-claims", "-p", "no:cacheprovider"),
+        240.0,
+        "pytest",
     ),
     # Two model pairs, serially and with -n 2 (issue 18): the parallel run must take less wall time. Wall
     # time, not pytest's: the xdist workers' start-up is part of what -n costs.
     TimedRun(
-        "claims-two-pairs", "`pytest claims/ --pair smollm2-135m --pair gemma3-270m` (two pairs, serial)",
+        "claims-two-pairs",
+        "`pytest claims/ --pair smollm2-135m --pair gemma3-270m` (two pairs, serial)",
         "gemma3-270m",
         ("pytest", "claims/", "--pair", "smollm2-135m", "--pair", "gemma3-270m", "-p", "no:cacheprovider"),
-        240.0, "wall",
+        240.0,
+        "wall",
     ),
     TimedRun(
-        "claims-two-pairs-n2", "the same with `-n 2` (one xdist worker per pair)", "gemma3-270m",
-        ("pytest", "claims/", "--pair", "smollm2-135m", "--pair", "gemma3-270m", "-n", "2", "-p", "no:cacheprovider"),
-        None, "wall", faster_than="claims-two-pairs",
+        "claims-two-pairs-n2",
+        "the same with `-n 2` (one xdist worker per pair)",
+        "gemma3-270m",
+        (
+            "pytest",
+            "claims/",
+            "--pair",
+            "smollm2-135m",
+            "--pair",
+            "gemma3-270m",
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
+        ),
+        None,
+        "wall",
+        faster_than="claims-two-pairs",
     ),
     TimedRun(
-        "audit", "`drope-check audit --pair smollm2-135m` (every CPU variant, 20 texts)", "smollm2-135m",
-        ("drope_check.cli", "audit", "--pair", "smollm2-135m", "--out-dir", "{out}", "--no-progress"), 600.0, "wall",
+        "audit",
+        "`drope-check audit --pair smollm2-135m` (every CPU variant, 20 texts)",
+        "smollm2-135m",
+        ("drope_check.cli", "audit", "--pair", "smollm2-135m", "--out-dir", "{out}", "--no-progress"),
+        600.0,
+        "wall",
     ),
 )
 RUNS_BY_NAME = {run.name: run for run in RUNS}
@@ -105,8 +142,13 @@ def time_run(run: TimedRun, extra: list[str]) -> dict:
     from drope_check.models.availability import pair_available
 
     ok, why = pair_available(run.pair)
-    base = {"name": run.name, "title": run.title, "target_seconds": run.target_seconds, "clock": run.clock,
-            "faster_than": run.faster_than}
+    base = {
+        "name": run.name,
+        "title": run.title,
+        "target_seconds": run.target_seconds,
+        "clock": run.clock,
+        "faster_than": run.faster_than,
+    }
     if not ok:
         return {**base, "skipped": why}
     cache = _cache_state(run.pair)
@@ -128,7 +170,9 @@ def time_run(run: TimedRun, extra: list[str]) -> dict:
         "seconds": seconds,
         "pytest_seconds": pytest_seconds,
         "wall_seconds": round(wall, 1),
-        "summary": (last[0].strip("= ") or (proc.stdout.strip().splitlines() or [""])[-1]).replace(out, "<out-dir>"),
+        "summary": (last[0].strip("= ") or (proc.stdout.strip().splitlines() or [""])[-1]).replace(
+            out, "<out-dir>"
+        ),
         "loadavg_before": before,
         "loadavg_after": after,
         "cache": cache,
@@ -141,7 +185,9 @@ def time_run(run: TimedRun, extra: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs.json"))
-    parser.add_argument("--run", action="append", choices=sorted(RUNS_BY_NAME), help="repeatable; default: every run")
+    parser.add_argument(
+        "--run", action="append", choices=sorted(RUNS_BY_NAME), help="repeatable; default: every run"
+    )
     parser.add_argument("extra", nargs="*", help="extra arguments appended to every run's command")
     args = parser.parse_args(argv)
     names = args.run or [run.name for run in RUNS]

@@ -49,9 +49,11 @@ def upstream_manual_attention(model: torch.nn.Module, input_ids: torch.Tensor) -
     for idx, layer in enumerate(model.model.layers):
         for name in ("q_proj", "k_proj"):
             module = getattr(layer.self_attn, name)
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, out, key=(idx, name): captured.__setitem__(key, out.detach().float())
-            ))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, key=(idx, name): captured.__setitem__(key, out.detach().float())
+                )
+            )
     try:
         with torch.no_grad():
             model(input_ids)
@@ -64,7 +66,12 @@ def upstream_manual_attention(model: torch.nn.Module, input_ids: torch.Tensor) -
     weights = []
     for idx in range(len(model.model.layers)):
         q = captured[(idx, "q_proj")].view(b, t, -1, head_dim).transpose(1, 2)
-        k = captured[(idx, "k_proj")].view(b, t, -1, head_dim).transpose(1, 2).repeat_interleave(groups, dim=1)
+        k = (
+            captured[(idx, "k_proj")]
+            .view(b, t, -1, head_dim)
+            .transpose(1, 2)
+            .repeat_interleave(groups, dim=1)
+        )
         scores = (q @ k.transpose(-1, -2)) / head_dim**0.5
         weights.append(scores.masked_fill(~causal, float("-inf")).softmax(dim=-1))
     return weights
@@ -88,9 +95,18 @@ def max_gap(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
 def tiny_model(seed: int, heads: int, kv_heads: int, rope_theta: float) -> LlamaForCausalLM:
     """A random Llama at transformers' default initializer range, its q/k weights re-drawn N(0, 0.5)
     so that attention is far from uniform."""
-    config = llama_config(vocab_size=64, hidden_size=heads * 8, intermediate_size=32, layers=2, heads=heads,
-                          kv_heads=kv_heads, head_dim=8, max_positions=64, initializer_range=0.02,
-                          rope_theta=rope_theta)
+    config = llama_config(
+        vocab_size=64,
+        hidden_size=heads * 8,
+        intermediate_size=32,
+        layers=2,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=8,
+        max_positions=64,
+        initializer_range=0.02,
+        rope_theta=rope_theta,
+    )
     return build_llama(config, seed=seed, attn=None, qk_weight_std=0.5)
 
 
@@ -99,12 +115,16 @@ model_shapes = st.sampled_from([(4, 4), (4, 2), (6, 3), (2, 1)])
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**16), shape=model_shapes, t=st.integers(8, 24))
-def test_manual_projection_attention_holds_for_identity_rotation(seed: int, shape: tuple[int, int], t: int) -> None:
+def test_manual_projection_attention_holds_for_identity_rotation(
+    seed: int, shape: tuple[int, int], t: int
+) -> None:
     """Finding 1: with an identity rotation, hooks on q_proj/k_proj give the model's attention."""
     model = apply_identity_rotation(tiny_model(seed, *shape, rope_theta=10_000.0))
     ids = torch.randint(0, 64, (1, t), generator=torch.Generator().manual_seed(seed))
     gap = max_gap(model, ids)
-    assert gap <= HOLDS_TOL, f"identity rotation: manual weights differ from the model's by {gap:.3g} (> {HOLDS_TOL})"
+    assert gap <= HOLDS_TOL, (
+        f"identity rotation: manual weights differ from the model's by {gap:.3g} (> {HOLDS_TOL})"
+    )
 
 
 @settings(max_examples=15, deadline=None)
@@ -153,4 +173,6 @@ def test_method_claim_on_embedded_pair(embedded_models) -> None:
     nope_gap = max_gap(nope.model, ids)
     rope_gap = max_gap(rope.model, ids)
     assert nope_gap <= 1e-4, f"nope-zeroshot: manual weights differ from the model's own by {nope_gap:.3g}"
-    assert rope_gap >= 0.05, f"RoPE: manual weights unexpectedly match the model's attention (gap {rope_gap:.3g})"
+    assert rope_gap >= 0.05, (
+        f"RoPE: manual weights unexpectedly match the model's attention (gap {rope_gap:.3g})"
+    )

@@ -43,7 +43,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, payload: Any, indent: int | None = 1, sort_keys: bool = False) -> Path:
+def atomic_write_json(
+    path: str | Path, payload: Any, indent: int | None = 1, sort_keys: bool = False
+) -> Path:
     """``payload`` as JSON plus a newline, atomically. NaN / Infinity are refused (``allow_nan=False``):
     they are not JSON, and a measurements file never carries them."""
     text = json.dumps(payload, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"

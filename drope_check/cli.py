@@ -29,42 +29,96 @@ from drope_check.errors import UserError
 
 def _add_measure_args(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--pair", default=None, help="registered pair (default smollm2-135m); see `drope-check pairs`")
-    src.add_argument("--rope", default=None, help="custom pair: RoPE model hub id or local directory (with --drope)")
+    src.add_argument(
+        "--pair", default=None, help="registered pair (default smollm2-135m); see `drope-check pairs`"
+    )
+    src.add_argument(
+        "--rope", default=None, help="custom pair: RoPE model hub id or local directory (with --drope)"
+    )
     parser.add_argument("--drope", default=None, help="custom pair: DroPE model hub id or local directory")
-    parser.add_argument("--bos-token", default=None, help="token to prepend as BOS (custom pairs; default: the tokenizer's)")
+    parser.add_argument(
+        "--bos-token", default=None, help="token to prepend as BOS (custom pairs; default: the tokenizer's)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="measurements JSON to write")
-    parser.add_argument("--wikitext", default=None, help="local WikiText-2 raw test file (wiki.test.raw); env DROPE_CHECK_WIKITEXT")
-    parser.add_argument("--no-text-fallback", action="store_true", help="fail instead of using gensim's Wikipedia sample")
-    parser.add_argument("--text-set", choices=("lines", "concatenated"), default="lines",
-                        help="'lines': upstream's WikiText-2 lines > 100 chars; 'concatenated': the split joined and cut "
-                        "into --n-texts sequences of --max-tokens (long context)")
+    parser.add_argument(
+        "--wikitext",
+        default=None,
+        help="local WikiText-2 raw test file (wiki.test.raw); env DROPE_CHECK_WIKITEXT",
+    )
+    parser.add_argument(
+        "--no-text-fallback", action="store_true", help="fail instead of using gensim's Wikipedia sample"
+    )
+    parser.add_argument(
+        "--text-set",
+        choices=("lines", "concatenated"),
+        default="lines",
+        help="'lines': upstream's WikiText-2 lines > 100 chars; 'concatenated': the split joined and cut "
+        "into --n-texts sequences of --max-tokens (long context)",
+    )
     parser.add_argument("--n-texts", type=int, default=Protocol.n_texts)
-    parser.add_argument("--max-tokens", type=int, default=Protocol.max_tokens, help="tokens per sequence, BOS included")
+    parser.add_argument(
+        "--max-tokens", type=int, default=Protocol.max_tokens, help="tokens per sequence, BOS included"
+    )
     parser.add_argument("--batch-size", type=int, default=Protocol.batch_size)
     parser.add_argument("--stats-dtype", choices=("auto", "float32", "float64"), default=Protocol.stats_dtype)
-    parser.add_argument("--attention-source", choices=("model", "projections"), default="model",
-                        help="'projections' = upstream's manual q_proj/k_proj attention without rotary (a confound)")
-    parser.add_argument("--pad-to", type=int, default=None, help="right-pad every sequence to N tokens (upstream RoPE confound)")
-    parser.add_argument("--padding-in-stats", action="store_true", help="keep pad rows in the statistics (with --pad-to)")
+    parser.add_argument(
+        "--attention-source",
+        choices=("model", "projections"),
+        default="model",
+        help="'projections' = upstream's manual q_proj/k_proj attention without rotary (a confound)",
+    )
+    parser.add_argument(
+        "--pad-to",
+        type=int,
+        default=None,
+        help="right-pad every sequence to N tokens (upstream RoPE confound)",
+    )
+    parser.add_argument(
+        "--padding-in-stats", action="store_true", help="keep pad rows in the statistics (with --pad-to)"
+    )
     parser.add_argument("--sink-tau", type=float, default=Protocol.sink_tau)
-    parser.add_argument("--sink-strict", action="store_true", help="a sink needs score > tau (Gu et al.) instead of >=")
-    parser.add_argument("--interventions", default="all",
-                        help=f"'all', 'none', or a comma list of bos_mlp_ablation:{{{','.join(SPIKE_RULES)}}}, qk_disruption:{{report,jin}}")
+    parser.add_argument(
+        "--sink-strict", action="store_true", help="a sink needs score > tau (Gu et al.) instead of >="
+    )
+    parser.add_argument(
+        "--interventions",
+        default="all",
+        help=f"'all', 'none', or a comma list of bos_mlp_ablation:{{{','.join(SPIKE_RULES)}}}, qk_disruption:{{report,jin}}",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--quantization", choices=("nf4", "nf4-double", "fp4"), default=None,
-                        help="bitsandbytes 4-bit with fp16 compute and fp16 activations, as upstream ran (GPU)")
-    parser.add_argument("--device-map", default=None, metavar="MAP",
-                        help="accelerate's device map for models larger than one device: auto, balanced, balanced_low_0 or "
-                        "sequential (layers over every visible GPU, then CPU memory, then --offload-folder); not with --device")
-    parser.add_argument("--offload-folder", default=None, metavar="DIR",
-                        help="with --device-map: where layers that fit neither the GPUs nor CPU memory are kept")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="opt in to the checkpoint's remote code instead of drope_check's native DroPE loader")
-    parser.add_argument("--allow-incomplete-weights", action="store_true",
-                        help="measure a checkpoint whose tensors do not match the model (missing ones keep their random "
-                        "initialisation, unexpected ones are ignored); refused otherwise, and recorded in the provenance")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on GPU, fp32 on CPU)"
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=("nf4", "nf4-double", "fp4"),
+        default=None,
+        help="bitsandbytes 4-bit with fp16 compute and fp16 activations, as upstream ran (GPU)",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="accelerate's device map for models larger than one device: auto, balanced, balanced_low_0 or "
+        "sequential (layers over every visible GPU, then CPU memory, then --offload-folder); not with --device",
+    )
+    parser.add_argument(
+        "--offload-folder",
+        default=None,
+        metavar="DIR",
+        help="with --device-map: where layers that fit neither the GPUs nor CPU memory are kept",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="opt in to the checkpoint's remote code instead of drope_check's native DroPE loader",
+    )
+    parser.add_argument(
+        "--allow-incomplete-weights",
+        action="store_true",
+        help="measure a checkpoint whose tensors do not match the model (missing ones keep their random "
+        "initialisation, unexpected ones are ignored); refused otherwise, and recorded in the provenance",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -77,12 +131,16 @@ def _measure(args: argparse.Namespace) -> int:
 
     if args.rope or args.drope:
         if not (args.rope and args.drope):
-            raise UserError("a custom pair needs both --rope and --drope (each a local model directory or a hub id)")
+            raise UserError(
+                "a custom pair needs both --rope and --drope (each a local model directory or a hub id)"
+            )
         pair = custom_pair(args.rope, args.drope, args.bos_token)
     else:
         pair = args.pair or "smollm2-135m"
         if pair not in PAIRS:
-            raise UserError(f"--pair {pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
+            raise UserError(
+                f"--pair {pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)"
+            )
     try:
         resolve_interventions(args.interventions)
     except ValueError as exc:
@@ -90,7 +148,9 @@ def _measure(args: argparse.Namespace) -> int:
     try:
         protocol = _protocol(args)
     except ValueError as exc:  # Protocol's own checks; its field names are the options' names
-        raise UserError(re.sub(r"Protocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))) from None
+        raise UserError(
+            re.sub(r"Protocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(exc))
+        ) from None
     if check_output_file(args.out):
         print(f"note: --out {args.out} exists and will be replaced when the run completes", file=sys.stderr)
     options = MeasureOptions(
@@ -113,7 +173,9 @@ def _measure(args: argparse.Namespace) -> int:
         fd, rescue = tempfile.mkstemp(prefix="drope-check-measurements.", suffix=".json")
         os.close(fd)
         atomic_write_json(Path(rescue), result)
-        raise UserError(f"cannot write --out {args.out} ({exc.strerror or exc}); the measurements were saved to {rescue}") from exc
+        raise UserError(
+            f"cannot write --out {args.out} ({exc.strerror or exc}); the measurements were saved to {rescue}"
+        ) from exc
     _print_summary(result)
     print(f"wrote {args.out}" + (" (replaced the previous file)" if replaced else ""))
     return 0
@@ -156,7 +218,9 @@ def _judge(args: argparse.Namespace) -> int:
     from drope_check.report.terminal import unchecked_pair_lines
 
     try:
-        verdicts = judge_files(args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict)
+        verdicts = judge_files(
+            args.measurements, args.pair, args.report_dir, as_pair=args.as_pair, strict=args.strict
+        )
     except (MeasurementsFileError, MeasurementsMismatch, ClaimsFileError) as exc:
         # a user error: one sentence naming the file, the JSON path or key, and what was expected
         print(f"drope-check judge: {exc}", file=sys.stderr)
@@ -170,8 +234,14 @@ def _judge(args: argparse.Namespace) -> int:
     for verdict in verdicts:
         counts[verdict.outcome] = counts.get(verdict.outcome, 0) + 1
     summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-    files = f"{len(args.measurements)} measurements files" if len(args.measurements) > 1 else str(args.measurements[0])
-    print(f"judged {len(verdicts)} claims of {', '.join(pairs)} from {files} ({summary}); report in {args.report_dir}")
+    files = (
+        f"{len(args.measurements)} measurements files"
+        if len(args.measurements) > 1
+        else str(args.measurements[0])
+    )
+    print(
+        f"judged {len(verdicts)} claims of {', '.join(pairs)} from {files} ({summary}); report in {args.report_dir}"
+    )
     # A claim that does not hold, a path that is missing, or a recorded non-generalisation that
     # now holds all need a person: exit non-zero.
     return 1 if any(v.outcome in ("fail", "error", "xpass") for v in verdicts) else 0
@@ -219,52 +289,84 @@ def _fetch(args: argparse.Namespace) -> int:
     from drope_check.models.pairs import PAIRS
 
     if args.pair not in PAIRS:
-        raise UserError(f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)")
+        raise UserError(
+            f"--pair {args.pair!r} is not registered; choose one of {', '.join(sorted(PAIRS))} (see `drope-check pairs`)"
+        )
     pair = PAIRS[args.pair]
     if not hub_models(pair):
         print(f"{args.pair}: nothing to download (its models are {pair.rope.source} and {pair.drope.source})")
         return 0
-    folders = fetch_pair(pair, progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
-                         say=lambda line: print(line, flush=True))
+    folders = fetch_pair(
+        pair,
+        progress=not args.no_progress,
+        trust_remote_code=args.trust_remote_code,
+        say=lambda line: print(line, flush=True),
+    )
     print(f"{args.pair}: ready ({len(folders)} models in the HF cache)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drope-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="drope-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     measure = sub.add_parser("measure", help="measure a model pair and write the measurements JSON")
     _add_measure_args(measure)
     measure.set_defaults(func=_measure)
-    judge = sub.add_parser("judge", help="judge measurements JSONs against expected/<pair>.toml, into one report")
-    judge.add_argument("measurements", type=Path, nargs="+",
-                       help="one or more measurements files (one per pair, or per pair x variant, e.g. a CI matrix's "
-                       "artifacts): one report for all; two files holding the same pair, model and variant must agree")
-    judge.add_argument("--pair", default=None,
-                       help="judge every file against this pair's claims (default: the pair each file names; needed "
-                       "for a custom measurement)")
+    judge = sub.add_parser(
+        "judge", help="judge measurements JSONs against expected/<pair>.toml, into one report"
+    )
+    judge.add_argument(
+        "measurements",
+        type=Path,
+        nargs="+",
+        help="one or more measurements files (one per pair, or per pair x variant, e.g. a CI matrix's "
+        "artifacts): one report for all; two files holding the same pair, model and variant must agree",
+    )
+    judge.add_argument(
+        "--pair",
+        default=None,
+        help="judge every file against this pair's claims (default: the pair each file names; needed "
+        "for a custom measurement)",
+    )
     judge.add_argument("--report-dir", type=Path, default=Path("claims-report"))
-    judge.add_argument("--as-pair", action="store_true",
-                       help="judge measurements of other models than the pair's (refused otherwise); every verdict names them")
-    judge.add_argument("--strict", action="store_true",
-                       help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error")
+    judge.add_argument(
+        "--as-pair",
+        action="store_true",
+        help="judge measurements of other models than the pair's (refused otherwise); every verdict names them",
+    )
+    judge.add_argument(
+        "--strict",
+        action="store_true",
+        help="a claim that was not evaluated (other than one about a recalibrated DroPE model) is an error",
+    )
     judge.set_defaults(func=_judge)
     from drope_check.sources import upstream
 
-    imported = sub.add_parser("import-upstream", help="the report author's committed results as a llama2-7b measurements JSON")
+    imported = sub.add_parser(
+        "import-upstream", help="the report author's committed results as a llama2-7b measurements JSON"
+    )
     upstream.add_arguments(imported)
     imported.set_defaults(func=upstream.run)
-    pairs = sub.add_parser("pairs", help="list registered pairs: cached / downloadable / gated / unreachable / embedded")
+    pairs = sub.add_parser(
+        "pairs", help="list registered pairs: cached / downloadable / gated / unreachable / embedded"
+    )
     pairs.set_defaults(func=_pairs)
     fetch = sub.add_parser("fetch", help="download a pair's hub weights into the HF cache (and nothing else)")
     fetch.add_argument("--pair", required=True, help="registered pair, e.g. llama2-7b")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bars")
-    fetch.add_argument("--trust-remote-code", action="store_true",
-                       help="also download the checkpoint's own code (*.py), for --trust-remote-code runs")
+    fetch.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="also download the checkpoint's own code (*.py), for --trust-remote-code runs",
+    )
     fetch.set_defaults(func=_fetch)
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in sub.choices.values():  # accepted after the command too
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     from drope_check.audit.commands import add_cli as add_audit_cli
 
     add_audit_cli(sub)

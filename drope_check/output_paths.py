@@ -23,7 +23,9 @@ def _probe_writable(folder: Path, option: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".drope-check-probe.", dir=folder)
     except OSError as exc:
-        raise UserError(f"{option}: cannot write in the folder {str(folder)!r} ({exc.strerror or exc}); choose a writable folder") from exc
+        raise UserError(
+            f"{option}: cannot write in the folder {str(folder)!r} ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
     os.close(fd)
     os.unlink(probe)
 
@@ -33,10 +35,14 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> bo
     Returns whether a file is already there (and will be replaced)."""
     target = Path(path)
     if target.is_dir():
-        raise UserError(f"{option} {str(target)!r} is a folder; give a file name, e.g. {str(target / 'measurements.json')!r}")
+        raise UserError(
+            f"{option} {str(target)!r} is a folder; give a file name, e.g. {str(target / 'measurements.json')!r}"
+        )
     folder = target.parent
     if not folder.exists():
-        raise UserError(f"{option} {str(target)!r}: the folder {str(folder)!r} does not exist; create it first")
+        raise UserError(
+            f"{option} {str(target)!r}: the folder {str(folder)!r} does not exist; create it first"
+        )
     if not folder.is_dir():
         raise UserError(f"{option} {str(target)!r}: {str(folder)!r} is a file, not a folder")
     _probe_writable(folder, option)

@@ -77,10 +77,14 @@ def _check_local_dir(folder: Path, cfg: dict[str, Any], name: str) -> None:
         try:
             shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"{index} is not a valid safetensors index ({exc}); copy the checkpoint again") from exc
+            raise ModelLoadError(
+                f"{index} is not a valid safetensors index ({exc}); copy the checkpoint again"
+            ) from exc
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
-            raise ModelLoadError(f"{name}: shard(s) {', '.join(missing)} listed in {index} are missing; copy the checkpoint again")
+            raise ModelLoadError(
+                f"{name}: shard(s) {', '.join(missing)} listed in {index} are missing; copy the checkpoint again"
+            )
     present = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
     if not present:
         raise ModelLoadError(
@@ -132,7 +136,9 @@ def check_model_source(spec: ModelSpec, bos_token: str | None, trust_remote_code
         try:
             tokenizer_config = llama_config_from_drope(cfg)
         except Exception as exc:
-            raise ModelLoadError(f"{config_file} is not a valid Llama config ({type(exc).__name__}: {exc})") from exc
+            raise ModelLoadError(
+                f"{config_file} is not a valid Llama config ({type(exc).__name__}: {exc})"
+            ) from exc
         if local.is_dir():
             require_qk_norm_tensors(local, tokenizer_config.num_hidden_layers, attention_type, name)
     else:
@@ -163,7 +169,9 @@ def check_device(device: str | None, dtype: str | None, quantization: str | None
             raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
         if resolved.type == "cuda":
             if not torch.cuda.is_available():
-                raise UserError(f"--device {device}: no CUDA device is visible here; use --device cpu or run on a GPU machine")
+                raise UserError(
+                    f"--device {device}: no CUDA device is visible here; use --device cpu or run on a GPU machine"
+                )
             if resolved.index is not None and resolved.index >= torch.cuda.device_count():
                 raise UserError(
                     f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0"
@@ -183,20 +191,30 @@ def check_device(device: str | None, dtype: str | None, quantization: str | None
             raise UserError(f"--quantization {quantization} needs bitsandbytes: `pip install bitsandbytes`")
 
 
-def check_device_map(pair: PairSpec, device_map: str | None, device: str | None, offload_folder: str | None) -> None:
+def check_device_map(
+    pair: PairSpec, device_map: str | None, device: str | None, offload_folder: str | None
+) -> None:
     """``--device-map`` is one of accelerate's maps, accelerate is installed, ``--device`` is not given too, the
     pair's models are hub ids or local directories (an embedded model fits one device), and ``--offload-folder``
     (only with a device map) is a folder that can be created and written."""
     if device_map is None:
         if offload_folder is not None:
-            raise UserError("--offload-folder holds the layers a device map offloads to disk; give --device-map auto with it")
+            raise UserError(
+                "--offload-folder holds the layers a device map offloads to disk; give --device-map auto with it"
+            )
         return
     if device_map not in DEVICE_MAPS:
-        raise UserError(f"--device-map {device_map!r} is not one of accelerate's maps; use {', '.join(DEVICE_MAPS)}")
+        raise UserError(
+            f"--device-map {device_map!r} is not one of accelerate's maps; use {', '.join(DEVICE_MAPS)}"
+        )
     if device is not None:
-        raise UserError(f"--device {device} and --device-map {device_map} exclude each other: a device map places every layer itself")
+        raise UserError(
+            f"--device {device} and --device-map {device_map} exclude each other: a device map places every layer itself"
+        )
     if importlib.util.find_spec("accelerate") is None:
-        raise UserError(f"--device-map {device_map} needs accelerate: `pip install accelerate` (or the extra [gpu])")
+        raise UserError(
+            f"--device-map {device_map} needs accelerate: `pip install accelerate` (or the extra [gpu])"
+        )
     embedded = [m.source for m in pair.models() if is_embedded(m.source)]
     if embedded:
         raise UserError(
@@ -205,6 +223,8 @@ def check_device_map(pair: PairSpec, device_map: str | None, device: str | None,
         )
     if offload_folder is not None:
         check_output_folder(offload_folder, "--offload-folder")
+
+
 def check_needs_gpu(pair: PairSpec, device: str | None) -> None:
     """A pair that needs a GPU (7B models) runs on a CPU only when the user names the device
     (:func:`drope_check.models.availability.gpu_refusal`)."""
@@ -213,9 +233,16 @@ def check_needs_gpu(pair: PairSpec, device: str | None) -> None:
         raise UserError(why)
 
 
-def check_pair(pair: PairSpec, *, device: str | None = None, dtype: str | None = None,
-               quantization: str | None = None, trust_remote_code: bool = False,
-               device_map: str | None = None, offload_folder: str | None = None) -> None:
+def check_pair(
+    pair: PairSpec,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantization: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | None = None,
+    offload_folder: str | None = None,
+) -> None:
     """Device options and both model sources, before either model's weights load."""
     check_device(device, dtype, quantization)
     check_device_map(pair, device_map, device, offload_folder)
@@ -235,12 +262,16 @@ def check_text_source(wikitext: str | os.PathLike[str] | None) -> None:
             continue
         file = Path(path)
         if not file.exists():
-            raise UserError(f"{origin} {str(file)!r} does not exist; point it at wiki.test.raw (WikiText-2 raw, test split)")
+            raise UserError(
+                f"{origin} {str(file)!r} does not exist; point it at wiki.test.raw (WikiText-2 raw, test split)"
+            )
         if not file.is_file():
             raise UserError(f"{origin} {str(file)!r} is not a file; point it at wiki.test.raw itself")
         try:
             with open(file, "rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise UserError(f"{origin} {str(file)!r} cannot be read ({exc.strerror or exc}); check its permissions") from exc
+            raise UserError(
+                f"{origin} {str(file)!r} cannot be read ({exc.strerror or exc}); check its permissions"
+            ) from exc
         return  # the option wins over the environment variable

@@ -26,9 +26,21 @@ from drope_check.models.rehearsal_repos import GRANTED_TOKEN
 
 #: Environment variables of huggingface_hub / transformers that a child must not inherit: the child
 #: gets its own endpoint, cache and token (CI sets HF_HUB_OFFLINE=1 for everything else).
-HUB_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                 "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HOME", "HF_ENDPOINT",
-                 "HF_HUB_DISABLE_PROGRESS_BARS", "HF_TOKEN_PATH", "DROPE_CHECK_WIKITEXT")
+HUB_VARIABLES = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "HF_HOME",
+    "HF_ENDPOINT",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "HF_TOKEN_PATH",
+    "DROPE_CHECK_WIKITEXT",
+)
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +96,13 @@ def make_hub_env(endpoint: str, hf_home: Path, token: str | None = GRANTED_TOKEN
     runner. One torch thread: the models are tiny, and OpenMP threads spinning against the other jobs
     of a 2-core CI machine made a 7 s measurement take 95 s."""
     env = {k: v for k, v in os.environ.items() if k not in HUB_VARIABLES}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
-               HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(hf_home),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
     if token is not None:
         env["HF_TOKEN"] = token
     return env

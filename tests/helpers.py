@@ -53,7 +53,9 @@ def author_files_folder() -> Path | None:
 
 
 #: Why a test needing :func:`author_files_folder` is skipped when it returns None.
-NO_AUTHOR_FILES = "the author's files were not found (set DROPE_CHECK_UPSTREAM or put shared/ beside the repository)"
+NO_AUTHOR_FILES = (
+    "the author's files were not found (set DROPE_CHECK_UPSTREAM or put shared/ beside the repository)"
+)
 
 
 def layer_outputs(model: torch.nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -61,7 +63,9 @@ def layer_outputs(model: torch.nn.Module, ids: torch.Tensor) -> list[torch.Tenso
     in layer order, copied out of a no-grad forward without cache (forward hooks, removed after)."""
     outs: list[torch.Tensor] = []
     handles = [
-        layer.register_forward_hook(lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+        layer.register_forward_hook(
+            lambda m, i, o: outs.append((o[0] if isinstance(o, tuple) else o).detach().clone())
+        )
         for layer in model.model.layers
     ]
     try:

@@ -19,9 +19,9 @@ OVERSIZE: dict[str, str] = {}
 #: Modules that write files without :mod:`drope_check.atomic`, with the reason each is allowed.
 WRITE_EXCEPTIONS: dict[str, str] = {
     "drope_check.engine.workers": "a worker's marker file in the core-share folder (its pid, removed on exit); a "
-                                  "temporary sibling would be counted as one more worker holding cores",
+    "temporary sibling would be counted as one more worker holding cores",
     "drope_check.models.gguf_cache": "the dequantised cache entry is a folder written inside a temporary folder "
-                                     "that is then renamed into place whole (atomic at the folder level)",
+    "that is then renamed into place whole (atomic at the folder level)",
     "drope_check.models.tiny_checkpoints": "builds checkpoint folders of random test models in a fresh folder",
     "drope_check.models.rehearsal_repos": "builds the local hub's repos of random test models in a fresh folder",
 }
@@ -33,8 +33,10 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, ast.Module]:
-    return {_module_name(p): ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
-            for p in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        _module_name(p): ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 MODULES = _modules()
@@ -48,7 +50,11 @@ def _imports(name: str, tree: ast.Module) -> list[tuple[str, str | None, int]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(a.name, None, node.lineno) for a in node.names if a.name.startswith("drope_check.")]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("drope_check"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("drope_check")
+        ):
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
                 if sub in MODULES:
@@ -112,21 +118,27 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_the_graph_sees_function_level_imports():
     graph = _graph()
-    assert "drope_check.engine.residual_stats" in graph["drope_check.engine.capture"]  # from pkg import module
+    assert (
+        "drope_check.engine.residual_stats" in graph["drope_check.engine.capture"]
+    )  # from pkg import module
     # cli imports its subcommands' modules inside functions only
     assert "drope_check.measurements.measure" in graph["drope_check.cli"]
 
 
 def test_no_import_cycle():
     cycles = _cycles(_graph())
-    assert cycles == [], "modules importing each other in a circle: " + "; ".join(" <-> ".join(c) for c in cycles)
+    assert cycles == [], "modules importing each other in a circle: " + "; ".join(
+        " <-> ".join(c) for c in cycles
+    )
 
 
 def test_no_private_name_crosses_modules():
-    crossing = [f"{name}:{line} imports {module}.{imported}"
-                for name, tree in MODULES.items()
-                for module, imported, line in _imports(name, tree)
-                if imported and imported.startswith("_") and not imported.startswith("__") and module != name]
+    crossing = [
+        f"{name}:{line} imports {module}.{imported}"
+        for name, tree in MODULES.items()
+        for module, imported, line in _imports(name, tree)
+        if imported and imported.startswith("_") and not imported.startswith("__") and module != name
+    ]
     assert crossing == []
 
 
@@ -148,10 +160,21 @@ def _writes(tree: ast.Module) -> list[tuple[int, str]]:
             continue
         func = node.func
         attr = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if attr in {"write_text", "write_bytes", "save_pretrained", "save_file", "save_model", "copyfile", "copy2",
-                    "copy"}:
-            if attr == "copy" and not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
-                                       and func.value.id == "shutil"):
+        if attr in {
+            "write_text",
+            "write_bytes",
+            "save_pretrained",
+            "save_file",
+            "save_model",
+            "copyfile",
+            "copy2",
+            "copy",
+        }:
+            if attr == "copy" and not (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "shutil"
+            ):
                 continue
             found.append((node.lineno, attr))
         elif attr == "open":
@@ -165,17 +188,27 @@ def _writes(tree: ast.Module) -> list[tuple[int, str]]:
 
 
 def test_the_write_finder_sees_writes():
-    tree = ast.parse("from pathlib import Path\nPath('x').write_text('a')\nopen('y', 'w')\nopen('z')\n"
-                     "Path('q').open(mode='a')\nmodel.save_pretrained('d')\nshutil.copy('a', 'b')\nx.copy()\n")
-    assert [what for _, what in _writes(tree)] == ["write_text", "open for writing", "open for writing",
-                                                   "save_pretrained", "copy"]
+    tree = ast.parse(
+        "from pathlib import Path\nPath('x').write_text('a')\nopen('y', 'w')\nopen('z')\n"
+        "Path('q').open(mode='a')\nmodel.save_pretrained('d')\nshutil.copy('a', 'b')\nx.copy()\n"
+    )
+    assert [what for _, what in _writes(tree)] == [
+        "write_text",
+        "open for writing",
+        "open for writing",
+        "save_pretrained",
+        "copy",
+    ]
 
 
 def test_every_write_goes_through_atomic():
-    writes = [f"{name}:{line} {what}"
-              for name, tree in MODULES.items() if name != "drope_check.atomic"
-              for line, what in _writes(tree)
-              if name not in WRITE_EXCEPTIONS]
+    writes = [
+        f"{name}:{line} {what}"
+        for name, tree in MODULES.items()
+        if name != "drope_check.atomic"
+        for line, what in _writes(tree)
+        if name not in WRITE_EXCEPTIONS
+    ]
     assert writes == [], "file writes outside drope_check.atomic: " + ", ".join(writes)
 
 

@@ -66,8 +66,13 @@ def tiny_gemma3(kv_heads: int = 2, seed: int = 0, window: int = WINDOW) -> Gemma
     by ``1 + w``; at the default w = 0 the per-head q/k norms make every logit small and attention
     nearly uniform), so a wrong mask, grouping, norm or rotation changes the attention visibly.
     """
-    config = gemma3_config(kv_heads=kv_heads, sliding_window=window, layer_types=LAYER_TYPES, max_positions=4096,
-                           initializer_range=0.15)
+    config = gemma3_config(
+        kv_heads=kv_heads,
+        sliding_window=window,
+        layer_types=LAYER_TYPES,
+        max_positions=4096,
+        initializer_range=0.15,
+    )
     return build_gemma3(config, seed=seed, norm_weight_std=0.5)
 
 
@@ -96,7 +101,12 @@ def gemma_eager_reference(model: Gemma3ForCausalLM, input_ids, attention_mask=No
     ]
     try:
         with torch.no_grad():
-            out = ref(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True, output_hidden_states=True)
+            out = ref(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_attentions=True,
+                output_hidden_states=True,
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -156,7 +166,11 @@ def test_adapter_paths_pinned_on_tiny_gemma3():
         assert arch.mlp_write(layer) is layer.post_feedforward_layernorm
         assert arch.projection(layer.self_attn, "q") is layer.self_attn.q_proj
         assert arch.projection(layer.self_attn, "k") is layer.self_attn.k_proj
-    assert arch.layer_kinds(model) == [LayerKind("sliding", WINDOW), LayerKind("full"), LayerKind("sliding", WINDOW)]
+    assert arch.layer_kinds(model) == [
+        LayerKind("sliding", WINDOW),
+        LayerKind("full"),
+        LayerKind("sliding", WINDOW),
+    ]
     # the record agrees with what each attention module itself uses
     for attn, kind in zip(attention_modules(model), arch.layer_kinds(model), strict=True):
         assert attn.sliding_window == kind.window
@@ -168,11 +182,20 @@ def test_adapter_paths_pinned_on_tiny_gemma3():
 
 def test_unknown_architecture_is_refused_with_the_supported_list(tmp_path):
     config = MistralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
     )
     model = MistralForCausalLM(config)
-    for call in (lambda: architecture_of(model), lambda: decoder_layers(model), lambda: OnePassCapture(model, Protocol(), "m")):
+    for call in (
+        lambda: architecture_of(model),
+        lambda: decoder_layers(model),
+        lambda: OnePassCapture(model, Protocol(), "m"),
+    ):
         with pytest.raises(UnsupportedArchitecture, match=r"model_type 'mistral' is not supported") as info:
             call()
         for supported in ("gemma3_text", "llama"):
@@ -183,7 +206,9 @@ def test_unknown_architecture_is_refused_with_the_supported_list(tmp_path):
         architecture_of(SimpleNamespace(config=SimpleNamespace()))
     # the loader refuses from config.json alone, before any weights are read (there are none here)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
-    with pytest.raises(ModelLoadError, match=r"model_type 'mistral' is not supported.*supported: gemma3_text"):
+    with pytest.raises(
+        ModelLoadError, match=r"model_type 'mistral' is not supported.*supported: gemma3_text"
+    ):
         load_model(ModelSpec("rope", str(tmp_path), "rope"), device="cpu")
 
 
@@ -234,7 +259,9 @@ def test_gemma3_right_padded_batch_equals_eager_on_real_rows(stats_dtype, kernel
         ids[b, :n] = torch.randint(3, 64, (n,), generator=g)
         ids[b, 0] = 2
         mask[b, :n] = 1
-    seqs = capture(model, ids, lengths, attention_mask=mask, stats_dtype=stats_dtype, kernel_layers=kernel_layers)
+    seqs = capture(
+        model, ids, lengths, attention_mask=mask, stats_dtype=stats_dtype, kernel_layers=kernel_layers
+    )
     # Reference: each sequence alone, unpadded. (Gemma's float64 eager path on the padded batch is
     # not one: a pad query of a sliding layer with no real key in its window gets finfo.min + score
     # = -inf on every key, a NaN row, whose NaN values then reach real rows through 0 * NaN.)
@@ -260,7 +287,10 @@ def test_gemma3_residuals_equal_hidden_states_and_bos_write_is_after_post_ffn_no
         for layer in range(N_LAYERS):
             x = raw_last[b] if layer == N_LAYERS - 1 else hidden[layer + 1][b]
             for stat, value in residual_summaries(x).items():
-                assert seq.layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (stat, layer)
+                assert seq.layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (
+                    stat,
+                    layer,
+                )
             expected = float(ffn_write[layer][b, 0].norm())
             assert seq.layers["bos_mlp_write_norm"][layer] == pytest.approx(expected, rel=MODEL_TOL)
         assert set(seq.layers) == set(LAYER_STATS)
@@ -277,7 +307,9 @@ def test_gemma3_sliding_window_hides_bos_beyond_the_window_at_long_t(stats_dtype
     seqs = capture(model, random_ids(1, t, seed=9), [t], stats_dtype=stats_dtype, kernel_layers=kernel_layers)
     ref, _, _ = gemma_eager_reference(model, random_ids(1, t, seed=9))
     for layer in range(N_LAYERS):
-        torch.testing.assert_close(seqs[0].attn_to_bos[layer], ref.attentions[layer][0, :, :, 0], atol=GEMMA_ATTN_TOL, rtol=0)
+        torch.testing.assert_close(
+            seqs[0].attn_to_bos[layer], ref.attentions[layer][0, :, :, 0], atol=GEMMA_ATTN_TOL, rtol=0
+        )
     for layer in (0, 2):
         assert bool((seqs[0].attn_to_bos[layer][:, 16:] == 0).all())
         assert bool((seqs[0].attn_to_bos[layer][:, :16] > 0).all())
@@ -289,7 +321,9 @@ def test_gemma3_sliding_window_hides_bos_beyond_the_window_at_long_t(stats_dtype
 
 def logits(model, ids, position_ids=None) -> torch.Tensor:
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids, use_cache=False).logits
+        return model(
+            input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=position_ids, use_cache=False
+        ).logits
 
 
 def test_gemma3_identity_rotation_every_layer_type_and_logits_invariant_to_positions():
@@ -338,12 +372,17 @@ def test_gemma3_bos_mlp_ablation_removes_the_post_ffn_norm_bos_row():
         ablated = layer_outputs(model, ids)
     # the block's BOS output loses exactly its feed-forward write; other rows are untouched
     torch.testing.assert_close(
-        ablated[layer][:, 0].double(), plain[layer][:, 0].double() - ffn_write[layer][:, 0], atol=1e-5, rtol=1e-5
+        ablated[layer][:, 0].double(),
+        plain[layer][:, 0].double() - ffn_write[layer][:, 0],
+        atol=1e-5,
+        rtol=1e-5,
     )
     assert torch.equal(ablated[layer][:, 1:], plain[layer][:, 1:])
     assert [t["row"] for t in record.touched] == [0, 1]
     for t in record.touched:
-        assert t["bos_mlp_output_norm"] == pytest.approx(float(ffn_write[layer][t["row"], 0].norm()), rel=1e-5)
+        assert t["bos_mlp_output_norm"] == pytest.approx(
+            float(ffn_write[layer][t["row"], 0].norm()), rel=1e-5
+        )
     assert "post_feedforward_layernorm" in next(iter(record.calls))
     assert_no_hooks(model)
 

@@ -204,7 +204,6 @@ def test_observer_gets_default_scaling_when_none():
     assert seen == [8**-0.5]
 
 
-
 # --------------------------------------------------------------------------------------------------
 # the kernel path: layer output and log-sum-exp from the SDPA kernel, attention to BOS from the lse
 # --------------------------------------------------------------------------------------------------
@@ -234,7 +233,13 @@ def kernel_inputs(draw):
 
 
 def rounding_bound(q: torch.Tensor, k: torch.Tensor, scaling: float) -> float:
-    return 2 * abs(scaling) * float(q.double().norm(dim=-1).max()) * float(k.double().norm(dim=-1).max()) * 2.0**-24
+    return (
+        2
+        * abs(scaling)
+        * float(q.double().norm(dim=-1).max())
+        * float(k.double().norm(dim=-1).max())
+        * 2.0**-24
+    )
 
 
 @PROPERTY
@@ -339,7 +344,9 @@ def test_capture_attention_correct_during_static_cache_prefill():
     seen: dict[int, torch.Tensor] = {}
 
     def observer(call):
-        seen[call.module.layer_idx] = attention_to_position0(call.query, call.key, call.allowed(), call.scaling)[0]
+        seen[call.module.layer_idx] = attention_to_position0(
+            call.query, call.key, call.allowed(), call.scaling
+        )[0]
 
     masks = []
 
@@ -663,7 +670,10 @@ def test_long_single_sequence_statistics_equal_definitions_for_any_thread_count(
     for layer in range(N_LAYERS):
         x = raw_last[0] if layer == N_LAYERS - 1 else ref.hidden_states[layer + 1][0]
         for stat, value in residual_summaries(x).items():
-            assert seqs[0].layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (stat, layer)
+            assert seqs[0].layers[stat][layer] == pytest.approx(value, rel=MODEL_TOL, abs=MODEL_TOL), (
+                stat,
+                layer,
+            )
     assert_no_hooks(model)
 
 

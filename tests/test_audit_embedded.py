@@ -43,8 +43,13 @@ def comparable(model: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def result(real_model: None) -> dict[str, Any]:
     options = MeasureOptions(wikitext=str(WIKITEXT))
-    return audit.run_audit(PAIR, "no-rotary,padded-rope,tau-0.5", options=options, base=BASE,
-                           source=audit.default_source(PAIR, options, BASE))
+    return audit.run_audit(
+        PAIR,
+        "no-rotary,padded-rope,tau-0.5",
+        options=options,
+        base=BASE,
+        source=audit.default_source(PAIR, options, BASE),
+    )
 
 
 def test_no_rotary_and_padded_rope_leave_the_drope_side_identical(result):
@@ -61,8 +66,9 @@ def test_no_rotary_and_padded_rope_leave_the_drope_side_identical(result):
 
 
 def test_statistics_only_variant_equals_a_full_remeasurement(result):
-    remeasured = measure_pair(PAIR, BASE.replace(sink_tau=0.5), interventions="none",
-                              options=MeasureOptions(wikitext=str(WIKITEXT)))
+    remeasured = measure_pair(
+        PAIR, BASE.replace(sink_tau=0.5), interventions="none", options=MeasureOptions(wikitext=str(WIKITEXT))
+    )
     for role in ("rope", "drope"):
         derived = result["measurements"]["tau-0.5"]["models"][role]
         direct = remeasured["models"][role]

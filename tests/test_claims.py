@@ -62,9 +62,9 @@ MEAS = {
         ("rope:layers.sink_rate[2:]", [1.0, 0.9]),
         ("rope:layers.sink_rate", [0.5, 0.8, 1.0, 0.9]),
         ("rope:interventions.bos_mlp_ablation:argmax-ratio.ratio", 50.0),
-        ("rope:interventions[\"bos_mlp_ablation:argmax-ratio\"].ppl", 500.0),
+        ('rope:interventions["bos_mlp_ablation:argmax-ratio"].ppl', 500.0),
         ("rope:heads.sink_score[1][0]", 0.3),
-        ("rope:[\"odd.keys\"][\"a[b]\"]", 3.0),
+        ('rope:["odd.keys"]["a[b]"]', 3.0),
         ("root:models.drope.layers.sink_rate[0]", 0.4),
         ("rope:scalars.peak_bos_norm_layer", 2),
     ],
@@ -97,8 +97,14 @@ def test_path_syntax_errors(path: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     "path, fragment",
     [
-        ("rope:scalars.sink_rate_average", "no key 'sink_rate_average' under rope:scalars; available: flag, missing"),
-        ("rope:interventions.qk_disruption:report.ratio", "no key 'qk_disruption:report' under rope:interventions"),
+        (
+            "rope:scalars.sink_rate_average",
+            "no key 'sink_rate_average' under rope:scalars; available: flag, missing",
+        ),
+        (
+            "rope:interventions.qk_disruption:report.ratio",
+            "no key 'qk_disruption:report' under rope:interventions",
+        ),
         ("rope:layers.sink_rate[7]", "index 7 out of range for rope:layers.sink_rate (length 4)"),
         ("rope:layers.sink_rate[5:]", "is empty"),
         ("rope:scalars.missing", "is null"),
@@ -142,7 +148,9 @@ def band(kind: str, **params: object) -> C.Band:
         (band("range", lo=0.91, hi=1.0), None, [0.91, 1.0, [0.95, 1.0, 0.92]], [0.95, 0.9], 1.01),
     ],
 )
-def test_band_kinds_pass_and_fail_both_sides(b: C.Band, value: object, inside: list, below: object, above: object) -> None:
+def test_band_kinds_pass_and_fail_both_sides(
+    b: C.Band, value: object, inside: list, below: object, above: object
+) -> None:
     for m in inside:
         result = b.check(m, value)
         assert result.passed, (b, m)
@@ -197,15 +205,19 @@ def test_ordering_and_each_bands() -> None:
 
 
 def claim_file(tmp_path: Path, body: str, pair: str = "toy", head: str | None = None) -> Path:
-    head = head if head is not None else (
-        f'schema_version = 1\n[pair]\nname = "{pair}"\ndrope_variant = "drope"\nrun_hint = "somewhere"\n'
+    head = (
+        head
+        if head is not None
+        else (
+            f'schema_version = 1\n[pair]\nname = "{pair}"\ndrope_variant = "drope"\nrun_hint = "somewhere"\n'
+        )
     )
     path = tmp_path / f"{pair}.toml"
     path.write_text(head + body, encoding="utf-8")
     return path
 
 
-GOOD = '''
+GOOD = """
 [[claim]]
 id = "ppl_baseline"
 model = "rope"
@@ -217,7 +229,7 @@ status = "claim"
 band = { kind = "relative", rel = 0.05 }
 rationale = "five percent"
 provenance = { source = "prose-only", text_set = "lines" }
-'''
+"""
 
 
 def test_good_file_loads(tmp_path: Path) -> None:
@@ -241,17 +253,52 @@ def test_good_file_loads(tmp_path: Path) -> None:
         ('status = "claim"', 'status = "maybe"', "status", "must be one of"),
         ('model = "rope"', 'model = "both"', "model", "must be one of"),
         ('family = "perplexity"', 'family = "vibes"', "family", "must be one of"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "wide" }', "band.kind", "must be one of"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "relative" }', "band.rel", "is required"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "relative", rel = -1 }', "band.rel", "> 0"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "relative", tol = 1 }', "band.tol", "not a parameter"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "log_ratio", factor = 0.5 }', "band.factor", "> 1"),
-        ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "range", lo = 2, hi = 1 }', "band.lo", "above hi"),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "wide" }',
+            "band.kind",
+            "must be one of",
+        ),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "relative" }',
+            "band.rel",
+            "is required",
+        ),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "relative", rel = -1 }',
+            "band.rel",
+            "> 0",
+        ),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "relative", tol = 1 }',
+            "band.tol",
+            "not a parameter",
+        ),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "log_ratio", factor = 0.5 }',
+            "band.factor",
+            "> 1",
+        ),
+        (
+            'band = { kind = "relative", rel = 0.05 }',
+            'band = { kind = "range", lo = 2, hi = 1 }',
+            "band.lo",
+            "above hi",
+        ),
         ('band = { kind = "relative", rel = 0.05 }', 'band = { kind = "exact" }', "value", "integer"),
         ('band = { kind = "relative", rel = 0.05 }\n', "", "band", "is required"),
-        ('value = 10.2', 'value = "ten"', "value", "number"),
-        ('value = 10.2\n', "", "value", "is required"),
-        ('metric = "rope:scalars.ppl_baseline"', 'metric = "drope:scalars.ppl_baseline"', "metric", "must read a rope: path"),
+        ("value = 10.2", 'value = "ten"', "value", "number"),
+        ("value = 10.2\n", "", "value", "is required"),
+        (
+            'metric = "rope:scalars.ppl_baseline"',
+            'metric = "drope:scalars.ppl_baseline"',
+            "metric",
+            "must read a rope: path",
+        ),
         ('metric = "rope:scalars.ppl_baseline"', 'metric = "rope:scalars[x"', "metric", "unterminated"),
         ('id = "ppl_baseline"', 'id = "PPL baseline"', "id", "[a-z0-9_]+"),
         ('status = "claim"', 'status = "claim"\ncolour = "red"', "colour", "is not a claim key"),
@@ -263,7 +310,9 @@ def test_good_file_loads(tmp_path: Path) -> None:
         ('text_set = "lines"', 'text = "lines"', "provenance.text", "is not a provenance key"),
     ],
 )
-def test_malformed_claim_names_file_claim_and_key(tmp_path: Path, old: str, new: str, key: str, fragment: str) -> None:
+def test_malformed_claim_names_file_claim_and_key(
+    tmp_path: Path, old: str, new: str, key: str, fragment: str
+) -> None:
     assert old in GOOD
     path = claim_file(tmp_path, GOOD.replace(old, new, 1))
     with pytest.raises(C.ClaimsFileError) as info:
@@ -293,18 +342,28 @@ def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(C.ClaimsFileError, match="duplicate") as info:
         C.load_claims("toy", tmp_path)
     assert info.value.claim_id == "ppl_baseline[toy:rope]" and info.value.key == "id"
-    claim_file(tmp_path, GOOD, head='schema_version = 1\n[pair]\nname = "other"\ndrope_variant = "drope"\nrun_hint = "x"\n')
+    claim_file(
+        tmp_path,
+        GOOD,
+        head='schema_version = 1\n[pair]\nname = "other"\ndrope_variant = "drope"\nrun_hint = "x"\n',
+    )
     with pytest.raises(C.ClaimsFileError, match="pair.name"):
         C.load_claims("toy", tmp_path)
-    claim_file(tmp_path, GOOD, head='schema_version = 2\n[pair]\nname = "toy"\ndrope_variant = "drope"\nrun_hint = "x"\n')
+    claim_file(
+        tmp_path,
+        GOOD,
+        head='schema_version = 2\n[pair]\nname = "toy"\ndrope_variant = "drope"\nrun_hint = "x"\n',
+    )
     with pytest.raises(C.ClaimsFileError, match="schema_version"):
         C.load_claims("toy", tmp_path)
 
 
 def test_pending_golden_never_passes(tmp_path: Path) -> None:
-    body = GOOD.replace('value = 10.2\n', "").replace(
-        'status = "claim"', 'status = "golden"\npending = true'
-    ).replace('source = "prose-only"', 'source = "suite-measured"')
+    body = (
+        GOOD.replace("value = 10.2\n", "")
+        .replace('status = "claim"', 'status = "golden"\npending = true')
+        .replace('source = "prose-only"', 'source = "suite-measured"')
+    )
     claim_file(tmp_path, body)
     (claim,) = C.load_claims("toy", tmp_path).claims
     verdict = C.evaluate(claim, MEAS)  # the measurement exists; the golden still must not pass
@@ -335,7 +394,10 @@ def test_verdict_for_turns_missing_path_into_error() -> None:
     typo = dataclasses.replace(claim, metrics=("rope:scalars.sink_rate_avg",))
     verdict = C.verdict_for(typo, data)
     assert verdict.outcome == "error"
-    assert "sink_rate_average[llama2-7b:rope]" in verdict.reason and "rope:scalars.sink_rate_avg" in verdict.reason
+    assert (
+        "sink_rate_average[llama2-7b:rope]" in verdict.reason
+        and "rope:scalars.sink_rate_avg" in verdict.reason
+    )
     verdict = C.verdict_for(claim, data)
     assert verdict.outcome == "skip" and "not measured by this source" in verdict.reason
 
@@ -345,12 +407,20 @@ def test_verdict_for_turns_missing_path_into_error() -> None:
 
 
 LLAMA_ONLY = {
-    ("peak_bos_norm_layer_plateau", "pair"), ("valley_more_isotropic", "pair"), ("identical_conditions", "pair"),
-    ("eager_attention_nan", "drope"), ("drope_bos_not_critical", "drope"),
+    ("peak_bos_norm_layer_plateau", "pair"),
+    ("valley_more_isotropic", "pair"),
+    ("identical_conditions", "pair"),
+    ("eager_attention_nan", "drope"),
+    ("drope_bos_not_critical", "drope"),
     # the report's Methods statements (issue 20): about the author's code, judged on the author's files only
-    ("methods_entropy_normalized", "pair"), ("methods_qk_disruption_rule", "pair"), ("methods_perplexity_texts", "pair"),
-    ("methods_manual_hooks_valid", "rope"), ("methods_manual_hooks_valid", "drope"), ("methods_ablation_confirmed", "rope"),
-    ("methods_bos_mlp_ablation", "pair"), ("methods_sink_threshold", "pair"),
+    ("methods_entropy_normalized", "pair"),
+    ("methods_qk_disruption_rule", "pair"),
+    ("methods_perplexity_texts", "pair"),
+    ("methods_manual_hooks_valid", "rope"),
+    ("methods_manual_hooks_valid", "drope"),
+    ("methods_ablation_confirmed", "rope"),
+    ("methods_bos_mlp_ablation", "pair"),
+    ("methods_sink_threshold", "pair"),
 }
 
 
@@ -367,11 +437,14 @@ def test_repository_claim_files_load_with_the_same_ids() -> None:
     # fail on a faithful measurement: non-strict xfails), none is skipped
     assert {c.status for c in llama.claims} == {"claim", "artefact"}
     assert sorted(c.key for c in llama.claims if c.status == "artefact") == [
-        "drope_bos_not_critical[llama2-7b:drope]", "sink_rate_layer1[llama2-7b:drope]",
-        "sink_rate_middle_layers[llama2-7b:drope]"]
+        "drope_bos_not_critical[llama2-7b:drope]",
+        "sink_rate_layer1[llama2-7b:drope]",
+        "sink_rate_middle_layers[llama2-7b:drope]",
+    ]
     assert all(c.artefact for c in llama.claims if c.status == "artefact")
     assert {c.key for c in llama.claims if c.family == "method"} == {
-        f"{cid}[llama2-7b:{model}]" for cid, model in LLAMA_ONLY if cid.startswith("methods_")}
+        f"{cid}[llama2-7b:{model}]" for cid, model in LLAMA_ONLY if cid.startswith("methods_")
+    }
     for claim in llama.claims + smol.claims + gemma.claims:
         assert claim.rationale.strip()
     for claim in smol.claims + gemma.claims:
@@ -384,20 +457,34 @@ def test_repository_claim_files_load_with_the_same_ids() -> None:
 
 #: The report's numbers, for the check that llama2-7b.toml holds every one of them.
 REPORT_VALUES = {
-    ("ppl_baseline", "rope"): 10.2, ("ppl_baseline", "drope"): 18.6,
-    ("bos_mlp_ablation_ppl", "rope"): 12766, ("bos_mlp_ablation_ppl", "drope"): 18.5,
-    ("bos_mlp_ablation_ratio", "rope"): 1249, ("bos_mlp_ablation_ratio", "drope"): 1.00,
-    ("sink_rate_average", "rope"): 0.978, ("sink_rate_average", "drope"): 0.956,
-    ("sink_rate_layer0", "rope"): 0.66, ("sink_rate_layer0", "drope"): 0.54,
-    ("sink_rate_layer1", "rope"): 0.78, ("sink_rate_layer1", "drope"): 0.31,
-    ("sink_rate_middle_layers", "rope"): [0.97, 1.0], ("sink_rate_middle_layers", "drope"): [0.94, 0.99],
-    ("sink_rate_last_layer", "rope"): 0.92, ("sink_rate_last_layer", "drope"): 0.91,
-    ("bos_spike_layer", "rope"): 1, ("bos_spike_layer", "drope"): 2,
-    ("peak_bos_norm", "rope"): 982.1, ("peak_bos_norm", "drope"): 632.2,
-    ("peak_bos_norm_layer", "rope"): 23, ("peak_bos_norm_layer", "drope"): 26,
-    ("min_entropy", "rope"): 0.0081, ("min_entropy", "drope"): 0.0895,
-    ("min_entropy_layer", "rope"): 1, ("min_entropy_layer", "drope"): 2,
-    ("qk_disruption_ratio", "rope"): 6.7, ("qk_disruption_ratio", "drope"): 1.29,
+    ("ppl_baseline", "rope"): 10.2,
+    ("ppl_baseline", "drope"): 18.6,
+    ("bos_mlp_ablation_ppl", "rope"): 12766,
+    ("bos_mlp_ablation_ppl", "drope"): 18.5,
+    ("bos_mlp_ablation_ratio", "rope"): 1249,
+    ("bos_mlp_ablation_ratio", "drope"): 1.00,
+    ("sink_rate_average", "rope"): 0.978,
+    ("sink_rate_average", "drope"): 0.956,
+    ("sink_rate_layer0", "rope"): 0.66,
+    ("sink_rate_layer0", "drope"): 0.54,
+    ("sink_rate_layer1", "rope"): 0.78,
+    ("sink_rate_layer1", "drope"): 0.31,
+    ("sink_rate_middle_layers", "rope"): [0.97, 1.0],
+    ("sink_rate_middle_layers", "drope"): [0.94, 0.99],
+    ("sink_rate_last_layer", "rope"): 0.92,
+    ("sink_rate_last_layer", "drope"): 0.91,
+    ("bos_spike_layer", "rope"): 1,
+    ("bos_spike_layer", "drope"): 2,
+    ("peak_bos_norm", "rope"): 982.1,
+    ("peak_bos_norm", "drope"): 632.2,
+    ("peak_bos_norm_layer", "rope"): 23,
+    ("peak_bos_norm_layer", "drope"): 26,
+    ("min_entropy", "rope"): 0.0081,
+    ("min_entropy", "drope"): 0.0895,
+    ("min_entropy_layer", "rope"): 1,
+    ("min_entropy_layer", "drope"): 2,
+    ("qk_disruption_ratio", "rope"): 6.7,
+    ("qk_disruption_ratio", "drope"): 1.29,
 }
 
 
@@ -413,12 +500,22 @@ def test_llama2_file_holds_every_report_value_and_no_band_passes_anything() -> N
         assert claim.band.check(value, claim.value).passed, claim.key
         assert not claim.band.check(value * 10, claim.value).passed, claim.key
         assert not claim.band.check(value / 10, claim.value).passed, claim.key
-    for cid in ("sink_rates_nearly_identical", "valley_entropy_ratio", "qk_disruption_drope_more_robust",
-                "bos_mlp_ablation_only_rope_collapses"):
+    for cid in (
+        "sink_rates_nearly_identical",
+        "valley_entropy_ratio",
+        "qk_disruption_drope_more_robust",
+        "bos_mlp_ablation_only_rope_collapses",
+    ):
         assert cs.get(cid, "pair").family in C.FAMILIES
     # interventions are read under the report's own rules
-    assert cs.get("bos_mlp_ablation_ratio", "rope").metrics[0].startswith("rope:interventions.bos_mlp_ablation:argmax-ratio")
-    assert cs.get("qk_disruption_ratio", "drope").metrics[0] == "drope:interventions.qk_disruption:report.ratio"
+    assert (
+        cs.get("bos_mlp_ablation_ratio", "rope")
+        .metrics[0]
+        .startswith("rope:interventions.bos_mlp_ablation:argmax-ratio")
+    )
+    assert (
+        cs.get("qk_disruption_ratio", "drope").metrics[0] == "drope:interventions.qk_disruption:report.ratio"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,9 +533,11 @@ def test_llama2_file_holds_every_report_value_and_no_band_passes_anything() -> N
 #:   everything else inside its band, e.g. rope PPL 9.9 vs 10.2 (2.9% < 6%), drope peak BOS norm
 #:   520 vs 632.2 (1.216x < 1.25x), sink-rate gap 0.944375 - 0.98125 = -0.0369 (within 0.05).
 HAND_FAILS = {
-    "bos_mlp_ablation_ppl[llama2-7b:rope]", "bos_mlp_ablation_ratio[llama2-7b:rope]",
+    "bos_mlp_ablation_ppl[llama2-7b:rope]",
+    "bos_mlp_ablation_ratio[llama2-7b:rope]",
     "min_entropy[llama2-7b:rope]",
-    "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]", "valley_entropy_ratio[llama2-7b:pair]",
+    "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair]",
+    "valley_entropy_ratio[llama2-7b:pair]",
     "peak_bos_norm_layer_plateau[llama2-7b:pair]",
 }
 HAND_ARTEFACTS = {"sink_rate_layer1[llama2-7b:drope]"}
@@ -452,7 +551,9 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     assert {k for k, o in got.items() if o == "fail"} == HAND_FAILS
     assert {k for k, o in got.items() if o == "artefact"} == HAND_ARTEFACTS
     assert {k for k, o in got.items() if o == "skip"} == HAND_SKIPS
-    assert {k for k, o in got.items() if o == "pass"} == {v.key for v in verdicts} - HAND_FAILS - HAND_SKIPS - HAND_ARTEFACTS
+    assert {k for k, o in got.items() if o == "pass"} == {
+        v.key for v in verdicts
+    } - HAND_FAILS - HAND_SKIPS - HAND_ARTEFACTS
     assert set(got.values()) == {"pass", "fail", "artefact", "skip"}
     layer1 = next(v for v in verdicts if v.key == "sink_rate_layer1[llama2-7b:drope]")
     assert layer1.reason.startswith("artefact: the report's value comes from upstream's fp16 eager attention")
@@ -470,7 +571,10 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
     doc = json.loads((rep / "claims-report.json").read_text())
     assert doc["summary"]["fail"] == 6 and doc["summary"]["artefact"] == 1
     assert doc["summary"]["pass"] == 28 and doc["summary"]["skip"] == 2
-    assert [v["key"] for v in doc["verdicts"]][:2] == ["ppl_baseline[llama2-7b:rope]", "ppl_baseline[llama2-7b:drope]"]
+    assert [v["key"] for v in doc["verdicts"]][:2] == [
+        "ppl_baseline[llama2-7b:rope]",
+        "ppl_baseline[llama2-7b:drope]",
+    ]
     md = (rep / "claims-report.md").read_text()
     assert md.index("## Summary") < md.index("## Claims")
     assert "sink_rate_layer1[llama2-7b:drope]" in md and "NaN" in md  # rationale and provenance are printed
@@ -479,7 +583,9 @@ def test_judge_reproduces_hand_computed_verdicts(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in rep.iterdir() if p.name.endswith(".tmp")]
     assert {m["claim"] for m in doc["marks"]["llama2-7b"]} >= {
-        "peak_bos_norm[llama2-7b:rope]", "sink_rate_layer1[llama2-7b:drope]", "sink_rate_middle_layers[llama2-7b:rope]"
+        "peak_bos_norm[llama2-7b:rope]",
+        "sink_rate_layer1[llama2-7b:drope]",
+        "sink_rate_middle_layers[llama2-7b:rope]",
     }
 
 
@@ -494,12 +600,15 @@ def test_report_lists_skips_with_reasons(tmp_path: Path) -> None:
     assert outcomes.count("pass") == 7 and outcomes.count("fail") == 3
     assert outcomes.count("xfail") == 1 and outcomes.count("skip") == 2
     md = (tmp_path / "claims-report.md").read_text()
-    skipped = md[md.index("## Skipped claims"):md.index("## Claims")]
+    skipped = md[md.index("## Skipped claims") : md.index("## Claims")]
     # grouped: one line per distinct reason, with its count and the claims it applies to
     lines = {line.rsplit(" — ", 1)[-1]: line for line in skipped.splitlines() if line.startswith("- **S")}
     assert set(lines) == {"bos_spike_layer[toy:drope]", "bos_mlp_ablation_ratio[toy:drope]"}
     assert "(1): golden not yet measured" in lines["bos_spike_layer[toy:drope]"]
-    assert "(1): about a recalibrated DroPE model (toy skip reason)" in lines["bos_mlp_ablation_ratio[toy:drope]"]
+    assert (
+        "(1): about a recalibrated DroPE model (toy skip reason)"
+        in lines["bos_mlp_ablation_ratio[toy:drope]"]
+    )
     assert "## Does not generalise" in md
     doc = json.loads((tmp_path / "claims-report.json").read_text())
     assert all(v["reason"] for v in doc["verdicts"] if v["outcome"] in ("skip", "xfail"))
@@ -523,10 +632,13 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
         ("bos_mlp_ablation_ratio", "drope"): {"measured_value": 1.0, "measured_how": "must be ignored"},
     }
     changed = C.regen_expected(path, updates)
-    assert sorted(changed) == sorted([
-        "ppl_baseline[smollm2-135m:rope]", "sink_rate_middle_layers[smollm2-135m:drope]",
-        "bos_mlp_ablation_ratio[smollm2-135m:rope]",
-    ])
+    assert sorted(changed) == sorted(
+        [
+            "ppl_baseline[smollm2-135m:rope]",
+            "sink_rate_middle_layers[smollm2-135m:drope]",
+            "bos_mlp_ablation_ratio[smollm2-135m:rope]",
+        ]
+    )
     after = tomllib.loads(path.read_text())
     for old, new in zip(before["claim"], after["claim"], strict=True):
         key = (old["id"], old["model"])
@@ -540,7 +652,14 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
             assert new == old, key
     # comments and every line that is not a regenerable key survive, in order (the regenerable keys
     # of untouched claims are checked value by value above)
-    regenerable = ("pending = ", "value = ", "measured = ", "measured_how = ", "texts_sha256 = ", "protocol = ")
+    regenerable = (
+        "pending = ",
+        "value = ",
+        "measured = ",
+        "measured_how = ",
+        "texts_sha256 = ",
+        "protocol = ",
+    )
     kept = [line for line in before_text.splitlines() if not line.startswith(regenerable)]
     after_lines = path.read_text().splitlines()
     assert [line for line in after_lines if line in kept] == kept
@@ -553,18 +672,23 @@ def test_regen_rewrites_goldens_only_and_keeps_the_rest_byte_for_byte(tmp_path: 
 
 
 def test_regen_refuses_a_multiline_value(tmp_path: Path) -> None:
-    body = GOOD.replace('value = 10.2', 'value = [\n  1.0,\n  2.0,\n]').replace(
-        'status = "claim"', 'status = "golden"\nmeasured_how = "x"').replace(
-        'source = "prose-only"', 'source = "suite-measured"').replace('kind = "relative", rel = 0.05', 'kind = "absolute", tol = 0.1')
+    body = (
+        GOOD.replace("value = 10.2", "value = [\n  1.0,\n  2.0,\n]")
+        .replace('status = "claim"', 'status = "golden"\nmeasured_how = "x"')
+        .replace('source = "prose-only"', 'source = "suite-measured"')
+        .replace('kind = "relative", rel = 0.05', 'kind = "absolute", tol = 0.1')
+    )
     path = claim_file(tmp_path, body)
     text = path.read_text()
     with pytest.raises(C.ClaimsFileError):
-        C.regen_expected(path, {("ppl_baseline", "rope"): {"measured_value": [3.0, 4.0], "measured_how": "y"}})
+        C.regen_expected(
+            path, {("ppl_baseline", "rope"): {"measured_value": [3.0, 4.0], "measured_how": "y"}}
+        )
     assert path.read_text() == text
 
 
 def test_toml_value_round_trips() -> None:
-    for value in (1, 2.5, 1e-05, 25101.87109, [0.1, 0.2], "a \"quoted\" string\nwith a newline"):
+    for value in (1, 2.5, 1e-05, 25101.87109, [0.1, 0.2], 'a "quoted" string\nwith a newline'):
         parsed = tomllib.loads(f"x = {C.toml_value(value)}")["x"]
         if isinstance(value, float):
             assert parsed == pytest.approx(value, rel=1e-6)
@@ -593,12 +717,18 @@ def test_golden_measured_on_another_text_set_is_skipped_not_judged() -> None:
     say) skips it with both text sets named, instead of failing or passing it on the wrong data."""
     claim = C.load_claims("smollm2-135m", REPO_EXPECTED).get("ppl_baseline", "rope")
     assert claim.texts_sha256 is not None and len(claim.texts_sha256) == 64
-    other = {"texts": {"sha256": "f" * 64, "name": "gensim fallback sample", "source": "gensim-fallback:x"}, "models": {}}
+    other = {
+        "texts": {"sha256": "f" * 64, "name": "gensim fallback sample", "source": "gensim-fallback:x"},
+        "models": {},
+    }
     verdict = C.evaluate(claim, other)
     assert verdict.outcome == "skip"
     assert claim.texts_sha256[:12] in verdict.reason and "gensim fallback sample" in verdict.reason
     # the same text set is judged (and here fails to find the metric, proving it was read)
-    same = {"texts": {"sha256": claim.texts_sha256}, "protocol": FAITHFUL.to_dict(),
-            "models": {"rope": {"provenance": {"dtype": "float32"}}}}
+    same = {
+        "texts": {"sha256": claim.texts_sha256},
+        "protocol": FAITHFUL.to_dict(),
+        "models": {"rope": {"provenance": {"dtype": "float32"}}},
+    }
     with pytest.raises(C.MetricPathError):
         C.evaluate(claim, same)

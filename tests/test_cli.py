@@ -111,18 +111,41 @@ def _missing_k_norm(tmp: Path) -> tuple[Path, str]:
     return folder, "model.layers.1.self_attn.k_norm.weight"
 
 
-BAD_SOURCES = [_missing, _a_file, _no_config, _invalid_config, _bin_only, _no_tokenizer, _qwen2_drope, _missing_k_norm]
+BAD_SOURCES = [
+    _missing,
+    _a_file,
+    _no_config,
+    _invalid_config,
+    _bin_only,
+    _no_tokenizer,
+    _qwen2_drope,
+    _missing_k_norm,
+]
 
 
 @pytest.mark.parametrize("make_bad", BAD_SOURCES, ids=lambda f: f.__name__.strip("_"))
-def test_bad_drope_source_fails_before_any_weights_load(tmp_path, capsys, monkeypatch, no_weights, rope_dir, make_bad):
+def test_bad_drope_source_fails_before_any_weights_load(
+    tmp_path, capsys, monkeypatch, no_weights, rope_dir, make_bad
+):
     hub_calls: list[str] = []
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, *a, **k: hub_calls.append(repo))
     bad, what = make_bad(tmp_path)
-    rc, _, err = run(capsys, "measure", "--rope", rope_dir, "--drope", bad, "--out", tmp_path / "m.json",
-                     "--device", "cpu", "--interventions", "none")
+    rc, _, err = run(
+        capsys,
+        "measure",
+        "--rope",
+        rope_dir,
+        "--drope",
+        bad,
+        "--out",
+        tmp_path / "m.json",
+        "--device",
+        "cpu",
+        "--interventions",
+        "none",
+    )
     assert_user_error(rc, err, str(bad), what)
     assert hub_calls == []  # a local path is never tried as a hub id
     assert not (tmp_path / "m.json").exists()
@@ -140,8 +163,20 @@ def test_a_good_custom_pair_passes_the_preflight(tmp_path, rope_dir):
 def test_unknown_bos_token_is_found_by_the_preflight(tmp_path, capsys, no_weights, rope_dir):
     drope = tmp_path / "drope"
     make_checkpoint(drope, "nope")
-    rc, _, err = run(capsys, "measure", "--rope", rope_dir, "--drope", drope, "--bos-token", "<|nope|>",
-                     "--out", tmp_path / "m.json", "--device", "cpu")
+    rc, _, err = run(
+        capsys,
+        "measure",
+        "--rope",
+        rope_dir,
+        "--drope",
+        drope,
+        "--bos-token",
+        "<|nope|>",
+        "--out",
+        tmp_path / "m.json",
+        "--device",
+        "cpu",
+    )
     assert_user_error(rc, err, "'<|nope|>'", "--bos-token")
 
 
@@ -166,13 +201,17 @@ def test_bad_out_fails_before_the_run(tmp_path, capsys, no_weights, case):
     assert_user_error(rc, err, "--out", str(out), what)
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root writes into a read-only folder; the probe is tested with a file as parent")
+@pytest.mark.skipif(
+    IS_ROOT, reason="root writes into a read-only folder; the probe is tested with a file as parent"
+)
 def test_unwritable_out_folder_fails_before_the_run(tmp_path, capsys, no_weights):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        rc, _, err = run(capsys, "measure", "--out", folder / "m.json", "--interventions", "none", "--device", "cpu")
+        rc, _, err = run(
+            capsys, "measure", "--out", folder / "m.json", "--interventions", "none", "--device", "cpu"
+        )
     finally:
         folder.chmod(0o700)
     assert_user_error(rc, err, "--out", str(folder), "cannot write")
@@ -180,7 +219,9 @@ def test_unwritable_out_folder_fails_before_the_run(tmp_path, capsys, no_weights
 
 def test_report_dir_that_is_a_file_fails_before_judging(tmp_path, capsys):
     (tmp_path / "report").write_text("x")
-    rc, _, err = run(capsys, "judge", tmp_path / "m.json", "--pair", "smollm2-135m", "--report-dir", tmp_path / "report")
+    rc, _, err = run(
+        capsys, "judge", tmp_path / "m.json", "--pair", "smollm2-135m", "--report-dir", tmp_path / "report"
+    )
     assert_user_error(rc, err, "--report-dir", str(tmp_path / "report"), "is a file")
 
 
@@ -216,7 +257,9 @@ def test_out_that_cannot_be_written_at_the_end_loses_no_run(tmp_path, capsys, mo
         folder.write_text("not a folder any more")
 
     fake_measurement(monkeypatch, {"models": {}, "precious": True}, during=folder_becomes_a_file)
-    rc, _, err = run(capsys, "measure", "--out", folder / "m.json", "--interventions", "none", "--device", "cpu")
+    rc, _, err = run(
+        capsys, "measure", "--out", folder / "m.json", "--interventions", "none", "--device", "cpu"
+    )
     assert_user_error(rc, err, str(folder / "m.json"), "saved to")
     rescue = Path(err.split("saved to ")[1].strip())
     assert json.loads(rescue.read_text()) == {"models": {}, "precious": True}
@@ -241,7 +284,9 @@ def umask_022():
     os.umask(old)
 
 
-@pytest.mark.parametrize("write", [_write_cli, _write_report], ids=["atomic.atomic_write_json", "atomic.atomic_write_bytes"])
+@pytest.mark.parametrize(
+    "write", [_write_cli, _write_report], ids=["atomic.atomic_write_json", "atomic.atomic_write_bytes"]
+)
 @pytest.mark.parametrize("before", [None, 0o644, 0o640], ids=["new", "existing-0644", "existing-0640"])
 def test_atomic_writes_keep_the_mode_a_plain_write_gives(tmp_path, umask_022, write, before):
     path = tmp_path / "out.json"
@@ -260,7 +305,9 @@ def test_atomic_writes_keep_the_mode_a_plain_write_gives(tmp_path, umask_022, wr
 
 def test_missing_wikitext_path_is_named(tmp_path, capsys, no_weights):
     missing = tmp_path / "wiki.test.raw"
-    rc, _, err = run(capsys, "measure", "--wikitext", missing, "--out", tmp_path / "m.json", "--device", "cpu")
+    rc, _, err = run(
+        capsys, "measure", "--wikitext", missing, "--out", tmp_path / "m.json", "--device", "cpu"
+    )
     assert_user_error(rc, err, "--wikitext", str(missing), "does not exist")
 
 
@@ -275,8 +322,20 @@ def test_nul_bytes_in_the_text_name_the_file(tmp_path, capsys, no_weights):
     wiki = tmp_path / "wiki.test.raw"
     line = " " + "word " * 30 + "\n"
     wiki.write_text(line * 3 + " bad \x00 byte " + line + line * 30)
-    rc, _, err = run(capsys, "measure", "--wikitext", wiki, "--n-texts", "2", "--out", tmp_path / "m.json",
-                     "--device", "cpu", "--interventions", "none")
+    rc, _, err = run(
+        capsys,
+        "measure",
+        "--wikitext",
+        wiki,
+        "--n-texts",
+        "2",
+        "--out",
+        tmp_path / "m.json",
+        "--device",
+        "cpu",
+        "--interventions",
+        "none",
+    )
     assert_user_error(rc, err, str(wiki), "NUL", "line 4")
 
 
@@ -313,9 +372,13 @@ def test_quantization_without_bitsandbytes_is_a_user_error(tmp_path, capsys, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a),
     )
-    rc, _, err = run(capsys, "measure", "--device", "cuda", "--quantization", "nf4", "--out", tmp_path / "m.json")
+    rc, _, err = run(
+        capsys, "measure", "--device", "cuda", "--quantization", "nf4", "--out", tmp_path / "m.json"
+    )
     assert_user_error(rc, err, "--quantization nf4", "pip install bitsandbytes")
 
 
@@ -335,7 +398,9 @@ def test_ctrl_c_during_the_run_exits_130_with_one_line_and_no_file(tmp_path, cap
         raise KeyboardInterrupt
 
     fake_measurement(monkeypatch, during=interrupt)
-    rc, _, err = run(capsys, "measure", "--out", tmp_path / "m.json", "--interventions", "none", "--device", "cpu")
+    rc, _, err = run(
+        capsys, "measure", "--out", tmp_path / "m.json", "--interventions", "none", "--device", "cpu"
+    )
     assert rc == 130
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,10 @@ SHA = "ab" * 32
 def test_cache_dir_env_override_and_xdg_fallback(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
-    assert dequantized_cache_path(SHA) == tmp_path / "mine" / "dequantized" / f"{SHA}-v{models_gguf_cache.DEQUANT_CACHE_FORMAT}"
+    assert (
+        dequantized_cache_path(SHA)
+        == tmp_path / "mine" / "dequantized" / f"{SHA}-v{models_gguf_cache.DEQUANT_CACHE_FORMAT}"
+    )
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setitem(sys.modules, "platformdirs", None)  # not installed: XDG
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -39,8 +42,15 @@ class _Tokenizer:
 
 
 def _tiny(seed: int) -> LlamaForCausalLM:
-    config = llama_config(vocab_size=32, hidden_size=16, intermediate_size=32, layers=1, heads=2, kv_heads=1,
-                          initializer_range=0.02)
+    config = llama_config(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        layers=1,
+        heads=2,
+        kv_heads=1,
+        initializer_range=0.02,
+    )
     return build_llama(config, seed=seed, attn=None)
 
 
@@ -90,7 +100,12 @@ def test_embedded_model_from_cache_is_the_dequantised_model(monkeypatch, tmp_pat
         assert torch.equal(cached(ids).logits, fresh(ids).logits)
     assert cached.config.tie_word_embeddings == fresh.config.tie_word_embeddings
     assert (cached_tok.bos_token_id, cached_tok.eos_token_id, cached_tok.pad_token_id) == (
-        fresh_tok.bos_token_id, fresh_tok.eos_token_id, fresh_tok.pad_token_id)
-    loaded = models.load_model(models_pairs.PAIRS["smollm2-135m"].rope, bos_token=models_pairs.PAIRS["smollm2-135m"].bos_token)
+        fresh_tok.bos_token_id,
+        fresh_tok.eos_token_id,
+        fresh_tok.pad_token_id,
+    )
+    loaded = models.load_model(
+        models_pairs.PAIRS["smollm2-135m"].rope, bos_token=models_pairs.PAIRS["smollm2-135m"].bos_token
+    )
     assert loaded.provenance["weights_sha256"] == sha
     models_gguf_cache.embedded_base.cache_clear()

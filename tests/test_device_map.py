@@ -37,12 +37,22 @@ from drope_check.models.tiny_models import build_llama, llama_config
 
 pytest.importorskip("accelerate")
 
-INTERVENTIONS = ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report", "qk_disruption:jin")
+INTERVENTIONS = (
+    "bos_mlp_ablation:argmax-ratio",
+    "bos_mlp_ablation:max-write",
+    "qk_disruption:report",
+    "qk_disruption:jin",
+)
 #: Layers alternate between CPU memory and disk; the embedding stays on CPU, the output head goes to disk.
 OFFLOAD_MAP = {
-    "model.embed_tokens": "cpu", "model.rotary_emb": "cpu",
-    "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu", "model.layers.3": "disk",
-    "model.norm": "cpu", "lm_head": "disk",
+    "model.embed_tokens": "cpu",
+    "model.rotary_emb": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.layers.2": "cpu",
+    "model.layers.3": "disk",
+    "model.norm": "cpu",
+    "lm_head": "disk",
 }
 
 
@@ -60,7 +70,9 @@ def sequences() -> list[list[int]]:
 
 def measured(loaded) -> dict:
     """Everything a measurement reports about the model, without provenance (devices, seconds differ)."""
-    result = measure_model(loaded, sequences(), Protocol(batch_size=2, max_tokens=32, n_texts=3), INTERVENTIONS)
+    result = measure_model(
+        loaded, sequences(), Protocol(batch_size=2, max_tokens=32, n_texts=3), INTERVENTIONS
+    )
     return {k: v for k, v in result.items() if k != "provenance"}
 
 
@@ -69,7 +81,13 @@ def test_offloaded_pair_measures_like_one_device(pair_dirs, role, tmp_path):
     folder = pair_dirs[0] if role == "rope" else pair_dirs[1]
     spec = ModelSpec(role, str(folder), role)
     one = load_model(spec, bos_token="<s>", device="cpu", dtype=torch.float32)
-    spread = load_model(spec, bos_token="<s>", dtype=torch.float32, device_map=OFFLOAD_MAP, offload_folder=tmp_path / "offload")
+    spread = load_model(
+        spec,
+        bos_token="<s>",
+        dtype=torch.float32,
+        device_map=OFFLOAD_MAP,
+        offload_folder=tmp_path / "offload",
+    )
     # guard: accelerate really placed (and offloaded) the modules, and the native DroPE path ran
     assert spread.model.hf_device_map == OFFLOAD_MAP
     assert any(p.device.type == "meta" for p in spread.model.parameters()), "nothing was offloaded"
@@ -120,9 +138,19 @@ def no_weights(monkeypatch):
         (["--offload-folder", "OFFLOAD"], ["--offload-folder", "--device-map"]),
     ],
 )
-def test_bad_device_map_options_are_one_sentence_before_loading(pair_dirs, tmp_path, capsys, no_weights, extra, named):
-    argv = ["measure", "--rope", str(pair_dirs[0]), "--drope", str(pair_dirs[1]), "--out", str(tmp_path / "m.json"),
-            *[str(tmp_path / "off") if a == "OFFLOAD" else a for a in extra]]
+def test_bad_device_map_options_are_one_sentence_before_loading(
+    pair_dirs, tmp_path, capsys, no_weights, extra, named
+):
+    argv = [
+        "measure",
+        "--rope",
+        str(pair_dirs[0]),
+        "--drope",
+        str(pair_dirs[1]),
+        "--out",
+        str(tmp_path / "m.json"),
+        *[str(tmp_path / "off") if a == "OFFLOAD" else a for a in extra],
+    ]
     rc = cli.main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -132,7 +160,9 @@ def test_bad_device_map_options_are_one_sentence_before_loading(pair_dirs, tmp_p
 
 
 def test_device_map_on_an_embedded_pair_is_refused(tmp_path, capsys, no_weights):
-    rc = cli.main(["measure", "--pair", "smollm2-135m", "--device-map", "auto", "--out", str(tmp_path / "m.json")])
+    rc = cli.main(
+        ["measure", "--pair", "smollm2-135m", "--device-map", "auto", "--out", str(tmp_path / "m.json")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "--device-map" in err and "embedded" in err, err
 

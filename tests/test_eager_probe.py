@@ -39,17 +39,21 @@ def overflowing(layers: int = 4, at: int = 1) -> torch.nn.Module:
 def test_the_arithmetic_is_transformers_eager_attention_in_fp16() -> None:
     torch.manual_seed(0)
     b, h, kvh, t, d = 2, 4, 2, 6, 8
-    query, key, value = torch.randn(b, h, t, d) * 40, torch.randn(b, kvh, t, d) * 40, torch.randn(b, kvh, t, d)
+    query, key, value = (
+        torch.randn(b, h, t, d) * 40,
+        torch.randn(b, kvh, t, d) * 40,
+        torch.randn(b, kvh, t, d),
+    )
     allowed = torch.ones(t, t, dtype=torch.bool).tril().expand(b, 1, t, t)
     module = torch.nn.Module()
     module.num_key_value_groups, module.training = h // kvh, False
-    ours = eager_fp16_attention()(module, query, key, value, allowed, d ** -0.5)
+    ours = eager_fp16_attention()(module, query, key, value, allowed, d**-0.5)
     mask = torch.zeros(b, 1, t, t, dtype=torch.float16).masked_fill_(~allowed, torch.finfo(torch.float16).min)
-    theirs, _ = eager_attention_forward(module, query.half(), key.half(), value.half(), mask, scaling=d ** -0.5)
+    theirs, _ = eager_attention_forward(module, query.half(), key.half(), value.half(), mask, scaling=d**-0.5)
     assert ours.dtype == torch.float32 and torch.equal(ours, theirs.float())
     # a q.k beyond fp16's maximum: inf logits, NaN weights, NaN output, as eager itself gives
     big = query * 1e3
-    ours = eager_fp16_attention()(module, big, repeat_kv(big, 1)[:, :kvh], value, allowed, d ** -0.5)
+    ours = eager_fp16_attention()(module, big, repeat_kv(big, 1)[:, :kvh], value, allowed, d**-0.5)
     assert not torch.isfinite(ours).all()
 
 
@@ -76,7 +80,10 @@ def test_a_whole_model_fp16_eager_run_agrees_on_where_it_breaks() -> None:
     with torch.no_grad():
         hidden = half(torch.tensor([SEQS[0]]), output_hidden_states=True).hidden_states
     bad = [i for i, h in enumerate(hidden[1:]) if not torch.isfinite(h).all()]
-    assert bad and bad[0] == eager_fp16_probe(model, SEQS[:1], pad_token_id=0)["eager_fp16_first_nonfinite_layer"]
+    assert (
+        bad
+        and bad[0] == eager_fp16_probe(model, SEQS[:1], pad_token_id=0)["eager_fp16_first_nonfinite_layer"]
+    )
 
 
 def test_no_overflow_no_count() -> None:
@@ -93,14 +100,23 @@ def test_measure_model_writes_the_probe_beside_a_finite_faithful_measurement() -
 
     model = overflowing(layers=4, at=1)
     spec = ModelSpec(role="drope", source="tiny", variant="drope")
-    loaded = LoadedModel(model=model, tokenizer=None, spec=spec, bos_token_id=1, pad_token_id=0,
-                         provenance={"model_id": "tiny"})
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=None,
+        spec=spec,
+        bos_token_id=1,
+        pad_token_id=0,
+        provenance={"model_id": "tiny"},
+    )
     result = measure_model(loaded, SEQS, interventions=(EAGER_FP16,))
     assert result["scalars"]["eager_fp16_nonfinite_layers"] == 3
     assert result["scalars"]["eager_fp16_first_nonfinite_layer"] == 1
     assert "interventions" not in result  # a probe, not a perplexity intervention
-    doc = {"schema_version": 1, "pair": "custom", "models": {"rope": {**result, "role": "rope", "variant": "rope"},
-                                                               "drope": result}}
+    doc = {
+        "schema_version": 1,
+        "pair": "custom",
+        "models": {"rope": {**result, "role": "rope", "variant": "rope"}, "drope": result},
+    }
     validate_measurements(doc, "probe")  # the faithful statistics are finite: the file is valid
 
 

@@ -13,7 +13,9 @@ def test_sources_name_embedded_models():
     assert not is_embedded("embeddedness/model") and not is_embedded("/tmp/embedded")
     assert embedded_model("embedded") is EMBEDDED_MODELS["smollm2-135m"]
     assert embedded_model("embedded:gemma3-270m") is EMBEDDED_MODELS["gemma3-270m"]
-    with pytest.raises(KeyError, match=r"unknown embedded model 'embedded:nope'; known: gemma3-270m, smollm2-135m"):
+    with pytest.raises(
+        KeyError, match=r"unknown embedded model 'embedded:nope'; known: gemma3-270m, smollm2-135m"
+    ):
         embedded_model("embedded:nope")
 
 
@@ -27,7 +29,12 @@ def test_gemma_pair_is_nope_zeroshot_from_the_gemma_package():
 
 
 def test_missing_package_is_named_with_the_install_command():
-    ghost = EmbeddedModel("ghost", "no_such_package_for_drope_check", "g.gguf", "pip install ghost", "x/ghost", "none")
+    ghost = EmbeddedModel(
+        "ghost", "no_such_package_for_drope_check", "g.gguf", "pip install ghost", "x/ghost", "none"
+    )
     for call in (ghost.check_installed, ghost.gguf_path):
-        with pytest.raises(EmbeddedUnavailable, match=r"needs the 'no_such_package_for_drope_check' package: `pip install ghost`"):
+        with pytest.raises(
+            EmbeddedUnavailable,
+            match=r"needs the 'no_such_package_for_drope_check' package: `pip install ghost`",
+        ):
             call()

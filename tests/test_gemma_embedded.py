@@ -44,7 +44,10 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def gemma_pair(real_model: None):
     pair = PAIRS["gemma3-270m"]
-    return {spec.variant: load_model(spec, bos_token=pair.bos_token, device="cpu", dtype=torch.float32) for spec in pair.models()}
+    return {
+        spec.variant: load_model(spec, bos_token=pair.bos_token, device="cpu", dtype=torch.float32)
+        for spec in pair.models()
+    }
 
 
 def sequences(loaded) -> list[list[int]]:
@@ -65,7 +68,9 @@ def test_gemma_pair_loads_with_provenance(gemma_pair):
     assert rope.provenance["weights_sha256"] == nope.provenance["weights_sha256"]
     assert isinstance(nope.model.model.rotary_emb, IdentityRotaryEmbedding)
     assert not isinstance(rope.model.model.rotary_emb, IdentityRotaryEmbedding)
-    assert GEMMA3.mlp_write(rope.model.model.layers[0]) is rope.model.model.layers[0].post_feedforward_layernorm
+    assert (
+        GEMMA3.mlp_write(rope.model.model.layers[0]) is rope.model.model.layers[0].post_feedforward_layernorm
+    )
 
 
 @needs_gemma
@@ -73,7 +78,9 @@ def test_gemma_nope_bos_stream_identical_later_positions_differ(gemma_pair):
     rope, nope = gemma_pair["rope"], gemma_pair["nope-zeroshot"]
     ids = torch.tensor([sequences(rope)[0]])
     assert ids.shape[1] > 16
-    for layer, (r, n) in enumerate(zip(layer_outputs(rope.model, ids), layer_outputs(nope.model, ids), strict=True)):
+    for layer, (r, n) in enumerate(
+        zip(layer_outputs(rope.model, ids), layer_outputs(nope.model, ids), strict=True)
+    ):
         assert torch.equal(r[0, 0], n[0, 0]), f"layer {layer}: BOS residual differs"
         later = float((r[0, 1:] - n[0, 1:]).norm(dim=-1).max() / r[0, 1:].norm(dim=-1).max())
         assert later > 1e-3, f"layer {layer}: later positions identical (relative difference {later:.2e})"

@@ -61,11 +61,21 @@ SUITE_COLUMN = "Llama-2-7B: this suite"
 TIMES: dict[str, float] = {}
 
 
-def run(args: list[str], env: dict[str, str], step: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], env: dict[str, str], step: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """One step: a child process in the repository, stdout and stderr in one stream (their order kept)."""
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     if step is not None:
         TIMES[step] = time.perf_counter() - start
     return done
@@ -77,14 +87,21 @@ def declared_skips() -> dict[str, str]:
 
 
 def downloads(hub: Any) -> list[str]:
-    return [r["path"] for r in hub.requests() if r["method"] == "GET" and ("/resolve/" in r["path"] or "/cdn-lfs/" in r["path"])]
+    return [
+        r["path"]
+        for r in hub.requests()
+        if r["method"] == "GET" and ("/resolve/" in r["path"] or "/cdn-lfs/" in r["path"])
+    ]
 
 
 def weight_requests(requests: list[dict[str, Any]]) -> list[str]:
     """Requests about the model repos (anything but the WikiText dataset and the client's registry)."""
-    return [f"{r['method']} {r['path']}" for r in requests
-            if not r["path"].startswith(("/api/datasets/", "/datasets/", "/api/agent-harnesses"))
-            and not (r["path"].startswith("/cdn-lfs/") and r["path"] in DATASET_BLOBS)]
+    return [
+        f"{r['method']} {r['path']}"
+        for r in requests
+        if not r["path"].startswith(("/api/datasets/", "/datasets/", "/api/agent-harnesses"))
+        and not (r["path"].startswith("/cdn-lfs/") and r["path"] in DATASET_BLOBS)
+    ]
 
 
 #: cdn paths of the dataset's LFS files (filled by the hub_root fixture's user below).
@@ -95,8 +112,10 @@ DATASET_BLOBS: set[str] = set()
 def dataset_blobs(hub_root: Path) -> None:
     import hashlib
 
-    DATASET_BLOBS.update(f"/cdn-lfs/{hashlib.sha256(p.read_bytes()).hexdigest()}"
-                         for p in hub_root.glob("datasets/**/*.parquet"))
+    DATASET_BLOBS.update(
+        f"/cdn-lfs/{hashlib.sha256(p.read_bytes()).hexdigest()}"
+        for p in hub_root.glob("datasets/**/*.parquet")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,34 +123,67 @@ def dataset_blobs(hub_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def rehearsal(local_hub: Any, hub_env: Any, tmp_path_factory: pytest.TempPathFactory,
-              request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+def rehearsal(
+    local_hub: Any, hub_env: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, Any]]:
     """Step 1 (fetch) on an empty cache; the other steps are fixtures or tests of their own. At the
     end, the wall-clock seconds of each step are written to the terminal (the README quotes them)."""
     home = tmp_path_factory.mktemp("hf-home")
     env = hub_env(local_hub.url, home)
     local_hub.reset()
     fetch = run([*DROPE_CHECK, "fetch", "--pair", PAIR], env, "fetch")
-    yield {"home": home, "env": env, "out": tmp_path_factory.mktemp("rehearsal"), "fetch": fetch,
-           "fetch_requests": local_hub.requests()}
+    yield {
+        "home": home,
+        "env": env,
+        "out": tmp_path_factory.mktemp("rehearsal"),
+        "fetch": fetch,
+        "fetch_requests": local_hub.requests(),
+    }
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line("\nrehearsal of claims-gpu.yml on CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items()))
+            reporter.write_line(
+                "\nrehearsal of claims-gpu.yml on CPU: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in TIMES.items())
+            )
 
 
 @pytest.fixture(scope="module")
 def claims_step(rehearsal: dict[str, Any], local_hub: Any) -> dict[str, Any]:
     local_hub.reset()
     report = rehearsal["out"] / "claims-report-llama2-7b"
-    done = run([sys.executable, "-m", "pytest", "claims/", "--pair", PAIR, "--require-models", "--drope-device", "cpu",
-                "--claims-report", str(report), "-p", "no:cacheprovider", "-q"], rehearsal["env"], "claims")
-    doc = json.loads((report / "claims-report.json").read_text()) if (report / "claims-report.json").is_file() else None
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "claims/",
+            "--pair",
+            PAIR,
+            "--require-models",
+            "--drope-device",
+            "cpu",
+            "--claims-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        rehearsal["env"],
+        "claims",
+    )
+    doc = (
+        json.loads((report / "claims-report.json").read_text())
+        if (report / "claims-report.json").is_file()
+        else None
+    )
     return {"done": done, "doc": doc, "report": report, "requests": local_hub.requests()}
 
 
-def test_step_fetch_downloads_both_checkpoints_saying_the_size_first_with_progress(rehearsal, local_hub, hub_root):
+def test_step_fetch_downloads_both_checkpoints_saying_the_size_first_with_progress(
+    rehearsal, local_hub, hub_root
+):
     fetch = rehearsal["fetch"]
     assert fetch.returncode == 0, fetch.stdout
     out = fetch.stdout
@@ -148,8 +200,15 @@ def test_step_fetch_downloads_both_checkpoints_saying_the_size_first_with_progre
     for snapshot in snapshots:
         repo = snapshot.parent.parent.name.removeprefix("models--").replace("--", "/")
         assert {p.name for p in snapshot.iterdir()} == {
-            "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"}
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        }
         for file in snapshot.iterdir():
             assert file.read_bytes() == (hub_root / repo / file.name).read_bytes(), file
 
@@ -161,18 +220,26 @@ def test_step_claims_evaluates_every_llama2_claim_without_asking_for_the_weights
     assert done.returncode in (0, 1), done.stdout[-4000:]  # 1: some claim does not hold (tiny random weights)
     assert "NOTHING WAS CHECKED" not in done.stdout and "--require-models:" not in done.stdout
     claims = [c for c in load_claims(PAIR).claims if c.has_suite_test]  # the Methods statements have none
-    suite = {v["key"]: v for v in doc["verdicts"] if v["pair"] == PAIR and v.get("source", "suite") == "suite"}
+    suite = {
+        v["key"]: v for v in doc["verdicts"] if v["pair"] == PAIR and v.get("source", "suite") == "suite"
+    }
     assert set(suite) == {c.key for c in claims}, "every claim of the pair has a suite verdict"
     declared = declared_skips()
     for key, verdict in suite.items():
         if key in declared:
             assert (verdict["outcome"], verdict["reason"]) == ("skip", declared[key]), key
         else:
-            assert verdict["outcome"] not in ("skip", "error"), (key, verdict["outcome"], verdict.get("reason"))
+            assert verdict["outcome"] not in ("skip", "error"), (
+                key,
+                verdict["outcome"],
+                verdict.get("reason"),
+            )
             assert verdict["measured"] is not None, key
     info = doc["pairs"][PAIR]
     assert info["available"] is True
-    if (hub_root / "datasets").is_dir():  # the texts came through datasets from the endpoint: the file's 20 lines
+    if (
+        hub_root / "datasets"
+    ).is_dir():  # the texts came through datasets from the endpoint: the file's 20 lines
         from drope_check.engine.texts import wikitext_lines
 
         from_file = wikitext_lines(n=info["texts"]["n_texts"], path=wikitext_file()).to_provenance()
@@ -201,30 +268,54 @@ def test_step_claims_fills_the_reports_llama2_suite_column_with_the_measured_mod
 def test_step_4bit_runs_where_cuda_is_and_is_refused_on_cpu_saying_so(rehearsal, local_hub):
     out = rehearsal["out"] / "m-llama2-7b-nf4.json"
     local_hub.reset()
-    measure = run([*DROPE_CHECK, "measure", "--pair", PAIR, "--quantization", "nf4-double", "--out", str(out)],
-                  rehearsal["env"], "4-bit")
+    measure = run(
+        [*DROPE_CHECK, "measure", "--pair", PAIR, "--quantization", "nf4-double", "--out", str(out)],
+        rehearsal["env"],
+        "4-bit",
+    )
     if torch.cuda.is_available():
         assert measure.returncode == 0, measure.stdout[-4000:]
-        judge = run([*DROPE_CHECK, "judge", str(out), "--pair", PAIR, "--report-dir", str(rehearsal["out"] / "nf4")],
-                    rehearsal["env"])
+        judge = run(
+            [*DROPE_CHECK, "judge", str(out), "--pair", PAIR, "--report-dir", str(rehearsal["out"] / "nf4")],
+            rehearsal["env"],
+        )
         assert judge.returncode in (0, 1) and "judged" in judge.stdout, judge.stdout[-4000:]
         return
     assert measure.returncode == 2, measure.stdout[-4000:]
     message = measure.stdout.strip()
     assert message.count("\n") == 0 and "--quantization nf4-double needs a CUDA device" in message
     assert local_hub.requests() == [] and not out.exists()
-    pytest.skip(f"claims-gpu.yml step 'Measurements as upstream ran them (4-bit NF4)' cannot run on a CPU: {message}")
+    pytest.skip(
+        f"claims-gpu.yml step 'Measurements as upstream ran them (4-bit NF4)' cannot run on a CPU: {message}"
+    )
 
 
 def test_step_audit_measures_every_cpu_variant_from_the_cache(rehearsal, local_hub):
     out = rehearsal["out"] / "audit"
     local_hub.reset()
-    done = run([*DROPE_CHECK, "audit", "--pair", PAIR, "--out-dir", str(out), "--device", "cpu", "--n-texts", "4",
-                "--no-progress"], rehearsal["env"], "audit")
+    done = run(
+        [
+            *DROPE_CHECK,
+            "audit",
+            "--pair",
+            PAIR,
+            "--out-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--n-texts",
+            "4",
+            "--no-progress",
+        ],
+        rehearsal["env"],
+        "audit",
+    )
     assert done.returncode == 0, done.stdout[-4000:]
     requests = local_hub.requests()
     assert weight_requests(requests) == []
-    assert not [r for r in requests if r["path"] in DATASET_BLOBS]  # WikiText revalidated, not downloaded again
+    assert not [
+        r for r in requests if r["path"] in DATASET_BLOBS
+    ]  # WikiText revalidated, not downloaded again
     audit = json.loads((out / "audit.json").read_text())
     for variant in audit["variants"]:
         if variant["kind"] == "gpu" and not torch.cuda.is_available():  # 4-bit: said, not dropped
@@ -247,30 +338,81 @@ def test_pytest_downloads_what_is_missing_before_measuring(local_hub, hub_env, t
     """Without the fetch step, ``pytest --require-models`` downloads the weights itself (never "unreachable")."""
     local_hub.reset()
     report = tmp_path / "report"
-    done = run([sys.executable, "-m", "pytest", "claims/test_perplexity_claims.py", "--pair", PAIR, "--require-models",
-                "--drope-device", "cpu", "-k", "not author-files", "--claims-report", str(report), "-p", "no:cacheprovider",
-                "-q"], hub_env(local_hub.url, tmp_path / "hf"))
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "claims/test_perplexity_claims.py",
+            "--pair",
+            PAIR,
+            "--require-models",
+            "--drope-device",
+            "cpu",
+            "-k",
+            "not author-files",
+            "--claims-report",
+            str(report),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        hub_env(local_hub.url, tmp_path / "hf"),
+    )
     verdicts = json.loads((report / "claims-report.json").read_text())["verdicts"]
     assert {v["key"]: v["outcome"] in ("pass", "fail") for v in verdicts} == {
-        f"ppl_baseline[{PAIR}:rope]": True, f"ppl_baseline[{PAIR}:drope]": True}, done.stdout[-3000:]
+        f"ppl_baseline[{PAIR}:rope]": True,
+        f"ppl_baseline[{PAIR}:drope]": True,
+    }, done.stdout[-3000:]
     weights = [p for p in downloads(local_hub) if not p.startswith("/datasets/") and p not in DATASET_BLOBS]
     assert len(weights) == 16  # 8 files per model
     assert len(list((tmp_path / "hf").glob("hub/models--*/snapshots/*"))) == 2
 
 
-def test_without_a_token_fetch_and_require_models_name_HF_TOKEN_before_anything_loads(local_hub, hub_env, tmp_path):
+def test_without_a_token_fetch_and_require_models_name_HF_TOKEN_before_anything_loads(
+    local_hub, hub_env, tmp_path
+):
     env = hub_env(local_hub.url, tmp_path / "hf", token=None)
     local_hub.reset()
     fetch = run([*DROPE_CHECK, "fetch", "--pair", PAIR], env)
     assert fetch.returncode == 2
     line = fetch.stdout.strip()
-    assert "\n" not in line and line.startswith("drope-check fetch: error: ") and "HF_TOKEN" in line and ROPE_REPO in line
+    assert (
+        "\n" not in line
+        and line.startswith("drope-check fetch: error: ")
+        and "HF_TOKEN" in line
+        and ROPE_REPO in line
+    )
     pairs = run([*DROPE_CHECK, "pairs"], env)
     assert pairs.returncode == 0
-    block = pairs.stdout[pairs.stdout.index(PAIR):pairs.stdout.index("smollm2-135m")]
-    assert block.startswith(f"{PAIR}      gated") and "HF_TOKEN" in block and f"{DROPE_REPO}: downloadable (" in block
-    claims = run([sys.executable, "-m", "pytest", "claims/test_perplexity_claims.py", "--pair", PAIR, "--require-models",
-                  "--drope-device", "cpu", "-k", "not author-files", "-p", "no:cacheprovider", "-q"], env)
+    block = pairs.stdout[pairs.stdout.index(PAIR) : pairs.stdout.index("smollm2-135m")]
+    assert (
+        block.startswith(f"{PAIR}      gated")
+        and "HF_TOKEN" in block
+        and f"{DROPE_REPO}: downloadable (" in block
+    )
+    claims = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "claims/test_perplexity_claims.py",
+            "--pair",
+            PAIR,
+            "--require-models",
+            "--drope-device",
+            "cpu",
+            "-k",
+            "not author-files",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        env,
+    )
     assert claims.returncode == 1
-    assert f"--require-models: pair {PAIR} is not available here: {ROPE_REPO} is gated and no token is set: set HF_TOKEN" in claims.stdout
+    assert (
+        f"--require-models: pair {PAIR} is not available here: {ROPE_REPO} is gated and no token is set: set HF_TOKEN"
+        in claims.stdout
+    )
     assert downloads(local_hub) == [] and not list((tmp_path / "hf").glob("hub/models--*/snapshots/*"))

@@ -36,10 +36,18 @@ def cpu_device(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA behaviour")
 def test_without_cuda_it_says_so_and_exits_0(tmp_path):
     out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_smoke.py", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_smoke.py", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "gpu_smoke: SKIPPED, nothing measured: no CUDA device (torch.cuda.is_available() is False)"
+    assert (
+        proc.stdout.strip()
+        == "gpu_smoke: SKIPPED, nothing measured: no CUDA device (torch.cuda.is_available() is False)"
+    )
     assert not out.exists()
 
 
@@ -52,7 +60,10 @@ def test_checks_hold_values_to_their_bounds():
     assert not gpu_smoke.Check("err", 2e-4, 1e-4).ok
     assert not gpu_smoke.Check("err", math.nan, 1e-4).ok  # a NaN never meets a bound
     assert gpu_smoke.Check("n", 3, 1, ">=").ok and not gpu_smoke.Check("n", 0, 1, ">=").ok
-    assert gpu_smoke.Check("same", [0.0625], [0.0625], "==").ok and not gpu_smoke.Check("same", True, False, "==").ok
+    assert (
+        gpu_smoke.Check("same", [0.0625], [0.0625], "==").ok
+        and not gpu_smoke.Check("same", True, False, "==").ok
+    )
     assert gpu_smoke.Check("err", 2e-4, 1e-4).text() == "err = 0.0002 (must be <= 0.0001)"
 
 
@@ -77,7 +88,12 @@ def fake_steps() -> list:
 def test_a_missed_bound_an_error_and_a_skip_are_each_one_line():
     steps: dict = {}
     gpu_smoke.run_steps(fake_steps(), deadline=float("inf"), report=steps)
-    assert [steps[n]["status"] for n in ("good", "misses", "broken", "cannot")] == ["pass", "fail", "error", "skipped"]
+    assert [steps[n]["status"] for n in ("good", "misses", "broken", "cannot")] == [
+        "pass",
+        "fail",
+        "error",
+        "skipped",
+    ]
     assert steps["misses"]["values"] == {"measured": 0.5}
     assert gpu_smoke.shortfalls(steps) == [
         "FAIL misses: kernel_lse_max_rel_error = 0.0003 (must be <= 0.0001)",
@@ -98,7 +114,11 @@ def test_once_the_budget_is_spent_every_later_step_is_skipped():
 
 def test_step_prerequisites():
     assert gpu_smoke.with_prerequisites(["float64_fallback"]) == {
-        "float64_fallback", "drope_bf16", "write_checkpoints", "rope_bf16"}
+        "float64_fallback",
+        "drope_bf16",
+        "write_checkpoints",
+        "rope_bf16",
+    }
     assert gpu_smoke.with_prerequisites(["kernel"]) == {"kernel"}
 
 
@@ -116,8 +136,10 @@ def run(capsys, tmp_path, *argv: str) -> tuple[int, list[str], dict]:
 def test_a_step_skipped_for_time_fails_unless_allowed(capsys, tmp_path):
     rc, lines, report = run(capsys, tmp_path, "--budget-s", "0", "--steps", "kernel")
     assert rc == 1
-    assert lines[0] == ("gpu_smoke: SKIPPED kernel: the time budget (--budget-s) was spent before it started "
-                        "(--allow-skip accepts a skipped step)")
+    assert lines[0] == (
+        "gpu_smoke: SKIPPED kernel: the time budget (--budget-s) was spent before it started "
+        "(--allow-skip accepts a skipped step)"
+    )
     assert report["steps"]["kernel"]["status"] == "skipped"
     rc, lines, _ = run(capsys, tmp_path, "--budget-s", "0", "--steps", "kernel", "--allow-skip")
     assert rc == 0 and lines == [lines[-1]] and "0 of 1 step(s) passed" in lines[-1]
@@ -141,8 +163,15 @@ def test_every_step_a_cpu_can_run_passes_when_simulated(capsys, tmp_path):
     for name in FOUR_BIT_STEPS:
         assert steps[name]["reason"] == "bitsandbytes 4-bit needs CUDA (simulated on CPU)"
     passed = {n for n, e in steps.items() if e["status"] == "pass"}
-    assert passed == {"kernel", "rope_bf16", "float32_vs_float64", "write_checkpoints", "drope_bf16",
-                      "float64_fallback", "device_map"}
+    assert passed == {
+        "kernel",
+        "rope_bf16",
+        "float32_vs_float64",
+        "write_checkpoints",
+        "drope_bf16",
+        "float64_fallback",
+        "device_map",
+    }
     for name in passed:
         assert steps[name]["checks"], f"step {name} asserted nothing"
     checks = {c["name"]: c for e in steps.values() for c in e["checks"]}
@@ -151,4 +180,7 @@ def test_every_step_a_cpu_can_run_passes_when_simulated(capsys, tmp_path):
     assert checks["float32: kernel output bit-identical to SDPA's"]["ok"]
     # without --allow-skip, the same run is three shortfalls: the 4-bit steps did not run
     assert [line.split(":")[0] for line in gpu_smoke.shortfalls(steps)] == [
-        "SKIPPED nf4_double_rope", "SKIPPED nf4_double_drope", "SKIPPED fp4_drope"]
+        "SKIPPED nf4_double_rope",
+        "SKIPPED nf4_double_drope",
+        "SKIPPED fp4_drope",
+    ]

@@ -29,16 +29,23 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 #: Files whose text names extras, as users and CI read them.
-MENTIONING = [ROOT / "README.md", ROOT / "tox.ini", ROOT / "ci" / "setup.sh", ROOT / "ci" / "constraints-gpu.txt",
-              ROOT / "ci" / "constraints-cpu.txt", *WORKFLOWS, *sorted((ROOT / "docs").glob("*.md"))]
+MENTIONING = [
+    ROOT / "README.md",
+    ROOT / "tox.ini",
+    ROOT / "ci" / "setup.sh",
+    ROOT / "ci" / "constraints-gpu.txt",
+    ROOT / "ci" / "constraints-cpu.txt",
+    *WORKFLOWS,
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 #: How an extra is named in prose and commands.
 PATTERNS = [
-    re.compile(r"\.\[([a-z0-9_,\s-]+)\]"),               # pip install -e '.[test,gpu]'
+    re.compile(r"\.\[([a-z0-9_,\s-]+)\]"),  # pip install -e '.[test,gpu]'
     re.compile(r"^extras\s*=\s*([a-z0-9_, -]+)$", re.MULTILINE),  # tox.ini
     re.compile(r'extras="(?:\$\{extras\},)?([a-z0-9_-]+)"'),  # ci/setup.sh
-    re.compile(r"\bextra \[([a-z0-9_-]+)\]"),              # "the extra [gpu]"
-    re.compile(r"\bextra \*{0,2}`([a-z0-9_-]+)`"),         # "the extra **`gpu`**"
-    re.compile(r"`([a-z0-9_-]+)` extra\b"),                # "the `gpu` extra"
+    re.compile(r"\bextra \[([a-z0-9_-]+)\]"),  # "the extra [gpu]"
+    re.compile(r"\bextra \*{0,2}`([a-z0-9_-]+)`"),  # "the extra **`gpu`**"
+    re.compile(r"`([a-z0-9_-]+)` extra\b"),  # "the `gpu` extra"
 ]
 
 
@@ -92,10 +99,14 @@ def test_gpu_constraints_pin_the_stack_the_extra_accepts():
     gpu, cpu = pins(ROOT / "ci" / "constraints-gpu.txt"), pins(ROOT / "ci" / "constraints-cpu.txt")
     assert set(gpu) == {"torch", "transformers", "bitsandbytes", "accelerate"}
     assert gpu["transformers"] == cpu["transformers"]
-    assert Version(gpu["torch"]).public == Version(cpu["torch"]).public  # the CUDA build of the CPU-tested release
+    assert (
+        Version(gpu["torch"]).public == Version(cpu["torch"]).public
+    )  # the CUDA build of the CPU-tested release
     for line in extras()["gpu"]:
         req = Requirement(line)
-        assert req.specifier.contains(gpu[req.name]), f"the gpu extra {line!r} refuses the pinned {gpu[req.name]}"
+        assert req.specifier.contains(gpu[req.name]), (
+            f"the gpu extra {line!r} refuses the pinned {gpu[req.name]}"
+        )
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for line in project["dependencies"]:
         req = Requirement(line)
@@ -116,7 +127,9 @@ def test_setup_tox_and_workflows_install_through_the_gpu_constraints():
         text = workflow.read_text()
         if "gpu" in workflow.name:
             assert re.search(r"bash ci/setup\.sh (--gpu|\$\{\{ matrix\.setup \}\})", text), workflow.name
-            assert "pip install --quiet bitsandbytes" not in text, f"{workflow.name} installs bitsandbytes unpinned"
+            assert "pip install --quiet bitsandbytes" not in text, (
+                f"{workflow.name} installs bitsandbytes unpinned"
+            )
 
 
 @pytest.mark.parametrize("option", ["--gpu", "--with-gemma --gpu"])
@@ -129,9 +142,21 @@ def test_setup_accepts_its_options_and_refuses_cpu_torch_with_gpu(option, tmp_pa
     (tmp_path / "ci").mkdir()
     script = tmp_path / "ci" / "setup.sh"
     shutil.copy(ROOT / "ci" / "setup.sh", script)
-    proc = subprocess.run(["bash", str(script), *option.split()], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "DROPE_CHECK_CPU_TORCH": "1"}, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(script), *option.split()],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "DROPE_CHECK_CPU_TORCH": "1"},
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "DROPE_CHECK_CPU_TORCH=1" in proc.stderr
-    proc = subprocess.run(["bash", str(script), "--quant"], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(script), "--quant"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--with-gemma and --gpu" in proc.stderr

@@ -40,8 +40,11 @@ def wanted_files(hub_root: Path, repo: str) -> dict[str, bytes]:
     """The files of a served repo a measurement needs, read from the server's folder (the expectation
     is computed from the files themselves, not from the client's answers)."""
     folder = hub_root / repo
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
-            if any(fnmatch.fnmatch(p.name, pattern) for pattern in WEIGHT_PATTERNS)}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if any(fnmatch.fnmatch(p.name, pattern) for pattern in WEIGHT_PATTERNS)
+    }
 
 
 def served(hub) -> list[str]:
@@ -50,24 +53,37 @@ def served(hub) -> list[str]:
 
 def test_the_stand_in_repos_carry_what_a_measurement_needs_and_pickles_it_must_not_download(hub_root):
     files = set(wanted_files(hub_root, ROPE_REPO))
-    assert files == {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json", "model-00001-of-00002.safetensors",
-                     "model-00002-of-00002.safetensors", "model.safetensors.index.json"}
+    assert files == {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    }
     on_disk = {p.name for p in (hub_root / ROPE_REPO).iterdir()}
     assert {"pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "LICENSE.txt"} <= on_disk
     assert "drope.py" in {p.name for p in (hub_root / DROPE_REPO).iterdir()}
 
 
-def test_status_of_a_public_repo_is_downloadable_with_the_size_of_the_needed_files(local_hub, hub_root, tmp_path):
+def test_status_of_a_public_repo_is_downloadable_with_the_size_of_the_needed_files(
+    local_hub, hub_root, tmp_path
+):
     local_hub.reset()
     status = model_status(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False)
     expected = wanted_files(hub_root, DROPE_REPO)
     assert status.state == "downloadable", status.detail
-    assert status.size == sum(len(data) for data in expected.values())  # LFS sizes for the shards, plain ones else
+    assert status.size == sum(
+        len(data) for data in expected.values()
+    )  # LFS sizes for the shards, plain ones else
     assert status.n_files == len(expected) == 8
     assert human_size(status.size) in status.summary() and "downloadable" in status.summary()
     info = local_hub.requests()
-    assert [r["path"] for r in info] == [f"/api/models/{DROPE_REPO}"]  # one metadata request, nothing downloaded
+    assert [r["path"] for r in info] == [
+        f"/api/models/{DROPE_REPO}"
+    ]  # one metadata request, nothing downloaded
 
 
 def test_status_of_a_gated_repo_without_a_token_names_HF_TOKEN_and_downloads_nothing(local_hub, tmp_path):
@@ -90,7 +106,9 @@ def test_status_of_a_gated_repo_with_a_granted_token_is_downloadable(local_hub, 
 
 
 def test_status_of_an_unknown_repo_is_not_found(local_hub, tmp_path):
-    status = model_status("meta-llama/Llama-2-7b-typo", endpoint=local_hub.url, cache_dir=str(tmp_path), token=False)
+    status = model_status(
+        "meta-llama/Llama-2-7b-typo", endpoint=local_hub.url, cache_dir=str(tmp_path), token=False
+    )
     assert status.state == "not-found" and "does not exist" in status.detail
 
 
@@ -100,7 +118,9 @@ def test_status_with_the_hub_unreachable_gives_the_reason(tmp_path):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    status = model_status(DROPE_REPO, endpoint=f"http://127.0.0.1:{port}", cache_dir=str(tmp_path), token=False)
+    status = model_status(
+        DROPE_REPO, endpoint=f"http://127.0.0.1:{port}", cache_dir=str(tmp_path), token=False
+    )
     assert status.state == "unreachable"
     assert f"http://127.0.0.1:{port} cannot be reached" in status.detail and "ConnectError" in status.detail
 
@@ -113,26 +133,50 @@ def test_status_offline_asks_nothing_of_the_hub(local_hub, tmp_path, monkeypatch
     assert local_hub.requests() == []
 
 
-def test_fetch_downloads_only_the_needed_files_then_finds_them_without_any_request(local_hub, hub_root, tmp_path):
+def test_fetch_downloads_only_the_needed_files_then_finds_them_without_any_request(
+    local_hub, hub_root, tmp_path
+):
     lines: list[str] = []
-    folder = fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, progress=False,
-                         say=lines.append)
+    folder = fetch_model(
+        DROPE_REPO,
+        endpoint=local_hub.url,
+        cache_dir=str(tmp_path),
+        token=False,
+        progress=False,
+        say=lines.append,
+    )
     expected = wanted_files(hub_root, DROPE_REPO)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == expected  # byte for byte; no .bin, .py, README
-    assert lines[0].startswith(f"{DROPE_REPO}: downloading 8 files, {human_size(sum(map(len, expected.values())))}")
-    downloads = [r for r in served(local_hub) if r.startswith("GET") and ("/resolve/" in r or "/cdn-lfs/" in r)]
+    assert {
+        p.name: p.read_bytes() for p in folder.iterdir()
+    } == expected  # byte for byte; no .bin, .py, README
+    assert lines[0].startswith(
+        f"{DROPE_REPO}: downloading 8 files, {human_size(sum(map(len, expected.values())))}"
+    )
+    downloads = [
+        r for r in served(local_hub) if r.startswith("GET") and ("/resolve/" in r or "/cdn-lfs/" in r)
+    ]
     assert len(downloads) == 8 and not [r for r in downloads if r.endswith((".bin", ".py", ".md"))]
     local_hub.reset()
     status = model_status(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False)
     assert (status.state, status.snapshot) == ("cached", folder)
     assert status.commit == folder.name and len(folder.name) == 40
-    assert fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), say=lines.append) == folder
+    assert (
+        fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), say=lines.append) == folder
+    )
     assert local_hub.requests() == []  # a second run is served from the cache
 
 
-def test_an_interrupted_download_is_not_taken_for_cached_and_a_rerun_downloads_only_the_rest(local_hub, hub_root, tmp_path):
-    folder = fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, progress=False,
-                         say=lambda _: None)
+def test_an_interrupted_download_is_not_taken_for_cached_and_a_rerun_downloads_only_the_rest(
+    local_hub, hub_root, tmp_path
+):
+    folder = fetch_model(
+        DROPE_REPO,
+        endpoint=local_hub.url,
+        cache_dir=str(tmp_path),
+        token=False,
+        progress=False,
+        say=lambda _: None,
+    )
     shard = folder / "model-00002-of-00002.safetensors"
     shard.resolve().unlink()  # the blob, as if the run had stopped before this file was complete
     shard.unlink()
@@ -140,26 +184,38 @@ def test_an_interrupted_download_is_not_taken_for_cached_and_a_rerun_downloads_o
     local_hub.reset()
     status = model_status(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False)
     assert status.state == "downloadable"
-    again = fetch_model(DROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, progress=False,
-                        say=lambda _: None, status=status)
+    again = fetch_model(
+        DROPE_REPO,
+        endpoint=local_hub.url,
+        cache_dir=str(tmp_path),
+        token=False,
+        progress=False,
+        say=lambda _: None,
+        status=status,
+    )
     assert again == folder and shard.read_bytes() == (hub_root / DROPE_REPO / shard.name).read_bytes()
     sha256 = hashlib.sha256(shard.read_bytes()).hexdigest()
-    assert [r for r in served(local_hub) if r.startswith("GET") and ("/cdn-lfs/" in r or "/resolve/" in r)] == [
-        f"GET /cdn-lfs/{sha256}"]  # the seven finished files are not downloaded again
+    assert [
+        r for r in served(local_hub) if r.startswith("GET") and ("/cdn-lfs/" in r or "/resolve/" in r)
+    ] == [f"GET /cdn-lfs/{sha256}"]  # the seven finished files are not downloaded again
 
 
 def test_fetch_of_a_gated_repo_without_a_token_refuses_before_downloading(local_hub, tmp_path):
     local_hub.reset()
     with pytest.raises(HubUnavailable, match="HF_TOKEN") as info:
-        fetch_model(ROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, say=lambda _: None)
+        fetch_model(
+            ROPE_REPO, endpoint=local_hub.url, cache_dir=str(tmp_path), token=False, say=lambda _: None
+        )
     assert "\n" not in str(info.value)
     assert not [r for r in served(local_hub) if "/resolve/" in r or "/cdn-lfs/" in r]
     assert not any(tmp_path.rglob("*.safetensors"))
 
 
 def test_refusal_says_a_shared_reason_once_for_every_repo(tmp_path):
-    statuses = [model_status(repo, endpoint="http://127.0.0.1:9", cache_dir=str(tmp_path), token=False)
-                for repo in (ROPE_REPO, DROPE_REPO)]
+    statuses = [
+        model_status(repo, endpoint="http://127.0.0.1:9", cache_dir=str(tmp_path), token=False)
+        for repo in (ROPE_REPO, DROPE_REPO)
+    ]
     text = refusal(statuses)
     assert text.startswith(f"{ROPE_REPO} and {DROPE_REPO}: http://127.0.0.1:9 cannot be reached")
     assert text.count("cannot be reached") == 1
@@ -197,7 +253,12 @@ def test_a_7b_pair_runs_on_a_cpu_only_when_the_device_is_named(monkeypatch, tmp_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pair = PAIRS["llama2-7b"]
     why = gpu_refusal(pair, None)
-    assert why is not None and "needs a CUDA device" in why and "--drope-device cpu" in why and "--device cpu" in why
+    assert (
+        why is not None
+        and "needs a CUDA device" in why
+        and "--drope-device cpu" in why
+        and "--device cpu" in why
+    )
     assert gpu_refusal(pair, "cpu") is None and gpu_refusal(PAIRS["smollm2-135m"], None) is None
     with pytest.raises(UserError, match="needs a CUDA device"):
         check_needs_gpu(pair, None)

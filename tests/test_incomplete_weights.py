@@ -56,14 +56,33 @@ def one_sentence(err: str, *names: str) -> None:
     (transformers' own progress bars and log lines before it aside)."""
     __tracebackhide__ = True
     lines = [line for line in err.strip().splitlines() if line.startswith("drope-check")]
-    assert len(lines) == 1 and lines[0].startswith("drope-check measure: error: ") and "Traceback" not in err, err
+    assert (
+        len(lines) == 1 and lines[0].startswith("drope-check measure: error: ") and "Traceback" not in err
+    ), err
     for name in names:
         assert name in lines[0], f"{name!r} not named in: {lines[0]}"
 
 
 def measure_args(rope: Path | str, drope: Path | str, out: Path, *extra: object) -> list[object]:
-    return ["measure", "--rope", rope, "--drope", drope, "--out", out, "--device", "cpu", "--interventions", "none",
-            "--n-texts", "2", "--max-tokens", "16", "--no-progress", *extra]
+    return [
+        "measure",
+        "--rope",
+        rope,
+        "--drope",
+        drope,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--interventions",
+        "none",
+        "--n-texts",
+        "2",
+        "--max-tokens",
+        "16",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +126,14 @@ def test_a_checkpoint_that_does_not_match_its_model_is_refused_before_measuring(
     out = tmp_path / "m.json"
     rc, _, err = run(capsys, *measure_args(*pair, out))
     assert rc == 2
-    one_sentence(err, f"{bad} ({side})", str(bad), MISSING if problem == "missing" else BIAS, f"1 {problem} (",
-                 "--allow-incomplete-weights")
+    one_sentence(
+        err,
+        f"{bad} ({side})",
+        str(bad),
+        MISSING if problem == "missing" else BIAS,
+        f"1 {problem} (",
+        "--allow-incomplete-weights",
+    )
     assert not out.exists()
 
 
@@ -121,12 +146,17 @@ def test_allow_incomplete_weights_measures_and_records_what_did_not_match(tmp_pa
     rc, _, err = run(capsys, *measure_args(bad, drope, out, "--allow-incomplete-weights"))
     assert rc == 0, err
     data = json.loads(out.read_text())
-    assert data["models"]["rope"]["provenance"]["incomplete_weights"] == {"missing": [MISSING], "unexpected": [BIAS]}
+    assert data["models"]["rope"]["provenance"]["incomplete_weights"] == {
+        "missing": [MISSING],
+        "unexpected": [BIAS],
+    }
     assert "incomplete_weights" not in data["models"]["drope"]["provenance"]
     assert data["options"]["allow_incomplete_weights"] is True
     report = render_markdown(build_report([], {"custom": pair_info("custom", data)}))
-    assert f"rope: loaded with --allow-incomplete-weights although its tensors do not match the model: 1 missing ({MISSING})" \
+    assert (
+        f"rope: loaded with --allow-incomplete-weights although its tensors do not match the model: 1 missing ({MISSING})"
         in report
+    )
 
 
 def test_a_mis_shaped_tensor_is_named_not_a_runtime_error(tmp_path):
@@ -147,7 +177,9 @@ def test_nan_weights_are_refused_naming_the_tensor(tmp_path, capsys, good_pair):
     out = tmp_path / "m.json"
     rc, _, err = run(capsys, *measure_args(bad, drope, out))
     assert rc == 2
-    one_sentence(err, f"{bad} (rope)", "model.layers.1.self_attn.v_proj.weight", str(bad), "1 non-finite value(s)")
+    one_sentence(
+        err, f"{bad} (rope)", "model.layers.1.self_attn.v_proj.weight", str(bad), "1 non-finite value(s)"
+    )
     assert not out.exists()
 
 
@@ -179,12 +211,22 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
     env.pop("HF_HUB_CACHE", None)
     out = tmp_path / "m.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "drope_check.cli", *map(str, measure_args("tiny-org/rope-missing", "tiny-org/drope", out))],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "drope_check.cli",
+            *map(str, measure_args("tiny-org/rope-missing", "tiny-org/drope", out)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     # the hub id with the cached snapshot's commit it was resolved to (drope_check.models.hub.resolve_pair)
-    one_sentence(proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing (")
+    one_sentence(
+        proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing ("
+    )
     assert not out.exists()
 
 
@@ -192,7 +234,9 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
 # the embedded GGUF and its dequantised cache
 
 
-def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), extra: dict[str, tuple[int, ...]] | None = None) -> Path:
+def write_tiny_gguf(
+    path: Path, drop: tuple[str, ...] = (), extra: dict[str, tuple[int, ...]] | None = None
+) -> Path:
     """A 2-layer Llama GGUF with float32 tensors and a 64-token sentencepiece-style vocabulary."""
     import gguf
 
@@ -208,7 +252,9 @@ def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), extra: dict[str, tup
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_vocab_size(64)
     writer.add_tokenizer_model("llama")
-    writer.add_token_list(["<unk>", "<s>", "</s>"] + ["\u2581" + chr(ord("a") + i % 26) * (1 + i // 26) for i in range(61)])
+    writer.add_token_list(
+        ["<unk>", "<s>", "</s>"] + ["\u2581" + chr(ord("a") + i % 26) * (1 + i // 26) for i in range(61)]
+    )
     writer.add_token_scores([0.0] * 3 + [-float(i) for i in range(61)])
     writer.add_token_types([2, 3, 3] + [1] * 61)
     writer.add_bos_token_id(1)
@@ -216,11 +262,19 @@ def write_tiny_gguf(path: Path, drop: tuple[str, ...] = (), extra: dict[str, tup
     writer.add_unk_token_id(0)
     shapes = {"token_embd.weight": (64, 32), "output_norm.weight": (32,), "output.weight": (64, 32)}
     for i in range(2):
-        shapes.update({
-            f"blk.{i}.attn_norm.weight": (32,), f"blk.{i}.attn_q.weight": (32, 32), f"blk.{i}.attn_k.weight": (16, 32),
-            f"blk.{i}.attn_v.weight": (16, 32), f"blk.{i}.attn_output.weight": (32, 32), f"blk.{i}.ffn_norm.weight": (32,),
-            f"blk.{i}.ffn_gate.weight": (64, 32), f"blk.{i}.ffn_up.weight": (64, 32), f"blk.{i}.ffn_down.weight": (32, 64),
-        })
+        shapes.update(
+            {
+                f"blk.{i}.attn_norm.weight": (32,),
+                f"blk.{i}.attn_q.weight": (32, 32),
+                f"blk.{i}.attn_k.weight": (16, 32),
+                f"blk.{i}.attn_v.weight": (16, 32),
+                f"blk.{i}.attn_output.weight": (32, 32),
+                f"blk.{i}.ffn_norm.weight": (32,),
+                f"blk.{i}.ffn_gate.weight": (64, 32),
+                f"blk.{i}.ffn_up.weight": (64, 32),
+                f"blk.{i}.ffn_down.weight": (32, 64),
+            }
+        )
     shapes.update(extra or {})
     rng = np.random.default_rng(0)
     for name, shape in shapes.items():
@@ -250,26 +304,45 @@ def embedded_gguf(monkeypatch, tmp_path):
 def test_a_complete_gguf_loads_and_is_cached(tmp_path, embedded_gguf):
     embedded_gguf(write_tiny_gguf(tmp_path / "ok.gguf"))
     loaded = load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32)
-    assert "incomplete_weights" not in loaded.provenance and "cached to" in loaded.provenance["weights_loaded_from"]
+    assert (
+        "incomplete_weights" not in loaded.provenance
+        and "cached to" in loaded.provenance["weights_loaded_from"]
+    )
 
 
 def test_a_gguf_with_a_missing_and_an_unmapped_tensor_is_refused(tmp_path, embedded_gguf):
-    bad = write_tiny_gguf(tmp_path / "bad.gguf", drop=("blk.1.ffn_down.weight",), extra={"blk.0.attn_q.bias": (32,)})
+    bad = write_tiny_gguf(
+        tmp_path / "bad.gguf", drop=("blk.1.ffn_down.weight",), extra={"blk.0.attn_q.bias": (32,)}
+    )
     embedded_gguf(bad)
     with pytest.raises(ModelLoadError) as info:
         load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32)
     message = str(info.value)
-    for name in (str(bad), f"1 missing ({MISSING})", "1 unexpected (blk.0.attn_q.bias)", "--allow-incomplete-weights"):
+    for name in (
+        str(bad),
+        f"1 missing ({MISSING})",
+        "1 unexpected (blk.0.attn_q.bias)",
+        "--allow-incomplete-weights",
+    ):
         assert name in message, message
     models_gguf_cache.embedded_base.cache_clear()
-    loaded = load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32,
-                        allow_incomplete_weights=True)
-    assert loaded.provenance["incomplete_weights"] == {"missing": [MISSING], "unexpected": ["blk.0.attn_q.bias"]}
+    loaded = load_model(
+        ModelSpec("rope", "embedded", "rope"),
+        device="cpu",
+        dtype=torch.float32,
+        allow_incomplete_weights=True,
+    )
+    assert loaded.provenance["incomplete_weights"] == {
+        "missing": [MISSING],
+        "unexpected": ["blk.0.attn_q.bias"],
+    }
     assert "not cached" in loaded.provenance["weights_loaded_from"]
     assert not (tmp_path / "cache" / "dequantized").exists()  # an incomplete load never becomes the cache
 
 
-def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_folder(tmp_path, embedded_gguf):
+def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_folder(
+    tmp_path, embedded_gguf
+):
     gguf_file = tmp_path / "weights.gguf"
     gguf_file.write_bytes(b"not parsed: the cache entry keyed by this file's sha256 is read instead")
     embedded_gguf(gguf_file)
@@ -284,8 +357,11 @@ def test_a_dequantised_cache_entry_with_a_missing_tensor_is_refused_naming_the_f
     weights = load_file(str(entry / "model.safetensors"))
     del weights[MISSING]
     save_file(weights, str(entry / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ModelLoadError, match=rf"the dequantised cache {entry} do not match the model \(1 missing "
-                       rf"\({MISSING}\)\).*delete that folder to rebuild it"):
+    with pytest.raises(
+        ModelLoadError,
+        match=rf"the dequantised cache {entry} do not match the model \(1 missing "
+        rf"\({MISSING}\)\).*delete that folder to rebuild it",
+    ):
         load_model(ModelSpec("rope", "embedded", "rope"), device="cpu", dtype=torch.float32)
 
 

@@ -36,8 +36,16 @@ def make_model(
     layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0, attn: str = "drope_check"
 ) -> LlamaForCausalLM:
     """A tiny random Llama (GQA by default) with weights large enough that every block matters."""
-    config = llama_config(layers=layers, heads=heads, kv_heads=kv_heads, max_positions=128, initializer_range=0.3,
-                          pad_token_id=PAD, bos_token_id=BOS, eos_token_id=2)
+    config = llama_config(
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        max_positions=128,
+        initializer_range=0.3,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=2,
+    )
     return build_llama(config, seed=seed, attn=attn)
 
 
@@ -76,8 +84,11 @@ def logits_of(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor | N
 def assert_no_hooks(model: torch.nn.Module) -> None:
     for name, module in model.named_modules():
         for attr in (
-            "_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-            "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+            "_forward_hooks_always_called",
         ):
             assert not getattr(module, attr), f"{name or 'model'}.{attr} not empty: {getattr(module, attr)}"
     assert attention.active_registrations() == 0
@@ -104,7 +115,11 @@ def test_ablation_fires_on_named_layer_and_bos_rows_only() -> None:
     after = logits_of(model, ids, mask)
 
     assert record.calls == {"model.layers.1.mlp": 1}
-    assert [(t["layer"], t["row"], t["position"]) for t in record.touched] == [(1, 0, 0), (1, 1, 0), (1, 2, 0)]
+    assert [(t["layer"], t["row"], t["position"]) for t in record.touched] == [
+        (1, 0, 0),
+        (1, 1, 0),
+        (1, 2, 0),
+    ]
     assert all(t["bos_mlp_output_norm"] > 0 for t in record.touched)
     assert torch.all(seen[1][:, 0] == 0), "BOS row of the named layer not zeroed"
     assert torch.all(seen[1][:, 1:].abs().sum(-1) > 0), "non-BOS rows of the named layer touched"
@@ -162,7 +177,9 @@ def test_ablated_logits_equal_hand_computed_forward() -> None:
         position_embeddings = base.rotary_emb(x, torch.arange(ids.shape[1])[None])
         for i, layer in enumerate(base.layers):
             attn_out, _ = layer.self_attn(
-                hidden_states=layer.input_layernorm(x), position_embeddings=position_embeddings, attention_mask=None
+                hidden_states=layer.input_layernorm(x),
+                position_embeddings=position_embeddings,
+                attention_mask=None,
             )
             h = x + attn_out
             m = layer.mlp(layer.post_attention_layernorm(h))
@@ -183,7 +200,9 @@ def test_ablation_skips_cached_generation_steps() -> None:
     model = make_model()
     prompt = torch.tensor([random_seqs([5])[0]])
     with bos_mlp_ablation(model, 0) as record, torch.inference_mode():
-        generated = model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False, use_cache=True, pad_token_id=PAD)
+        generated = model.generate(
+            input_ids=prompt, max_new_tokens=4, do_sample=False, use_cache=True, pad_token_id=PAD
+        )
     assert record.calls == {"model.layers.0.mlp": 4}
     assert record.skipped_calls == 3
     assert [(t["call"], t["row"], t["position"]) for t in record.touched] == [(0, 0, 0)]
@@ -207,7 +226,9 @@ def test_ablation_left_padding_zeroes_first_real_token() -> None:
     ids = torch.tensor([[PAD, PAD] + seqs[0], seqs[1]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
     with bos_mlp_ablation(model, 1) as record, torch.inference_mode():
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=PAD)
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=PAD
+        )
     assert [(t["call"], t["row"], t["position"]) for t in record.touched] == [(0, 0, 2), (0, 1, 0)]
     assert record.skipped_calls == 1
 
@@ -232,7 +253,9 @@ def test_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown intervention"):
         measure_interventions(model, random_seqs([4]), PAD, {}, which=["zero_everything"])
     with pytest.raises(ValueError, match="spike_layers"):
-        measure_interventions(model, random_seqs([4]), PAD, {"argmax-ratio": 1}, which=["bos_mlp_ablation:max-write"])
+        measure_interventions(
+            model, random_seqs([4]), PAD, {"argmax-ratio": 1}, which=["bos_mlp_ablation:max-write"]
+        )
     assert_no_hooks(model)
 
 
@@ -240,7 +263,9 @@ def test_clear_errors() -> None:
 # Q/K disruption on hand-built activations
 
 
-def planted(batch: int, length: int, heads: int, dims: int, b: int, h: int, d: int, scale: float, seed: int = 0):
+def planted(
+    batch: int, length: int, heads: int, dims: int, b: int, h: int, d: int, scale: float, seed: int = 0
+):
     """Random +-1 activations (every column norm = sqrt(T)), one column scaled by ``scale``
     with alternating 1.5 / 0.5 factors so that its mean differs from its values."""
     g = torch.Generator().manual_seed(seed)
@@ -298,13 +323,17 @@ def test_padding_is_excluded_and_untouched() -> None:
     dims=st.integers(8, 32),
     data=st.data(),
 )
-def test_property_planted_column_only(batch: int, length: int, heads: int, dims: int, data: st.DataObject) -> None:
+def test_property_planted_column_only(
+    batch: int, length: int, heads: int, dims: int, data: st.DataObject
+) -> None:
     b = data.draw(st.integers(0, batch - 1), label="b")
     h = data.draw(st.integers(0, heads - 1), label="h")
     d = data.draw(st.integers(0, dims - 1), label="d")
     pads = data.draw(st.lists(st.integers(0, length - 1), min_size=batch, max_size=batch), label="pads")
     scale = data.draw(st.floats(60.0, 1e4), label="scale")
-    x = planted(batch, length, heads, dims, b, h, d, scale, seed=data.draw(st.integers(0, 2**16), label="seed"))
+    x = planted(
+        batch, length, heads, dims, b, h, d, scale, seed=data.draw(st.integers(0, 2**16), label="seed")
+    )
     real = torch.tensor([[t < length - p for t in range(length)] for p in pads])
     x = torch.where(real[:, :, None, None], x, torch.tensor(-7e3))  # loud padding
     result = replace_massive_columns(x, real, threshold=5.0, top_k=1)
@@ -331,7 +360,10 @@ def plant_massive_key(model: LlamaForCausalLM, layer: int, head: int, dim: int, 
 
 
 def spy_outputs(modules: dict[str, torch.nn.Module], store: dict[str, torch.Tensor]) -> list:
-    return [m.register_forward_hook(lambda mod, a, o, k=k: store.__setitem__(k, o.clone())) for k, m in modules.items()]
+    return [
+        m.register_forward_hook(lambda mod, a, o, k=k: store.__setitem__(k, o.clone()))
+        for k, m in modules.items()
+    ]
 
 
 def test_report_rule_gqa_indexes_keys_by_kv_head() -> None:
@@ -390,7 +422,9 @@ def test_report_rule_runs_before_a_qk_norm_hook() -> None:
         assert t["norm"] == pytest.approx(float(norms[t["head"], t["dim"]]), rel=1e-5)
 
 
-def capture_qk(model: LlamaForCausalLM, ids: torch.Tensor, layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def capture_qk(
+    model: LlamaForCausalLM, ids: torch.Tensor, layer: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     store: dict[str, torch.Tensor] = {}
 
     def observer(call) -> None:
@@ -424,7 +458,9 @@ def test_jin_rule_acts_post_rotary() -> None:
         qr, kr = capture_qk(model, ids)
     for t in (t for t in report.touched if t["tensor"] == "k"):
         column = kr[0, t["head"], :, t["dim"]]
-        assert not torch.allclose(column, column.mean().expand_as(column)), "RoPE did not rotate the replaced column"
+        assert not torch.allclose(column, column.mean().expand_as(column)), (
+            "RoPE did not rotate the replaced column"
+        )
     assert not torch.allclose(kr, kj)
 
 
@@ -455,7 +491,9 @@ def test_interventions_batched_equal_single(which: str) -> None:
     assert batched["ppl"] == pytest.approx(single["ppl"], rel=BATCH_REL_TOL)
     assert batched["ratio"] == pytest.approx(single["ratio"], rel=BATCH_REL_TOL)
     assert batched["ratio"] != pytest.approx(1.0, abs=1e-4), "intervention had no effect"
-    for (nb, cb), (ns, cs) in zip(batched["perplexity"]["per_sequence"], single["perplexity"]["per_sequence"], strict=True):
+    for (nb, cb), (ns, cs) in zip(
+        batched["perplexity"]["per_sequence"], single["perplexity"]["per_sequence"], strict=True
+    ):
         assert cb == cs and nb == pytest.approx(ns, rel=BATCH_REL_TOL)
     key = lambda t: tuple(t.get(k) for k in ("layer", "tensor", "head", "dim", "sequences", "row"))  # noqa: E731
     if which.startswith("qk"):
@@ -471,7 +509,10 @@ def test_measure_interventions_is_json_and_complete() -> None:
     baseline = perplexity_lines(model, seqs, PAD)
     out = measure_interventions(model, seqs, PAD, {"argmax-ratio": 2, "max-write": 1}, baseline=baseline)
     assert list(out) == [
-        "bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report", "qk_disruption:jin",
+        "bos_mlp_ablation:argmax-ratio",
+        "bos_mlp_ablation:max-write",
+        "qk_disruption:report",
+        "qk_disruption:jin",
     ]
     assert out["bos_mlp_ablation:argmax-ratio"]["layer"] == 2
     assert out["bos_mlp_ablation:max-write"]["record"]["calls"] == {"model.layers.1.mlp": 1}

@@ -95,10 +95,16 @@ def _report_rule_hooks(model: torch.nn.Module) -> list:
     handles = []
     for layer in model.model.layers:
         attn = layer.self_attn
-        handles.append(attn.q_proj.register_forward_hook(
-            lambda _m, _i, out: _replace_top_column(out, cfg.num_attention_heads, 5.0)))
-        handles.append(attn.k_proj.register_forward_hook(
-            lambda _m, _i, out: _replace_top_column(out, cfg.num_key_value_heads, 5.0)))
+        handles.append(
+            attn.q_proj.register_forward_hook(
+                lambda _m, _i, out: _replace_top_column(out, cfg.num_attention_heads, 5.0)
+            )
+        )
+        handles.append(
+            attn.k_proj.register_forward_hook(
+                lambda _m, _i, out: _replace_top_column(out, cfg.num_key_value_heads, 5.0)
+            )
+        )
     return handles
 
 
@@ -107,13 +113,21 @@ def test_interventions_match_independent_reference(rope_setup, monkeypatch) -> N
     spike = _spike_layer_by_hand(reference, seqs)
     assert spike == 11, f"SmolLM2-135M's BOS spike is at layer 11 (measured); got {spike}"
     which = ("bos_mlp_ablation:argmax-ratio", "qk_disruption:report", "qk_disruption:jin")
-    first = measure_interventions(loaded.model, seqs, loaded.pad_token_id, {"argmax-ratio": spike, "max-write": spike}, which=which)
-    second = measure_interventions(loaded.model, seqs, loaded.pad_token_id, {"argmax-ratio": spike, "max-write": spike}, which=which)
+    first = measure_interventions(
+        loaded.model, seqs, loaded.pad_token_id, {"argmax-ratio": spike, "max-write": spike}, which=which
+    )
+    second = measure_interventions(
+        loaded.model, seqs, loaded.pad_token_id, {"argmax-ratio": spike, "max-write": spike}, which=which
+    )
 
     for name in which:
         ppl = first[name]["ppl"]
-        assert math.isfinite(ppl) and math.isfinite(first[name]["ratio"]), f"{name}: non-finite perplexity {ppl}"
-        assert ppl == second[name]["ppl"], f"{name}: not reproducible run to run ({ppl} vs {second[name]['ppl']})"
+        assert math.isfinite(ppl) and math.isfinite(first[name]["ratio"]), (
+            f"{name}: non-finite perplexity {ppl}"
+        )
+        assert ppl == second[name]["ppl"], (
+            f"{name}: not reproducible run to run ({ppl} vs {second[name]['ppl']})"
+        )
 
     baseline = _reference_ppl(reference, seqs)
     assert first["bos_mlp_ablation:argmax-ratio"]["baseline_ppl"] == pytest.approx(baseline, rel=PPL_RTOL)
@@ -124,7 +138,9 @@ def test_interventions_match_independent_reference(rope_setup, monkeypatch) -> N
     finally:
         handle.remove()
     assert first["bos_mlp_ablation:argmax-ratio"]["ppl"] == pytest.approx(ablated, rel=PPL_RTOL)
-    assert ablated > 1.5 * baseline, f"ablating the spike layer should raise the RoPE model's ppl: {baseline} -> {ablated}"
+    assert ablated > 1.5 * baseline, (
+        f"ablating the spike layer should raise the RoPE model's ppl: {baseline} -> {ablated}"
+    )
 
     handles = _report_rule_hooks(reference)
     try:
@@ -142,8 +158,16 @@ def test_interventions_match_independent_reference(rope_setup, monkeypatch) -> N
 
     def rotary_then_replace(q, k, cos, sin, *args, **kwargs):
         q, k = original(q, k, cos, sin, *args, **kwargs)  # [b, H, T, D]
-        q = _replace_top_column(q.transpose(1, 2).flatten(2), q.shape[1], None).view(q.shape[0], q.shape[2], q.shape[1], -1).transpose(1, 2)
-        k = _replace_top_column(k.transpose(1, 2).flatten(2), k.shape[1], None).view(k.shape[0], k.shape[2], k.shape[1], -1).transpose(1, 2)
+        q = (
+            _replace_top_column(q.transpose(1, 2).flatten(2), q.shape[1], None)
+            .view(q.shape[0], q.shape[2], q.shape[1], -1)
+            .transpose(1, 2)
+        )
+        k = (
+            _replace_top_column(k.transpose(1, 2).flatten(2), k.shape[1], None)
+            .view(k.shape[0], k.shape[2], k.shape[1], -1)
+            .transpose(1, 2)
+        )
         return q, k
 
     monkeypatch.setattr(llama, "apply_rotary_pos_emb", rotary_then_replace)

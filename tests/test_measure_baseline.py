@@ -62,12 +62,16 @@ def test_spike_rules_on_the_same_layer_share_one_ablation_pass(monkeypatch):
 
     monkeypatch.setattr(interventions, "bos_mlp_ablation", counting)
     which = ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write")
-    same = interventions.measure_interventions(loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 1}, which)
+    same = interventions.measure_interventions(
+        loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 1}, which
+    )
     assert calls == [1]
     assert same["bos_mlp_ablation:argmax-ratio"]["ppl"] == same["bos_mlp_ablation:max-write"]["ppl"]
     assert same["bos_mlp_ablation:max-write"]["spike_rule"] == "max-write"
     calls.clear()
-    differ = interventions.measure_interventions(loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 2}, which)
+    differ = interventions.measure_interventions(
+        loaded.model, seqs, PAD, {"argmax-ratio": 1, "max-write": 2}, which
+    )
     assert calls == [1, 2]
     assert differ["bos_mlp_ablation:argmax-ratio"]["ppl"] == same["bos_mlp_ablation:argmax-ratio"]["ppl"]
     assert differ["bos_mlp_ablation:max-write"]["ppl"] != differ["bos_mlp_ablation:argmax-ratio"]["ppl"]

@@ -90,7 +90,9 @@ class Target:
         else:
             verdicts = [verdict_for(claim, data) for claim in self.claims.claims]
         info = pair_info(self.pair, data, self.claims, origin="m.json")
-        assert render_markdown(build_report(verdicts, {self.pair: info}, {self.pair: plot_marks(self.claims)}))
+        assert render_markdown(
+            build_report(verdicts, {self.pair: info}, {self.pair: plot_marks(self.claims)})
+        )
         return {v.key: v.to_dict() for v in verdicts}
 
 
@@ -206,8 +208,12 @@ def check_mutation(target: Target, kind: str, parts: tuple[Any, ...], value: Any
     before = target.baseline
     changed = {key: (before[key]["outcome"], v["outcome"]) for key, v in got.items() if v != before[key]}
     if kind in ("delete", "null"):  # the schema's optional fields: claims reading them may skip, nothing else
-        judged_otherwise = {key: change for key, change in changed.items() if change[1] != "skip" and (
-            change[0] != change[1] or got[key]["measured"] != before[key]["measured"])}
+        judged_otherwise = {
+            key: change
+            for key, change in changed.items()
+            if change[1] != "skip"
+            and (change[0] != change[1] or got[key]["measured"] != before[key]["measured"])
+        }
         assert not judged_otherwise, f"{kind} at {where}: {judged_otherwise}"
     else:
         assert not changed, f"{kind} {value!r} at {where} was accepted and changed verdicts: {changed}"
@@ -219,18 +225,24 @@ def test_the_fixture_is_valid_and_judged_as_recorded() -> None:
     outcomes = Counter(v["outcome"] for v in SUITE.baseline.values())
     assert outcomes == {"pass": 26, "xfail": 2, "skip": 4}, outcomes
     outcomes = Counter(v["outcome"] for v in author_files().baseline.values())
-    assert outcomes == {"pass": 31, "prose-only": 7, "xfail": 7}, outcomes  # issue 20: later runs never a source
+    assert outcomes == {"pass": 31, "prose-only": 7, "xfail": 7}, (
+        outcomes
+    )  # issue 20: later runs never a source
 
 
 @settings(max_examples=250, deadline=None)
 @given(mutations(SUITE))
-def test_a_mutated_measurement_is_refused_at_that_path_or_judged_as_before(mutation: tuple[str, tuple[Any, ...], Any]) -> None:
+def test_a_mutated_measurement_is_refused_at_that_path_or_judged_as_before(
+    mutation: tuple[str, tuple[Any, ...], Any],
+) -> None:
     check_mutation(SUITE, *mutation)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.data())
-def test_a_mutated_import_of_the_authors_files_is_refused_at_that_path_or_judged_as_before(data: st.DataObject) -> None:
+def test_a_mutated_import_of_the_authors_files_is_refused_at_that_path_or_judged_as_before(
+    data: st.DataObject,
+) -> None:
     target = author_files()
     check_mutation(target, *data.draw(mutations(target)))
 
@@ -238,20 +250,58 @@ def test_a_mutated_import_of_the_authors_files_is_refused_at_that_path_or_judged
 @pytest.mark.parametrize(
     "edit, fragment",
     [
-        (lambda d: d["models"]["rope"].__setitem__("interventions", {}), "$.models.rope.interventions: is an empty object"),
-        (lambda d: d["models"]["rope"]["layers"]["sink_rate"].__setitem__(3, 1.5), "$.models.rope.layers.sink_rate[3]: is 1.5: expected a rate in [0, 1]"),
-        (lambda d: d["models"]["drope"]["scalars"].__setitem__("ppl_baseline", 0.5), "$.models.drope.scalars.ppl_baseline: is 0.5: expected a perplexity"),
-        (lambda d: d["models"]["rope"]["interventions"]["qk_disruption:report"].__setitem__("ratio", -2.0), '$.models.rope.interventions["qk_disruption:report"].ratio: is -2.0'),
-        (lambda d: d["models"]["rope"]["provenance"].__setitem__("n_tokens", 0), "$.models.rope.provenance.n_tokens: is 0: expected a positive integer"),
-        (lambda d: d["models"]["rope"]["provenance"].__setitem__("dtype", True), "$.models.rope.provenance.dtype: is true: expected a non-empty string"),
-        (lambda d: d["protocol"].__setitem__("padding_in_stats", 0), "$.protocol.padding_in_stats: is 0: expected true or false"),
+        (
+            lambda d: d["models"]["rope"].__setitem__("interventions", {}),
+            "$.models.rope.interventions: is an empty object",
+        ),
+        (
+            lambda d: d["models"]["rope"]["layers"]["sink_rate"].__setitem__(3, 1.5),
+            "$.models.rope.layers.sink_rate[3]: is 1.5: expected a rate in [0, 1]",
+        ),
+        (
+            lambda d: d["models"]["drope"]["scalars"].__setitem__("ppl_baseline", 0.5),
+            "$.models.drope.scalars.ppl_baseline: is 0.5: expected a perplexity",
+        ),
+        (
+            lambda d: d["models"]["rope"]["interventions"]["qk_disruption:report"].__setitem__("ratio", -2.0),
+            '$.models.rope.interventions["qk_disruption:report"].ratio: is -2.0',
+        ),
+        (
+            lambda d: d["models"]["rope"]["provenance"].__setitem__("n_tokens", 0),
+            "$.models.rope.provenance.n_tokens: is 0: expected a positive integer",
+        ),
+        (
+            lambda d: d["models"]["rope"]["provenance"].__setitem__("dtype", True),
+            "$.models.rope.provenance.dtype: is true: expected a non-empty string",
+        ),
+        (
+            lambda d: d["protocol"].__setitem__("padding_in_stats", 0),
+            "$.protocol.padding_in_stats: is 0: expected true or false",
+        ),
         (lambda d: d["texts"].__setitem__("sha256", 5), "$.texts.sha256: is 5"),
-        (lambda d: d["models"]["rope"]["scalars"].__setitem__("peak_bos_norm_layer", 30), "expected a layer index in 0..29"),
-        (lambda d: d["models"]["rope"]["heads"]["sink_score"][2].__setitem__(4, -0.1), "$.models.rope.heads.sink_score[2][4]: is -0.1"),
+        (
+            lambda d: d["models"]["rope"]["scalars"].__setitem__("peak_bos_norm_layer", 30),
+            "expected a layer index in 0..29",
+        ),
+        (
+            lambda d: d["models"]["rope"]["heads"]["sink_score"][2].__setitem__(4, -0.1),
+            "$.models.rope.heads.sink_score[2][4]: is -0.1",
+        ),
         (lambda d: d.__setitem__("texts", "wikitext"), "$.texts: is 'wikitext': expected the texts object"),
     ],
-    ids=["empty interventions", "rate above 1", "perplexity below 1", "negative ratio", "zero tokens", "bool dtype",
-         "int for a bool", "number for a sha256", "layer index past the model", "negative sink score", "texts a string"],
+    ids=[
+        "empty interventions",
+        "rate above 1",
+        "perplexity below 1",
+        "negative ratio",
+        "zero tokens",
+        "bool dtype",
+        "int for a bool",
+        "number for a sha256",
+        "layer index past the model",
+        "negative sink score",
+        "texts a string",
+    ],
 )
 def test_each_kind_of_problem_is_one_sentence_naming_the_json_path(edit: Any, fragment: str) -> None:
     data = copy.deepcopy(SUITE.data)
@@ -262,9 +312,16 @@ def test_each_kind_of_problem_is_one_sentence_naming_the_json_path(edit: Any, fr
 
 
 def test_an_integer_too_large_for_a_float_is_named_by_its_path() -> None:
-    text = json.dumps(SUITE.data).replace('"peak_bos_norm_layer": 11', '"peak_bos_norm_layer": 1' + "0" * 400, 1)
-    with pytest.raises(MeasurementsFileError, match=r"m\.json: \$\.models\.rope\.scalars\.peak_bos_norm_layer: is an "
-                       r"integer of 401 digits, too large for a float"):
+    text = json.dumps(SUITE.data).replace(
+        '"peak_bos_norm_layer": 11', '"peak_bos_norm_layer": 1' + "0" * 400, 1
+    )
+    with pytest.raises(
+        MeasurementsFileError,
+        match=r"m\.json: \$\.models\.rope\.scalars\.peak_bos_norm_layer: is an "
+        r"integer of 401 digits, too large for a float",
+    ):
         parse_measurements_json(text, "m.json")
     with pytest.raises(MeasurementsFileError, match="no float can hold"):  # past Python's 4300-digit limit
-        parse_measurements_json(json.dumps(SUITE.data).replace('"n_layers": 30', '"n_layers": 1' + "0" * 5000, 1), "m.json")
+        parse_measurements_json(
+            json.dumps(SUITE.data).replace('"n_layers": 30', '"n_layers": 1' + "0" * 5000, 1), "m.json"
+        )

@@ -32,7 +32,9 @@ def toy_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     expected = tmp_path / "expected"
     expected.mkdir()
     shutil.copy(DATA / "expected" / "toy.toml", expected / "toy.toml")
-    (expected / "toy2.toml").write_text((DATA / "expected" / "toy.toml").read_text().replace('name = "toy"', 'name = "toy2"'))
+    (expected / "toy2.toml").write_text(
+        (DATA / "expected" / "toy.toml").read_text().replace('name = "toy"', 'name = "toy2"')
+    )
     a = tmp_path / "a.json"
     shutil.copy(DATA / "toy-measurements.json", a)
     doc = json.loads((DATA / "toy-measurements.json").read_text())
@@ -112,7 +114,9 @@ def test_a_4bit_measurement_of_a_pair_gets_its_own_column(toy_files, tmp_path):
     assert {v.pair for v in verdicts} == {"toy", "toy@4bit-nf4-double"}
     relabelled = [v for v in verdicts if v.pair == "toy@4bit-nf4-double"]
     assert len(relabelled) == len(alone) and all("[toy@4bit-nf4-double:" in v.key for v in relabelled)
-    assert as_dicts([v for v in verdicts if v.pair == "toy"]) == as_dicts(alone)  # the suite variant keeps the name
+    assert as_dicts([v for v in verdicts if v.pair == "toy"]) == as_dicts(
+        alone
+    )  # the suite variant keeps the name
     doc = json.loads((tmp_path / "report" / "claims-report.json").read_text())
     assert sorted(doc["pairs"]) == ["toy", "toy@4bit-nf4-double"]
     assert "toy (4bit-nf4-double): this suite" in (tmp_path / "report" / "claims-report.md").read_text()

@@ -44,8 +44,15 @@ VOCAB = ["<unk>", "<s>", "</s>", *[f"w{i}" for i in range(61)]]  # 64 entries
 def tiny_config(kv_heads: int = 2, layers: int = 2) -> LlamaConfig:
     """4 heads of dim 8 over ``kv_heads``, vocab :data:`VOCAB`; initializer range 0.15, so a wrong
     scale or norm shows."""
-    return llama_config(vocab_size=len(VOCAB), layers=layers, kv_heads=kv_heads, max_positions=2048,
-                        initializer_range=0.15, bos_token_id=1, eos_token_id=2)
+    return llama_config(
+        vocab_size=len(VOCAB),
+        layers=layers,
+        kv_heads=kv_heads,
+        max_positions=2048,
+        initializer_range=0.15,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def tiny_llama(kv_heads: int = 2, seed: int = 0) -> LlamaForCausalLM:
@@ -403,9 +410,16 @@ def make_qwen2_drope_checkpoint(folder: Path, attention_type: str = "qk_norm_nop
 
     folder.mkdir(parents=True, exist_ok=True)
     config = Qwen2Config(
-        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(13)
     sd = {k: v.detach().clone().contiguous() for k, v in Qwen2ForCausalLM(config).state_dict().items()}
@@ -419,7 +433,10 @@ def make_qwen2_drope_checkpoint(folder: Path, attention_type: str = "qk_norm_nop
         model_type="qwen2_drope",
         architectures=["DroPEQwen2ForCausalLM"],
         attention_type=attention_type,
-        auto_map={"AutoConfig": "drope.DroPEQwen2Config", "AutoModelForCausalLM": "drope.DroPEQwen2ForCausalLM"},
+        auto_map={
+            "AutoConfig": "drope.DroPEQwen2Config",
+            "AutoModelForCausalLM": "drope.DroPEQwen2ForCausalLM",
+        },
     )
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     save_tokenizer(folder)
@@ -436,7 +453,9 @@ def test_qwen2_drope_checkpoint_is_refused_never_loaded_as_llama(tmp_path):
     assert "--trust-remote-code" in message
 
 
-def rewrite_checkpoint(folder: Path, drop: tuple[str, ...] = (), add: dict[str, torch.Tensor] | None = None) -> None:
+def rewrite_checkpoint(
+    folder: Path, drop: tuple[str, ...] = (), add: dict[str, torch.Tensor] | None = None
+) -> None:
     from safetensors.torch import load_file
 
     sd = load_file(str(folder / "model.safetensors"))

@@ -35,8 +35,15 @@ BOS, PAD = 1, 0
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    config = llama_config(vocab_size=96, layers=2, max_positions=128, initializer_range=0.3,
-                          pad_token_id=PAD, bos_token_id=BOS, eos_token_id=2)
+    config = llama_config(
+        vocab_size=96,
+        layers=2,
+        max_positions=128,
+        initializer_range=0.3,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=2,
+    )
     return build_llama(config, seed=0, attn=None)
 
 
@@ -89,7 +96,9 @@ def test_prompts_weights_by_length_including_bos(model: LlamaForCausalLM) -> Non
     assert result.protocol == "prompts"
     lines = math.exp((l1 * 3 + l2 * 10) / (3 + 10))
     assert result.ppl != pytest.approx(lines, rel=1e-6), "weights indistinguishable from the lines protocol"
-    assert perplexity_prompts(model, seqs, PAD, batch_size=2).ppl == pytest.approx(result.ppl, rel=BATCH_REL_TOL)
+    assert perplexity_prompts(model, seqs, PAD, batch_size=2).ppl == pytest.approx(
+        result.ppl, rel=BATCH_REL_TOL
+    )
 
 
 def test_sliding_stride_equal_window_is_disjoint_chunks(model: LlamaForCausalLM) -> None:
@@ -131,7 +140,9 @@ def test_sliding_hf_guide_matches_reference_loop(model: LlamaForCausalLM, window
     stream = random_seqs([90], seed=11)[0]
     ours = perplexity_sliding(model, stream, window=window, stride=stride, accumulation="hf-guide")
     assert ours.ppl == pytest.approx(hf_guide_reference(model, stream, window, stride), rel=HF_REL_TOL)
-    batched = perplexity_sliding(model, stream, window=window, stride=stride, accumulation="hf-guide", batch_size=4)
+    batched = perplexity_sliding(
+        model, stream, window=window, stride=stride, accumulation="hf-guide", batch_size=4
+    )
     assert batched.ppl == pytest.approx(ours.ppl, rel=BATCH_REL_TOL)
 
 
@@ -146,7 +157,9 @@ def test_sliding_exact_scores_each_token_once(model: LlamaForCausalLM) -> None:
     with torch.inference_mode():
         for begin in range(0, len(stream), stride):
             end = min(begin + window, len(stream))
-            logp = torch.log_softmax(model(input_ids=torch.tensor([stream[begin:end]])).logits[0].double(), -1)
+            logp = torch.log_softmax(
+                model(input_ids=torch.tensor([stream[begin:end]])).logits[0].double(), -1
+            )
             for j in range(max(prev_end, begin + 1), end):
                 expected -= float(logp[j - begin - 1, stream[j]])
             prev_end = end

@@ -41,12 +41,19 @@ PROMISED_RELATIVE = 1e-4
 DROPE_LAYER1_QK_NORMS = (6.6e3, 5.5e3)
 
 
-@pytest.mark.parametrize(("name", "quant_type", "double"), [("nf4", "nf4", False), ("nf4-double", "nf4", True), ("fp4", "fp4", False)])
+@pytest.mark.parametrize(
+    ("name", "quant_type", "double"),
+    [("nf4", "nf4", False), ("nf4-double", "nf4", True), ("fp4", "fp4", False)],
+)
 def test_settings_and_bitsandbytes_config_are_fp16_compute(name, quant_type, double):
     settings = quantization_settings(name)
     assert settings == {
-        "method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": quant_type,
-        "bnb_4bit_use_double_quant": double, "bnb_4bit_compute_dtype": "float16", "activations_dtype": "float16",
+        "method": "bitsandbytes",
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": quant_type,
+        "bnb_4bit_use_double_quant": double,
+        "bnb_4bit_compute_dtype": "float16",
+        "activations_dtype": "float16",
     }
     config = models._quantization_config(name, QUANTIZED_DTYPE).to_dict()
     assert config["load_in_4bit"] and config["bnb_4bit_quant_type"] == quant_type
@@ -69,13 +76,22 @@ def test_gpu_variants_name_their_quantization():
 #: (0.25 here) layer 1's logits reach ~1e6, the rounding bound sends it to float64 and its attention is
 #: saturated (0 or 1); at 1e-6 the logits are ~10, float32 is enough by the bound and the attention to BOS
 #: takes values inside (0, 1), while the raw fp16 product q.k^T (eager multiplies before scaling) still overflows.
-SCALES = {"default-scale": (None, "auto: 1 of 3 layer passes in float64"), "small-scale": (1e-6, "auto: 0 of 3 layer passes in float64")}
+SCALES = {
+    "default-scale": (None, "auto: 1 of 3 layer passes in float64"),
+    "small-scale": (1e-6, "auto: 0 of 3 layer passes in float64"),
+}
 
 
 def drope_checkpoint(root: Path, softmax_scale: float | None) -> Path:
     """A tiny DroPE checkpoint (SakanaAI layout) whose layer-1 q/k norms are DroPE Llama-2-7B's."""
-    model = build_llama(llama_config(layers=3, hidden_size=64, heads=4, kv_heads=2, head_dim=16, vocab_size=64), seed=1, attn=None)
-    return write_pair_checkpoints(model, root, layer_qk_norms={1: DROPE_LAYER1_QK_NORMS}, softmax_scale=softmax_scale)[1]
+    model = build_llama(
+        llama_config(layers=3, hidden_size=64, heads=4, kv_heads=2, head_dim=16, vocab_size=64),
+        seed=1,
+        attn=None,
+    )
+    return write_pair_checkpoints(
+        model, root, layer_qk_norms={1: DROPE_LAYER1_QK_NORMS}, softmax_scale=softmax_scale
+    )[1]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +109,9 @@ def test_a_4bit_load_is_float16_with_its_settings_in_provenance(drope_dir, monke
         return None
 
     monkeypatch.setattr(models, "_quantization_config", no_bitsandbytes)
-    loaded = load_model(ModelSpec("drope", str(drope_dir), "drope"), bos_token="<s>", device="cpu", quantization="nf4-double")
+    loaded = load_model(
+        ModelSpec("drope", str(drope_dir), "drope"), bos_token="<s>", device="cpu", quantization="nf4-double"
+    )
     assert built == [("nf4-double", torch.float16)]
     assert next(loaded.model.parameters()).dtype == torch.float16
     prov = loaded.provenance
@@ -110,7 +128,9 @@ def test_the_audit_loads_its_4bit_variants_in_float16_whatever_dtype_was_asked(m
     source = audit.default_source("smollm2-135m", MeasureOptions(dtype="bfloat16"))
     source.load(source.spec.rope, "nf4")
     source.load(source.spec.rope, None)
-    assert calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"  # None -> models_quantization.QUANTIZED_DTYPE
+    assert (
+        calls[0]["dtype"] is None and calls[0]["quantization"] == "nf4"
+    )  # None -> models_quantization.QUANTIZED_DTYPE
     assert calls[1]["dtype"] == torch.bfloat16 and calls[1]["quantization"] is None
 
 
@@ -118,7 +138,9 @@ def test_the_audit_loads_its_4bit_variants_in_float16_whatever_dtype_was_asked(m
 def test_fp16_model_keeps_the_suites_statistics_finite_where_fp16_qk_overflows(case, tmp_path):
     softmax_scale, precision_note = SCALES[case]
     folder = drope_checkpoint(tmp_path, softmax_scale)
-    loaded = load_model(ModelSpec("drope", str(folder), "drope"), bos_token="<s>", device="cpu", dtype=torch.float16)
+    loaded = load_model(
+        ModelSpec("drope", str(folder), "drope"), bos_token="<s>", device="cpu", dtype=torch.float16
+    )
     g = torch.Generator().manual_seed(0)
     seqs = [[1, *torch.randint(3, 64, (n,), generator=g).tolist()] for n in (40, 25)]
     seen: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}

@@ -27,8 +27,13 @@ def _model(n: int, variant: str, series: tuple[str, ...], scale: float) -> dict:
 
 
 def _pair(pair: str, n: int, series: tuple[str, ...]) -> dict:
-    return {"pair": pair, "available": True, "reason": "", "origin": "synthetic",
-            "models": {"rope": _model(n, "rope", series, 1.0), "drope": _model(n, "nope-zeroshot", series, 2.0)}}
+    return {
+        "pair": pair,
+        "available": True,
+        "reason": "",
+        "origin": "synthetic",
+        "models": {"rope": _model(n, "rope", series, 1.0), "drope": _model(n, "nope-zeroshot", series, 2.0)},
+    }
 
 
 @pytest.fixture
@@ -46,16 +51,23 @@ def doc() -> dict:
 
 def test_series_on_several_families_get_one_overlay_each(doc: dict, tmp_path: Path) -> None:
     written = write_plots(doc, tmp_path)
-    assert written[ACROSS_FAMILIES] == ["families-bos_norm.png", "families-entropy.png"]  # sink_rate: one family
+    assert written[ACROSS_FAMILIES] == [
+        "families-bos_norm.png",
+        "families-entropy.png",
+    ]  # sink_rate: one family
     for name in ("families-bos_norm.png", "families-entropy.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert not (tmp_path / "families-sink_rate.png").exists()
     # the per-pair plots are still there
-    assert written["smollm2-135m"] == ["smollm2-135m-bos_norm.png", "smollm2-135m-entropy.png", "smollm2-135m-sink_rate.png"]
+    assert written["smollm2-135m"] == [
+        "smollm2-135m-bos_norm.png",
+        "smollm2-135m-entropy.png",
+        "smollm2-135m-sink_rate.png",
+    ]
     assert written["gemma3-270m"] == ["gemma3-270m-bos_norm.png", "gemma3-270m-entropy.png"]
     assert written["llama2-7b:author-files"] == ["llama2-7b-author-files-bos_norm.png"]
     md = render_markdown(doc, written)
-    section = md[md.index("### Across model families"):]
+    section = md[md.index("### Across model families") :]
     assert "![families-bos_norm.png](families-bos_norm.png)" in section
     assert "![families-entropy.png](families-entropy.png)" in section
 
@@ -63,9 +75,12 @@ def test_series_on_several_families_get_one_overlay_each(doc: dict, tmp_path: Pa
 def test_the_overlay_x_axis_is_the_layer_normalised_to_depth(doc: dict) -> None:
     lines = overlay_lines(doc, "bos_norm")
     assert [(ln.pair, ln.source, ln.role, len(ln.depth)) for ln in lines] == [
-        ("llama2-7b", "author's files", "rope", 32), ("llama2-7b", "author's files", "drope", 32),
-        ("smollm2-135m", "this suite", "rope", 30), ("smollm2-135m", "this suite", "drope", 30),
-        ("gemma3-270m", "this suite", "rope", 18), ("gemma3-270m", "this suite", "drope", 18),
+        ("llama2-7b", "author's files", "rope", 32),
+        ("llama2-7b", "author's files", "drope", 32),
+        ("smollm2-135m", "this suite", "rope", 30),
+        ("smollm2-135m", "this suite", "drope", 30),
+        ("gemma3-270m", "this suite", "rope", 18),
+        ("gemma3-270m", "this suite", "drope", 18),
     ]
     fig = overlay_figure("bos_norm", "BOS norm", True, lines)
     plotted = fig.axes[0].get_lines()

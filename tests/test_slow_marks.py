@@ -19,13 +19,13 @@ ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 
 #: A stand-in of the claims plugin's ``--measurements`` option (the plugin itself is disabled in
 #: these runs, so the inner session does not collect the repository's claim files).
-MEASUREMENTS_OPTION = '''
+MEASUREMENTS_OPTION = """
 
 def pytest_addoption(parser):
     parser.addoption("--measurements", action="append", dest="drope_measurements", default=None)
-'''
+"""
 
-MODULE = '''
+MODULE = """
 import pytest
 
 
@@ -54,10 +54,12 @@ def test_marked_by_hand():
 
 def test_unit():
     pass
-'''
+"""
 
 
-def test_a_test_requesting_real_model_is_collected_slow(request: pytest.FixtureRequest, real_model: None) -> None:
+def test_a_test_requesting_real_model_is_collected_slow(
+    request: pytest.FixtureRequest, real_model: None
+) -> None:
     assert request.node.get_closest_marker("slow") is not None
 
 
@@ -73,8 +75,14 @@ def _collected(pytester: pytest.Pytester, *args: str) -> set[str]:
     return {line.split("::", 1)[1] for line in result.outlines if line.startswith("test_marks.py::")}
 
 
-ALL = {"test_through_a_fixture", "test_direct", "test_claim[suite]", "test_claim[author-files]",
-       "test_marked_by_hand", "test_unit"}
+ALL = {
+    "test_through_a_fixture",
+    "test_direct",
+    "test_claim[suite]",
+    "test_claim[author-files]",
+    "test_marked_by_hand",
+    "test_unit",
+}
 
 
 def test_the_marks_follow_the_fixtures_and_the_claim_source(pytester: pytest.Pytester) -> None:

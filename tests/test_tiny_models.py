@@ -22,7 +22,11 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_llama_is_a_function_of_config_and_seed():
     config = llama_config(layers=3, kv_heads=1, pad_token_id=0)
-    first, again, other = build_llama(config, seed=4), build_llama(config, seed=4), build_llama(config, seed=5)
+    first, again, other = (
+        build_llama(config, seed=4),
+        build_llama(config, seed=4),
+        build_llama(config, seed=5),
+    )
     assert same_weights(first, again)
     assert not same_weights(first, other)
     assert not first.training

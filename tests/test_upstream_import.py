@@ -110,7 +110,9 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
                 assert prov["commit"] in COMMITS and prov["file"] == FILE
                 assert prov["repository"] == "DavidDemitriAfrica/drope-activations"
                 assert prov["protocol"]["name"] and prov["protocol"]["text_set"]
-                if prov["derived"] and prov["rule"] in U.TRANSFORMS:  # a count of one JSON path's non-finite values
+                if (
+                    prov["derived"] and prov["rule"] in U.TRANSFORMS
+                ):  # a count of one JSON path's non-finite values
                     assert prov["inputs"] == [prov["json_path"]]
                 elif prov["derived"]:
                     assert prov["json_path"] is None and prov["rule"] and prov["inputs"]
@@ -120,16 +122,24 @@ def test_every_field_names_its_commit_file_path_and_protocol(report_era) -> None
     assert rope["layers.sink_rate"]["protocol"]["n_texts"] == 10
     assert "FP4" in rope["layers.sink_rate"]["protocol"]["quantization"]
     assert "WITHOUT the rotary step" in rope["layers.sink_rate"]["protocol"]["attention"]
-    assert "NF4" in rope["layers.bos_norm"]["protocol"]["quantization"] and rope["layers.bos_norm"]["protocol"]["pad_to"] == 512
+    assert (
+        "NF4" in rope["layers.bos_norm"]["protocol"]["quantization"]
+        and rope["layers.bos_norm"]["protocol"]["pad_to"] == 512
+    )
     assert "after the final RMSNorm" in rope["layers.bos_norm"]["protocol"]["layer_convention"]
     assert rope["interventions.bos_mlp_ablation:argmax-ratio.ppl"]["protocol"]["n_texts"] == 5
     bos_only = rope["interventions.layer1_ablation:bos_only.ppl"]
     assert bos_only["commit"] == HEAD_COMMIT and bos_only["protocol"]["n_texts"] == 20
     assert "MLP AND attention" in bos_only["protocol"]["layer1_ablation"]
     # a metric path with an index reads the provenance of its series
-    assert sources_field_provenance.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"] == "DroPE.baseline.sink_rate.mean"
+    assert (
+        sources_field_provenance.field_provenance_for(report_era, "drope:layers.sink_rate[1]")["json_path"]
+        == "DroPE.baseline.sink_rate.mean"
+    )
     # the later WikiText-lines run says when it was first committed (after the report)
-    assert bos_only["protocol"]["run"]["first_committed_date"] > sources_table.load_sources()["report"]["date"]
+    assert (
+        bos_only["protocol"]["run"]["first_committed_date"] > sources_table.load_sources()["report"]["date"]
+    )
 
 
 def test_nan_is_imported_only_as_a_count_of_non_finite_layers(report_era) -> None:
@@ -142,7 +152,9 @@ def test_nan_is_imported_only_as_a_count_of_non_finite_layers(report_era) -> Non
     assert scalars["eager_fp16_first_nonfinite_layer"] == expected[0] == 1
     prov = report_era["models"]["drope"]["field_provenance"]["scalars.eager_fp16_nonfinite_layers"]
     assert prov["commit"] == REPORT_COMMIT and prov["protocol"]["name"] == "eager-fp16-fp4"
-    assert prov["rule"] == "count_nonfinite" and prov["protocol"]["run"]["script"] == "fix_drope_sink_rates.py"
+    assert (
+        prov["rule"] == "count_nonfinite" and prov["protocol"]["run"]["script"] == "fix_drope_sink_rates.py"
+    )
     assert "eager_fp16_nonfinite_layers" not in report_era["models"]["rope"]["scalars"]  # RoPE's are finite
     json.dumps(report_era, allow_nan=False)  # nothing non-finite was written
 
@@ -164,7 +176,10 @@ def test_a_run_made_after_the_report_is_never_a_source() -> None:
     from drope_check.claims.claim_file import ClaimsFileError, load_claims
 
     assert "after the report's commit 90f8e3c" in sources_table.run_after_report("wikitext-lines-fp4")
-    assert sources_table.run_after_report("functional-5-prompts-nf4") is None and sources_table.run_after_report("eager-fp16-fp4") is None
+    assert (
+        sources_table.run_after_report("functional-5-prompts-nf4") is None
+        and sources_table.run_after_report("eager-fp16-fp4") is None
+    )
     claims = load_claims("llama2-7b").claims
     for claim in claims:
         ev = claim.author_files
@@ -173,7 +188,9 @@ def test_a_run_made_after_the_report_is_never_a_source() -> None:
     text = (Path(__file__).resolve().parents[1] / "expected" / "llama2-7b.toml").read_text()
     as_source = text.replace(
         'prose_only = { nearest = ["rope:perplexity.prompts.ppl"], later = ["rope:perplexity.lines.ppl"] }',
-        'protocol = "wikitext-lines-fp4"', 1)
+        'protocol = "wikitext-lines-fp4"',
+        1,
+    )
     assert as_source != text
     import tempfile
 
@@ -193,16 +210,29 @@ def test_derived_values_come_from_the_metric_functions_and_are_marked(report_era
         assert scalars["sink_rate_average"] == metrics.layer_mean(layers["sink_rate"])
         assert scalars["peak_bos_norm_layer"] == metrics.argmax_layer(layers["bos_norm"])
         assert scalars["peak_bos_norm"] == max(layers["bos_norm"])
-        assert scalars["min_entropy"] == min(layers["entropy"]) and scalars["min_entropy_layer"] == layers["entropy"].index(min(layers["entropy"]))
+        assert scalars["min_entropy"] == min(layers["entropy"]) and scalars["min_entropy_layer"] == layers[
+            "entropy"
+        ].index(min(layers["entropy"]))
         # upstream's own spike layer agrees with the suite's rule on the imported arrays
-        assert scalars["bos_spike_layer_argmax_ratio"] == metrics.spike_layer_argmax_ratio(layers["bos_ratio"])
-        for name in ("sink_rate_average", "peak_bos_norm", "peak_bos_norm_layer", "min_entropy", "min_entropy_layer"):
+        assert scalars["bos_spike_layer_argmax_ratio"] == metrics.spike_layer_argmax_ratio(
+            layers["bos_ratio"]
+        )
+        for name in (
+            "sink_rate_average",
+            "peak_bos_norm",
+            "peak_bos_norm_layer",
+            "min_entropy",
+            "min_entropy_layer",
+        ):
             assert prov[f"scalars.{name}"]["derived"] is True
         assert prov["scalars.peak_bos_norm"]["inputs"] == ["layers.bos_norm"]
         ablation = model["interventions"]["bos_mlp_ablation:argmax-ratio"]
         f = raw(REPORT_COMMIT)[key]["functional"]
         assert ablation["ratio"] == f["bos_mlp_ablation"]["perplexity"] / f["baseline"]["perplexity"]
-        assert ablation["protocol"] == "prompts" and prov["interventions.bos_mlp_ablation:argmax-ratio.ratio"]["derived"]
+        assert (
+            ablation["protocol"] == "prompts"
+            and prov["interventions.bos_mlp_ablation:argmax-ratio.ratio"]["derived"]
+        )
     assert report_era["models"]["rope"]["scalars"]["sink_rate_average"] == pytest.approx(0.978125, abs=1e-9)
     assert report_era["models"]["drope"]["scalars"]["sink_rate_average"] == pytest.approx(0.9557617, abs=1e-7)
 
@@ -211,7 +241,10 @@ def test_fields_upstream_never_measured_are_absent(report_era, head_era) -> None
     for measurements in (report_era, head_era):
         for model in measurements["models"].values():
             assert "heads" not in model
-            assert "embedding_bos_norm" not in model["scalars"] and "bos_spike_layer_max_write" not in model["scalars"]
+            assert (
+                "embedding_bos_norm" not in model["scalars"]
+                and "bos_spike_layer_max_write" not in model["scalars"]
+            )
             assert "entropy_normalized" not in model["layers"] and "bos_mlp_write_norm" not in model["layers"]
     # HEAD's 5-prompt ablation is 0 (never run): absent in the head era, never imported as a value
     for model in head_era["models"].values():
@@ -226,6 +259,7 @@ def test_written_file_is_strict_json_and_the_cli_writes_it(tmp_path: Path) -> No
 
     out = tmp_path / "upstream.json"
     assert main(["import-upstream", str(SHARED), "--out", str(out)]) == 0
+
     def refuse(constant: str) -> None:
         raise AssertionError(f"non-finite literal {constant} in the written file")
 
@@ -265,7 +299,9 @@ def test_a_missing_file_and_malformed_json_are_named(tmp_path: Path) -> None:
     with pytest.raises(sources_table.UpstreamImportError, match=f"no file {FILE} at commit {HEAD_COMMIT}"):
         U.import_upstream(root, "report")
     (root / HEAD_COMMIT / FILE).write_text('{"RoPE": {')
-    with pytest.raises(sources_table.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"):
+    with pytest.raises(
+        sources_table.UpstreamImportError, match=f"{FILE} at commit {HEAD_COMMIT} .* is not valid JSON"
+    ):
         U.import_upstream(root, "report")
     with pytest.raises(sources_table.UpstreamImportError, match="is not a folder"):
         U.import_upstream(tmp_path / "nowhere", "report")
@@ -286,7 +322,9 @@ def test_importing_nan_is_impossible() -> None:
             if use["model"] == "drope" and use["source"] == "phase":
                 use["commit"] = REPORT_COMMIT
 
-    with pytest.raises(sources_table.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"):
+    with pytest.raises(
+        sources_table.UpstreamImportError, match=r"DroPE.baseline.bos_norm.mean holds NaN or inf"
+    ):
         U.import_upstream(SHARED, "report", _table_with(drope_phase_at_report_commit))
 
 
@@ -296,12 +334,19 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
             if use["source"] == "functional-head":
                 use["source"] = "functional"
 
-    with pytest.raises(sources_table.UpstreamImportError, match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity"):
+    with pytest.raises(
+        sources_table.UpstreamImportError,
+        match=r"functional.bos_mlp_ablation.perplexity is 0, not a perplexity",
+    ):
         U.import_upstream(SHARED, "head", _table_with(ablation_at_head))
 
     def zero_ratio_source(table: dict[str, Any]) -> None:  # DroPE bos_ratio at 90f8e3c is [0.62, 0, 0, ...]
         table["sources"]["sinks"]["fields"].append(
-            {"json_path": "{model}.baseline.bos_ratio.mean", "field": ["layers", "bos_ratio"], "check": "per_layer_positive"}
+            {
+                "json_path": "{model}.baseline.bos_ratio.mean",
+                "field": ["layers", "bos_ratio"],
+                "check": "per_layer_positive",
+            }
         )
 
     with pytest.raises(sources_table.UpstreamImportError, match=r"must be > 0 at every layer, but layer 1"):
@@ -310,10 +355,16 @@ def test_zeros_for_runs_that_never_happened_are_refused() -> None:
 
 def test_a_derived_value_never_crosses_protocols() -> None:
     def cross(table: dict[str, Any]) -> None:
-        table["derived"].append({
-            "field": ["interventions", "mixed", "ratio"], "rule": "perplexity_ratio",
-            "inputs": [["interventions", "layer1_ablation:bos_only", "ppl"], ["perplexity", "prompts", "ppl"]],
-        })
+        table["derived"].append(
+            {
+                "field": ["interventions", "mixed", "ratio"],
+                "rule": "perplexity_ratio",
+                "inputs": [
+                    ["interventions", "layer1_ablation:bos_only", "ppl"],
+                    ["perplexity", "prompts", "ppl"],
+                ],
+            }
+        )
 
     with pytest.raises(sources_table.UpstreamImportError, match="never crosses protocols"):
         U.import_upstream(SHARED, "report", _table_with(cross))
@@ -331,7 +382,9 @@ def test_a_git_clone_gives_the_same_measurements_as_the_folder(tmp_path: Path, r
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
 
     git("init", "-q")
@@ -356,7 +409,9 @@ def test_a_git_clone_gives_the_same_measurements_as_the_folder(tmp_path: Path, r
         got, want = from_git["models"][role], report_era["models"][role]
         for section in ("layers", "scalars", "perplexity", "interventions"):
             assert got[section] == want[section]
-    assert set(from_git["upstream"]["files_sha256"].values()) == set(report_era["upstream"]["files_sha256"].values())
+    assert set(from_git["upstream"]["files_sha256"].values()) == set(
+        report_era["upstream"]["files_sha256"].values()
+    )
     with pytest.raises(sources_table.UpstreamImportError, match=f"does not contain commit {REPORT_COMMIT}"):
         U.import_upstream(repo, "report")
 
@@ -381,14 +436,20 @@ def hand_verdicts() -> dict[str, str]:
     drope_sinks = r90["DroPE"]["baseline"]["sink_rate"]["mean"]
     drope_norm = d16["DroPE"]["baseline"]["bos_norm"]["mean"]
     rope_norm = r90["RoPE"]["baseline"]["bos_norm"]["mean"]
-    valley = min(d16["DroPE"]["baseline"]["entropy"]["mean"]) / min(r90["RoPE"]["baseline"]["entropy"]["mean"])
+    valley = min(d16["DroPE"]["baseline"]["entropy"]["mean"]) / min(
+        r90["RoPE"]["baseline"]["entropy"]["mean"]
+    )
     f_rope, f_drope = r90["RoPE"]["functional"], r90["DroPE"]["functional"]
     qk = f_rope["qk_disruption"]["perplexity"] / f_rope["baseline"]["perplexity"]
-    rope_5 = f_rope["bos_mlp_ablation"]["perplexity"] / f_rope["baseline"]["perplexity"]  # 873x (5 phase paragraphs)
+    rope_5 = (
+        f_rope["bos_mlp_ablation"]["perplexity"] / f_rope["baseline"]["perplexity"]
+    )  # 873x (5 phase paragraphs)
     drope_5 = f_drope["bos_mlp_ablation"]["perplexity"] / f_drope["baseline"]["perplexity"]  # 1.015x
     eager_nan = sum(1 for x in r90["DroPE"]["baseline"]["bos_norm"]["mean"] if not math.isfinite(x))  # 31
     lines = h["DroPE"]["layer1_ablation"]
-    drope_layer1 = lines["layer1_bos_only"]["perplexity"] / lines["baseline"]["perplexity"]  # 171x (later run)
+    drope_layer1 = (
+        lines["layer1_bos_only"]["perplexity"] / lines["baseline"]["perplexity"]
+    )  # 171x (later run)
 
     def outcome(ok: bool) -> str:
         return "pass" if ok else "fail"
@@ -399,19 +460,30 @@ def hand_verdicts() -> dict[str, str]:
     return {
         # prose only: no run committed by the report's commit holds these numbers; the WikiText-lines
         # run that gives 10.26 / 17.65 / 14422 / 1405x was first committed after the report
-        **{f"{cid}[llama2-7b:{m}" + AF: "prose-only" for cid in ("ppl_baseline", "bos_mlp_ablation_ppl",
-                                                                 "bos_mlp_ablation_ratio") for m in ("rope", "drope")},
+        **{
+            f"{cid}[llama2-7b:{m}" + AF: "prose-only"
+            for cid in ("ppl_baseline", "bos_mlp_ablation_ppl", "bos_mlp_ablation_ratio")
+            for m in ("rope", "drope")
+        },
         "methods_ablation_confirmed[llama2-7b:rope" + AF: "prose-only",
         # the qualitative pair claim on the one run of both models under one protocol: 873x >= 100, 1.015x <= 1.10
-        "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair" + AF: outcome(rope_5 >= 100 and drope_5 <= 1.10),
+        "bos_mlp_ablation_only_rope_collapses[llama2-7b:pair" + AF: outcome(
+            rope_5 >= 100 and drope_5 <= 1.10
+        ),
         # mean of the 32 per-layer rates = 0.978125, |.. - 0.978| <= 0.03
         "sink_rate_average[llama2-7b:rope" + AF: outcome(abs(sum(rope_sinks) / 32 - 0.978) <= 0.03),
         # every layer 2-30 in [0.91, 1]
-        "sink_rate_middle_layers[llama2-7b:rope" + AF: outcome(all(0.91 <= x <= 1.0 for x in rope_sinks[2:31])),
+        "sink_rate_middle_layers[llama2-7b:rope" + AF: outcome(
+            all(0.91 <= x <= 1.0 for x in rope_sinks[2:31])
+        ),
         # DroPE: the report's 94-99%, tested at 99% as the report rounds (< 0.995): the file reaches 1.0 -> contradicted
-        "sink_rate_middle_layers[llama2-7b:drope" + AF: contradicted(all(0.88 <= x <= 0.995 for x in drope_sinks[2:31])),
+        "sink_rate_middle_layers[llama2-7b:drope" + AF: contradicted(
+            all(0.88 <= x <= 0.995 for x in drope_sinks[2:31])
+        ),
         # 632.205 vs 632.2 within x1.25
-        "peak_bos_norm[llama2-7b:drope" + AF: outcome(abs(math.log(max(drope_norm) / 632.2)) <= math.log(1.25)),
+        "peak_bos_norm[llama2-7b:drope" + AF: outcome(
+            abs(math.log(max(drope_norm) / 632.2)) <= math.log(1.25)
+        ),
         # argmax 23 on the plateau [4, 28]; value at 23 / max >= 0.995
         "peak_bos_norm_layer[llama2-7b:rope" + AF: outcome(4 <= rope_norm.index(max(rope_norm)) <= 28),
         "peak_bos_norm_layer_plateau[llama2-7b:pair" + AF: outcome(rope_norm[23] / max(rope_norm) >= 0.995),
@@ -421,7 +493,8 @@ def hand_verdicts() -> dict[str, str]:
         "qk_disruption_ratio[llama2-7b:rope" + AF: outcome(abs(math.log(qk / 6.7)) <= math.log(2)),
         # anisotropy at the valleys: 0.98827 (DroPE L2) < 0.99912 (RoPE L1)
         "valley_more_isotropic[llama2-7b:pair" + AF: outcome(
-            d16["DroPE"]["baseline"]["anisotropy"]["mean"][2] < r90["RoPE"]["baseline"]["anisotropy"]["mean"][1]
+            d16["DroPE"]["baseline"]["anisotropy"]["mean"][2]
+            < r90["RoPE"]["baseline"]["anisotropy"]["mean"][1]
         ),
         # RoPE padded to 512, DroPE not: 512 - 0 != 0; recorded as contradicted by the files: a strict xfail
         "identical_conditions[llama2-7b:pair" + AF: contradicted(512 - 0 == 0),
@@ -432,7 +505,8 @@ def hand_verdicts() -> dict[str, str]:
         # Methods statements against the facts of the author's code
         "methods_entropy_normalized[llama2-7b:pair" + AF: "xfail",  # raw entropy, not normalised
         "methods_qk_disruption_rule[llama2-7b:pair" + AF: "xfail",  # 5.0x mean dim norm, no 10 std
-        "methods_perplexity_texts[llama2-7b:pair" + AF: "xfail",  # the first 5 phase paragraphs, not WikiText-2
+        "methods_perplexity_texts[llama2-7b:pair"
+        + AF: "xfail",  # the first 5 phase paragraphs, not WikiText-2
         "methods_manual_hooks_valid[llama2-7b:rope" + AF: "xfail",  # RoPE attends after the rotary step
         "methods_manual_hooks_valid[llama2-7b:drope" + AF: "pass",  # DroPE: identity rotation
         "methods_bos_mlp_ablation[llama2-7b:pair" + AF: "pass",
@@ -461,7 +535,9 @@ def test_judge_on_the_imported_file_reproduces_the_hand_table(imported_file: Pat
     # a later run judges a claim only as evidence against it, and says so
     later = verdicts["drope_bos_not_critical[llama2-7b:drope" + AF]
     assert later.source_commit == HEAD_COMMIT and later.source_protocol == "20 WikiText lines, FP4"
-    assert "later evidence (run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05" in later.reason
+    assert (
+        "later evidence (run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05" in later.reason
+    )
     nan = verdicts["eager_attention_nan[llama2-7b:drope" + AF]
     assert nan.measured == 31 and nan.source_commit == REPORT_COMMIT
     valley = verdicts["valley_entropy_ratio[llama2-7b:pair" + AF]
@@ -473,22 +549,38 @@ def test_prose_only_names_the_nearest_numbers_with_commit_and_protocol(imported_
     verdicts = {v.key: v for v in judge_file(imported_file, "llama2-7b", None)}
     v = verdicts["bos_mlp_ablation_ppl[llama2-7b:drope" + AF]
     assert v.outcome == "prose-only" and v.measured is None and v.passed is None
-    assert v.reason.startswith("prose only: no committed result holds this number (the report says 18.5). Nearest: ")
-    assert "4.29 = drope:interventions.bos_mlp_ablation:argmax-ratio.ppl (5 phase prompts, NF4 @90f8e3c)" in v.reason
+    assert v.reason.startswith(
+        "prose only: no committed result holds this number (the report says 18.5). Nearest: "
+    )
+    assert (
+        "4.29 = drope:interventions.bos_mlp_ablation:argmax-ratio.ppl (5 phase prompts, NF4 @90f8e3c)"
+        in v.reason
+    )
     assert "4.225 = drope:perplexity.prompts.ppl (5 phase prompts, NF4 @90f8e3c)" in v.reason
-    assert ("Later evidence, not the source: 3018 = drope:interventions.layer1_ablation:bos_only.ppl (20 WikiText lines, "
-            "FP4 @2395c15; run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05, after the report's "
-            "commit 90f8e3c of 2026-01-20T23:26)") in v.reason
+    assert (
+        "Later evidence, not the source: 3018 = drope:interventions.layer1_ablation:bos_only.ppl (20 WikiText lines, "
+        "FP4 @2395c15; run_layer1_ablation.py, first committed e134c15 on 2026-01-21T15:05, after the report's "
+        "commit 90f8e3c of 2026-01-20T23:26)"
+    ) in v.reason
     f = raw(REPORT_COMMIT)["DroPE"]["functional"]
-    assert [n["value"] for n in v.nearest][:2] == [f["bos_mlp_ablation"]["perplexity"], f["baseline"]["perplexity"]]
+    assert [n["value"] for n in v.nearest][:2] == [
+        f["bos_mlp_ablation"]["perplexity"],
+        f["baseline"]["perplexity"],
+    ]
     assert [bool(n.get("later")) for n in v.nearest] == [False, False, True]
     # the four numbers the later run used to "support" (issue 20): prose only, the later run dated
-    for key in ("ppl_baseline[llama2-7b:rope", "ppl_baseline[llama2-7b:drope", "bos_mlp_ablation_ppl[llama2-7b:rope",
-                "bos_mlp_ablation_ratio[llama2-7b:rope"):
+    for key in (
+        "ppl_baseline[llama2-7b:rope",
+        "ppl_baseline[llama2-7b:drope",
+        "bos_mlp_ablation_ppl[llama2-7b:rope",
+        "bos_mlp_ablation_ratio[llama2-7b:rope",
+    ):
         v = verdicts[key + AF]
         assert v.outcome == "prose-only" and "Later evidence, not the source: " in v.reason, key
         assert "2026-01-21T15:05" in v.reason.split("Later evidence")[1], key
-        assert all("@2395c15" not in part for part in v.reason.split("Later evidence")[0].split("Nearest:")[1:]), key
+        assert all(
+            "@2395c15" not in part for part in v.reason.split("Later evidence")[0].split("Nearest:")[1:]
+        ), key
 
 
 def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
@@ -499,8 +591,12 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
     from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("qk_disruption_ratio", "rope")
-    wrong = dataclasses.replace(claim, author_files=dataclasses.replace(
-        claim.author_files, metrics=("rope:interventions.layer1_ablation:bos_only.ratio",)))
+    wrong = dataclasses.replace(
+        claim,
+        author_files=dataclasses.replace(
+            claim.author_files, metrics=("rope:interventions.layer1_ablation:bos_only.ratio",)
+        ),
+    )
     v = author_files_verdict(wrong, report_era)
     assert v.outcome == "skip" and v.measured is None
     assert "made under another protocol than the report's value" in v.reason
@@ -509,7 +605,10 @@ def test_a_value_of_another_protocol_is_never_judged(report_era) -> None:
     head = U.import_upstream(SHARED, "head")
     peak = load_claims("llama2-7b").get("peak_bos_norm", "drope")
     v = author_files_verdict(peak, head)
-    assert v.outcome == "skip" and "'phase-drope-nf4' for the report's value, 'phase-drope-rerun' in the file" in v.reason
+    assert (
+        v.outcome == "skip"
+        and "'phase-drope-nf4' for the report's value, 'phase-drope-rerun' in the file" in v.reason
+    )
     assert author_files_verdict(load_claims("llama2-7b").get("peak_bos_norm", "rope"), head).outcome == "pass"
 
 
@@ -520,11 +619,15 @@ def test_a_path_the_files_lack_is_a_skip_and_an_unknown_protocol_an_error(report
     from drope_check.sources.author_files import author_files_verdict
 
     claim = load_claims("llama2-7b").get("peak_bos_norm", "rope")
-    lacking = dataclasses.replace(claim, author_files=dataclasses.replace(
-        claim.author_files, metrics=("rope:scalars.embedding_bos_norm",)))
+    lacking = dataclasses.replace(
+        claim,
+        author_files=dataclasses.replace(claim.author_files, metrics=("rope:scalars.embedding_bos_norm",)),
+    )
     v = author_files_verdict(lacking, report_era)
     assert v.outcome == "skip" and v.reason.startswith("not in the author's files: ")
-    unknown = dataclasses.replace(claim, author_files=dataclasses.replace(claim.author_files, protocols=("nf5",)))
+    unknown = dataclasses.replace(
+        claim, author_files=dataclasses.replace(claim.author_files, protocols=("nf5",))
+    )
     v = author_files_verdict(unknown, report_era)
     assert v.outcome == "error" and "'nf5'" in v.reason and "wikitext-lines-fp4" in v.reason
 
@@ -532,11 +635,13 @@ def test_a_path_the_files_lack_is_a_skip_and_an_unknown_protocol_an_error(report
 def test_the_report_of_the_imported_file_has_the_evidence_table(imported_file: Path, tmp_path: Path) -> None:
     judge_file(imported_file, "llama2-7b", tmp_path / "rep")
     md = (tmp_path / "rep" / "claims-report.md").read_text()
-    table = md[md.index("## Evidence"):md.index("## Summary")]
+    table = md[md.index("## Evidence") : md.index("## Summary")]
     row = next(line for line in table.splitlines() if line.startswith("| bos_mlp_ablation_ppl[rope] |"))
-    assert row.startswith("| bos_mlp_ablation_ppl[rope] | 12766 | **prose only**: no committed number; nearest 3333 "
-                          "(5 phase prompts, NF4 @90f8e3c); later, not the source: 1.442e+04 (20 WikiText lines, FP4 "
-                          "@2395c15, committed after the report) |")
+    assert row.startswith(
+        "| bos_mlp_ablation_ppl[rope] | 12766 | **prose only**: no committed number; nearest 3333 "
+        "(5 phase prompts, NF4 @90f8e3c); later, not the source: 1.442e+04 (20 WikiText lines, FP4 "
+        "@2395c15, committed after the report) |"
+    )
     row = next(line for line in table.splitlines() if line.startswith("| bos_mlp_ablation_ppl[drope] |"))
     assert "**prose only**: no committed number; nearest 4.29 (5 phase prompts, NF4 @90f8e3c)" in row
     row = next(line for line in table.splitlines() if line.startswith("| methods_entropy_normalized[pair] |"))

@@ -24,7 +24,9 @@ from test_models import make_checkpoint
 from drope_check import cli
 
 DATA = Path(__file__).parent / "data"
-MEASUREMENTS: dict = json.loads((DATA / "smollm2-135m-measurements.json").read_text())  # see test_measurements_fuzz.py
+MEASUREMENTS: dict = json.loads(
+    (DATA / "smollm2-135m-measurements.json").read_text()
+)  # see test_measurements_fuzz.py
 REPORT_FILES = ("claims-report.json", "claims-report.md")
 
 
@@ -60,7 +62,11 @@ def test_judge_of_empty_interventions_is_one_sentence(tmp_path, capsys):
 
 def test_judge_of_an_integer_too_large_for_a_float_is_one_sentence(tmp_path, capsys):
     path = tmp_path / "m.json"
-    path.write_text(json.dumps(MEASUREMENTS).replace('"peak_bos_norm": 25101.870777235534', '"peak_bos_norm": 1' + "0" * 400))
+    path.write_text(
+        json.dumps(MEASUREMENTS).replace(
+            '"peak_bos_norm": 25101.870777235534', '"peak_bos_norm": 1' + "0" * 400
+        )
+    )
     assert "0" * 400 in path.read_text()
     rc, _, err = run(capsys, "judge", path, "--pair", "smollm2-135m", "--report-dir", tmp_path / "report")
     assert rc == 2
@@ -78,7 +84,9 @@ def judge_into(capsys, tmp_path: Path, report_dir: Path) -> tuple[int, str]:
     return rc, err
 
 
-def test_a_full_disk_while_writing_the_report_leaves_the_old_report_and_no_partial_file(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_writing_the_report_leaves_the_old_report_and_no_partial_file(
+    tmp_path, capsys, monkeypatch
+):
     """ENOSPC on the third file of the report (after two plots were complete): exit 2, one
     sentence naming the folder and the cause, the previous report untouched, no temporary file."""
     report_dir = tmp_path / "report"
@@ -95,8 +103,11 @@ def test_a_full_disk_while_writing_the_report_leaves_the_old_report_and_no_parti
     monkeypatch.setattr(os, "fsync", full_disk)
     rc, err = judge_into(capsys, tmp_path, report_dir)
     assert rc == 2 and len(calls) == 3
-    one_sentence(err, f"cannot write the report into {report_dir} (No space left on device)",
-                 "no report file was written there")
+    one_sentence(
+        err,
+        f"cannot write the report into {report_dir} (No space left on device)",
+        "no report file was written there",
+    )
     assert sorted(p.name for p in report_dir.iterdir()) == ["claims-report.md"]
     assert (report_dir / "claims-report.md").read_text() == "the previous report"
     monkeypatch.setattr(os, "fsync", real_fsync)
@@ -112,8 +123,14 @@ def tiny_tmpfs(tmp_path):
     folder = tmp_path / "small-disk"
     folder.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(folder)],
-                                 capture_output=True, timeout=30).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(folder)],
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         mounted = False
     if not mounted:
@@ -142,14 +159,37 @@ def test_max_tokens_past_max_position_embeddings_is_warned_once_for_rope_and_rec
         (tmp_path / name / "config.json").write_text(json.dumps(config))
         pair.append(tmp_path / name)
     out = tmp_path / "m.json"
-    rc, _, err = run(capsys, "measure", "--rope", pair[0], "--drope", pair[1], "--out", out, "--device", "cpu",
-                     "--interventions", "qk_disruption:report", "--n-texts", "2", "--max-tokens", "16", "--no-progress")
+    rc, _, err = run(
+        capsys,
+        "measure",
+        "--rope",
+        pair[0],
+        "--drope",
+        pair[1],
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--interventions",
+        "qk_disruption:report",
+        "--n-texts",
+        "2",
+        "--max-tokens",
+        "16",
+        "--no-progress",
+    )
     assert rc == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("drope-check measure: warning:")]
-    assert len(warnings) == 1, err  # once, for the RoPE model only (interventions rerun it: no second warning)
-    assert f"{pair[0]} (rope): sequences of up to 16 tokens (--max-tokens) exceed its max_position_embeddings 8" \
+    assert len(warnings) == 1, (
+        err
+    )  # once, for the RoPE model only (interventions rerun it: no second warning)
+    assert (
+        f"{pair[0]} (rope): sequences of up to 16 tokens (--max-tokens) exceed its max_position_embeddings 8"
         in warnings[0]
+    )
     data = json.loads(out.read_text())
     for role in ("rope", "drope"):  # recorded for both; a legitimate DroPE experiment is not warned about
         assert data["models"][role]["provenance"]["positions_beyond_training"] == {
-            "longest_sequence": 16, "max_position_embeddings": 8}
+            "longest_sequence": 16,
+            "max_position_embeddings": 8,
+        }

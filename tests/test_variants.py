@@ -36,7 +36,12 @@ EXPECTED: dict[str, dict[str, dict]] = {
     "strict": {"rope": {"sink_strict": True}, "drope": {"sink_strict": True}},
     "spike-max-write": {"rope": {"spike_rule": "max-write"}, "drope": {"spike_rule": "max-write"}},
     "upstream": {
-        "rope": {"attention_source": "projections", **PAD, "stats_dtype": "fp16-eager", "prompt_tokens": (6, 12)},
+        "rope": {
+            "attention_source": "projections",
+            **PAD,
+            "stats_dtype": "fp16-eager",
+            "prompt_tokens": (6, 12),
+        },
         "drope": {"attention_source": "projections", "stats_dtype": "fp16-eager", "prompt_tokens": (6, 12)},
     },
     "4bit-nf4": {"rope": {}, "drope": {}},
@@ -66,7 +71,13 @@ def test_variant_changes_exactly_the_fields_it_names(name, role):
 
 def test_kinds_statistics_only_and_gpu():
     kinds = {name: v.kind for name, v in VARIANTS.items()}
-    assert {n for n, k in kinds.items() if k == "statistics"} == {"self-excluded", "tau-0.2", "tau-0.5", "strict", "spike-max-write"}
+    assert {n for n, k in kinds.items() if k == "statistics"} == {
+        "self-excluded",
+        "tau-0.2",
+        "tau-0.5",
+        "strict",
+        "spike-max-write",
+    }
     assert {n for n, k in kinds.items() if k == "gpu"} == {"4bit-nf4", "4bit-fp4"}
     assert VARIANTS["4bit-nf4"].quantization == "nf4" and VARIANTS["4bit-fp4"].quantization == "fp4"
 

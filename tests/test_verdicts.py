@@ -62,9 +62,16 @@ MULTI = [
 
 
 @settings(max_examples=200, deadline=None)
-@given(band=st.sampled_from(BANDS), bad=NON_FINITE, value=POSITIVE, others=st.lists(POSITIVE, max_size=4),
-       where=st.integers(0, 4))
-def test_no_band_passes_a_non_finite_value(band: C.Band, bad: float, value: float, others: list[float], where: int) -> None:
+@given(
+    band=st.sampled_from(BANDS),
+    bad=NON_FINITE,
+    value=POSITIVE,
+    others=st.lists(POSITIVE, max_size=4),
+    where=st.integers(0, 4),
+)
+def test_no_band_passes_a_non_finite_value(
+    band: C.Band, bad: float, value: float, others: list[float], where: int
+) -> None:
     assert not band.check(bad, value).passed
     # a per-layer list holding one non-finite value, against a scalar or a per-layer expected value
     measured = list(others)
@@ -95,12 +102,15 @@ def test_a_ratio_with_a_zero_denominator_does_not_pass() -> None:
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_json_nan_and_infinity_are_refused_with_the_path(tmp_path: Path, constant: str,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_nan_and_infinity_are_refused_with_the_path(
+    tmp_path: Path, constant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = json.dumps(llama(), indent=1).replace('"ppl_baseline": 9.9', f'"ppl_baseline": {constant}', 1)
     assert constant in text
     path = write(tmp_path, text)
-    with pytest.raises(ValueError, match=r"\$\.models\.rope\.scalars\.ppl_baseline.*" + constant.replace("-", "-?")):
+    with pytest.raises(
+        ValueError, match=r"\$\.models\.rope\.scalars\.ppl_baseline.*" + constant.replace("-", "-?")
+    ):
         judge_file(path, "llama2-7b", None)
     assert cli_main(["judge", str(path), "--pair", "llama2-7b", "--report-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
@@ -132,11 +142,20 @@ def test_a_golden_is_skipped_under_another_protocol_naming_both() -> None:
     assert "max_tokens 512 there, 256 here" in C.verdict_for(ppl, data).reason
 
 
-@pytest.mark.parametrize(("change", "field", "text"), [
-    ({"sink_self_term": False}, "sink_t0", "sink_t0 'included' there, 'excluded' here"),
-    ({"prompt_tokens": [6, 12]}, "max_tokens", "max_tokens 512 there, 'short prompts: BOS + 6-12 tokens' here"),
-])
-def test_audit_variants_protocol_fields_enter_the_identity(change: dict[str, Any], field: str, text: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "field", "text"),
+    [
+        ({"sink_self_term": False}, "sink_t0", "sink_t0 'included' there, 'excluded' here"),
+        (
+            {"prompt_tokens": [6, 12]},
+            "max_tokens",
+            "max_tokens 512 there, 'short prompts: BOS + 6-12 tokens' here",
+        ),
+    ],
+)
+def test_audit_variants_protocol_fields_enter_the_identity(
+    change: dict[str, Any], field: str, text: str
+) -> None:
     """The confound audit's self-excluded and short-prompts variants change the numbers a golden
     holds: a measurement under either is never judged against the suite's goldens."""
     cs = C.load_claims("smollm2-135m", REPO_EXPECTED)
@@ -200,16 +219,29 @@ def _set_path(data: dict[str, Any], path: str, value: Any, n_layers: int) -> Non
             node[step[1]] = value
             return
         else:
-            node[step[1]:step[2]] = value if isinstance(value, list) else [value] * len(node[step[1]:step[2]])
+            node[step[1] : step[2]] = (
+                value if isinstance(value, list) else [value] * len(node[step[1] : step[2]])
+            )
             return
 
 
 def _measurement_from_goldens(cs: C.ClaimSet) -> dict[str, Any]:
     """Measurements holding exactly the shipped goldens' values, under the protocol they record."""
     n_layers = 30 if cs.pair == "smollm2-135m" else 32
-    models = {role: {"variant": variant, "provenance": {"model_id": cs.model_ids.get(role, "?"), "dtype": "float32"}}
-              for role, variant in (("rope", "rope"), ("drope", cs.drope_variant))}
-    data: dict[str, Any] = {"schema_version": 1, "pair": cs.pair, "models": models, "texts": {}, "protocol": {}}
+    models = {
+        role: {
+            "variant": variant,
+            "provenance": {"model_id": cs.model_ids.get(role, "?"), "dtype": "float32"},
+        }
+        for role, variant in (("rope", "rope"), ("drope", cs.drope_variant))
+    }
+    data: dict[str, Any] = {
+        "schema_version": 1,
+        "pair": cs.pair,
+        "models": models,
+        "texts": {},
+        "protocol": {},
+    }
     for claim in cs.claims:
         if claim.status not in ("golden", "does-not-generalise") or claim.pending:
             continue
@@ -234,7 +266,12 @@ def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: 
     before = Path(cs.path).read_bytes()
     verdicts = []
     for claim in cs.claims:
-        if claim.status not in ("golden", "does-not-generalise") or claim.pending or claim.combine or len(claim.metrics) != 1:
+        if (
+            claim.status not in ("golden", "does-not-generalise")
+            or claim.pending
+            or claim.combine
+            or len(claim.metrics) != 1
+        ):
             continue
         data = _measurement_from_goldens(cs)
         _set_path(data, claim.metrics[0], claim.value if claim.status == "golden" else claim.recorded, 32)
@@ -251,8 +288,9 @@ def test_regen_reproduces_the_shipped_files_byte_for_byte(tmp_path: Path, pair: 
 # 5. a run that checked nothing says so; --strict makes it a failure
 
 
-def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from drope_check.report.terminal import unchecked_pair_lines
 
     data = smollm_measurement()
@@ -273,10 +311,14 @@ def test_a_pair_with_nothing_evaluated_gets_a_loud_line_and_strict_fails_it(tmp_
         else:
             assert v.outcome != "skip", (claim.key, v.reason)
     assert any(v.outcome == "error" and v.reason.startswith("--strict") for v in strict)
-    code = cli_main(["judge", str(path), "--pair", "smollm2-135m", "--strict", "--report-dir", str(tmp_path / "r")])
+    code = cli_main(
+        ["judge", str(path), "--pair", "smollm2-135m", "--strict", "--report-dir", str(tmp_path / "r")]
+    )
     assert code == 1
     assert unchecked_pair_lines([{"pair": "p", "outcome": "skip"}], ["p"])  # 0 evaluated: loud
-    assert not unchecked_pair_lines([{"pair": "p", "outcome": "skip"}, {"pair": "p", "outcome": "pass"}], ["p"])
+    assert not unchecked_pair_lines(
+        [{"pair": "p", "outcome": "skip"}, {"pair": "p", "outcome": "pass"}], ["p"]
+    )
 
 
 def test_ci_runs_the_embedded_pair_strictly() -> None:
@@ -335,35 +377,69 @@ def _rope(data: dict[str, Any]) -> dict[str, Any]:
 
 
 MALFORMED = [
-    ("31 sink_rate entries for 30 layers",
-     lambda d: (_rope(d).update(n_layers=30), [_rope(d)["layers"].__setitem__(k, v[:30]) for k, v in _rope(d)["layers"].items()],
-                _rope(d)["layers"]["sink_rate"].append(1.0)), "$.models.rope.layers"),
+    (
+        "31 sink_rate entries for 30 layers",
+        lambda d: (
+            _rope(d).update(n_layers=30),
+            [_rope(d)["layers"].__setitem__(k, v[:30]) for k, v in _rope(d)["layers"].items()],
+            _rope(d)["layers"]["sink_rate"].append(1.0),
+        ),
+        "$.models.rope.layers",
+    ),
     ("32 entries for 30 layers", lambda d: _rope(d).update(n_layers=30), "expected n_layers = 30"),
-    ("nested arrays", lambda d: _rope(d)["layers"].__setitem__("bos_norm", [[x] for x in _rope(d)["layers"]["bos_norm"]]),
-     "$.models.rope.layers.bos_norm[0]: is a nested list"),
-    ("heads of the wrong width", lambda d: _rope(d)["heads"]["sink_score"][3].append(0.5), "$.models.rope.heads.sink_score[3]"),
-    ("peak_bos_norm not the max", lambda d: _rope(d)["scalars"].__setitem__("peak_bos_norm", 950.0),
-     "$.models.rope.scalars.peak_bos_norm: is 950.0: expected the maximum"),
-    ("sink_rate_average not the mean", lambda d: _rope(d)["scalars"].__setitem__("sink_rate_average", 0.5),
-     "$.models.rope.scalars.sink_rate_average: is 0.5: expected the mean"),
-    ("spike layer not argmax of bos_ratio", lambda d: _rope(d)["scalars"].__setitem__("bos_spike_layer_argmax_ratio", 5),
-     "$.models.rope.scalars.bos_spike_layer_argmax_ratio"),
-    ("max-write spike layer wrong",
-     lambda d: _rope(d)["scalars"].update(embedding_bos_norm=1.0, bos_spike_layer_max_write=3),
-     "$.models.rope.scalars.bos_spike_layer_max_write"),
-    ("variant 'DroPE'", lambda d: d["models"]["drope"].__setitem__("variant", "DroPE"),
-     "$.models.drope.variant: is 'DroPE': expected 'drope' or 'nope-zeroshot'"),
-    ("models as a list", lambda d: d.__setitem__("models", [d["models"]["rope"], d["models"]["drope"]]),
-     "$.models: is a JSON list"),
+    (
+        "nested arrays",
+        lambda d: _rope(d)["layers"].__setitem__("bos_norm", [[x] for x in _rope(d)["layers"]["bos_norm"]]),
+        "$.models.rope.layers.bos_norm[0]: is a nested list",
+    ),
+    (
+        "heads of the wrong width",
+        lambda d: _rope(d)["heads"]["sink_score"][3].append(0.5),
+        "$.models.rope.heads.sink_score[3]",
+    ),
+    (
+        "peak_bos_norm not the max",
+        lambda d: _rope(d)["scalars"].__setitem__("peak_bos_norm", 950.0),
+        "$.models.rope.scalars.peak_bos_norm: is 950.0: expected the maximum",
+    ),
+    (
+        "sink_rate_average not the mean",
+        lambda d: _rope(d)["scalars"].__setitem__("sink_rate_average", 0.5),
+        "$.models.rope.scalars.sink_rate_average: is 0.5: expected the mean",
+    ),
+    (
+        "spike layer not argmax of bos_ratio",
+        lambda d: _rope(d)["scalars"].__setitem__("bos_spike_layer_argmax_ratio", 5),
+        "$.models.rope.scalars.bos_spike_layer_argmax_ratio",
+    ),
+    (
+        "max-write spike layer wrong",
+        lambda d: _rope(d)["scalars"].update(embedding_bos_norm=1.0, bos_spike_layer_max_write=3),
+        "$.models.rope.scalars.bos_spike_layer_max_write",
+    ),
+    (
+        "variant 'DroPE'",
+        lambda d: d["models"]["drope"].__setitem__("variant", "DroPE"),
+        "$.models.drope.variant: is 'DroPE': expected 'drope' or 'nope-zeroshot'",
+    ),
+    (
+        "models as a list",
+        lambda d: d.__setitem__("models", [d["models"]["rope"], d["models"]["drope"]]),
+        "$.models: is a JSON list",
+    ),
     ("missing schema_version", lambda d: d.pop("schema_version"), "$.schema_version: is missing"),
-    ("a string where a number belongs", lambda d: _rope(d)["scalars"].__setitem__("ppl_baseline", "9.9"),
-     "$.models.rope.scalars.ppl_baseline"),
+    (
+        "a string where a number belongs",
+        lambda d: _rope(d)["scalars"].__setitem__("ppl_baseline", "9.9"),
+        "$.models.rope.scalars.ppl_baseline",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name, edit, fragment", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_measurements_are_refused_in_one_sentence(tmp_path: Path, name: str, edit: Any, fragment: str,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_measurements_are_refused_in_one_sentence(
+    tmp_path: Path, name: str, edit: Any, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(tmp_path, _edit(edit))
     with pytest.raises(ValueError) as info:
         judge_file(path, "llama2-7b", None)
@@ -374,7 +450,9 @@ def test_malformed_measurements_are_refused_in_one_sentence(tmp_path: Path, name
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "unknown pair"])
-def test_file_level_problems_are_one_sentence(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_file_level_problems_are_one_sentence(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "m.json"
     pair = "llama2-7b"
     if case == "truncated":
@@ -385,16 +463,23 @@ def test_file_level_problems_are_one_sentence(tmp_path: Path, case: str, capsys:
     assert cli_main(["judge", str(path), "--pair", pair, "--report-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert {"truncated": "not valid JSON", "missing": "no such file", "unknown pair": "no claim file for pair 'llama3'"}[case] in err
+    assert {
+        "truncated": "not valid JSON",
+        "missing": "no such file",
+        "unknown pair": "no claim file for pair 'llama3'",
+    }[case] in err
 
 
 def test_the_plugin_refuses_a_malformed_file_with_the_same_validator(pytester: pytest.Pytester) -> None:
     data = _edit(lambda d: _rope(d)["scalars"].__setitem__("sink_rate_average", 0.5))
     (pytester.path / "m.json").write_text(json.dumps(data))
-    result = pytester.runpytest_subprocess("--measurements", "m.json",
-                                           "--expected-dir", str(REPO_EXPECTED), "--collect-only", "-q")
+    result = pytester.runpytest_subprocess(
+        "--measurements", "m.json", "--expected-dir", str(REPO_EXPECTED), "--collect-only", "-q"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*m.json: $.models.rope.scalars.sink_rate_average: is 0.5: expected the mean*"])
+    result.stderr.fnmatch_lines(
+        ["*m.json: $.models.rope.scalars.sink_rate_average: is 0.5: expected the mean*"]
+    )
 
 
 def test_optional_fields_may_be_absent_and_their_claims_skip() -> None:
@@ -402,10 +487,18 @@ def test_optional_fields_may_be_absent_and_their_claims_skip() -> None:
     claims reading what it lacks skip as "not measured by this source", never error."""
     from drope_check.measurements.validate import validate_measurements
 
-    data = {"schema_version": 1, "pair": "llama2-7b", "models": {
-        "rope": {"variant": "rope", "provenance": {"model_id": "meta-llama/Llama-2-7b-hf"},
-                 "scalars": {"sink_rate_average": 0.978125}},
-        "drope": {"variant": "drope", "provenance": {"model_id": "SakanaAI/Llama-2-7b-hf-DroPE"}}}}
+    data = {
+        "schema_version": 1,
+        "pair": "llama2-7b",
+        "models": {
+            "rope": {
+                "variant": "rope",
+                "provenance": {"model_id": "meta-llama/Llama-2-7b-hf"},
+                "scalars": {"sink_rate_average": 0.978125},
+            },
+            "drope": {"variant": "drope", "provenance": {"model_id": "SakanaAI/Llama-2-7b-hf-DroPE"}},
+        },
+    }
     validate_measurements(data, "minimal.json")
     cs = C.load_claims("llama2-7b", REPO_EXPECTED)
     verdicts = {c.key: C.verdict_for(c, data) for c in cs.claims}
@@ -416,7 +509,7 @@ def test_optional_fields_may_be_absent_and_their_claims_skip() -> None:
 
 
 def test_claim_files_refuse_negative_indices(tmp_path: Path) -> None:
-    body = '''schema_version = 1
+    body = """schema_version = 1
 [pair]
 name = "toy"
 drope_variant = "drope"
@@ -432,14 +525,13 @@ status = "claim"
 band = { kind = "absolute", tol = 0.1 }
 rationale = "r"
 provenance = { source = "prose-only", text_set = "t" }
-'''
+"""
     (tmp_path / "toy.toml").write_text(body)
     with pytest.raises(C.ClaimsFileError, match="counts from the end"):
         C.load_claims("toy", tmp_path)
     for pair in C.available_pairs(REPO_EXPECTED):
         for claim in C.load_claims(pair, REPO_EXPECTED).claims:
             assert not any("-" in m.split("[", 1)[-1] for m in claim.metrics if "[" in m), claim.key
-
 
 
 def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
@@ -464,7 +556,9 @@ def test_per_sequence_head_scores_are_one_grid_per_sequence() -> None:
 
 #: Values on a 0.01 grid: none lies within the edge slack of the band [0.91, 1.0] without being on it.
 GRID = st.integers(0, 120).map(lambda k: round(k * 0.01, 2))
-OUTSIDE_AT = re.compile(r"; outside at layers? ([0-9, -]+) \(of ([0-9]+)-([0-9]+)\)(?:, worst at layer ([0-9]+))?$")
+OUTSIDE_AT = re.compile(
+    r"; outside at layers? ([0-9, -]+) \(of ([0-9]+)-([0-9]+)\)(?:, worst at layer ([0-9]+))?$"
+)
 
 
 def middle_layers(model: str = "rope") -> C.Claim:
@@ -492,10 +586,16 @@ def expand(ranges: str) -> list[int]:
 
 def test_a_failing_per_layer_band_names_every_failing_layer_and_the_worst() -> None:
     # 0.9 is just below lo = 0.91; layer 12 (0.2) is the worst, 0.71 outside
-    verdict = C.evaluate(middle_layers(), with_middle_rates({3: 0.5, 4: 0.6, 5: 0.7, 6: 0.9, 12: 0.2, 30: 0.85}))
+    verdict = C.evaluate(
+        middle_layers(), with_middle_rates({3: 0.5, 4: 0.6, 5: 0.7, 6: 0.9, 12: 0.2, 30: 0.85})
+    )
     assert verdict.outcome == "fail"
-    assert verdict.margin_text == "outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30), worst at layer 12"
-    assert "margin      : outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30)" in verdict.failure_message()
+    assert (
+        verdict.margin_text == "outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30), worst at layer 12"
+    )
+    assert (
+        "margin      : outside by 0.71; outside at layers 3-6, 12, 30 (of 2-30)" in verdict.failure_message()
+    )
 
 
 def test_one_failing_layer_is_named_alone() -> None:
@@ -529,7 +629,9 @@ def test_the_layers_named_are_exactly_those_outside_the_band(rates: list[float])
     claim = middle_layers()
     lo, hi = claim.band.params["lo"], claim.band.params["hi"]
     verdict = C.evaluate(claim, with_middle_rates(dict(enumerate(rates, start=2))))
-    outside = [layer for layer, rate in enumerate(rates, start=2) if not lo <= rate <= hi]  # independent of bands.py
+    outside = [
+        layer for layer, rate in enumerate(rates, start=2) if not lo <= rate <= hi
+    ]  # independent of bands.py
     assert verdict.passed is (not outside)
     match = OUTSIDE_AT.search(verdict.margin_text)
     if not outside:

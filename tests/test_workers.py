@@ -62,7 +62,9 @@ def test_claim_param_id_with_and_without_group_suffix():
     node = "claims/test_sink_claims.py::test_sink[sink_rate_average[toy:rope]]"
     assert claim_param_id(node) == "sink_rate_average[toy:rope]"
     assert claim_param_id(node + "@drope-toy") == "sink_rate_average[toy:rope]"
-    assert claim_param_id("claims/test_method_claim.py::test_manual_projection_attention_fails_for_rope") is None
+    assert (
+        claim_param_id("claims/test_method_claim.py::test_manual_projection_attention_fails_for_rope") is None
+    )
 
 
 # the claim-family files (the method claim's own tests load models and are not claims of a pair)
@@ -82,9 +84,23 @@ def run_claims(tmp_path: Path, pairs: tuple[str, ...], *args: str) -> str:
         (expected / f"{pair}.toml").write_text(toy.replace('name = "toy"', f'name = "{pair}"'))
         files += ["--measurements", str(DATA / f"{pair}-measurements.json")]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", *CLAIM_FILES, *args, "-v", "-p", "no:cacheprovider",
-         "--expected-dir", str(expected), *files],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *CLAIM_FILES,
+            *args,
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "--expected-dir",
+            str(expected),
+            *files,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     ).stdout
 
 
@@ -127,7 +143,9 @@ def test_claims_only_sees_the_paths_given(tmp_path):
     root = tmp_path
     (root / "claims").mkdir()
     assert claims_only(["claims"], root, root)
-    assert claims_only(["claims/test_sink_claims.py::test_sink[x]", "claims/test_phase_claims.py"], root, root)
+    assert claims_only(
+        ["claims/test_sink_claims.py::test_sink[x]", "claims/test_phase_claims.py"], root, root
+    )
     assert claims_only(["test_sink_claims.py"], root / "claims", root)  # relative to where pytest ran
     assert not claims_only(["claims", "tests"], root, root)
     assert not claims_only([], root, root)  # testpaths: tests and claims

@@ -99,8 +99,14 @@ def author_files_info(files: AuthorFiles) -> dict[str, Any]:
         return {"available": False, "reason": str(files)}
     path, data = files
     upstream = data.get("upstream") or {}
-    return {"available": True, "source": str(path), "era": upstream.get("era"), "repository": upstream.get("repository"),
-            "file": upstream.get("file"), "files_sha256": upstream.get("files_sha256")}
+    return {
+        "available": True,
+        "source": str(path),
+        "era": upstream.get("era"),
+        "repository": upstream.get("repository"),
+        "file": upstream.get("file"),
+        "files_sha256": upstream.get("files_sha256"),
+    }
 
 
 def _verdict(claim: Claim, files: AuthorFiles) -> Verdict:
@@ -121,14 +127,21 @@ def author_cell(claim: Claim, files: AuthorFiles) -> dict[str, Any]:
     """
     verdict = _verdict(claim, files)
     judged = verdict.outcome in _JUDGED
-    cell: dict[str, Any] = {"value": verdict.to_dict()["measured"] if judged else None, "outcome": verdict.outcome}
+    cell: dict[str, Any] = {
+        "value": verdict.to_dict()["measured"] if judged else None,
+        "outcome": verdict.outcome,
+    }
     if judged:
         cell["holds"] = bool(verdict.passed)
         cell["margin"] = verdict.margin_text
     if list(verdict.metrics) != list(claim.metrics):
         cell["read"] = list(verdict.metrics)
-    for key, value in (("commit", verdict.source_commit), ("protocol", verdict.source_protocol),
-                       ("note", verdict.reason), ("nearest", verdict.nearest)):
+    for key, value in (
+        ("commit", verdict.source_commit),
+        ("protocol", verdict.source_protocol),
+        ("note", verdict.reason),
+        ("nearest", verdict.nearest),
+    ):
         if value:
             cell[key] = value
     return cell
@@ -155,29 +168,41 @@ def agreement(claim: Claim, upstream: Mapping[str, Any] | None, author: Mapping[
     and ``text``.
     """
     if author.get("value") is None:
-        return {"verdict": NOT_COMPARED, "text": f"the author's files give no value ({author.get('outcome')}): "
-                                                 f"{_why_none(author)}"}
+        return {
+            "verdict": NOT_COMPARED,
+            "text": f"the author's files give no value ({author.get('outcome')}): {_why_none(author)}",
+        }
     if upstream is None:
-        return {"verdict": NOT_COMPARED, "text": f"the suite's `{UPSTREAM_VARIANT}` variant is not in this audit "
-                                                 "(--variants)"}
+        return {
+            "verdict": NOT_COMPARED,
+            "text": f"the suite's `{UPSTREAM_VARIANT}` variant is not in this audit (--variants)",
+        }
     if upstream.get("value") is None:
-        return {"verdict": NOT_COMPARED, "text": f"the suite's `{UPSTREAM_VARIANT}` variant has no value: "
-                                                 f"{_why_none(upstream)}"}
+        return {
+            "verdict": NOT_COMPARED,
+            "text": f"the suite's `{UPSTREAM_VARIANT}` variant has no value: {_why_none(upstream)}",
+        }
     if claim.band is None:
         return {"verdict": NOT_COMPARED, "text": "the claim has no band"}
     ours, theirs = upstream["value"], author["value"]
     if claim.band.kind in AROUND_VALUE:
-        band = f"the claim's {claim.band.kind} band centred on the author's value: " \
-               f"{dataclasses.replace(claim, value=theirs).band_text()}"
+        band = (
+            f"the claim's {claim.band.kind} band centred on the author's value: "
+            f"{dataclasses.replace(claim, value=theirs).band_text()}"
+        )
         result = claim.band.check(ours, theirs)
         agree = result.passed
         how = f"suite {fmt(ours)} vs author {fmt(theirs)}: {result.margin_text}"
     else:
-        band = f"the claim's {claim.band.kind} bound {claim.band_text()} (a bound, not a width: agreement is the " \
-               "same verdict)"
+        band = (
+            f"the claim's {claim.band.kind} bound {claim.band_text()} (a bound, not a width: agreement is the "
+            "same verdict)"
+        )
         agree = bool(upstream.get("holds")) == bool(author.get("holds"))
-        how = (f"suite {fmt(ours)} {'holds' if upstream.get('holds') else 'fails'}, author {fmt(theirs)} "
-               f"{'holds' if author.get('holds') else 'fails'}")
+        how = (
+            f"suite {fmt(ours)} {'holds' if upstream.get('holds') else 'fails'}, author {fmt(theirs)} "
+            f"{'holds' if author.get('holds') else 'fails'}"
+        )
     word = AGREES if agree else DISAGREES
     return {"verdict": word, "band": band, "text": f"{word} within {band}; {how}"}
 
@@ -191,6 +216,8 @@ def reproduction_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 def summary_line(summary: Mapping[str, int]) -> str:
     """One line: does the suite, measuring the author's way, reproduce the author's numbers?"""
     compared = summary[AGREES] + summary[DISAGREES]
-    return (f"reproduces the author's numbers (suite's `{UPSTREAM_VARIANT}` variant vs the author's files, each "
-            f"within its claim's band): {summary[AGREES]} of {compared} compared claims agree, {summary[DISAGREES]} "
-            f"disagree, {summary[NOT_COMPARED]} not compared")
+    return (
+        f"reproduces the author's numbers (suite's `{UPSTREAM_VARIANT}` variant vs the author's files, each "
+        f"within its claim's band): {summary[AGREES]} of {compared} compared claims agree, {summary[DISAGREES]} "
+        f"disagree, {summary[NOT_COMPARED]} not compared"
+    )

@@ -28,8 +28,10 @@ SKIPPED = "skipped"
 NOT_MEASURED = "not measured"
 
 #: Metric-path rewrites under ``spike_rule = "max-write"``: the claims name the argmax-ratio rule.
-SPIKE_ALIASES = (("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write"),
-                 ("bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write"))
+SPIKE_ALIASES = (
+    ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write"),
+    ("bos_spike_layer_argmax_ratio", "bos_spike_layer_max_write"),
+)
 
 
 _INTERVENTION_RE = re.compile(r"interventions\.([A-Za-z_]+:[A-Za-z0-9_-]+)")
@@ -121,14 +123,23 @@ def _fill_golden(claim: Any, cells: dict[str, dict[str, Any]]) -> None:
             cell["moved"] = not claim.band.check(value, suite).passed
 
 
-def robustness(claim: Any, cells: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Variant]) -> dict[str, Any]:
+def robustness(
+    claim: Any, cells: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Variant]
+) -> dict[str, Any]:
     """The robustness verdict of one claim from its cells (see the module docstring)."""
     if not evaluated(claim):
-        return {"verdict": NOT_EVALUATED, "variants": [], "text": f"not evaluated: {claims.pending_reason(claim) or AUTHOR_ONLY_NOTE}"}
+        return {
+            "verdict": NOT_EVALUATED,
+            "variants": [],
+            "text": f"not evaluated: {claims.pending_reason(claim) or AUTHOR_ONLY_NOTE}",
+        }
     suite = cells.get("suite", {})
     if suite.get("value") is None:
-        return {"verdict": NOT_EVALUATED, "variants": [],
-                "text": f"no suite value: {suite.get('error') or suite.get('note') or 'not measured'}"}
+        return {
+            "verdict": NOT_EVALUATED,
+            "variants": [],
+            "text": f"no suite value: {suite.get('error') or suite.get('note') or 'not measured'}",
+        }
     order = [n for n in variants if n in cells] + [n for n in cells if n not in variants]
     judged = {n: cells[n] for n in order if cells[n].get("value") is not None}
     unjudged = sorted(n for n, c in cells.items() if c.get("value") is None and not c.get("skipped"))
@@ -136,19 +147,36 @@ def robustness(claim: Any, cells: Mapping[str, Mapping[str, Any]], variants: Map
     if claim.status == "golden":
         moved = [n for n, c in judged.items() if c.get("moved")]
         if not moved:
-            return {"verdict": ROBUST, "variants": [], "text": f"stays within its band of the suite's value under every variant{tail}"}
-        return {"verdict": FRAGILE, "variants": moved,
-                "text": f"leaves its band of the suite's value under {', '.join(moved)}{tail}"}
+            return {
+                "verdict": ROBUST,
+                "variants": [],
+                "text": f"stays within its band of the suite's value under every variant{tail}",
+            }
+        return {
+            "verdict": FRAGILE,
+            "variants": moved,
+            "text": f"leaves its band of the suite's value under {', '.join(moved)}{tail}",
+        }
     base = suite["holds"]
     flips = [n for n, c in judged.items() if c["holds"] != base]
     if not flips:
-        return {"verdict": ROBUST, "variants": [], "text": f"{'holds' if base else 'fails'} under every variant{tail}"}
+        return {
+            "verdict": ROBUST,
+            "variants": [],
+            "text": f"{'holds' if base else 'fails'} under every variant{tail}",
+        }
     holds_under = [n for n, c in judged.items() if c["holds"]]
     if not base and holds_under and all(variants[n].upstream_choice for n in holds_under):
-        return {"verdict": UPSTREAM_ONLY, "variants": holds_under,
-                "text": f"fails under suite, holds only under upstream's choices: {', '.join(holds_under)}{tail}"}
-    return {"verdict": FRAGILE, "variants": flips,
-            "text": f"{'holds' if base else 'fails'} under suite, {'fails' if base else 'holds'} under {', '.join(flips)}{tail}"}
+        return {
+            "verdict": UPSTREAM_ONLY,
+            "variants": holds_under,
+            "text": f"fails under suite, holds only under upstream's choices: {', '.join(holds_under)}{tail}",
+        }
+    return {
+        "verdict": FRAGILE,
+        "variants": flips,
+        "text": f"{'holds' if base else 'fails'} under suite, {'fails' if base else 'holds'} under {', '.join(flips)}{tail}",
+    }
 
 
 def _unmeasured_cell(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,8 +195,13 @@ def not_measured(audit: Mapping[str, Any]) -> dict[str, list[str]]:
     return groups
 
 
-def _upstream_at(claim: Any, reading: Any, cells: Mapping[str, Mapping[str, Any]], docs: Mapping[str, Any],
-                 protocols: Mapping[str, Mapping[str, Protocol]]) -> Mapping[str, Any] | None:
+def _upstream_at(
+    claim: Any,
+    reading: Any,
+    cells: Mapping[str, Mapping[str, Any]],
+    docs: Mapping[str, Any],
+    protocols: Mapping[str, Mapping[str, Protocol]],
+) -> Mapping[str, Any] | None:
     """The ``upstream`` variant's cell for ``reading`` (the claim at the author's paths), or None without the variant."""
     if UPSTREAM_VARIANT not in cells:
         return None
@@ -177,9 +210,14 @@ def _upstream_at(claim: Any, reading: Any, cells: Mapping[str, Mapping[str, Any]
     return _cell(reading, docs[UPSTREAM_VARIANT], protocols[UPSTREAM_VARIANT])
 
 
-def audit_rows(claim_set: Any, variants: Sequence[Variant], docs: Mapping[str, Mapping[str, Any]],
-               status: Mapping[str, Mapping[str, Any]], protocols: Mapping[str, Mapping[str, Protocol]],
-               author_files: AuthorFiles | None = None) -> list[dict[str, Any]]:
+def audit_rows(
+    claim_set: Any,
+    variants: Sequence[Variant],
+    docs: Mapping[str, Mapping[str, Any]],
+    status: Mapping[str, Mapping[str, Any]],
+    protocols: Mapping[str, Mapping[str, Protocol]],
+    author_files: AuthorFiles | None = None,
+) -> list[dict[str, Any]]:
     """One row per claim: a cell per variant (from ``docs``, the measurements of each measured variant),
     its robustness verdict, and with ``author_files`` the ``author-files`` cell and the reproduction
     verdict (:mod:`drope_check.audit.author`), kept apart from the variant cells."""
@@ -196,10 +234,19 @@ def audit_rows(claim_set: Any, variants: Sequence[Variant], docs: Mapping[str, M
         if evaluated(claim) and claim.status == "golden":
             _fill_golden(claim, cells)
         row = {
-            "key": claim.key, "id": claim.id, "model": claim.model, "family": claim.family, "status": claim.status,
-            "sentence": claim.sentence, "expected": _json(claim.value), "band": claim.band_text(),
-            "kind": "not evaluated" if not evaluated(claim) else ("golden" if claim.status == "golden" else "verdict"),
-            "cells": cells, "robustness": robustness(claim, cells, {v.name: v for v in variants}),
+            "key": claim.key,
+            "id": claim.id,
+            "model": claim.model,
+            "family": claim.family,
+            "status": claim.status,
+            "sentence": claim.sentence,
+            "expected": _json(claim.value),
+            "band": claim.band_text(),
+            "kind": "not evaluated"
+            if not evaluated(claim)
+            else ("golden" if claim.status == "golden" else "verdict"),
+            "cells": cells,
+            "robustness": robustness(claim, cells, {v.name: v for v in variants}),
         }
         if author_files is not None:
             row["author_files"] = author_cell(claim, author_files)

@@ -30,19 +30,35 @@ from drope_check.engine.protocol import FAITHFUL
 
 def add_cli(sub: Any) -> None:
     """Register ``drope-check audit`` on the CLI's subparsers (cli.py calls this)."""
-    parser = sub.add_parser("audit", help="re-judge every claim of a pair under each protocol variant (confound audit)")
+    parser = sub.add_parser(
+        "audit", help="re-judge every claim of a pair under each protocol variant (confound audit)"
+    )
     parser.add_argument("--pair", default="smollm2-135m", help="registered pair with an expected/<pair>.toml")
-    parser.add_argument("--out-dir", type=Path, default=Path("audit"), help="where audit.md, audit.json, the heatmap go")
-    parser.add_argument("--variants", default=None,
-                        help="comma list (default: all; suite is always included); see docs/audit.md")
-    parser.add_argument("--n-texts", type=int, default=FAITHFUL.n_texts,
-                        help="texts of every variant (recorded in each protocol; goldens assume the default)")
-    parser.add_argument("--wikitext", default=None, help="local WikiText-2 raw test file; env DROPE_CHECK_WIKITEXT")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("audit"), help="where audit.md, audit.json, the heatmap go"
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma list (default: all; suite is always included); see docs/audit.md",
+    )
+    parser.add_argument(
+        "--n-texts",
+        type=int,
+        default=FAITHFUL.n_texts,
+        help="texts of every variant (recorded in each protocol; goldens assume the default)",
+    )
+    parser.add_argument(
+        "--wikitext", default=None, help="local WikiText-2 raw test file; env DROPE_CHECK_WIKITEXT"
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--upstream", default=None,
-                        help="the report author's result files for the author-files column (a git clone or a "
-                        "<commit>/<path> folder); default $DROPE_CHECK_UPSTREAM, else the shipped copy")
+    parser.add_argument(
+        "--upstream",
+        default=None,
+        help="the report author's result files for the author-files column (a git clone or a "
+        "<commit>/<path> folder); default $DROPE_CHECK_UPSTREAM, else the shipped copy",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=cli_audit)
 
@@ -62,9 +78,13 @@ def models_here(pair: str, device: str | None = None) -> tuple[bool, str]:
 def summary_lines(pair: str, audit: Mapping[str, Any], where: Path) -> list[str]:
     """What the CLI and ``pytest --audit`` print for one audit: robustness counts, reproduction, the file."""
     s = audit["summary"]
-    lines = [f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
-             f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {where}"]
-    lines += [f"audit of {pair}: suite variants not measured: {reason}" for reason in sorted(not_measured(audit))]
+    lines = [
+        f"audit of {pair}: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
+        f"{NOT_EVALUATED} {s[NOT_EVALUATED]}: {where}"
+    ]
+    lines += [
+        f"audit of {pair}: suite variants not measured: {reason}" for reason in sorted(not_measured(audit))
+    ]
     if audit.get("reproduction"):
         lines.append(f"audit of {pair}: {audit['reproduction']['line']}")
     return lines
@@ -91,25 +111,45 @@ def cli_audit(args: Any) -> int:
         return 2
     ok, why = models_here(args.pair, args.device)
     if not ok and not has_author_files(claim_set):
-        print(f"drope-check audit: pair {args.pair} cannot be measured here ({why}) and its claims have no "
-              "author-files tables: nothing to audit without its models", file=sys.stderr)
+        print(
+            f"drope-check audit: pair {args.pair} cannot be measured here ({why}) and its claims have no "
+            "author-files tables: nothing to audit without its models",
+            file=sys.stderr,
+        )
         return 2
-    options = MeasureOptions(wikitext=args.wikitext, device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    options = MeasureOptions(
+        wikitext=args.wikitext, device=args.device, dtype=args.dtype, progress=not args.no_progress
+    )
     start = time.perf_counter()
-    result = run_audit(args.pair, args.variants, options=options, base=base, claim_set=claim_set,
-                       progress=not args.no_progress, models_unavailable=None if ok else why,
-                       author_files=lambda: default_author_files(args.upstream))
+    result = run_audit(
+        args.pair,
+        args.variants,
+        options=options,
+        base=base,
+        claim_set=claim_set,
+        progress=not args.no_progress,
+        models_unavailable=None if ok else why,
+        author_files=lambda: default_author_files(args.upstream),
+    )
     write_audit(result, args.out_dir)
     audit = result["audit"]
-    print(f"audit of {args.pair}: {len(audit['claims'])} claims x {len(audit['variants'])} variants in "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"audit of {args.pair}: {len(audit['claims'])} claims x {len(audit['variants'])} variants in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     for line in summary_lines(args.pair, audit, args.out_dir / "audit.md"):
         print(line)
     return 0
 
 
-def audit_session(config: Any, state: Any, pairs: Sequence[str], report_dir: str | None, options: Any,
-                  pair_available: Callable[[str], tuple[bool, str]]) -> list[str]:
+def audit_session(
+    config: Any,
+    state: Any,
+    pairs: Sequence[str],
+    report_dir: str | None,
+    options: Any,
+    pair_available: Callable[[str], tuple[bool, str]],
+) -> list[str]:
     """Run the audit of every pair of a pytest session; returns lines for the terminal summary.
 
     Writes ``<report_dir>/audit/<pair>/`` (``./audit/<pair>/`` without ``--claims-report``), where
@@ -130,8 +170,14 @@ def audit_session(config: Any, state: Any, pairs: Sequence[str], report_dir: str
             continue
         out = root / "audit" / pair
         try:
-            result = run_audit(pair, source=default_source(pair, options) if ok else None, claim_set=claim_set,
-                               progress=True, models_unavailable=None if ok else reason, author_files=state.upstream)
+            result = run_audit(
+                pair,
+                source=default_source(pair, options) if ok else None,
+                claim_set=claim_set,
+                progress=True,
+                models_unavailable=None if ok else reason,
+                author_files=state.upstream,
+            )
         except AuditError as exc:
             lines.append(f"audit failed: {pair}: {exc}")
             continue

@@ -73,22 +73,32 @@ def matrix_columns(audit: Mapping[str, Any]) -> list[str]:
 def _author_lines(audit: Mapping[str, Any]) -> list[str]:
     """The section on the author's files: where they came from and, per claim, whether the suite reproduces them."""
     info = audit["author_files"]
-    where = (f"era {info.get('era')} of {info.get('repository')} ({info.get('file')}), read from {info.get('source')}"
-             if info.get("available") else f"no copy: {info.get('reason')}")
-    out = ["## Reproducing the author's numbers", "",
-           f"The `{AUTHOR_COLUMN}` column is the report author's committed result files ({where}), each claim judged "
-           "as the claims tests' author-files source judges it, under the protocol the report's value came from. It "
-           "is a source, not a measurement choice: no robustness verdict counts it. Beside it, the suite's own "
-           f"`{UPSTREAM_VARIANT}` variant makes the author's measurement choices on this suite's texts and weights; a "
-           "claim *agrees* when the two values lie within the claim's band of each other (centred on the author's "
-           "value), or, for a bound (one-sided, range, ordering, each), when both give the same verdict.", "",
-           f"Summary: {audit['reproduction']['line']}.", ""]
+    where = (
+        f"era {info.get('era')} of {info.get('repository')} ({info.get('file')}), read from {info.get('source')}"
+        if info.get("available")
+        else f"no copy: {info.get('reason')}"
+    )
+    out = [
+        "## Reproducing the author's numbers",
+        "",
+        f"The `{AUTHOR_COLUMN}` column is the report author's committed result files ({where}), each claim judged "
+        "as the claims tests' author-files source judges it, under the protocol the report's value came from. It "
+        "is a source, not a measurement choice: no robustness verdict counts it. Beside it, the suite's own "
+        f"`{UPSTREAM_VARIANT}` variant makes the author's measurement choices on this suite's texts and weights; a "
+        "claim *agrees* when the two values lie within the claim's band of each other (centred on the author's "
+        "value), or, for a bound (one-sided, range, ordering, each), when both give the same verdict.",
+        "",
+        f"Summary: {audit['reproduction']['line']}.",
+        "",
+    ]
     for row in audit["claims"]:
         rep, cell = row["reproduction"], row[AUTHOR_COLUMN_KEY]
         source = f" @{str(cell['commit'])[:7]} ({cell.get('protocol', '?')})" if cell.get("commit") else ""
         read = f" (both read at {', '.join(rep['read'])})" if rep.get("read") else ""
-        out.append(f"- **{_md(row['key'])}**: *{rep['verdict']}* — {_md(rep['text'])}{read}. Author's files{source}: "
-                   f"{_md(_author_text(cell))}" + (f"; {_md(cell['note'])}" if cell.get("note") else ""))
+        out.append(
+            f"- **{_md(row['key'])}**: *{rep['verdict']}* — {_md(rep['text'])}{read}. Author's files{source}: "
+            f"{_md(_author_text(cell))}" + (f"; {_md(cell['note'])}" if cell.get("note") else "")
+        )
     out.append("")
     return out
 
@@ -107,8 +117,14 @@ def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE
         "",
         f"Robustness: {ROBUST} {s[ROBUST]}, {FRAGILE} {s[FRAGILE]}, {UPSTREAM_ONLY} {s[UPSTREAM_ONLY]}, "
         f"{NOT_EVALUATED} {s[NOT_EVALUATED]}.",
-        *([f"Author's files: {audit['reproduction']['line']} (see \"Reproducing the author's numbers\").", ""]
-          if authored else [""]),
+        *(
+            [
+                f"Author's files: {audit['reproduction']['line']} (see \"Reproducing the author's numbers\").",
+                "",
+            ]
+            if authored
+            else [""]
+        ),
         "A claim with a report value or a comparison is judged under every variant (holds / FAILS against the "
         "report's value and band). A golden (a value this suite measured under `suite`) gets no verdict under "
         "another protocol: its cell holds the value and the change (Δ) from the `suite` column, *moved* when the "
@@ -120,20 +136,27 @@ def render_markdown(audit: Mapping[str, Any], heatmap: str | None = HEATMAP_FILE
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for v in audit["variants"]:
-        secs = {**{r: f"pass of {f}" for r, f in (v.get("pass_of") or {}).items()}, **(v.get("seconds") or {})}
+        secs = {
+            **{r: f"pass of {f}" for r, f in (v.get("pass_of") or {}).items()},
+            **(v.get("seconds") or {}),
+        }
         nan = v.get("attention_nan_heads") or {}
         shown = v.get("reason") if v["status"] != NOT_MEASURED else None  # said once, above the matrix
         state = v["status"] + (f": {shown}" if shown else "")
-        out.append(f"| `{v['name']}` | {v['kind']} | {_md(state)} | {secs.get('rope', '-')} / {secs.get('drope', '-')} | "
-                   f"{nan.get('rope', '-')} / {nan.get('drope', '-')} | {_md(v['description'])} |")
+        out.append(
+            f"| `{v['name']}` | {v['kind']} | {_md(state)} | {secs.get('rope', '-')} / {secs.get('drope', '-')} | "
+            f"{nan.get('rope', '-')} / {nan.get('drope', '-')} | {_md(v['description'])} |"
+        )
     out += ["", "## Matrix", ""]
     for reason, which in not_measured(audit).items():
         out += [f"Not measured here ({', '.join(f'`{n}`' for n in which)}): {_md(reason)}", ""]
     if heatmap:
         out += [f"![claims x variants]({heatmap})", ""]
     extra = " | reproduces the author's? |" if authored else " |"
-    out += ["| claim | " + " | ".join(f"`{n}`" for n in names) + " | robustness" + extra,
-            "| --- | " + " | ".join("---" for _ in names) + " | ---" + (" | --- |" if authored else " |")]
+    out += [
+        "| claim | " + " | ".join(f"`{n}`" for n in names) + " | robustness" + extra,
+        "| --- | " + " | ".join("---" for _ in names) + " | ---" + (" | --- |" if authored else " |"),
+    ]
     for row in audit["claims"]:
         cells = " | ".join(_md(_cell_text(row, n)) for n in names)
         tail = f" {_md(row['reproduction']['verdict'])} |" if authored else ""
@@ -188,9 +211,19 @@ def heatmap_png(audit: Mapping[str, Any]) -> bytes:
     ax.set_xticks(range(len(names)), labels_x, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [r["key"] for r in rows], fontsize=7)
     ax.set_title(f"confound audit: {audit['pair']}", fontsize=10)
-    labels = ["not evaluated / no value", "fails", "golden: moved out of band", "golden: within band of suite", "holds"]
-    ax.legend(handles=[Patch(color=c, label=lab) for c, lab in zip(colours, labels, strict=True)],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    labels = [
+        "not evaluated / no value",
+        "fails",
+        "golden: moved out of band",
+        "golden: within band of suite",
+        "holds",
+    ]
+    ax.legend(
+        handles=[Patch(color=c, label=lab) for c, lab in zip(colours, labels, strict=True)],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=7,
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -202,11 +235,15 @@ def write_audit(result: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``measurements/<variant>.json``, ``audit-heatmap.png``, ``audit.json``, ``audit.md`` (in that order)."""
     folder = Path(out_dir)
     (folder / "measurements").mkdir(parents=True, exist_ok=True)
-    paths = [atomic_write_text(folder / "measurements" / f"{name}.json", json.dumps(doc, indent=1) + "\n")
-             for name, doc in result["measurements"].items()]
+    paths = [
+        atomic_write_text(folder / "measurements" / f"{name}.json", json.dumps(doc, indent=1) + "\n")
+        for name, doc in result["measurements"].items()
+    ]
     audit = result["audit"]
     paths.append(atomic_write_bytes(folder / HEATMAP_FILE, heatmap_png(audit)))
-    paths.append(atomic_write_text(folder / "audit.json", json.dumps(audit, indent=1, allow_nan=False) + "\n"))
+    paths.append(
+        atomic_write_text(folder / "audit.json", json.dumps(audit, indent=1, allow_nan=False) + "\n")
+    )
     paths.append(atomic_write_text(folder / "audit.md", render_markdown(audit)))
     return paths
 
@@ -236,11 +273,16 @@ def report_section(report_dir: str | Path) -> list[str]:
         unmeasured = not_measured(audit)
         if unmeasured and sum(map(len, unmeasured.values())) == len(audit["variants"]):
             # no suite column anywhere: one sentence, not the same reason on every claim
-            out += [f"No suite variant measured ({'; '.join(sorted(unmeasured))}): no robustness "
-                    f"verdict for its {len(audit['claims'])} claims; audit.md shows the author's files.", ""]
+            out += [
+                f"No suite variant measured ({'; '.join(sorted(unmeasured))}): no robustness "
+                f"verdict for its {len(audit['claims'])} claims; audit.md shows the author's files.",
+                "",
+            ]
             continue
         out += ["| claim | robustness | why |", "| --- | --- | --- |"]
         for row in audit["claims"]:
-            out.append(f"| {_md(row['key'])} | {_md(row['robustness']['verdict'])} | {_md(row['robustness']['text'])} |")
+            out.append(
+                f"| {_md(row['key'])} | {_md(row['robustness']['verdict'])} | {_md(row['robustness']['text'])} |"
+            )
         out.append("")
     return out

@@ -102,15 +102,24 @@ def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) ->
     options = options or MeasureOptions()
     texts = load_texts(base, options)
     # hub models as their local snapshots, downloaded first if needed: every variant loads from them
-    spec = resolve_pair(get_pair(pair), progress=options.progress, trust_remote_code=options.trust_remote_code)
+    spec = resolve_pair(
+        get_pair(pair), progress=options.progress, trust_remote_code=options.trust_remote_code
+    )
 
     def load(model_spec: Any, quantization: str | None) -> Any:
         # a 4-bit variant runs as upstream ran it, fp16 compute and activations (models.QUANTIZED_DTYPE), whatever --dtype
         dtype = None if quantization is not None else torch_dtype(options.dtype)
-        return load_model(model_spec, bos_token=spec.bos_token, dtype=dtype, device=options.device,
-                          trust_remote_code=options.trust_remote_code, quantization=quantization,
-                          allow_incomplete_weights=options.allow_incomplete_weights,
-                          device_map=options.device_map, offload_folder=options.offload_folder)
+        return load_model(
+            model_spec,
+            bos_token=spec.bos_token,
+            dtype=dtype,
+            device=options.device,
+            trust_remote_code=options.trust_remote_code,
+            quantization=quantization,
+            allow_incomplete_weights=options.allow_incomplete_weights,
+            device_map=options.device_map,
+            offload_folder=options.offload_folder,
+        )
 
     def sequences(loaded: Any, protocol: Protocol) -> list[list[int]]:
         return token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
@@ -141,7 +150,9 @@ def check_finite(doc: Mapping[str, Any], variant: str) -> None:
             m = re.match(r"layers\.(\w+)\[(\d+)\]", path)
             where = f"layer {m.group(2)}, quantity {m.group(1)}" if m else f"quantity {path}"
             model = doc["models"][role].get("provenance", {}).get("model_id", role)
-            raise AuditError(f"variant {variant}: model {role} ({model}): non-finite value {node} at {path} ({where})")
+            raise AuditError(
+                f"variant {variant}: model {role} ({model}): non-finite value {node} at {path} ({where})"
+            )
 
     for role, model in doc["models"].items():
         walk(model, "", role)
@@ -190,8 +201,11 @@ def run_audit(
             status[v.name] = {"status": NOT_MEASURED, "reason": models_unavailable}
             continue
         if v.kind == "gpu" and not gpu_available:
-            status[v.name] = {"status": SKIPPED, "reason": "bitsandbytes 4-bit needs a CUDA GPU; run "
-                              f"`drope-check audit --pair {pair} --variants {v.name}` (or tox -e audit-gpu) on a GPU runner"}
+            status[v.name] = {
+                "status": SKIPPED,
+                "reason": "bitsandbytes 4-bit needs a CUDA GPU; run "
+                f"`drope-check audit --pair {pair} --variants {v.name}` (or tox -e audit-gpu) on a GPU runner",
+            }
             continue
         status[v.name] = {"status": "derived" if v.kind == "statistics" else "measured"}
         for role in ROLES:
@@ -210,7 +224,9 @@ def run_audit(
             if not jobs:
                 continue
             model_spec = getattr(source.spec, role)
-            say(f"audit: loading {role} ({model_spec.describe()}{', ' + quantization if quantization else ''})")
+            say(
+                f"audit: loading {role} ({model_spec.describe()}{', ' + quantization if quantization else ''})"
+            )
             try:
                 loaded = source.load(model_spec, quantization)
             except Exception as exc:
@@ -224,8 +240,9 @@ def run_audit(
                 try:
                     seqs = source.sequences(loaded, key)
                     start = time.perf_counter()
-                    results[(q, r, key)] = measure_model(loaded, seqs, key, tuple(sorted(job["interventions"])),
-                                                         progress=progress, label=label)
+                    results[(q, r, key)] = measure_model(
+                        loaded, seqs, key, tuple(sorted(job["interventions"])), progress=progress, label=label
+                    )
                 except Exception as exc:  # CaptureError names model, layer and quantity; add the variant
                     raise AuditError(_with_variant(str(exc), job["variants"])) from exc
                 first = job["variants"][0]
@@ -254,12 +271,25 @@ def run_audit(
             model = derive_statistics(measured, protocol) if changed_stats else dict(measured)
             model["protocol"] = protocol.to_dict()
             models[role] = model
-        doc = measurements_document(source.spec, protocols[v.name]["rope"], source.options or MeasureOptions(),
-                                    source.texts, token_info.get(v.name, {}), models)
-        doc["variant"] = {"name": v.name, "description": v.description, "kind": v.kind, "quantization": v.quantization,
-                          "protocols": {r: protocols[v.name][r].to_dict() for r in ROLES}}
+        doc = measurements_document(
+            source.spec,
+            protocols[v.name]["rope"],
+            source.options or MeasureOptions(),
+            source.texts,
+            token_info.get(v.name, {}),
+            models,
+        )
+        doc["variant"] = {
+            "name": v.name,
+            "description": v.description,
+            "kind": v.kind,
+            "quantization": v.quantization,
+            "protocols": {r: protocols[v.name][r].to_dict() for r in ROLES},
+        }
         check_finite(doc, v.name)
-        status[v.name]["attention_nan_heads"] = {r: models[r]["scalars"].get("attention_nan_heads", 0) for r in ROLES}
+        status[v.name]["attention_nan_heads"] = {
+            r: models[r]["scalars"].get("attention_nan_heads", 0) for r in ROLES
+        }
         docs[v.name] = doc
 
     files = None
@@ -273,12 +303,22 @@ def run_audit(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "claims_file": claim_set.path,
         "base_protocol": base.to_dict(),
-        "variants": [{"name": v.name, "description": v.description, "kind": v.kind, "upstream_choice": v.upstream_choice,
-                      "protocols": {r: protocols[v.name][r].to_dict() for r in ROLES}, **status[v.name]}
-                     for v in variants],
+        "variants": [
+            {
+                "name": v.name,
+                "description": v.description,
+                "kind": v.kind,
+                "upstream_choice": v.upstream_choice,
+                "protocols": {r: protocols[v.name][r].to_dict() for r in ROLES},
+                **status[v.name],
+            }
+            for v in variants
+        ],
         "claims": rows,
-        "summary": {k: sum(1 for r in rows if r["robustness"]["verdict"] == k)
-                    for k in (ROBUST, FRAGILE, UPSTREAM_ONLY, NOT_EVALUATED)},
+        "summary": {
+            k: sum(1 for r in rows if r["robustness"]["verdict"] == k)
+            for k in (ROBUST, FRAGILE, UPSTREAM_ONLY, NOT_EVALUATED)
+        },
     }
     if files is not None:
         summary = reproduction_summary(rows)
@@ -301,5 +341,3 @@ def run_audit(
 
 # ----------------------------------------------------------------------------------------------
 # pytest claims/ --audit
-
-

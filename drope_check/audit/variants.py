@@ -48,12 +48,16 @@ class Variant:
 
     def __post_init__(self) -> None:
         if set(self.changes) != set(ROLES):
-            raise ValueError(f"variant {self.name!r}: changes must name exactly the roles {ROLES}, got {sorted(self.changes)}")
+            raise ValueError(
+                f"variant {self.name!r}: changes must name exactly the roles {ROLES}, got {sorted(self.changes)}"
+            )
         known = {f.name for f in dataclasses.fields(Protocol)} - {"name"}
         for role, fields in self.changes.items():
             unknown = set(fields) - known
             if unknown:
-                raise ValueError(f"variant {self.name!r}, {role}: unknown protocol field(s) {sorted(unknown)}")
+                raise ValueError(
+                    f"variant {self.name!r}, {role}: unknown protocol field(s) {sorted(unknown)}"
+                )
         for role in ROLES:  # fail at definition time, not after a model has loaded
             self.protocol(role)
 
@@ -77,8 +81,16 @@ class Variant:
         return base.replace(name=self.name, **fields)
 
 
-def variant(name: str, description: str, both: Mapping[str, Any] | None = None, *, rope: Mapping[str, Any] | None = None,
-            drope: Mapping[str, Any] | None = None, quantization: str | None = None, upstream_choice: bool = False) -> Variant:
+def variant(
+    name: str,
+    description: str,
+    both: Mapping[str, Any] | None = None,
+    *,
+    rope: Mapping[str, Any] | None = None,
+    drope: Mapping[str, Any] | None = None,
+    quantization: str | None = None,
+    upstream_choice: bool = False,
+) -> Variant:
     """A :class:`Variant` from changes for both models (``both``) and/or per model."""
     per = {r: {**(both or {}), **((rope if r == "rope" else drope) or {})} for r in ROLES}
     return Variant(name, description, {r: _frozen(per[r]) for r in ROLES}, quantization, upstream_choice)
@@ -93,12 +105,16 @@ def compose(name: str, description: str, parts: Iterable[Variant], upstream_choi
         for role in ROLES:
             for key, value in part.changes[role].items():
                 if key in per[role] and per[role][key] != value:
-                    raise ValueError(f"variant {name!r}: {part.name!r} sets {role}.{key} = {value!r}, another part "
-                                     f"{per[role][key]!r}")
+                    raise ValueError(
+                        f"variant {name!r}: {part.name!r} sets {role}.{key} = {value!r}, another part "
+                        f"{per[role][key]!r}"
+                    )
                 per[role][key] = value
         if part.quantization is not None:
             if quantization not in (None, part.quantization):
-                raise ValueError(f"variant {name!r}: two quantizations {quantization!r} and {part.quantization!r}")
+                raise ValueError(
+                    f"variant {name!r}: two quantizations {quantization!r} and {part.quantization!r}"
+                )
             quantization = part.quantization
     return Variant(name, description, {r: _frozen(per[r]) for r in ROLES}, quantization, upstream_choice)
 
@@ -108,49 +124,86 @@ UPSTREAM_PROMPT_TOKENS = (6, 12)
 
 SUITE = variant("suite", "the suite's default protocol (drope_check.engine.protocol.FAITHFUL)")
 NO_ROTARY = variant(
-    "no-rotary", "attention to BOS from raw q_proj / k_proj outputs, no rotary step (upstream's manual Q/K), both models",
-    {"attention_source": "projections"}, upstream_choice=True,
+    "no-rotary",
+    "attention to BOS from raw q_proj / k_proj outputs, no rotary step (upstream's manual Q/K), both models",
+    {"attention_source": "projections"},
+    upstream_choice=True,
 )
 PADDED_ROPE = variant(
-    "padded-rope", f"RoPE right-padded to {UPSTREAM_PAD_TO} with pad rows kept in entropy, BOS ratio and sink "
+    "padded-rope",
+    f"RoPE right-padded to {UPSTREAM_PAD_TO} with pad rows kept in entropy, BOS ratio and sink "
     "statistics; DroPE unpadded (upstream)",
-    rope={"pad_to": UPSTREAM_PAD_TO, "padding_in_stats": True}, upstream_choice=True,
+    rope={"pad_to": UPSTREAM_PAD_TO, "padding_in_stats": True},
+    upstream_choice=True,
 )
 PADDED = variant(
-    "padded", f"both models right-padded to {UPSTREAM_PAD_TO} with pad rows kept in the statistics",
+    "padded",
+    f"both models right-padded to {UPSTREAM_PAD_TO} with pad rows kept in the statistics",
     {"pad_to": UPSTREAM_PAD_TO, "padding_in_stats": True},
 )
 FP16_EAGER = variant(
-    "fp16-eager", "attention weights with eager's fp16 arithmetic (q.k^T in fp16, then scaling, then softmax); "
+    "fp16-eager",
+    "attention weights with eager's fp16 arithmetic (q.k^T in fp16, then scaling, then softmax); "
     "NaN heads count as non-sinks, their number reported (scalars.attention_nan_heads)",
-    {"stats_dtype": "fp16-eager"}, upstream_choice=True,
+    {"stats_dtype": "fp16-eager"},
+    upstream_choice=True,
 )
 SHORT_PROMPTS = variant(
-    "short-prompts", "each sequence cut to 6-12 tokens after BOS (the report's sink prompts), both models",
-    {"prompt_tokens": UPSTREAM_PROMPT_TOKENS}, upstream_choice=True,
+    "short-prompts",
+    "each sequence cut to 6-12 tokens after BOS (the report's sink prompts), both models",
+    {"prompt_tokens": UPSTREAM_PROMPT_TOKENS},
+    upstream_choice=True,
 )
-SELF_EXCLUDED = variant("self-excluded", "query t = 0 left out of every sink score and rate", {"sink_self_term": False})
+SELF_EXCLUDED = variant(
+    "self-excluded", "query t = 0 left out of every sink score and rate", {"sink_self_term": False}
+)
 TAU_02 = variant("tau-0.2", "sink threshold tau = 0.2 (>=)", {"sink_tau": 0.2})
 TAU_05 = variant("tau-0.5", "sink threshold tau = 0.5 (>=)", {"sink_tau": 0.5})
 STRICT = variant("strict", "a sink is score > tau (Gu et al.) instead of >=", {"sink_strict": True})
 SPIKE_MAX_WRITE = variant(
-    "spike-max-write", "the spike-layer and BOS-MLP ablation claims read the max-write layer instead of argmax-ratio",
+    "spike-max-write",
+    "the spike-layer and BOS-MLP ablation claims read the max-write layer instead of argmax-ratio",
     {"spike_rule": "max-write"},
 )
 UPSTREAM = compose(
-    "upstream", "all of upstream's choices at once, per model as upstream applied them: no-rotary + padded-rope + "
+    "upstream",
+    "all of upstream's choices at once, per model as upstream applied them: no-rotary + padded-rope + "
     "fp16-eager + short-prompts (tau 0.3 with >=, t = 0 included and argmax-ratio are the suite's defaults too)",
-    [NO_ROTARY, PADDED_ROPE, FP16_EAGER, SHORT_PROMPTS], upstream_choice=True,
+    [NO_ROTARY, PADDED_ROPE, FP16_EAGER, SHORT_PROMPTS],
+    upstream_choice=True,
 )
-NF4 = variant("4bit-nf4", "bitsandbytes 4-bit NF4, fp16 compute and activations (upstream's phase-metrics load); CUDA GPU only",
-              quantization="nf4", upstream_choice=True)
-FP4 = variant("4bit-fp4", "bitsandbytes 4-bit FP4, fp16 compute and activations (upstream's ablation / sink-fix load); CUDA GPU only",
-              quantization="fp4", upstream_choice=True)
+NF4 = variant(
+    "4bit-nf4",
+    "bitsandbytes 4-bit NF4, fp16 compute and activations (upstream's phase-metrics load); CUDA GPU only",
+    quantization="nf4",
+    upstream_choice=True,
+)
+FP4 = variant(
+    "4bit-fp4",
+    "bitsandbytes 4-bit FP4, fp16 compute and activations (upstream's ablation / sink-fix load); CUDA GPU only",
+    quantization="fp4",
+    upstream_choice=True,
+)
 
 #: Every named variant, in the audit's column order.
 VARIANTS: dict[str, Variant] = {
-    v.name: v for v in (SUITE, NO_ROTARY, PADDED_ROPE, PADDED, FP16_EAGER, SHORT_PROMPTS, SELF_EXCLUDED, TAU_02, TAU_05,
-                        STRICT, SPIKE_MAX_WRITE, UPSTREAM, NF4, FP4)
+    v.name: v
+    for v in (
+        SUITE,
+        NO_ROTARY,
+        PADDED_ROPE,
+        PADDED,
+        FP16_EAGER,
+        SHORT_PROMPTS,
+        SELF_EXCLUDED,
+        TAU_02,
+        TAU_05,
+        STRICT,
+        SPIKE_MAX_WRITE,
+        UPSTREAM,
+        NF4,
+        FP4,
+    )
 }
 
 
@@ -158,7 +211,9 @@ def get_variants(names: str | Iterable[str] | None = None) -> list[Variant]:
     """Variants by name (comma-separated string or list), ``suite`` always first; ``None`` = all."""
     if names is None:
         return list(VARIANTS.values())
-    wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    wanted = (
+        [n.strip() for n in names.split(",")] if isinstance(names, str) else [str(n).strip() for n in names]
+    )
     wanted = [n for n in wanted if n]
     unknown = [n for n in wanted if n not in VARIANTS]
     if unknown:

@@ -28,7 +28,15 @@ from drope_check.numbers import first_non_finite, flatten
 __all__ = ["BAND_KINDS", "EDGE_SLACK", "ONE_SIDED_OPS", "Band", "BandResult", "fmt", "index_ranges"]
 
 BAND_KINDS: tuple[str, ...] = (
-    "absolute", "relative", "log_ratio", "one_sided", "exact", "range", "ordering", "each", "equals",
+    "absolute",
+    "relative",
+    "log_ratio",
+    "one_sided",
+    "exact",
+    "range",
+    "ordering",
+    "each",
+    "equals",
 )
 ONE_SIDED_OPS: tuple[str, ...] = (">=", ">", "<=", "<")
 
@@ -62,12 +70,16 @@ def fmt(x: Any, digits: int = 4, ratio: bool = False) -> str:
         return f"{x:.{digits}g}"
     if isinstance(x, str):
         return x
-    if isinstance(x, (list, tuple)) and any(isinstance(v, str) for v in x):  # text facts: each distinct one once
+    if isinstance(x, (list, tuple)) and any(
+        isinstance(v, str) for v in x
+    ):  # text facts: each distinct one once
         return " / ".join(dict.fromkeys(fmt(v) for v in x))
     if isinstance(x, (list, tuple)):
         flat = flatten(x)
         if len(flat) > 6:
-            return f"[{fmt(min(flat), digits, ratio)} .. {fmt(max(flat), digits, ratio)}] ({len(flat)} values)"
+            return (
+                f"[{fmt(min(flat), digits, ratio)} .. {fmt(max(flat), digits, ratio)}] ({len(flat)} values)"
+            )
         return "[" + ", ".join(fmt(v, digits, ratio) for v in x) + "]"
     return str(x)
 
@@ -162,14 +174,20 @@ class Band:
             return f"{a} {p['op']} {rhs}"
         if k == "each":
             shown = list(names) or [f"m{i}" for i in range(len(p["ops"]))]
-            return " and ".join(f"{n} {op} {fmt(b)}" for n, op, b in zip(shown, p["ops"], p["bounds"], strict=True))
+            return " and ".join(
+                f"{n} {op} {fmt(b)}" for n, op, b in zip(shown, p["ops"], p["bounds"], strict=True)
+            )
         return k  # pragma: no cover - kinds are validated on load
 
     def check(self, measured: Any, value: Any) -> BandResult:
         """Whether ``measured`` lies in the band around ``value``, and by how much (see :class:`BandResult`)."""
         result = self._check(measured, value)
         if result.passed and result.margin is not None and result.margin < 0:  # inside by float slack only
-            return replace(result, margin=0.0, margin_text=result.margin_text.replace(f"by {fmt(abs(result.margin))}", "by 0", 1))
+            return replace(
+                result,
+                margin=0.0,
+                margin_text=result.margin_text.replace(f"by {fmt(abs(result.margin))}", "by 0", 1),
+            )
         return result
 
     def _check(self, measured: Any, value: Any) -> BandResult:
@@ -183,7 +201,9 @@ class Band:
         # slack infinite and pass an absolute band; inf > b passes an ordering. Refuse it first.
         bad = first_non_finite(measured)
         if bad is not None:
-            return BandResult(False, None, f"measured value is {fmt(bad)}: a non-finite value is never inside a band")
+            return BandResult(
+                False, None, f"measured value is {fmt(bad)}: a non-finite value is never inside a band"
+            )
         if value is not None and self.kind not in ("one_sided", "range", "ordering", "each"):
             bad = first_non_finite(value)
             if bad is not None:
@@ -196,8 +216,12 @@ class Band:
                 margin = _op_margin(a, p["op"], b)
                 ok = _op_holds(a, p["op"], b)
                 return BandResult(ok, margin, _margin_text(ok, margin, ""))
-            margins = [_op_margin(v, op, float(bd)) for v, op, bd in zip(values, p["ops"], p["bounds"], strict=True)]
-            ok = all(_op_holds(v, op, float(bd)) for v, op, bd in zip(values, p["ops"], p["bounds"], strict=True))
+            margins = [
+                _op_margin(v, op, float(bd)) for v, op, bd in zip(values, p["ops"], p["bounds"], strict=True)
+            ]
+            ok = all(
+                _op_holds(v, op, float(bd)) for v, op, bd in zip(values, p["ops"], p["bounds"], strict=True)
+            )
             worst = min(margins)
             return BandResult(ok, worst, _margin_text(ok, worst, " (worst of the bounds)"))
         flat_m = flatten(measured)
@@ -217,24 +241,43 @@ class Band:
         pairs = list(zip(flat_m, flat_v, strict=True))
         if k == "exact":
             diffs = [abs(m - v) for m, v in pairs]
-            return _elementwise([d == 0 for d in diffs], [-d for d in diffs],
-                                lambda ok, _margin, i: "equal" if ok else f"off by {fmt(diffs[i])}", diffs)
+            return _elementwise(
+                [d == 0 for d in diffs],
+                [-d for d in diffs],
+                lambda ok, _margin, i: "equal" if ok else f"off by {fmt(diffs[i])}",
+                diffs,
+            )
         if k == "absolute":
             diffs = [abs(m - v) for m, v in pairs]
-            return _elementwise([_le(d, p["tol"]) for d in diffs], [p["tol"] - d for d in diffs],
-                                lambda ok, margin, i: _margin_text(ok, margin, f" (|m - v| = {fmt(diffs[i])})"), diffs)
+            return _elementwise(
+                [_le(d, p["tol"]) for d in diffs],
+                [p["tol"] - d for d in diffs],
+                lambda ok, margin, i: _margin_text(ok, margin, f" (|m - v| = {fmt(diffs[i])})"),
+                diffs,
+            )
         if k == "relative":
             diffs = [abs(m - v) / abs(v) for m, v in pairs]
-            return _elementwise([_le(d, p["rel"]) for d in diffs], [p["rel"] - d for d in diffs],
-                                lambda ok, margin, i: _margin_text(ok, margin, f" of v (|m - v| / |v| = {diffs[i]:.3g})",
-                                                                pct=True), diffs)
+            return _elementwise(
+                [_le(d, p["rel"]) for d in diffs],
+                [p["rel"] - d for d in diffs],
+                lambda ok, margin, i: _margin_text(
+                    ok, margin, f" of v (|m - v| / |v| = {diffs[i]:.3g})", pct=True
+                ),
+                diffs,
+            )
         if k == "log_ratio":
             if any(m <= 0 for m in flat_m):
                 return BandResult(False, None, "measured <= 0: a log-ratio band is undefined there")
             diffs = [abs(math.log(m / v)) for m, v in pairs]
             bound = math.log(p["factor"])
-            return _elementwise([_le(d, bound) for d in diffs], [bound - d for d in diffs],
-                                lambda ok, margin, i: _margin_text(ok, margin, f" in ln units (m / v off by x{math.exp(diffs[i]):.3g})"), diffs)
+            return _elementwise(
+                [_le(d, bound) for d in diffs],
+                [bound - d for d in diffs],
+                lambda ok, margin, i: _margin_text(
+                    ok, margin, f" in ln units (m / v off by x{math.exp(diffs[i]):.3g})"
+                ),
+                diffs,
+            )
         raise AssertionError(k)  # pragma: no cover
 
 
@@ -247,8 +290,9 @@ def _le(a: float, b: float) -> bool:
     return a <= b + EDGE_SLACK * max(abs(a), abs(b), 1e-300)
 
 
-def _elementwise(inside: Sequence[bool], margins: Sequence[float], text: Any,
-                 diffs: Sequence[float] | None = None) -> BandResult:
+def _elementwise(
+    inside: Sequence[bool], margins: Sequence[float], text: Any, diffs: Sequence[float] | None = None
+) -> BandResult:
     """The result of a band judged value by value: passed when every value is ``inside``; the
     margin is the worst (smallest) of ``margins``, at position ``i`` (the largest of ``diffs`` when
     the margins are ``bound - diff``: the same value, and the diff a tie in rounding would not pick),
@@ -266,4 +310,3 @@ def _elementwise(inside: Sequence[bool], margins: Sequence[float], text: Any,
 def _margin_text(ok: bool, margin: float, suffix: str, pct: bool = False) -> str:
     amount = f"{abs(margin) * 100:.3g} points" if pct else fmt(abs(margin))
     return f"{'inside' if ok else 'outside'} by {amount}{suffix}"
-

@@ -109,12 +109,21 @@ _NUMBER_PARAMS: dict[str, tuple[tuple[str, Callable[[float], bool] | None, str],
 _VALUE_CHECKS: dict[str, tuple[Callable[[list[Any]], bool], str]] = {
     "relative": (lambda vs: not any(v == 0 for v in vs), "a relative band needs a non-zero value"),
     "log_ratio": (lambda vs: not any(v <= 0 for v in vs), "a log_ratio band needs a positive value"),
-    "exact": (lambda vs: all(float(v).is_integer() for v in vs), "an 'exact' band needs integer value(s) (layer indices)"),
+    "exact": (
+        lambda vs: all(float(v).is_integer() for v in vs),
+        "an 'exact' band needs integer value(s) (layer indices)",
+    ),
 }
 
 
-def _need_number(params: Mapping[str, Any], kind: str, key: str, err: Err,
-                 check: Callable[[float], bool] | None = None, what: str = "") -> None:
+def _need_number(
+    params: Mapping[str, Any],
+    kind: str,
+    key: str,
+    err: Err,
+    check: Callable[[float], bool] | None = None,
+    what: str = "",
+) -> None:
     if key not in params:
         raise err(f"band.{key}", f"is required for a {kind!r} band")
     if not is_number(params[key]) or not math.isfinite(params[key]):
@@ -123,11 +132,14 @@ def _need_number(params: Mapping[str, Any], kind: str, key: str, err: Err,
         raise err(f"band.{key}", what)
 
 
-def _several_metrics_band(kind: str, params: Mapping[str, Any], err: Err, n_metrics: int, model: str,
-                          combine: str | None) -> None:
+def _several_metrics_band(
+    kind: str, params: Mapping[str, Any], err: Err, n_metrics: int, model: str, combine: str | None
+) -> None:
     """An ``ordering`` or ``each`` band: a pair claim comparing its paths, combining nothing."""
     if model != "pair" or combine is not None:
-        raise err("band.kind", f"a {kind!r} band compares several metrics: needs model = \"pair\" and no combine")
+        raise err(
+            "band.kind", f'a {kind!r} band compares several metrics: needs model = "pair" and no combine'
+        )
     if kind == "ordering":
         if n_metrics != 2:
             raise err("metric", "an 'ordering' band needs exactly two metric paths")
@@ -142,19 +154,25 @@ def _several_metrics_band(kind: str, params: Mapping[str, Any], err: Err, n_metr
     if not isinstance(bounds, list) or not all(is_number(b) for b in bounds):
         raise err("band.bounds", "must be a list of numbers")
     if not (len(ops) == len(bounds) == n_metrics):
-        raise err("band.ops", f"ops ({len(ops)}), bounds ({len(bounds)}) and metric ({n_metrics}) must have the same length")
+        raise err(
+            "band.ops",
+            f"ops ({len(ops)}), bounds ({len(bounds)}) and metric ({n_metrics}) must have the same length",
+        )
 
 
 def _validate_band(raw: Any, err: Err, n_metrics: int, value: Any, combine: str | None, model: str) -> Band:
     if not isinstance(raw, Mapping):
-        raise err("band", "must be a table, e.g. band = { kind = \"absolute\", tol = 0.03 }")
+        raise err("band", 'must be a table, e.g. band = { kind = "absolute", tol = 0.03 }')
     kind = raw.get("kind")
     if kind not in BAND_KINDS:
         raise err("band.kind", f"must be one of {', '.join(BAND_KINDS)}, got {kind!r}")
     allowed = _BAND_KEYS[kind]
     for key in raw:
         if key != "kind" and key not in allowed:
-            raise err(f"band.{key}", f"is not a parameter of a {kind!r} band (allowed: {', '.join(sorted(allowed)) or 'none'})")
+            raise err(
+                f"band.{key}",
+                f"is not a parameter of a {kind!r} band (allowed: {', '.join(sorted(allowed)) or 'none'})",
+            )
     params = {k: v for k, v in raw.items() if k != "kind"}
     if kind == "equals":
         if combine is not None:
@@ -164,7 +182,7 @@ def _validate_band(raw: Any, err: Err, n_metrics: int, value: Any, combine: str 
         _several_metrics_band(kind, params, err, n_metrics, model, combine)
         return Band(kind, params)
     if model == "pair" and combine is None:
-        raise err("combine", f"a pair claim with a {kind!r} band needs combine = \"ratio\" or \"difference\"")
+        raise err("combine", f'a pair claim with a {kind!r} band needs combine = "ratio" or "difference"')
     if kind == "one_sided" and params.get("op") not in ONE_SIDED_OPS:
         raise err("band.op", f"must be one of {', '.join(ONE_SIDED_OPS)}")
     for key, check, what in _NUMBER_PARAMS.get(kind, ()):
@@ -187,7 +205,9 @@ class Draft:
     attribute), and ``err`` naming the claim as far as it is known (``#3 (no id)``, the id, then
     ``id[pair:model]`` once the model is read)."""
 
-    def __init__(self, raw: Mapping[str, Any], index: int, pair: str, error: Callable[[str, str, str], Exception]) -> None:
+    def __init__(
+        self, raw: Mapping[str, Any], index: int, pair: str, error: Callable[[str, str, str], Exception]
+    ) -> None:
         self.raw = raw
         self.index = index
         self.pair = pair
@@ -244,7 +264,10 @@ def _provenance(prov: Any, d: Draft) -> dict[str, Any]:
         raise d.err("provenance", "is required: a table with source, text_set (and optional notes)")
     for key in prov:
         if key not in _PROVENANCE_KEYS:
-            raise d.err(f"provenance.{key}", f"is not a provenance key (allowed: {', '.join(sorted(_PROVENANCE_KEYS))})")
+            raise d.err(
+                f"provenance.{key}",
+                f"is not a provenance key (allowed: {', '.join(sorted(_PROVENANCE_KEYS))})",
+            )
     _one_of("provenance.source", PROVENANCE_SOURCES)(prov.get("source"), d)
     require_str(prov, "text_set", lambda k, m: d.err(f"provenance.{k}", m))
     if "notes" in prov and not isinstance(prov["notes"], str):
@@ -269,7 +292,7 @@ def _only_with_status(key: str, status: str, why: str = "") -> Callable[[Any, Dr
         if d.status == status:
             return require_str(d.raw, key, d.err)
         if value is not None:
-            raise d.err(key, f"is only allowed with status = \"{status}\"{why}")
+            raise d.err(key, f'is only allowed with status = "{status}"{why}')
         return value
 
     return check
@@ -280,11 +303,17 @@ def _metric_path(m: str, d: Draft) -> None:
         parsed = parse_path(m)
     except MetricPathError as exc:
         raise d.err("metric", exc.detail + f" (in {m!r})") from None
-    negative = [step for step in parsed.steps if step[0] in ("index", "slice")
-                and any(isinstance(i, int) and i < 0 for i in step[1:])]
+    negative = [
+        step
+        for step in parsed.steps
+        if step[0] in ("index", "slice") and any(isinstance(i, int) and i < 0 for i in step[1:])
+    ]
     if negative:
-        raise d.err("metric", f"{m!r} counts from the end ([-1], [2:-1]): write explicit layer indices, so "
-                    "that a measurement with another number of layers is an error, not another layer")
+        raise d.err(
+            "metric",
+            f"{m!r} counts from the end ([-1], [2:-1]): write explicit layer indices, so "
+            "that a measurement with another number of layers is an error, not another layer",
+        )
     if d.model != "pair" and parsed.root not in (d.model, "root"):
         raise d.err("metric", f"a {d.model!r} claim must read a {d.model}: path, got {m!r}")
 
@@ -295,7 +324,11 @@ def _metrics(metric: Any, d: Draft) -> tuple[str, ...]:
             raise d.err("metric", "is required")
         return ()
     metric_list = [metric] if isinstance(metric, str) else metric
-    if not isinstance(metric_list, list) or not metric_list or not all(isinstance(m, str) for m in metric_list):
+    if (
+        not isinstance(metric_list, list)
+        or not metric_list
+        or not all(isinstance(m, str) for m in metric_list)
+    ):
         raise d.err("metric", "must be a path string or a list of path strings")
     for m in metric_list:
         _metric_path(m, d)
@@ -310,7 +343,7 @@ def _combine(combine: Any, d: Draft) -> str | None:
     if combine is None:
         return None
     if d.model != "pair":
-        raise d.err("combine", "is only for model = \"pair\" claims")
+        raise d.err("combine", 'is only for model = "pair" claims')
     _one_of("combine", COMBINE)(combine, d)
     if len(d.metrics) != 2:
         raise d.err("combine", "combines exactly two paths")
@@ -346,31 +379,47 @@ def _measured_how(how: Any, d: Draft) -> str | None:
     if how is not None and (not isinstance(how, str) or not how.strip()):
         raise d.err("measured_how", "must be a non-empty string")
     if d.status == "golden" and not d.pending and how is None:
-        raise d.err("measured_how", "a measured golden must say how, where and with what settings it was measured")
+        raise d.err(
+            "measured_how", "a measured golden must say how, where and with what settings it was measured"
+        )
     return how
 
 
 def _measured(recorded: Any, d: Draft) -> Any:
     if d.status == "does-not-generalise" and not d.pending:
         if recorded is None or not _is_value(recorded):
-            raise d.err("measured", "a does-not-generalise claim records the value this suite measured (or pending = true)")
+            raise d.err(
+                "measured",
+                "a does-not-generalise claim records the value this suite measured (or pending = true)",
+            )
         if d.measured_how is None:
-            raise d.err("measured_how", "a does-not-generalise claim must say how, where and with what settings it was measured")
+            raise d.err(
+                "measured_how",
+                "a does-not-generalise claim must say how, where and with what settings it was measured",
+            )
     if recorded is not None and d.status != "does-not-generalise":
-        raise d.err("measured", "is only for status = \"does-not-generalise\" (a golden keeps its value in 'value')")
+        raise d.err(
+            "measured", "is only for status = \"does-not-generalise\" (a golden keeps its value in 'value')"
+        )
     return recorded
 
 
 def _golden_source(_value: Any, d: Draft) -> None:
     if d.status == "golden" and d.provenance.get("source") != "suite-measured":
-        raise d.err("provenance.source", "a golden's value is measured by this suite: source = \"suite-measured\"")
+        raise d.err(
+            "provenance.source", 'a golden\'s value is measured by this suite: source = "suite-measured"'
+        )
 
 
 def _texts_sha256(sha: Any, d: Draft) -> str | None:
     if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha)):
-        raise d.err("texts_sha256", "must be the 64-hex-digit sha256 of the text set (measurements texts.sha256)")
+        raise d.err(
+            "texts_sha256", "must be the 64-hex-digit sha256 of the text set (measurements texts.sha256)"
+        )
     if sha is not None and d.status not in _SUITE_MEASURED:
-        raise d.err("texts_sha256", "is only recorded for suite-measured values (golden / does-not-generalise)")
+        raise d.err(
+            "texts_sha256", "is only recorded for suite-measured values (golden / does-not-generalise)"
+        )
     return sha
 
 
@@ -389,7 +438,7 @@ def _plot(plot: Any, d: Draft) -> dict[str, Any] | None:
     if plot is None:
         return None
     if not isinstance(plot, Mapping) or set(plot) - _PLOT_KEYS or "series" not in plot:
-        raise d.err("plot", "must be a table { series = \"bos_norm\", layer = 23 }")
+        raise d.err("plot", 'must be a table { series = "bos_norm", layer = 23 }')
     if not isinstance(plot["series"], str) or ("layer" in plot and not isinstance(plot["layer"], int)):
         raise d.err("plot", "series must be a string and layer an integer")
     return dict(plot)
@@ -399,10 +448,15 @@ def _evidence(evidence: Any, d: Draft) -> Any:
     author_files = parse_evidence(evidence, d.err, d.model, d.status, d.metrics)
     if d.family in AUTHOR_FILES_ONLY_FAMILIES:
         if author_files is None or not author_files.has_test:
-            raise d.err("evidence", f"a {d.family!r} claim is judged on the author's files only: it needs a "
-                        "[claim.evidence.\"author-files\"] table that is not suite_only")
+            raise d.err(
+                "evidence",
+                f"a {d.family!r} claim is judged on the author's files only: it needs a "
+                '[claim.evidence."author-files"] table that is not suite_only',
+            )
         if d.status not in REPORT_STATUSES:
-            raise d.err("status", f"a {d.family!r} claim states what the report's author did: status \"claim\"")
+            raise d.err(
+                "status", f'a {d.family!r} claim states what the report\'s author did: status "claim"'
+            )
     return author_files
 
 
@@ -419,8 +473,11 @@ CLAIM_FIELDS: tuple[ClaimField, ...] = (
     ClaimField("metric", "metrics", _metrics),
     ClaimField("combine", "combine", _combine),
     ClaimField("value", "value", _value),
-    ClaimField("artefact", "artefact",
-               _only_with_status("artefact", "artefact", " (the cause the report's value comes from)")),
+    ClaimField(
+        "artefact",
+        "artefact",
+        _only_with_status("artefact", "artefact", " (the cause the report's value comes from)"),
+    ),
     ClaimField("band", "band", _band),
     ClaimField("measured_how", "measured_how", _measured_how),
     ClaimField("measured", "recorded", _measured),
@@ -434,7 +491,9 @@ CLAIM_FIELDS: tuple[ClaimField, ...] = (
 CLAIM_KEYS = frozenset({"id"} | {f.key for f in CLAIM_FIELDS if f.attr is not None})
 
 
-def parse_claim_fields(raw: Any, index: int, pair: str, error: Callable[[str, str | None, str], Exception]) -> dict[str, Any]:
+def parse_claim_fields(
+    raw: Any, index: int, pair: str, error: Callable[[str, str | None, str], Exception]
+) -> dict[str, Any]:
     """The ``Claim`` attributes of the ``index``-th ``[[claim]]`` table ``raw`` of ``pair``'s file,
     ``id`` included; raises ``error(shown, key, message)`` (``shown`` names the claim) at the first
     key that is wrong, in the order of :data:`CLAIM_FIELDS`."""

@@ -107,6 +107,7 @@ _PAIR_KEYS = frozenset({"name", "description", "drope_variant", "run_hint", "rep
 RECALIBRATED_SKIP = "about a recalibrated DroPE model"
 _VARIANTS = VARIANTS["drope"]
 
+
 class ClaimsFileError(ValueError):
     """A claim file is malformed. The message names the file, the claim id and the key."""
 
@@ -160,7 +161,9 @@ class Claim:
     protocol: Mapping[str, Any] | None = None  # its protocol identity (drope_check.claims.protocol_identity)
     source_file: str = ""
     order: int = 0  # position in the claim file (the report keeps the file's order)
-    author_files: AuthorFilesEvidence | None = None  # [claim.evidence."author-files"] (drope_check.claims.evidence_spec)
+    author_files: AuthorFilesEvidence | None = (
+        None  # [claim.evidence."author-files"] (drope_check.claims.evidence_spec)
+    )
     artefact: str | None = None  # status "artefact": the cause the report's value comes from
 
     @property
@@ -288,7 +291,9 @@ def available_pairs(expected_dir: str | Path | None = None) -> list[str]:
 def _parse_claim(raw: Any, index: int, pair: str, file: str) -> Claim:
     """The ``index``-th ``[[claim]]`` of ``file``, read by the field table of :mod:`drope_check.claims.claim_fields`;
     raises :class:`ClaimsFileError` naming the file, the claim and the key."""
-    fields = parse_claim_fields(raw, index, pair, lambda shown, key, message: ClaimsFileError(file, shown, key, message))
+    fields = parse_claim_fields(
+        raw, index, pair, lambda shown, key, message: ClaimsFileError(file, shown, key, message)
+    )
     return Claim(pair=pair, source_file=file, order=index, **fields)
 
 
@@ -306,7 +311,9 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
         raise ClaimsFileError(file, None, None, f"invalid TOML: {exc}") from None
     for key in data:
         if key not in ("schema_version", "pair", "claim"):
-            raise ClaimsFileError(file, None, key, "unknown top-level key (allowed: schema_version, pair, claim)")
+            raise ClaimsFileError(
+                file, None, key, "unknown top-level key (allowed: schema_version, pair, claim)"
+            )
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ClaimsFileError(file, None, "schema_version", f"must be {SCHEMA_VERSION}")
     head = data.get("pair")
@@ -314,7 +321,9 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
         raise ClaimsFileError(file, None, "pair", "a [pair] table is required")
     for key in head:
         if key not in _PAIR_KEYS:
-            raise ClaimsFileError(file, None, f"pair.{key}", f"unknown key (allowed: {', '.join(sorted(_PAIR_KEYS))})")
+            raise ClaimsFileError(
+                file, None, f"pair.{key}", f"unknown key (allowed: {', '.join(sorted(_PAIR_KEYS))})"
+            )
 
     def head_err(key: str, message: str) -> ClaimsFileError:
         return ClaimsFileError(file, None, f"pair.{key}", message)
@@ -327,10 +336,12 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
         raise head_err("drope_variant", f"must be one of {', '.join(_VARIANTS)}")
     run_hint = require_str(head, "run_hint", head_err)
     model_ids = head.get("models", {})
-    if not isinstance(model_ids, Mapping) or set(model_ids) - {"rope", "drope"} or not all(
-        isinstance(v, str) and v for v in model_ids.values()
+    if (
+        not isinstance(model_ids, Mapping)
+        or set(model_ids) - {"rope", "drope"}
+        or not all(isinstance(v, str) and v for v in model_ids.values())
     ):
-        raise head_err("models", "must be a table { rope = \"<model id>\", drope = \"<model id>\" }")
+        raise head_err("models", 'must be a table { rope = "<model id>", drope = "<model id>" }')
     raw_claims = data.get("claim")
     if not isinstance(raw_claims, list) or not raw_claims:
         raise ClaimsFileError(file, None, "claim", "at least one [[claim]] is required")
@@ -341,8 +352,14 @@ def load_claims(pair: str, expected_dir: str | Path | None = None) -> ClaimSet:
             raise ClaimsFileError(file, claim.key, "id", "duplicate (id, model)")
         seen.add((claim.id, claim.model))
     return ClaimSet(
-        pair=pair, path=file, description=str(head.get("description", "")), drope_variant=variant,
-        run_hint=run_hint, report=str(head.get("report", "")), claims=tuple(claims), model_ids=dict(model_ids),
+        pair=pair,
+        path=file,
+        description=str(head.get("description", "")),
+        drope_variant=variant,
+        run_hint=run_hint,
+        report=str(head.get("report", "")),
+        claims=tuple(claims),
+        model_ids=dict(model_ids),
     )
 
 
@@ -356,8 +373,9 @@ def measured_model_ids(measurements: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], origin: str = "measurements",
-                       as_pair: bool = False) -> None:
+def check_measurements(
+    claim_set: ClaimSet, measurements: Mapping[str, Any], origin: str = "measurements", as_pair: bool = False
+) -> None:
     """Refuse measurements that are malformed, or of another pair, DroPE variant or model.
 
     The file is validated first (:func:`drope_check.measurements.validate.validate_measurements`:
@@ -369,13 +387,16 @@ def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], ori
     validate_measurements(measurements, origin)
     got = measurements.get("pair")
     if got not in (claim_set.pair, "custom"):
-        raise MeasurementsMismatch(f"{origin}: $.pair: the file measures pair {got!r}, but the claims are for "
-                                   f"{claim_set.pair!r}", "$.pair")
+        raise MeasurementsMismatch(
+            f"{origin}: $.pair: the file measures pair {got!r}, but the claims are for {claim_set.pair!r}",
+            "$.pair",
+        )
     drope = measurements["models"]["drope"]
     if drope.get("variant") != claim_set.drope_variant:
         raise MeasurementsMismatch(
             f"{origin}: $.models.drope.variant: the DroPE side is variant {drope.get('variant')!r}, but {claim_set.path} "
-            f"assumes {claim_set.drope_variant!r}", "$.models.drope.variant"
+            f"assumes {claim_set.drope_variant!r}",
+            "$.models.drope.variant",
         )
     if as_pair:
         return
@@ -389,5 +410,6 @@ def check_measurements(claim_set: ClaimSet, measurements: Mapping[str, Any], ori
             raise MeasurementsMismatch(
                 f"{origin}: {where}: the {role} model is {ids.get(role)!r}, but the claims of pair {claim_set.pair!r} are "
                 f"about {want!r}; to judge other models against them anyway, pass --as-pair (every verdict then names "
-                "the measured models)", where
+                "the measured models)",
+                where,
             )

@@ -90,8 +90,9 @@ def _paths(raw: Any, key: str, err: Callable[[str, str], Exception], model: str)
     return tuple(items)
 
 
-def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, status: str,
-                   metrics: tuple[str, ...]) -> AuthorFilesEvidence | None:
+def parse_evidence(
+    raw: Any, err: Callable[[str, str], Exception], model: str, status: str, metrics: tuple[str, ...]
+) -> AuthorFilesEvidence | None:
     """The ``author-files`` source of a ``[claim.evidence]`` table, or None without one.
 
     ``err(key, message)`` builds the claim file's error (naming file, claim and key).
@@ -102,20 +103,29 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
         raise err("evidence", 'must be a table: [claim.evidence."author-files"]')
     unknown = sorted(set(raw) - {AUTHOR_FILES})
     if unknown:
-        raise err(f"evidence.{unknown[0]}", f"is not an evidence source (known: {AUTHOR_FILES}; {SUITE} is implicit)")
+        raise err(
+            f"evidence.{unknown[0]}",
+            f"is not an evidence source (known: {AUTHOR_FILES}; {SUITE} is implicit)",
+        )
     table = raw.get(AUTHOR_FILES)
     where = f"evidence.{AUTHOR_FILES}"
     if not isinstance(table, Mapping):
         raise err(where, "must be a table")
     for key in table:
         if key not in _AUTHOR_KEYS:
-            raise err(f"{where}.{key}", f"is not a key of an evidence source (allowed: {', '.join(sorted(_AUTHOR_KEYS))})")
+            raise err(
+                f"{where}.{key}",
+                f"is not a key of an evidence source (allowed: {', '.join(sorted(_AUTHOR_KEYS))})",
+            )
     kinds = [k for k in ("prose_only", "suite_only") if k in table]
     if len(kinds) > 1:
         raise err(where, "prose_only and suite_only exclude each other")
     if status not in ("claim", "artefact", "skip"):
-        raise err(where, "only a report-derived claim (status \"claim\", \"artefact\" or \"skip\") is judged against "
-                  "the author's files")
+        raise err(
+            where,
+            'only a report-derived claim (status "claim", "artefact" or "skip") is judged against '
+            "the author's files",
+        )
 
     def text(key: str) -> str | None:
         value = table.get(key)
@@ -131,7 +141,7 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
             raise err(f"{where}.{extra[0]}", "does not go with suite_only")
         return AuthorFilesEvidence(kind="suite-only", reason=text("suite_only"))
     if status == "skip":
-        raise err(where, "a status-\"skip\" claim can only be suite_only here")
+        raise err(where, 'a status-"skip" claim can only be suite_only here')
     note = text("protocol_note")
     if "prose_only" in table:
         extra = sorted(set(table) - {"prose_only", "protocol_note"})
@@ -139,21 +149,33 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
             raise err(f"{where}.{extra[0]}", "does not go with prose_only")
         prose = table["prose_only"]
         if not isinstance(prose, Mapping) or "nearest" not in prose or set(prose) - {"nearest", "later"}:
-            raise err(f"{where}.prose_only", "must be a table { nearest = [metric paths], later = [metric paths] (optional) }")
+            raise err(
+                f"{where}.prose_only",
+                "must be a table { nearest = [metric paths], later = [metric paths] (optional) }",
+            )
         nearest = _paths(prose["nearest"], f"{where}.prose_only.nearest", err, "pair")
         later = _paths(prose["later"], f"{where}.prose_only.later", err, "pair") if "later" in prose else ()
         return AuthorFilesEvidence(kind="prose-only", nearest=nearest, later=later, note=note)
     read = _paths(table["metric"], f"{where}.metric", err, model) if "metric" in table else metrics
     if "metric" in table:
         if note is None:
-            raise err(f"{where}.protocol_note", "is required with metric: say why another path is the right reading")
+            raise err(
+                f"{where}.protocol_note", "is required with metric: say why another path is the right reading"
+            )
         if len(read) != len(metrics):
             raise err(f"{where}.metric", f"reads {len(read)} path(s); the claim reads {len(metrics)}")
     protocol = table.get("protocol")
     protocols = [protocol] * len(read) if isinstance(protocol, str) else protocol
-    if not isinstance(protocols, list) or not protocols or not all(isinstance(p, str) and p for p in protocols):
-        raise err(f"{where}.protocol", "is required: the upstream protocol name the report's value came from "
-                  "(drope_check/sources/upstream_sources.toml [protocols]), or a list of one per metric path")
+    if (
+        not isinstance(protocols, list)
+        or not protocols
+        or not all(isinstance(p, str) and p for p in protocols)
+    ):
+        raise err(
+            f"{where}.protocol",
+            "is required: the upstream protocol name the report's value came from "
+            "(drope_check/sources/upstream_sources.toml [protocols]), or a list of one per metric path",
+        )
     if len(protocols) != len(read):
         raise err(f"{where}.protocol", f"names {len(protocols)} protocol(s) for {len(read)} metric path(s)")
     contradicted = text("contradicted")
@@ -161,8 +183,12 @@ def parse_evidence(raw: Any, err: Callable[[str, str], Exception], model: str, s
         for name in protocols:
             after = run_after_report(name)
             if after is not None:
-                raise err(f"{where}.protocol", f"names {name!r}, whose run ({after}) cannot be where the report's "
-                          "number came from: list its value under prose_only.later, or say why it contradicts the "
-                          "claim (contradicted)")
-    return AuthorFilesEvidence(kind="value", metrics=tuple(read), protocols=tuple(protocols), note=note,
-                               contradicted=contradicted)
+                raise err(
+                    f"{where}.protocol",
+                    f"names {name!r}, whose run ({after}) cannot be where the report's "
+                    "number came from: list its value under prose_only.later, or say why it contradicts the "
+                    "claim (contradicted)",
+                )
+    return AuthorFilesEvidence(
+        kind="value", metrics=tuple(read), protocols=tuple(protocols), note=note, contradicted=contradicted
+    )

@@ -27,7 +27,9 @@ PATH_ROOTS: tuple[str, ...] = ("rope", "drope", "root")
 class MetricPathError(LookupError):
     """A metric path is not in the measurements (or has a bad syntax); names the claim and the path."""
 
-    def __init__(self, path: str, detail: str, claim: str | None = None, missing_key: str | None = None) -> None:
+    def __init__(
+        self, path: str, detail: str, claim: str | None = None, missing_key: str | None = None
+    ) -> None:
         self.path = path
         self.detail = detail
         self.claim = claim
@@ -149,7 +151,9 @@ def _describe_step(step: tuple[Any, ...]) -> str:
     return f"[{a}:{b}]"
 
 
-def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str | None = None, text: bool = False) -> Any:
+def resolve(
+    measurements: Mapping[str, Any], path: str | MetricPath, claim: str | None = None, text: bool = False
+) -> Any:
     """The value at ``path``: a number, or a list of numbers for a slice or a list-valued leaf;
     with ``text``, a non-empty string (a fact written as text, read by an ``equals`` band).
 
@@ -163,19 +167,25 @@ def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str 
         models = measurements.get("models") if isinstance(measurements, Mapping) else None
         if not isinstance(models, Mapping) or parsed.root not in models:
             have = sorted(models) if isinstance(models, Mapping) else []
-            raise MetricPathError(parsed.text, f"no model {parsed.root!r} in the measurements (have {have})", claim)
+            raise MetricPathError(
+                parsed.text, f"no model {parsed.root!r} in the measurements (have {have})", claim
+            )
         node = models[parsed.root]
         where = f"{parsed.root}:"
     for step in parsed.steps:
         shown = where
         if step[0] == "key":
             if not isinstance(node, Mapping):
-                raise MetricPathError(parsed.text, f"{shown} is a {type(node).__name__}, not an object", claim)
+                raise MetricPathError(
+                    parsed.text, f"{shown} is a {type(node).__name__}, not an object", claim
+                )
             if step[1] not in node:
                 keys = sorted(map(str, node))
                 more = "" if len(keys) <= 25 else f" (+{len(keys) - 25} more)"
                 raise MetricPathError(
-                    parsed.text, f"no key {step[1]!r} under {shown}; available: {', '.join(keys[:25])}{more}", claim,
+                    parsed.text,
+                    f"no key {step[1]!r} under {shown}; available: {', '.join(keys[:25])}{more}",
+                    claim,
                     missing_key=str(step[1]),
                 )
             node = node[step[1]]
@@ -184,20 +194,30 @@ def resolve(measurements: Mapping[str, Any], path: str | MetricPath, claim: str 
                 raise MetricPathError(parsed.text, f"{shown} is a {type(node).__name__}, not a list", claim)
             if step[0] == "index":
                 if not -len(node) <= step[1] < len(node):
-                    raise MetricPathError(parsed.text, f"index {step[1]} out of range for {shown} (length {len(node)})", claim)
+                    raise MetricPathError(
+                        parsed.text, f"index {step[1]} out of range for {shown} (length {len(node)})", claim
+                    )
                 node = node[step[1]]
             else:
                 node = node[step[1] : step[2]]
                 if not node:
-                    raise MetricPathError(parsed.text, f"slice {_describe_step(step)} of {shown} is empty", claim)
+                    raise MetricPathError(
+                        parsed.text, f"slice {_describe_step(step)} of {shown} is empty", claim
+                    )
         shown_step = _describe_step(step)
         where += shown_step[1:] if where.endswith(":") and shown_step.startswith(".") else shown_step
     if node is None and parsed.steps and parsed.steps[-1][0] == "key":  # null: the source says "not measured"
-        raise MetricPathError(parsed.text, "is null in the measurements (not measured)", claim,
-                              missing_key=str(parsed.steps[-1][1]))
+        raise MetricPathError(
+            parsed.text,
+            "is null in the measurements (not measured)",
+            claim,
+            missing_key=str(parsed.steps[-1][1]),
+        )
     if text:
         if not isinstance(node, str) or not node.strip():
-            raise MetricPathError(parsed.text, f"is a {type(node).__name__}, not a text fact (a non-empty string)", claim)
+            raise MetricPathError(
+                parsed.text, f"is a {type(node).__name__}, not a text fact (a non-empty string)", claim
+            )
         return node
     _check_numeric(node, parsed.text, claim)
     return node
@@ -211,4 +231,3 @@ def _check_numeric(node: Any, path: str, claim: str | None) -> None:
     if isinstance(node, list):
         for item in node:
             _check_numeric(item, path, claim)
-

@@ -71,6 +71,7 @@ FIELD_FIELDS: tuple[str, ...] = ("protocol", "text_set")
 #: The value of a field a measurements file does not state; it never matches a recorded value.
 UNKNOWN = "unknown"
 
+
 def is_attention_metric(path: str) -> bool:
     """Whether a metric path reads an attention-to-BOS number (a sink score, rate or its average: an
     ``attention`` metric of :mod:`drope_check.engine.metric_table`) or a fact about the author's sink rule
@@ -118,7 +119,9 @@ def _model_dtype(measurements: Mapping[str, Any], roles: Iterable[str]) -> str:
     return " ".join(f"{role}:{dtype}" for role, dtype in found.items())
 
 
-def measurement_identity(measurements: Mapping[str, Any], roles: Iterable[str] = ("rope", "drope")) -> dict[str, Any]:
+def measurement_identity(
+    measurements: Mapping[str, Any], roles: Iterable[str] = ("rope", "drope")
+) -> dict[str, Any]:
     """The identity of a measurements file for the models ``roles`` (every field of :data:`ALL_FIELDS`).
 
     Read from ``measurements["protocol"]`` (the engine's :class:`~drope_check.engine.protocol.Protocol`
@@ -183,8 +186,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def identity_mismatch(recorded: Mapping[str, Any], measurements: Mapping[str, Any], model: str,
-                      metrics: Iterable[str]) -> list[tuple[str, Any, Any]]:
+def identity_mismatch(
+    recorded: Mapping[str, Any], measurements: Mapping[str, Any], model: str, metrics: Iterable[str]
+) -> list[tuple[str, Any, Any]]:
     """``(field, recorded, measured)`` for every relevant field on which the two identities differ.
 
     A field the record does not hold is not compared (:func:`validate_recorded_identity` makes
@@ -221,7 +225,9 @@ def field_identity(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def field_identity_mismatch(expected: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> list[tuple[str, Any, Any]]:
+def field_identity_mismatch(
+    expected: Mapping[str, Any], provenance: Mapping[str, Any] | None
+) -> list[tuple[str, Any, Any]]:
     """``(field, expected, recorded)`` for every field of :data:`FIELD_FIELDS` on which the identity
     the claim's value came from (``expected``) and the value's own (:func:`field_identity`) differ."""
     return _differences(expected, field_identity(provenance))
@@ -230,7 +236,7 @@ def field_identity_mismatch(expected: Mapping[str, Any], provenance: Mapping[str
 def validate_recorded_identity(raw: Any, metrics: Iterable[str]) -> str | None:
     """Why ``raw`` (a claim's ``protocol`` table) is not a valid identity for ``metrics``, or None."""
     if not isinstance(raw, Mapping):
-        return "must be a table of protocol fields, e.g. { text_set = \"lines\", n_texts = 20, ... }"
+        return 'must be a table of protocol fields, e.g. { text_set = "lines", n_texts = 20, ... }'
     unknown = sorted(set(raw) - set(ALL_FIELDS))
     if unknown:
         return f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(ALL_FIELDS)})"

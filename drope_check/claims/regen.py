@@ -95,7 +95,9 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
     raw_claims = before.get("claim", [])
     bounds = _block_bounds(lines)
     if len(bounds) != len(raw_claims):
-        raise ClaimsFileError(file, None, "claim", "cannot regenerate: [[claim]] headers must each stand on their own line")
+        raise ClaimsFileError(
+            file, None, "claim", "cannot regenerate: [[claim]] headers must each stand on their own line"
+        )
     changed: list[str] = []
     edits: list[tuple[int, int, list[str]]] = []
     for (start, end), raw in zip(bounds, raw_claims, strict=True):
@@ -133,23 +135,42 @@ def regen_expected(path: str | Path, updates: Mapping[tuple[str, str], Mapping[s
         after = tomllib.loads(new_text)
     except tomllib.TOMLDecodeError as exc:
         raise ClaimsFileError(
-            file, None, None, f"cannot regenerate (is a value, measured or measured_how spread over several lines?): {exc}"
+            file,
+            None,
+            None,
+            f"cannot regenerate (is a value, measured or measured_how spread over several lines?): {exc}",
         ) from None
     # nothing but the regenerated keys of the regenerated claims may differ
     if {k: v for k, v in before.items() if k != "claim"} != {k: v for k, v in after.items() if k != "claim"}:
         raise ClaimsFileError(file, None, None, "regeneration would change the [pair] table; nothing written")
     for old, new_raw in zip(before["claim"], after["claim"], strict=True):
-        strip = _REGEN_KEYS if (old.get("id"), old.get("model")) in updates and old.get("status") in ("golden", "does-not-generalise") else ()
-        if {k: v for k, v in old.items() if k not in strip} != {k: v for k, v in new_raw.items() if k not in strip}:
-            raise ClaimsFileError(file, old.get("id"), None, "regeneration would change a report-derived key; nothing written")
+        strip = (
+            _REGEN_KEYS
+            if (old.get("id"), old.get("model")) in updates
+            and old.get("status") in ("golden", "does-not-generalise")
+            else ()
+        )
+        if {k: v for k, v in old.items() if k not in strip} != {
+            k: v for k, v in new_raw.items() if k not in strip
+        }:
+            raise ClaimsFileError(
+                file, old.get("id"), None, "regeneration would change a report-derived key; nothing written"
+            )
         if old.get("status") == "does-not-generalise" and old.get("value") != new_raw.get("value"):
-            raise ClaimsFileError(file, old.get("id"), "value", "the report's value of a does-not-generalise claim is never rewritten")
+            raise ClaimsFileError(
+                file,
+                old.get("id"),
+                "value",
+                "the report's value of a does-not-generalise claim is never rewritten",
+            )
     if new_text != text:
         atomic_write_text(file, new_text)
     return changed
 
 
-def updates_from_verdicts(verdicts: list[Mapping[str, Any]]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+def updates_from_verdicts(
+    verdicts: list[Mapping[str, Any]],
+) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     """pair -> ``(id, model)`` -> what :func:`regen_expected` writes, from ``regenerated`` verdict dicts."""
     by_pair: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for v in verdicts:
@@ -158,8 +179,10 @@ def updates_from_verdicts(verdicts: list[Mapping[str, Any]]) -> dict[str, dict[t
         if v["outcome"] == "error" or not v.get("measured_how"):
             continue
         by_pair.setdefault(v["pair"], {})[(v["id"], v["model"])] = {
-            "measured_value": v["measured"], "measured_how": v["measured_how"],
-            "texts_sha256": v.get("texts_sha256"), "protocol": v.get("protocol_identity"),
+            "measured_value": v["measured"],
+            "measured_how": v["measured_how"],
+            "texts_sha256": v.get("texts_sha256"),
+            "protocol": v.get("protocol_identity"),
         }
     return by_pair
 
@@ -211,14 +234,27 @@ def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: s
         return base_verdict(claim, outcome="error", reason=str(exc))
     bad = first_non_finite(measured)
     if bad is not None:
-        return base_verdict(claim, measured=measured, outcome="error",
-                             reason=f"cannot record a non-finite value ({fmt(bad)}) as {claim.key}")
-    verdict = base_verdict(claim, measured=measured, outcome="regenerated", measured_how=measured_how,
-                            command=claim.regen_command(),
-                            texts_sha256=(measurements.get("texts") or {}).get("sha256"),
-                            protocol_identity=identity_for_claim(measurements, claim.model, claim.metrics))
+        return base_verdict(
+            claim,
+            measured=measured,
+            outcome="error",
+            reason=f"cannot record a non-finite value ({fmt(bad)}) as {claim.key}",
+        )
+    verdict = base_verdict(
+        claim,
+        measured=measured,
+        outcome="regenerated",
+        measured_how=measured_how,
+        command=claim.regen_command(),
+        texts_sha256=(measurements.get("texts") or {}).get("sha256"),
+        protocol_identity=identity_for_claim(measurements, claim.model, claim.metrics),
+    )
     moved = protocol_mismatch(claim, measurements) or text_set_mismatch(claim, measurements)
-    note = "; NOTE: the protocol or text set differs from the recorded one, the new one is recorded" if moved else ""
+    note = (
+        "; NOTE: the protocol or text set differs from the recorded one, the new one is recorded"
+        if moved
+        else ""
+    )
     if claim.status == "golden":
         verdict.reason = f"golden regenerated: {fmt(measured)} (was {fmt(claim.value)}){note}"
         return verdict
@@ -228,8 +264,10 @@ def regen_verdict(claim: Claim, measurements: Mapping[str, Any], measured_how: s
     if result.passed:
         verdict.reason = (
             f"recorded measured value {fmt(measured)}; WARNING: the report's claim now HOLDS on {claim.pair} "
-            f"({result.margin_text}): change its status to \"claim\" in {Path(claim.source_file).name}"
+            f'({result.margin_text}): change its status to "claim" in {Path(claim.source_file).name}'
         )
     else:
-        verdict.reason = f"recorded measured value {fmt(measured)}: still does not generalise ({result.margin_text})"
+        verdict.reason = (
+            f"recorded measured value {fmt(measured)}: still does not generalise ({result.margin_text})"
+        )
     return verdict

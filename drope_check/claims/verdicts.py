@@ -77,12 +77,16 @@ class Verdict:
     command: str = ""
     order: int = 0
     texts_sha256: str | None = None  # under --regen-expected: the text set the value was measured on
-    protocol_identity: dict[str, Any] | None = None  # under --regen-expected: the protocol it was measured under
+    protocol_identity: dict[str, Any] | None = (
+        None  # under --regen-expected: the protocol it was measured under
+    )
     measured_models: str | None = None  # under --as-pair: the models actually measured, named on every line
     source: str = "suite"  # the evidence source: "suite" or "author-files" (drope_check.claims.evidence_spec)
     source_commit: str | None = None  # author-files: the commit(s) the value was read at (", "-joined)
     source_protocol: str | None = None  # author-files: the protocol(s) of the value (labels, "; "-joined)
-    nearest: list[dict[str, Any]] | None = None  # prose-only: the nearest committed numbers {path, value, commit, protocol}
+    nearest: list[dict[str, Any]] | None = (
+        None  # prose-only: the nearest committed numbers {path, value, commit, protocol}
+    )
     ratio: bool = False  # the claim's value is a ratio: written 1.00x (Claim.is_ratio, value_text)
     suite_only: str | None = None  # why the author's files cannot judge the claim (evidence suite_only)
 
@@ -99,8 +103,9 @@ class Verdict:
     def failure_message(self) -> str:
         """What a failing claim prints: measured / expected / band / margin / why / how to rerun."""
         lines = [
-            f"claim {self.key} does not hold" if self.outcome != "xpass" else
-            f"claim {self.key} was recorded as not generalising, but now holds",
+            f"claim {self.key} does not hold"
+            if self.outcome != "xpass"
+            else f"claim {self.key} was recorded as not generalising, but now holds",
             f"  report says : {self.sentence}",
             f"  measured    : {value_text(self, 'measured')}   ({', '.join(self.metrics)})",
             f"  expected    : {value_text(self, 'expected')}   (status {self.status})",
@@ -110,9 +115,13 @@ class Verdict:
             f"  provenance  : {_provenance_text(self.provenance)}",
         ]
         if self.measured_models:
-            lines.append(f"  measured on : {self.measured_models} (--as-pair: not the models the claim is about)")
+            lines.append(
+                f"  measured on : {self.measured_models} (--as-pair: not the models the claim is about)"
+            )
         if self.source != "suite":
-            lines.append(f"  source      : {self.source} @{self.source_commit or '?'} ({self.source_protocol or '?'})")
+            lines.append(
+                f"  source      : {self.source} @{self.source_commit or '?'} ({self.source_protocol or '?'})"
+            )
         if self.reason:
             lines.append(f"  note        : {self.reason}")
         lines.append(f"  command     : {self.command}")
@@ -173,12 +182,29 @@ def claim_value(claim: Claim, measurements: Mapping[str, Any]) -> Any:
 def base_verdict(claim: Claim, **kw: Any) -> Verdict:
     """A verdict carrying everything the claim says about itself; ``kw`` sets the outcome's fields."""
     fields: dict[str, Any] = dict(
-        key=claim.source_key("suite"), pair=claim.pair, id=claim.id, model=claim.model, family=claim.family,
-        status=claim.status, sentence=claim.sentence, metrics=list(claim.metrics), measured=None,
-        expected=claim.value, band=claim.band_text(), passed=None, outcome="skip", margin=None,
-        margin_text="", rationale=claim.rationale, provenance=dict(claim.provenance),
-        measured_how=claim.measured_how, recorded=claim.recorded, command=claim.rerun_command("suite"),
-        order=claim.order, ratio=claim.is_ratio, suite_only=claim.suite_only_reason,
+        key=claim.source_key("suite"),
+        pair=claim.pair,
+        id=claim.id,
+        model=claim.model,
+        family=claim.family,
+        status=claim.status,
+        sentence=claim.sentence,
+        metrics=list(claim.metrics),
+        measured=None,
+        expected=claim.value,
+        band=claim.band_text(),
+        passed=None,
+        outcome="skip",
+        margin=None,
+        margin_text="",
+        rationale=claim.rationale,
+        provenance=dict(claim.provenance),
+        measured_how=claim.measured_how,
+        recorded=claim.recorded,
+        command=claim.rerun_command("suite"),
+        order=claim.order,
+        ratio=claim.is_ratio,
+        suite_only=claim.suite_only_reason,
     )
     fields.update(kw)
     return Verdict(**fields)
@@ -196,7 +222,9 @@ def pending_reason(claim: Claim) -> str | None:
     if claim.pending and claim.status == "golden":
         return f"golden not yet measured — run {claim.regen_command()}"
     if claim.pending:
-        return f"the value this suite measures on {claim.pair} is not recorded yet — run {claim.regen_command()}"
+        return (
+            f"the value this suite measures on {claim.pair} is not recorded yet — run {claim.regen_command()}"
+        )
     return None
 
 
@@ -283,20 +311,29 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
     ``error`` verdict instead. A skipped or pending claim gives a ``skip`` verdict without reading
     the measurements: a golden that was never measured can never pass.
     """
-    why = pending_reason(claim) or text_set_mismatch(claim, measurements) or protocol_mismatch(claim, measurements)
+    why = (
+        pending_reason(claim)
+        or text_set_mismatch(claim, measurements)
+        or protocol_mismatch(claim, measurements)
+    )
     if why is not None:
         return skipped_verdict(claim, why)
     assert claim.band is not None
     measured = claim_value(claim, measurements)
     result = claim.band.check(measured, claim.value)
-    verdict = base_verdict(claim, measured=measured, passed=result.passed, margin=result.margin,
-                           margin_text=result.margin_text + outside_layers_text(claim, measured, result))
+    verdict = base_verdict(
+        claim,
+        measured=measured,
+        passed=result.passed,
+        margin=result.margin,
+        margin_text=result.margin_text + outside_layers_text(claim, measured, result),
+    )
     if claim.status == "does-not-generalise":
         if result.passed:
             verdict.outcome = "xpass"
             verdict.reason = (
                 f"recorded as not generalising to {claim.pair} (suite measured {value_text(verdict, 'recorded')}), but "
-                f"it now holds with {value_text(verdict, 'measured')}: change its status to \"claim\" in "
+                f'it now holds with {value_text(verdict, "measured")}: change its status to "claim" in '
                 f"{Path(claim.source_file).name}"
             )
         else:
@@ -309,8 +346,10 @@ def evaluate(claim: Claim, measurements: Mapping[str, Any]) -> Verdict:
         verdict.outcome = "pass" if result.passed else "fail"
         if claim.status == "artefact":
             if result.passed:
-                verdict.reason = (f"holds without the artefact: {Path(claim.source_file).name} explains the report's "
-                                  f"value as coming from {claim.artefact}, yet this measurement reproduces it")
+                verdict.reason = (
+                    f"holds without the artefact: {Path(claim.source_file).name} explains the report's "
+                    f"value as coming from {claim.artefact}, yet this measurement reproduces it"
+                )
             else:
                 verdict.outcome = "artefact"
                 verdict.reason = f"artefact: the report's value comes from {claim.artefact}"
@@ -348,7 +387,9 @@ def verdict_for(claim: Claim, measurements: Mapping[str, Any], as_pair: bool = F
 
 def measured_models_text(measurements: Mapping[str, Any]) -> str:
     """``rope=<model id>, drope=<model id>`` of the measured models."""
-    return ", ".join(f"{role}={ident}" for role, ident in sorted(measured_model_ids(measurements).items(), reverse=True))
+    return ", ".join(
+        f"{role}={ident}" for role, ident in sorted(measured_model_ids(measurements).items(), reverse=True)
+    )
 
 
 def strict_verdict(claim: Claim, verdict: Verdict) -> Verdict:

@@ -100,10 +100,14 @@ def _layer_kinds_from_config(config: Any) -> list[LayerKind]:
             kinds.append(LayerKind("full"))
         elif name == "sliding_attention":
             if window is None:
-                raise UnsupportedArchitecture(f"layer {i} is sliding_attention but the config has no sliding_window")
+                raise UnsupportedArchitecture(
+                    f"layer {i} is sliding_attention but the config has no sliding_window"
+                )
             kinds.append(LayerKind("sliding", int(window)))
         else:
-            raise UnsupportedArchitecture(f"layer {i}: unknown layer type {name!r} (known: full_attention, sliding_attention)")
+            raise UnsupportedArchitecture(
+                f"layer {i}: unknown layer type {name!r} (known: full_attention, sliding_attention)"
+            )
     return kinds
 
 
@@ -198,7 +202,9 @@ class Architecture:
         config = getattr(model_or_config, "config", model_or_config)
         return self.layer_kinds_of(config)
 
-    def split_forward(self, model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    def split_forward(
+        self, model: nn.Module
+    ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
         """``(body, head)`` with ``head(body(input_ids=..., attention_mask=...).last_hidden_state)`` equal
         to ``model(...).logits``, or None when this class's forward is not known to be exactly that.
 

@@ -57,17 +57,26 @@ class AttentionArithmetic(Protocol):
     in place of SDPA: another arithmetic for the same q/k/v, e.g. eager attention in fp16."""
 
     def __call__(
-        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-        allowed: torch.Tensor, scaling: float,
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        allowed: torch.Tensor,
+        scaling: float,
     ) -> torch.Tensor: ...
 
 
 _observers: weakref.WeakKeyDictionary[torch.nn.Module, list[AttentionObserver]] = weakref.WeakKeyDictionary()
 _transforms: weakref.WeakKeyDictionary[torch.nn.Module, list[QueryKeyTransform]] = weakref.WeakKeyDictionary()
-_arithmetic: weakref.WeakKeyDictionary[torch.nn.Module, list[AttentionArithmetic]] = weakref.WeakKeyDictionary()
+_arithmetic: weakref.WeakKeyDictionary[torch.nn.Module, list[AttentionArithmetic]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def allowed_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, batch: int, device) -> torch.Tensor:
+def allowed_mask(
+    attention_mask: torch.Tensor | None, q_len: int, k_len: int, batch: int, device
+) -> torch.Tensor:
     """The boolean "may attend" mask [B, 1|H, Q, K] that the model's attention applies.
 
     ``None`` is what the SDPA path then does: transformers skips building the mask when nothing
@@ -123,7 +132,11 @@ class AttentionCall:
         """The boolean [B, 1|H, Q, K] mask of :func:`allowed_mask` (built on first use)."""
         if self._allowed is None:
             self._allowed = allowed_mask(
-                self.attention_mask, self.query.shape[2], self.key.shape[2], self.query.shape[0], self.query.device
+                self.attention_mask,
+                self.query.shape[2],
+                self.key.shape[2],
+                self.query.shape[0],
+                self.query.device,
             )
         return self._allowed
 
@@ -131,7 +144,9 @@ class AttentionCall:
         """[B, 1|H, Q] bool: may each query attend to key 0 (see :func:`first_key_allowed`)."""
         if self._allowed is not None:
             return self._allowed[..., 0]
-        return first_key_allowed(self.attention_mask, self.query.shape[2], self.query.shape[0], self.query.device)
+        return first_key_allowed(
+            self.attention_mask, self.query.shape[2], self.query.shape[0], self.query.device
+        )
 
 
 def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -187,7 +202,9 @@ def sdpa_with_logsumexp(
     gqa = groups > 1 and use_gqa_in_sdpa(attention_mask, key, value)
     if not gqa:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    backend = torch._fused_sdp_choice(query, key, value, attention_mask, 0.0, is_causal, scale=scaling, enable_gqa=gqa)
+    backend = torch._fused_sdp_choice(
+        query, key, value, attention_mask, 0.0, is_causal, scale=scaling, enable_gqa=gqa
+    )
     if gqa:  # the kernels below take equal head counts (as SDPA hands them after its own repeat)
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     if query.device.type == "cpu":
@@ -239,8 +256,10 @@ def drope_check_attention_forward(
     arithmetic = _arithmetic.get(module, ())
     if arithmetic:  # another arithmetic replaces SDPA (no observers: its statistics would not be SDPA's)
         if observers or transforms or len(arithmetic) > 1:
-            raise RuntimeError("an attention arithmetic override cannot be combined with observers, transforms "
-                               "or a second override")
+            raise RuntimeError(
+                "an attention arithmetic override cannot be combined with observers, transforms "
+                "or a second override"
+            )
         allowed = allowed_mask(attention_mask, query.shape[2], key.shape[2], query.shape[0], query.device)
         effective = scaling if scaling is not None else query.shape[-1] ** -0.5
         return arithmetic[0](module, query, key, value, allowed, effective), None
@@ -254,7 +273,9 @@ def drope_check_attention_forward(
         for transform in transforms:
             query, key = transform(module, query, key, allowed)
     fused = (
-        sdpa_with_logsumexp(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        sdpa_with_logsumexp(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
         if observers
         else None
     )

@@ -63,7 +63,9 @@ AUTO_FLOAT32_BOUND = 2e-5
 #: (the kernel's reduced-precision exp), too close to the promised 1e-4, so those use the chunked
 #: path. CUDA kernels are not listed until benchmarks/gpu_smoke.py has measured their error on a GPU
 #: (it reports it as ``kernel_lse_max_rel_error``).
-KERNEL_LSE_TRUSTED: frozenset[tuple[str, torch.dtype]] = frozenset({("cpu", torch.float32), ("cpu", torch.float64)})
+KERNEL_LSE_TRUSTED: frozenset[tuple[str, torch.dtype]] = frozenset(
+    {("cpu", torch.float32), ("cpu", torch.float64)}
+)
 
 #: Per-layer residual statistics a sequence gets, in this order (names of ``SequenceCapture.layers``;
 #: :data:`drope_check.engine.metric_table.CAPTURED_SERIES`).
@@ -157,7 +159,9 @@ def attention_to_position0_from_lse(
     k0 = key[:, :, 0].to(torch.float64)  # [B, KVH, D]
     logit0 = torch.einsum("bkgqd,bkd->bkgq", q, k0).reshape(b, h, q_len) * scaling
     weight0 = torch.exp(logit0 - lse.to(torch.float64))
-    return torch.where(first_key_allowed, weight0, torch.zeros((), dtype=torch.float64, device=weight0.device))
+    return torch.where(
+        first_key_allowed, weight0, torch.zeros((), dtype=torch.float64, device=weight0.device)
+    )
 
 
 @dataclass
@@ -181,8 +185,12 @@ class SequenceCapture:
             got = sum(1 for v in values if v == v)  # recorded (non-NaN) entries
             if got != n_layers or len(values) != n_layers:
                 raise CaptureError(f"{model_name}: captured {got} of {n_layers} layers for {stat!r}")
-        if len(self.attn_to_bos) != n_layers or any(a is None for a in self.attn_to_bos):  # a layer never attended
-            raise CaptureError(f"{model_name}: attention to BOS missing for some layers (attention path not used?)")
+        if len(self.attn_to_bos) != n_layers or any(
+            a is None for a in self.attn_to_bos
+        ):  # a layer never attended
+            raise CaptureError(
+                f"{model_name}: attention to BOS missing for some layers (attention path not used?)"
+            )
 
 
 def _check_finite(value: torch.Tensor, model_name: str, layer: int | str, quantity: str, row: int) -> None:
@@ -263,13 +271,17 @@ class OnePassCapture:
             return solve()
         except ValueError as exc:
             what = "non-finite residual" if "non-finite" in str(exc) else "unusable residual"
-            raise CaptureError(f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})") from exc
+            raise CaptureError(
+                f"{self.model_name}: layer {layer}: {what} in sequence row {row} ({exc})"
+            ) from exc
 
     def _collect_moments(self, layer: int, rows: list[torch.Tensor]) -> None:
         """Other devices: each row's moments now, on the device; its Gram matrix queued for the
         batched eigenproblems (:meth:`_finish_spectra`)."""
         for row, x in enumerate(rows):
-            moments = self._checked(layer, row, functools.partial(residual_stats.residual_moments, x, RESIDUAL))
+            moments = self._checked(
+                layer, row, functools.partial(residual_stats.residual_moments, x, RESIDUAL)
+            )
             for name in MOMENT_STATS:
                 self._seqs[row].record(name, layer, getattr(moments, name))
             self._pending.append((layer, row, moments))
@@ -324,7 +336,9 @@ class OnePassCapture:
         else:
             dtype = self._stats_dtype(query, key, scaling)
             if from_kernel and dtype == torch.float32:
-                weights = attention_to_position0_from_lse(query, key, call.lse, call.first_key_allowed(), scaling)
+                weights = attention_to_position0_from_lse(
+                    query, key, call.lse, call.first_key_allowed(), scaling
+                )
                 self.layers_from_kernel += 1
             else:
                 weights = attention_to_position0(query, key, call.allowed(), scaling, dtype=dtype)
@@ -341,7 +355,13 @@ class OnePassCapture:
         log-sum-exp, where available, is as good as a float32 recomputation)."""
         choice = self.protocol.stats_dtype
         if choice == "auto":
-            bound = 2.0 * abs(scaling) * float(query.float().norm(dim=-1).max()) * float(key.float().norm(dim=-1).max()) * 2.0**-24
+            bound = (
+                2.0
+                * abs(scaling)
+                * float(query.float().norm(dim=-1).max())
+                * float(key.float().norm(dim=-1).max())
+                * 2.0**-24
+            )
             choice = "float32" if bound <= AUTO_FLOAT32_BOUND else "float64"
         if choice == "float64":
             self.layers_in_float64 += 1
@@ -383,10 +403,14 @@ class OnePassCapture:
                 for idx, attn in enumerate(arch.attention_modules(self.model)):
                     for which in ("q", "k"):
                         proj = arch.projection(attn, which)
-                        handles.append(proj.register_forward_hook(self._projection_hook(idx, which), prepend=True))
+                        handles.append(
+                            proj.register_forward_hook(self._projection_hook(idx, which), prepend=True)
+                        )
             threads = max(1, torch.get_num_threads())  # the forward's share of the cores, after it the rows'
-            with residual_stats.single_threaded_blas(), ThreadPoolExecutor(threads) as self._pool, observe_attention(
-                self.model, self._observer
+            with (
+                residual_stats.single_threaded_blas(),
+                ThreadPoolExecutor(threads) as self._pool,
+                observe_attention(self.model, self._observer),
             ):
                 yield self._seqs
                 self._finish_spectra()

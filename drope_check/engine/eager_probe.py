@@ -40,7 +40,9 @@ __all__ = ["EAGER_FP16", "FIELDS", "eager_fp16_attention", "eager_fp16_probe"]
 EAGER_FP16 = "eager_fp16"
 #: The scalars it writes (drope_check.measurements.validate.OPTIONAL_FIELDS).
 FIELDS: tuple[str, ...] = (
-    "eager_fp16_nonfinite_layers", "eager_fp16_first_nonfinite_layer", "eager_fp16_nonfinite_attention_heads",
+    "eager_fp16_nonfinite_layers",
+    "eager_fp16_first_nonfinite_layer",
+    "eager_fp16_nonfinite_attention_heads",
 )
 
 
@@ -59,8 +61,14 @@ class _HeadCounter:
 def eager_fp16_attention(counter: _HeadCounter | None = None):
     """The attention arithmetic of transformers' eager path with fp16 q/k/v (see the module docstring)."""
 
-    def compute(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                allowed: torch.Tensor, scaling: float) -> torch.Tensor:
+    def compute(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        allowed: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
         groups = query.shape[1] // key.shape[1]
         q = query.to(torch.float16)
         k = repeat_kv(key.to(torch.float16), groups)
@@ -78,7 +86,10 @@ def eager_fp16_attention(counter: _HeadCounter | None = None):
 
 
 def eager_fp16_probe(
-    model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 4,
+    model: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = 4,
 ) -> dict[str, Any]:
     """Run ``model`` over ``seqs`` with eager fp16 attention arithmetic; the counts of :data:`FIELDS`."""
     layers = architecture_of(model).decoder_layers(model)
@@ -91,6 +102,7 @@ def eager_fp16_probe(
             rows = (~torch.isfinite(hidden)).any(dim=-1) & real["tokens"]  # [B, T]
             if bool(rows.any()):
                 bad_layers.add(index)
+
         return hook
 
     split = architecture_of(model).split_forward(model)
@@ -110,7 +122,10 @@ def eager_fp16_probe(
     finally:
         for handle in handles:
             handle.remove()
-    out: dict[str, Any] = {"eager_fp16_nonfinite_layers": len(bad_layers), "eager_fp16_nonfinite_attention_heads": heads}
+    out: dict[str, Any] = {
+        "eager_fp16_nonfinite_layers": len(bad_layers),
+        "eager_fp16_nonfinite_attention_heads": heads,
+    }
     if bad_layers:
         out["eager_fp16_first_nonfinite_layer"] = min(bad_layers)
     return out

@@ -52,14 +52,22 @@ class InterventionRecord:
     def _count_call(self, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
 
-    def _add_column(self, layer: int, tensor: str, head: int, dim: int, norm: float, head_mean: float) -> None:
+    def _add_column(
+        self, layer: int, tensor: str, head: int, dim: int, norm: float, head_mean: float
+    ) -> None:
         key = (layer, tensor, head, dim)
         entry = self._index.get(key)
         ratio = norm / head_mean if head_mean > 0 else math.inf
         if entry is None:
             entry = {
-                "layer": layer, "tensor": tensor, "head": head, "dim": dim, "sequences": 0,
-                "norm": 0.0, "head_mean_norm": 0.0, "max_ratio": 0.0,
+                "layer": layer,
+                "tensor": tensor,
+                "head": head,
+                "dim": dim,
+                "sequences": 0,
+                "norm": 0.0,
+                "head_mean_norm": 0.0,
+                "max_ratio": 0.0,
             }
             self._index[key] = entry
             self.touched.append(entry)
@@ -99,17 +107,19 @@ class InterventionRecord:
                 return [clean(v) for v in value]
             return value
 
-        return clean({
-            "kind": self.kind,
-            "rule": self.rule,
-            "layers": list(self.layers),
-            "params": dict(self.params),
-            "calls": dict(self.calls),
-            "skipped_calls": self.skipped_calls,
-            "examined": dict(self.examined),
-            "summary": self.summary(),
-            "touched": [dict(t) for t in self.touched],
-        })
+        return clean(
+            {
+                "kind": self.kind,
+                "rule": self.rule,
+                "layers": list(self.layers),
+                "params": dict(self.params),
+                "calls": dict(self.calls),
+                "skipped_calls": self.skipped_calls,
+                "examined": dict(self.examined),
+                "summary": self.summary(),
+                "touched": [dict(t) for t in self.touched],
+            }
+        )
 
 
 def model_name(model: torch.nn.Module) -> str:
@@ -170,7 +180,9 @@ def track_calls(model: torch.nn.Module) -> Iterator[CallState]:
         mask = call_arg(args, kwargs, "attention_mask", 1)
         state.mask2d = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        state.past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        state.past = (
+            int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        )
 
     def post(module: torch.nn.Module, args: tuple, output: Any) -> None:
         state.mask2d = None

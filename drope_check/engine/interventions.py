@@ -133,7 +133,10 @@ def measure_interventions(
             assert layer is not None
             if layer not in ablations:
                 with bos_mlp_ablation(model, layer) as record:
-                    ablations[layer] = (perplexity_lines(model, seqs, pad_token_id, batch_size=batch_size), record)
+                    ablations[layer] = (
+                        perplexity_lines(model, seqs, pad_token_id, batch_size=batch_size),
+                        record,
+                    )
             result, record = ablations[layer]
         else:
             context = qk_disruption(model, rule, threshold=5.0 if rule == "report" else None, top_k=1)

@@ -31,18 +31,28 @@ Kind = Literal["series", "heads", "scalar"]
 
 #: Where a metric's value comes from (``source``).
 SOURCES: tuple[str, ...] = (
-    "residual moments",    # one pass over a residual's rows (engine.residual_stats.residual_moments)
-    "residual spectrum",   # the eigenvalues of its Gram matrix (engine.residual_stats.gram_entropies)
-    "MLP write",           # a hook on the architecture's block_mlp_write (engine.capture)
-    "sink scores",         # the per-sequence attention-to-BOS scores (engine.sink_stats)
-    "embedding",           # the BOS row of the embedding output (engine.capture)
-    "summary",             # computed from other series of the same model (measurements.measure.summarise)
-    "perplexity",          # the capture pass's NLL (measurements.measure.baseline_perplexity)
-    "eager-fp16 probe",    # engine.eager_probe
+    "residual moments",  # one pass over a residual's rows (engine.residual_stats.residual_moments)
+    "residual spectrum",  # the eigenvalues of its Gram matrix (engine.residual_stats.gram_entropies)
+    "MLP write",  # a hook on the architecture's block_mlp_write (engine.capture)
+    "sink scores",  # the per-sequence attention-to-BOS scores (engine.sink_stats)
+    "embedding",  # the BOS row of the embedding output (engine.capture)
+    "summary",  # computed from other series of the same model (measurements.measure.summarise)
+    "perplexity",  # the capture pass's NLL (measurements.measure.baseline_perplexity)
+    "eager-fp16 probe",  # engine.eager_probe
 )
 
 #: The validator's ranges (:mod:`drope_check.measurements.rules` maps each to its rule).
-RANGES: tuple[str, ...] = ("norm", "nonneg", "fraction", "rate", "entropy", "count0", "layer", "ppl", "sink_score")
+RANGES: tuple[str, ...] = (
+    "norm",
+    "nonneg",
+    "fraction",
+    "rate",
+    "entropy",
+    "count0",
+    "layer",
+    "ppl",
+    "sink_score",
+)
 
 
 @dataclass(frozen=True)
@@ -80,51 +90,136 @@ _PER_SEQUENCE = "every sequence's own scores, kept so any threshold can be recom
 
 METRICS: tuple[Metric, ...] = (
     # per-layer series, in the capture's order (SequenceCapture.layers), then the sink series
-    Metric("bos_norm", "series", "residual moments", _MEAN, "norm", plot="BOS residual norm ||x_0||", log=True),
+    Metric(
+        "bos_norm", "series", "residual moments", _MEAN, "norm", plot="BOS residual norm ||x_0||", log=True
+    ),
     Metric("bos_ratio", "series", "residual moments", _MEAN, "nonneg"),
     Metric("queipo_c", "series", "residual moments", _MEAN, "nonneg"),
     Metric("queipo_alpha", "series", "residual moments", _MEAN, "fraction"),
-    Metric("entropy", "series", "residual spectrum", _MEAN, "entropy", plot="matrix entropy H (nats, uncentred)",
-           log=True),
+    Metric(
+        "entropy",
+        "series",
+        "residual spectrum",
+        _MEAN,
+        "entropy",
+        plot="matrix entropy H (nats, uncentred)",
+        log=True,
+    ),
     Metric("entropy_normalized", "series", "residual spectrum", _MEAN, "fraction"),
     Metric("anisotropy", "series", "residual spectrum", _MEAN, "fraction"),
     Metric("mean_token_norm", "series", "residual moments", _MEAN, "norm"),
     Metric("bos_mlp_write_norm", "series", "MLP write", _MEAN, "norm"),
-    Metric("sink_rate", "series", "sink scores", _FRACTION, "rate", attention=True,
-           plot="sink rate (fraction of heads, score >= tau)"),
-    Metric("sink_rate_excl_self", "series", "sink scores", _FRACTION + " (t = 0 left out)", "rate", attention=True),
+    Metric(
+        "sink_rate",
+        "series",
+        "sink scores",
+        _FRACTION,
+        "rate",
+        attention=True,
+        plot="sink rate (fraction of heads, score >= tau)",
+    ),
+    Metric(
+        "sink_rate_excl_self",
+        "series",
+        "sink scores",
+        _FRACTION + " (t = 0 left out)",
+        "rate",
+        attention=True,
+    ),
     # a count of NaN heads, not a score: its identity is the common fields (as the suite has always judged it)
-    Metric("attention_nan_heads", "series", "sink scores", "(sequence, head) pairs with NaN attention", "count0",
-           optional=False),
+    Metric(
+        "attention_nan_heads",
+        "series",
+        "sink scores",
+        "(sequence, head) pairs with NaN attention",
+        "count0",
+        optional=False,
+    ),
     # per layer and head
     Metric("sink_score", "heads", "sink scores", _HEAD_MEAN, "sink_score", attention=True),
-    Metric("sink_score_excl_self", "heads", "sink scores", _HEAD_MEAN + " (t = 0 left out)", "sink_score",
-           attention=True),
+    Metric(
+        "sink_score_excl_self",
+        "heads",
+        "sink scores",
+        _HEAD_MEAN + " (t = 0 left out)",
+        "sink_score",
+        attention=True,
+    ),
     Metric("sink_score_per_sequence", "heads", "sink scores", _PER_SEQUENCE, "sink_score", attention=True),
-    Metric("sink_score_excl_self_per_sequence", "heads", "sink scores", _PER_SEQUENCE + " (t = 0 left out)",
-           "sink_score", attention=True),
+    Metric(
+        "sink_score_excl_self_per_sequence",
+        "heads",
+        "sink scores",
+        _PER_SEQUENCE + " (t = 0 left out)",
+        "sink_score",
+        attention=True,
+    ),
     # scalars
     Metric("embedding_bos_norm", "scalar", "embedding", _MEAN, "norm"),
-    Metric("sink_rate_average", "scalar", "sink scores", "mean over layers of sink_rate", "rate", attention=True),
-    Metric("sink_rate_average_excl_self", "scalar", "sink scores", "mean over layers of sink_rate_excl_self", "rate",
-           attention=True),
-    Metric("attention_nan_heads", "scalar", "sink scores", "sum over layers of attention_nan_heads", "count0",
-           optional=False),
-    Metric("bos_spike_layer_argmax_ratio", "scalar", "summary", "argmax over layers of bos_ratio (upstream's rule)",
-           "layer"),
-    Metric("bos_spike_layer_max_write", "scalar", "summary", "the layer whose block writes the largest increase of bos_norm", "layer"),
+    Metric(
+        "sink_rate_average", "scalar", "sink scores", "mean over layers of sink_rate", "rate", attention=True
+    ),
+    Metric(
+        "sink_rate_average_excl_self",
+        "scalar",
+        "sink scores",
+        "mean over layers of sink_rate_excl_self",
+        "rate",
+        attention=True,
+    ),
+    Metric(
+        "attention_nan_heads",
+        "scalar",
+        "sink scores",
+        "sum over layers of attention_nan_heads",
+        "count0",
+        optional=False,
+    ),
+    Metric(
+        "bos_spike_layer_argmax_ratio",
+        "scalar",
+        "summary",
+        "argmax over layers of bos_ratio (upstream's rule)",
+        "layer",
+    ),
+    Metric(
+        "bos_spike_layer_max_write",
+        "scalar",
+        "summary",
+        "the layer whose block writes the largest increase of bos_norm",
+        "layer",
+    ),
     Metric("max_bos_ratio", "scalar", "summary", "max over layers of bos_ratio", "nonneg"),
     Metric("peak_bos_norm", "scalar", "summary", "max over layers of bos_norm", "norm"),
     Metric("peak_bos_norm_layer", "scalar", "summary", "argmax over layers of bos_norm", "layer"),
     Metric("min_entropy", "scalar", "summary", "min over layers of entropy", "entropy"),
     Metric("min_entropy_layer", "scalar", "summary", "argmin over layers of entropy", "layer"),
-    Metric("min_entropy_normalized", "scalar", "summary", "min over layers of entropy_normalized", "fraction"),
-    Metric("min_entropy_normalized_layer", "scalar", "summary", "argmin over layers of entropy_normalized", "layer"),
+    Metric(
+        "min_entropy_normalized", "scalar", "summary", "min over layers of entropy_normalized", "fraction"
+    ),
+    Metric(
+        "min_entropy_normalized_layer",
+        "scalar",
+        "summary",
+        "argmin over layers of entropy_normalized",
+        "layer",
+    ),
     Metric("ppl_baseline", "scalar", "perplexity", "the 'lines' perplexity of the capture pass", "ppl"),
-    Metric("eager_fp16_nonfinite_layers", "scalar", "eager-fp16 probe", "layers with a non-finite output", "count0"),
+    Metric(
+        "eager_fp16_nonfinite_layers",
+        "scalar",
+        "eager-fp16 probe",
+        "layers with a non-finite output",
+        "count0",
+    ),
     Metric("eager_fp16_first_nonfinite_layer", "scalar", "eager-fp16 probe", "the first of them", "layer"),
-    Metric("eager_fp16_nonfinite_attention_heads", "scalar", "eager-fp16 probe",
-           "(sequence, layer, head) triples with a non-finite attention weight", "count0"),
+    Metric(
+        "eager_fp16_nonfinite_attention_heads",
+        "scalar",
+        "eager-fp16 probe",
+        "(sequence, layer, head) triples with a non-finite attention weight",
+        "count0",
+    ),
 )
 
 #: Facts about the author's method (``provenance.method.<fact>``) that are about the attention-to-BOS rule:
@@ -138,8 +233,13 @@ _KIND = {part: kind for kind, part in _PART.items()}
 
 def names(kind: Kind, *, source: str | None = None, optional: bool | None = None) -> tuple[str, ...]:
     """The names of one kind, in table order (only those of ``source`` / with ``optional``, when given)."""
-    return tuple(m.name for m in METRICS if m.kind == kind and (source is None or m.source == source)
-                 and (optional is None or m.optional == optional))
+    return tuple(
+        m.name
+        for m in METRICS
+        if m.kind == kind
+        and (source is None or m.source == source)
+        and (optional is None or m.optional == optional)
+    )
 
 
 def metric(part: str, name: str) -> Metric | None:
@@ -153,5 +253,7 @@ MOMENT_STATS: tuple[str, ...] = names("series", source="residual moments")
 SPECTRUM_STATS: tuple[str, ...] = names("series", source="residual spectrum")
 #: Per-layer statistics a sequence gets from the capture, in its order (``SequenceCapture.layers``).
 CAPTURED_SERIES: tuple[str, ...] = tuple(
-    m.name for m in METRICS if m.kind == "series" and m.source in ("residual moments", "residual spectrum", "MLP write")
+    m.name
+    for m in METRICS
+    if m.kind == "series" and m.source in ("residual moments", "residual spectrum", "MLP write")
 )

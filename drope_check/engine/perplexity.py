@@ -127,8 +127,14 @@ def token_nll(
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     return _scored_nll(
-        lambda rows, cols: logits[rows, cols], logits.shape[:2], int(logits.shape[2]), logits.device,
-        input_ids, attention_mask, score_mask, max_chunk_elements,
+        lambda rows, cols: logits[rows, cols],
+        logits.shape[:2],
+        int(logits.shape[2]),
+        logits.device,
+        input_ids,
+        attention_mask,
+        score_mask,
+        max_chunk_elements,
     )
 
 
@@ -147,8 +153,14 @@ def hidden_nll(
     if hidden.dim() != 3:
         raise ValueError(f"hidden states must be [B, T, H], got shape {tuple(hidden.shape)}")
     return _scored_nll(
-        lambda rows, cols: head(hidden[rows, cols]), hidden.shape[:2], vocab, hidden.device,
-        input_ids, attention_mask, score_mask, max_chunk_elements,
+        lambda rows, cols: head(hidden[rows, cols]),
+        hidden.shape[:2],
+        vocab,
+        hidden.device,
+        input_ids,
+        attention_mask,
+        score_mask,
+        max_chunk_elements,
     )
 
 
@@ -301,7 +313,12 @@ def perplexity_lines(
     nll = math.fsum(n for n, _ in per_seq)
     count = sum(c for _, c in per_seq)
     return PerplexityResult(
-        "lines", math.exp(nll / count), nll, count, per_seq, {"batch_size": batch_size, "n_sequences": len(seqs)}
+        "lines",
+        math.exp(nll / count),
+        nll,
+        count,
+        per_seq,
+        {"batch_size": batch_size, "n_sequences": len(seqs)},
     )
 
 
@@ -399,7 +416,9 @@ def perplexity_sliding(
         nll = math.fsum(s for s, _ in per_window)
         count = sum(c for _, c in per_window)
     else:
-        nll = math.fsum(s / c * (labelled - 1) for (s, c), (_, _, labelled) in zip(per_window, windows, strict=True) if c)
+        nll = math.fsum(
+            s / c * (labelled - 1) for (s, c), (_, _, labelled) in zip(per_window, windows, strict=True) if c
+        )
         count = sum(labelled - 1 for (_, c), (_, _, labelled) in zip(per_window, windows, strict=True) if c)
     if count == 0:
         raise ValueError("no token was scored: the stream needs at least 2 tokens inside one window")
@@ -409,5 +428,11 @@ def perplexity_sliding(
         nll,
         count,
         per_window,
-        {"window": window, "stride": stride, "accumulation": accumulation, "n_tokens": n, "n_windows": len(windows)},
+        {
+            "window": window,
+            "stride": stride,
+            "accumulation": accumulation,
+            "n_tokens": n,
+            "n_windows": len(windows),
+        },
     )

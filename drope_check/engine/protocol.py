@@ -84,17 +84,25 @@ class Protocol:
         if self.n_texts < 1:
             raise ValueError(f"Protocol.n_texts must be >= 1, got {self.n_texts}")
         if self.max_tokens < 2:
-            raise ValueError(f"Protocol.max_tokens must be >= 2 (a perplexity needs 2 tokens), got {self.max_tokens}")
+            raise ValueError(
+                f"Protocol.max_tokens must be >= 2 (a perplexity needs 2 tokens), got {self.max_tokens}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"Protocol.batch_size must be >= 1, got {self.batch_size}")
         if self.text_set not in ("lines", "concatenated"):
             raise ValueError(f"Protocol.text_set must be 'lines' or 'concatenated', got {self.text_set!r}")
         if self.attention_source not in ("model", "projections"):
-            raise ValueError(f"Protocol.attention_source must be 'model' or 'projections', got {self.attention_source!r}")
+            raise ValueError(
+                f"Protocol.attention_source must be 'model' or 'projections', got {self.attention_source!r}"
+            )
         if self.stats_dtype not in ("float64", "float32", "auto", "fp16-eager"):
-            raise ValueError(f"Protocol.stats_dtype must be float64, float32, auto or fp16-eager, got {self.stats_dtype!r}")
+            raise ValueError(
+                f"Protocol.stats_dtype must be float64, float32, auto or fp16-eager, got {self.stats_dtype!r}"
+            )
         if self.spike_rule not in SPIKE_RULES:
-            raise ValueError(f"Protocol.spike_rule must be one of {', '.join(SPIKE_RULES)}, got {self.spike_rule!r}")
+            raise ValueError(
+                f"Protocol.spike_rule must be one of {', '.join(SPIKE_RULES)}, got {self.spike_rule!r}"
+            )
         if self.prompt_tokens is not None:
             object.__setattr__(self, "prompt_tokens", tuple(self.prompt_tokens))  # a JSON list reads back
             lo, hi = self.prompt_tokens

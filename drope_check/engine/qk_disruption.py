@@ -73,7 +73,9 @@ def replace_massive_columns(
         real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
     real = real.to(device=x.device, dtype=torch.bool)
     if real.shape != (batch, length):
-        raise ValueError(f"real mask {tuple(real.shape)} does not match activations [B, T] = {(batch, length)}")
+        raise ValueError(
+            f"real mask {tuple(real.shape)} does not match activations [B, T] = {(batch, length)}"
+        )
     xf = torch.where(real[:, :, None, None], x.float(), 0.0)
     counts = real.sum(dim=1)  # [B]
     norms = torch.linalg.vector_norm(xf, dim=1)  # [B, H, D]
@@ -91,7 +93,9 @@ def replace_massive_columns(
 
 
 def _record_columns(record: InterventionRecord, layer: int, tensor: str, result: ColumnReplacement) -> None:
-    record.examined[tensor] = record.examined.get(tensor, 0) + int(result.examined.sum()) * result.replaced.shape[1]
+    record.examined[tensor] = (
+        record.examined.get(tensor, 0) + int(result.examined.sum()) * result.replaced.shape[1]
+    )
     hits = result.replaced.nonzero().tolist()
     if not hits:
         return
@@ -154,7 +158,11 @@ def qk_disruption(
         kind="qk_disruption",
         rule=rule,
         layers=chosen,
-        params={"threshold": threshold, "top_k": top_k, "position": "pre-rotary" if rule == "report" else "post-rotary"},
+        params={
+            "threshold": threshold,
+            "top_k": top_k,
+            "position": "pre-rotary" if rule == "report" else "post-rotary",
+        },
     )
     names = module_names(model)
     arch = architecture_of(model)

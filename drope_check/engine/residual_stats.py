@@ -89,7 +89,9 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
         raise ValueError(f"{name}: needs at least 2 rows (tokens), got T = {t}")
     if min(t, d) < 2:
         raise ValueError(f"{name}: min(T, d) must be >= 2 for a spectrum entropy, got shape {(t, d)}")
-    if x64.device.type != "cpu":  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
+    if (
+        x64.device.type != "cpu"
+    ):  # Gram and eigenproblem stay on the device (a 4096 x 4096 one is seconds on a CPU)
         return _moments_torch(x64, name)
     a = x64.numpy().astype(np.float64, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -107,9 +109,13 @@ def residual_moments(x: Tensor, name: str = "x") -> ResidualMoments:
     if not math.isfinite(r):
         raise ValueError(f"{name}: squared norms overflow float64")
     if m == 0.0:
-        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
+        raise ValueError(
+            f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined"
+        )
     if r == 0.0:
-        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
+        raise ValueError(
+            f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined"
+        )
     if not np.isfinite(gram).all():
         raise ValueError(f"Gram matrix of {name} (overflow in float64): contains non-finite values")
     norms = np.sqrt(sq)
@@ -139,9 +145,13 @@ def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:
     if not (math.isfinite(m) and math.isfinite(r)):
         raise ValueError(f"{name}: squared norms overflow float64")
     if m == 0.0:
-        raise ValueError(f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined")
+        raise ValueError(
+            f"{name}: the BOS row x_0 is zero, so the BOS direction u = x_0/||x_0|| is undefined"
+        )
     if r == 0.0:
-        raise ValueError(f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined")
+        raise ValueError(
+            f"{name}: all non-BOS rows are zero (R = 0), so c = M/R, alpha and the BOS ratio are undefined"
+        )
     norms = torch.sqrt(sq)
     proj = x64[1:] @ x64[0]
     gram = x64 @ x64.T if t <= d else x64.T @ x64
@@ -158,7 +168,11 @@ def _moments_torch(x64: Tensor, name: str) -> ResidualMoments:
 
 
 def _eigvalsh(gram: np.ndarray | Tensor) -> np.ndarray:
-    return np.linalg.eigvalsh(gram) if isinstance(gram, np.ndarray) else torch.linalg.eigvalsh(gram).cpu().numpy()
+    return (
+        np.linalg.eigvalsh(gram)
+        if isinstance(gram, np.ndarray)
+        else torch.linalg.eigvalsh(gram).cpu().numpy()
+    )
 
 
 def gram_entropies(grams: Sequence[np.ndarray | Tensor], workers: int = 1) -> list[SpectrumEntropy]:

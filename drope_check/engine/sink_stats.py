@@ -60,10 +60,14 @@ def rate(scores: torch.Tensor, tau: float, strict: bool) -> float:
 
 def per_sequence_scores(attn_to_bos: Sequence[Sequence[torch.Tensor]], include_self: bool) -> torch.Tensor:
     """``[N, L, H]`` float64 scores from per-sequence, per-layer ``attn_to_bos`` [H, T] tensors."""
-    return torch.stack([torch.stack([head_scores(a, include_self) for a in layers]) for layers in attn_to_bos])
+    return torch.stack(
+        [torch.stack([head_scores(a, include_self) for a in layers]) for layers in attn_to_bos]
+    )
 
 
-def sink_statistics(scores_incl: torch.Tensor, scores_excl: torch.Tensor, protocol: Protocol) -> dict[str, Any]:
+def sink_statistics(
+    scores_incl: torch.Tensor, scores_excl: torch.Tensor, protocol: Protocol
+) -> dict[str, Any]:
     """Every sink number of a model object, from per-sequence scores ``[N, L, H]`` (both conventions).
 
     Returns ``{"layers": {...}, "heads": {...}, "scalars": {...}}`` to merge into the model object.
@@ -72,14 +76,18 @@ def sink_statistics(scores_incl: torch.Tensor, scores_excl: torch.Tensor, protoc
     ``protocol.sink_tau`` (``>=``, or ``>`` with ``sink_strict``), then averaged over sequences.
     """
     if scores_incl.shape != scores_excl.shape or scores_incl.ndim != 3 or scores_incl.shape[0] == 0:
-        raise ValueError(f"per-sequence scores must be two equal [N>0, L, H] tensors, got {tuple(scores_incl.shape)} "
-                         f"and {tuple(scores_excl.shape)}")
+        raise ValueError(
+            f"per-sequence scores must be two equal [N>0, L, H] tensors, got {tuple(scores_incl.shape)} "
+            f"and {tuple(scores_excl.shape)}"
+        )
     n, n_layers, _ = scores_incl.shape
     layers: dict[str, list[Any]] = {}
     heads: dict[str, Any] = {}
     primary = scores_incl if protocol.sink_self_term else scores_excl
-    for score_key, rate_key, scores in (("sink_score", "sink_rate", primary),
-                                        ("sink_score_excl_self", "sink_rate_excl_self", scores_excl)):
+    for score_key, rate_key, scores in (
+        ("sink_score", "sink_rate", primary),
+        ("sink_score_excl_self", "sink_rate_excl_self", scores_excl),
+    ):
         per_layer_scores: list[list[float | None]] = []
         per_layer_rates: list[float] = []
         for layer in range(n_layers):
@@ -110,10 +118,16 @@ def scores_from_json(model: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tens
     out = []
     for key in PER_SEQUENCE_KEYS.values():
         if key not in heads:
-            raise KeyError(f"model {model.get('role', '?')!r}: no heads.{key} (measured before the per-sequence "
-                           "scores were kept?); re-measure to derive statistics-only variants")
-        out.append(torch.tensor([[[math.nan if v is None else v for v in layer] for layer in seq] for seq in heads[key]],
-                                dtype=torch.float64))
+            raise KeyError(
+                f"model {model.get('role', '?')!r}: no heads.{key} (measured before the per-sequence "
+                "scores were kept?); re-measure to derive statistics-only variants"
+            )
+        out.append(
+            torch.tensor(
+                [[[math.nan if v is None else v for v in layer] for layer in seq] for seq in heads[key]],
+                dtype=torch.float64,
+            )
+        )
     return out[0], out[1]
 
 

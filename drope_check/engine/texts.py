@@ -274,5 +274,3 @@ def wikitext_split_text(path: str | os.PathLike[str] | None = None) -> TextSet:
 
 # --------------------------------------------------------------------------------------------------
 # user prompts
-
-

@@ -44,7 +44,9 @@ class WorkerResources:
     cuda_ordinal: int | None = None
 
 
-def worker_resources(worker_id: str, worker_count: int, cpu_count: int, visible_devices: list[str]) -> WorkerResources:
+def worker_resources(
+    worker_id: str, worker_count: int, cpu_count: int, visible_devices: list[str]
+) -> WorkerResources:
     """Resources of worker ``gw<k>`` among ``worker_count``: ``cpu_count // worker_count`` threads
     (>= 1) and device ``visible_devices[k % len]`` when more than one device is visible."""
     if worker_count < 1:
@@ -223,7 +225,9 @@ def _alive(pid: int) -> bool:
 _share: CoreShare | None = None
 
 
-def join_core_share(folder: str | Path | None, worker_id: str, cpu_count: int | None = None) -> CoreShare | None:
+def join_core_share(
+    folder: str | Path | None, worker_id: str, cpu_count: int | None = None
+) -> CoreShare | None:
     """Make this process (an xdist worker) share the cores with the run's other workers while it
     measures (:func:`measuring`); ``folder`` None leaves it alone (a serial run)."""
     global _share
@@ -253,6 +257,7 @@ def measuring(model: Any) -> Iterator[None]:
         return
     with share.holding():
         rebalance(share)
+
         def before_forward(_module: Any, _args: Any) -> None:
             rebalance(share)
 

@@ -83,7 +83,11 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 def run_capture(
-    loaded: LoadedModel, seqs: list[list[int]], protocol: Protocol, progress: bool = False, label: str | None = None
+    loaded: LoadedModel,
+    seqs: list[list[int]],
+    protocol: Protocol,
+    progress: bool = False,
+    label: str | None = None,
 ) -> tuple[list[SequenceCapture], list[tuple[float, int]], str]:
     """One capture forward per batch: per-sequence summaries, per-sequence (NLL sum, predicted),
     and a note of the precision the attention statistics were computed in."""
@@ -123,11 +127,14 @@ def summarise(captures: Sequence[SequenceCapture], protocol: Protocol) -> dict[s
     if not captures:
         raise ValueError("no sequences were captured")
     layers: dict[str, list[float]] = {
-        stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist() for stat in CAPTURED_SERIES
+        stat: metrics.mean_over_sequences([c.layers[stat] for c in captures]).tolist()
+        for stat in CAPTURED_SERIES
     }
     attn = [c.attn_to_bos for c in captures]
     sinks = sink_stats.sink_statistics(
-        sink_stats.per_sequence_scores(attn, include_self=True), sink_stats.per_sequence_scores(attn, include_self=False), protocol
+        sink_stats.per_sequence_scores(attn, include_self=True),
+        sink_stats.per_sequence_scores(attn, include_self=False),
+        protocol,
     )
     layers.update(sinks["layers"])
     heads: dict[str, Any] = sinks["heads"]
@@ -233,7 +240,9 @@ def _measure_model(
         "perplexity": {"lines": baseline.to_dict()},
     }
     if EAGER_FP16 in interventions:
-        summary["scalars"].update(eager_fp16_probe(loaded.model, seqs, loaded.pad_token_id, protocol.batch_size))
+        summary["scalars"].update(
+            eager_fp16_probe(loaded.model, seqs, loaded.pad_token_id, protocol.batch_size)
+        )
         interventions = tuple(n for n in interventions if n != EAGER_FP16)
     if interventions:
         from drope_check.engine.interventions import measure_interventions
@@ -273,7 +282,9 @@ def resolve_interventions(interventions: str | Sequence[str] | None) -> tuple[st
     names = tuple(interventions.split(",")) if isinstance(interventions, str) else tuple(interventions)
     unknown = [n for n in names if n not in ALL_INTERVENTIONS]
     if unknown:
-        raise ValueError(f"unknown intervention(s) {unknown}; choose from {', '.join(ALL_INTERVENTIONS)} or 'all'")
+        raise ValueError(
+            f"unknown intervention(s) {unknown}; choose from {', '.join(ALL_INTERVENTIONS)} or 'all'"
+        )
     return names
 
 
@@ -284,7 +295,10 @@ def load_texts(protocol: Protocol, options: MeasureOptions):
     if protocol.text_set == "concatenated":
         return texts.wikitext_split_text(options.wikitext)
     return texts.wikitext_lines(
-        n=protocol.n_texts, min_chars=protocol.min_chars, path=options.wikitext, allow_fallback=options.allow_text_fallback
+        n=protocol.n_texts,
+        min_chars=protocol.min_chars,
+        path=options.wikitext,
+        allow_fallback=options.allow_text_fallback,
     )
 
 
@@ -331,7 +345,9 @@ def measure_pair(
         unknown_roles = sorted(set(interventions) - {m.role for m in spec.models()})
         if unknown_roles:
             raise ValueError(f"interventions for unknown role(s) {unknown_roles} of pair {spec.name}")
-        per_role = {m.role: resolve_interventions(tuple(interventions.get(m.role, ()))) for m in spec.models()}
+        per_role = {
+            m.role: resolve_interventions(tuple(interventions.get(m.role, ()))) for m in spec.models()
+        }
     else:
         which = resolve_interventions(interventions)
         per_role = {m.role: which for m in spec.models()}
@@ -344,8 +360,13 @@ def measure_pair(
     # download; a missing snapshot is downloaded (every model's status is known first).
     spec = resolve_pair(spec, progress=options.progress, trust_remote_code=options.trust_remote_code)
     preflight.check_pair(
-        spec, device=options.device, dtype=options.dtype, quantization=options.quantization,
-        trust_remote_code=options.trust_remote_code, device_map=options.device_map, offload_folder=options.offload_folder,
+        spec,
+        device=options.device,
+        dtype=options.dtype,
+        quantization=options.quantization,
+        trust_remote_code=options.trust_remote_code,
+        device_map=options.device_map,
+        offload_folder=options.offload_folder,
     )
     texts = load_texts(protocol, options)
     models: dict[str, Any] = {}
@@ -364,7 +385,9 @@ def measure_pair(
         )
         seqs = token_sequences(texts, loaded.tokenizer, loaded.bos_token_id, protocol)
         token_info[model_spec.role] = sum(len(s) for s in seqs)
-        models[model_spec.role] = measure_model(loaded, seqs, protocol, per_role[model_spec.role], options.progress)
+        models[model_spec.role] = measure_model(
+            loaded, seqs, protocol, per_role[model_spec.role], options.progress
+        )
         del loaded
         gc.collect()
         if torch.cuda.is_available():
@@ -373,7 +396,11 @@ def measure_pair(
 
 
 def measurements_document(
-    spec: PairSpec, protocol: Protocol, options: MeasureOptions, texts: Any, token_info: dict[str, Any],
+    spec: PairSpec,
+    protocol: Protocol,
+    options: MeasureOptions,
+    texts: Any,
+    token_info: dict[str, Any],
     models: dict[str, Any],
 ) -> dict[str, Any]:
     """The measurements JSON object around the model objects of one run (schema header, texts, environment)."""

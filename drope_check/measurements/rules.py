@@ -153,11 +153,24 @@ FLAG = Flag()
 STRINGS = Obj(other=TEXT, what="an object of strings")
 
 #: ``heads.*``: sink scores in [0, 1]; ``null`` marks a head whose fp16-eager attention overflowed.
-SINK_SCORE = Number("a sink score in [0, 1] (or null: an overflowed fp16-eager head)", lo=0, hi=1 + FRACTION_SLACK,
-                    nullable=True)
+SINK_SCORE = Number(
+    "a sink score in [0, 1] (or null: an overflowed fp16-eager head)",
+    lo=0,
+    hi=1 + FRACTION_SLACK,
+    nullable=True,
+)
 #: The rule of each range of :mod:`drope_check.engine.metric_table`.
-RANGES: dict[str, Number] = {"norm": NORM, "nonneg": NONNEG, "fraction": FRACTION, "rate": RATE, "entropy": ENTROPY,
-                             "count0": COUNT0, "layer": LAYER, "ppl": PPL, "sink_score": SINK_SCORE}
+RANGES: dict[str, Number] = {
+    "norm": NORM,
+    "nonneg": NONNEG,
+    "fraction": FRACTION,
+    "rate": RATE,
+    "entropy": ENTROPY,
+    "count0": COUNT0,
+    "layer": LAYER,
+    "ppl": PPL,
+    "sink_score": SINK_SCORE,
+}
 #: ``layers.<series>``: one value per layer, each in its range (a series not listed: any number).
 LAYER_SERIES: dict[str, Number] = {m.name: RANGES[m.range] for m in METRICS if m.kind == "series"}
 #: ``scalars.<name>`` (``null``: not measured; a scalar not listed: any number).
@@ -166,78 +179,192 @@ ANY_NUMBER = Number("a number")
 
 #: ``protocol`` (the engine's :class:`~drope_check.engine.protocol.Protocol`, or a source's own record):
 #: the fields the protocol identity of a verdict reads (:mod:`drope_check.claims.protocol_identity`).
-PROTOCOL = Obj({
-    "name": TEXT, "text_set": TEXT, "n_texts": COUNT, "min_chars": COUNT0, "max_tokens": COUNT,
-    "batch_size": COUNT, "pad_to": Number("a length (a positive integer) or null", lo=1, integer=True, nullable=True),
-    "padding_in_stats": FLAG, "attention_source": TEXT, "stats_dtype": TEXT,
-    "sink_tau": Number("a threshold in (0, 1)", lo=0, lo_open=True, hi=1), "sink_strict": FLAG,
-    "sink_self_term": FLAG, "sink_t0": TEXT, "padding": TEXT, "spike_rule": TEXT,
-    "prompt_tokens": Either((Null(), ListOf(COUNT, length=2)),
-                            "null or [lo, hi] (two positive integers)"),
-}, nonempty=True, what="the protocol object")
-TEXTS = Obj({
-    "name": TEXT, "source": TEXT, "selection": TEXT, "n_texts": Number("a positive integer or null", lo=1, integer=True,
-                                                                      nullable=True),
-    "sha256": TEXT_OR_NULL, "file_sha256": TEXT_OR_NULL, "n_tokens": Obj(other=COUNT, what="an object of token counts"),
-}, nonempty=True, what="the texts object")
+PROTOCOL = Obj(
+    {
+        "name": TEXT,
+        "text_set": TEXT,
+        "n_texts": COUNT,
+        "min_chars": COUNT0,
+        "max_tokens": COUNT,
+        "batch_size": COUNT,
+        "pad_to": Number("a length (a positive integer) or null", lo=1, integer=True, nullable=True),
+        "padding_in_stats": FLAG,
+        "attention_source": TEXT,
+        "stats_dtype": TEXT,
+        "sink_tau": Number("a threshold in (0, 1)", lo=0, lo_open=True, hi=1),
+        "sink_strict": FLAG,
+        "sink_self_term": FLAG,
+        "sink_t0": TEXT,
+        "padding": TEXT,
+        "spike_rule": TEXT,
+        "prompt_tokens": Either(
+            (Null(), ListOf(COUNT, length=2)), "null or [lo, hi] (two positive integers)"
+        ),
+    },
+    nonempty=True,
+    what="the protocol object",
+)
+TEXTS = Obj(
+    {
+        "name": TEXT,
+        "source": TEXT,
+        "selection": TEXT,
+        "n_texts": Number("a positive integer or null", lo=1, integer=True, nullable=True),
+        "sha256": TEXT_OR_NULL,
+        "file_sha256": TEXT_OR_NULL,
+        "n_tokens": Obj(other=COUNT, what="an object of token counts"),
+    },
+    nonempty=True,
+    what="the texts object",
+)
 #: ``environment``: what the report prints is a string (``cpu_count`` a count); the rest any JSON.
-ENVIRONMENT = Obj({key: TEXT for key in ("python", "torch", "transformers", "platform", "device", "cpu", "gpu",
-                                         "gpu_capability")} | {"cpu_count": Number("an integer >= 1 or null", lo=1,
-                                                                                    integer=True, nullable=True)},
-                  what="the environment object")
+ENVIRONMENT = Obj(
+    {
+        key: TEXT
+        for key in ("python", "torch", "transformers", "platform", "device", "cpu", "gpu", "gpu_capability")
+    }
+    | {"cpu_count": Number("an integer >= 1 or null", lo=1, integer=True, nullable=True)},
+    what="the environment object",
+)
 #: A perplexity record (``perplexity.<protocol>``, and each intervention's ``perplexity``).
-PERPLEXITY = Obj({
-    "protocol": TEXT, "formula": Text(what="a string", empty=True), "ppl": PPL, "nll_sum": NONNEG, "n_predicted": COUNT,
-    "mean_nll": NONNEG, "n_sequences": COUNT,
-    "per_sequence": ListOf(ListOf(NONNEG, length=2, what="[NLL sum, predicted tokens]"), what="a non-empty list"),
-}, required=("ppl",), what="a perplexity object")
+PERPLEXITY = Obj(
+    {
+        "protocol": TEXT,
+        "formula": Text(what="a string", empty=True),
+        "ppl": PPL,
+        "nll_sum": NONNEG,
+        "n_predicted": COUNT,
+        "mean_nll": NONNEG,
+        "n_sequences": COUNT,
+        "per_sequence": ListOf(
+            ListOf(NONNEG, length=2, what="[NLL sum, predicted tokens]"), what="a non-empty list"
+        ),
+    },
+    required=("ppl",),
+    what="a perplexity object",
+)
 #: ``interventions.<name>``: the claims read ``ppl`` and ``ratio`` (``ppl / baseline_ppl``).
-INTERVENTION = Obj({
-    "intervention": TEXT, "kind": TEXT, "rule": TEXT_OR_NULL, "spike_rule": TEXT_OR_NULL,
-    "layer": Number("a layer index or null", lo=0, integer=True, nullable=True, layer=True), "protocol": TEXT,
-    "ppl": PPL, "baseline_ppl": PPL, "ratio": RATIO, "n_sequences": COUNT, "n_predicted": COUNT,
-    "perplexity": PERPLEXITY, "record": Obj(what="an object"),
-}, nonempty=True, what="an intervention object")
+INTERVENTION = Obj(
+    {
+        "intervention": TEXT,
+        "kind": TEXT,
+        "rule": TEXT_OR_NULL,
+        "spike_rule": TEXT_OR_NULL,
+        "layer": Number("a layer index or null", lo=0, integer=True, nullable=True, layer=True),
+        "protocol": TEXT,
+        "ppl": PPL,
+        "baseline_ppl": PPL,
+        "ratio": RATIO,
+        "n_sequences": COUNT,
+        "n_predicted": COUNT,
+        "perplexity": PERPLEXITY,
+        "record": Obj(what="an object"),
+    },
+    nonempty=True,
+    what="an intervention object",
+)
 #: ``provenance``: what the claims, the report and the model-id check read.
-PROVENANCE = Obj({
-    "model_id": TEXT, "revision": TEXT_OR_NULL, "variant": TEXT,
-    "weights_sha256": Either((TEXT_OR_NULL, STRINGS), "a sha256 string, an object of them, or null"),
-    "dtype": TEXT, "attention_path": TEXT, "attention_type": TEXT, "device": TEXT, "quantization": TEXT_OR_NULL,
-    "n_sequences": COUNT, "n_tokens": COUNT, "pad_to": COUNT0, "bos_token": TEXT, "bos_token_id": COUNT0,
-    "pad_token_id": COUNT0, "seconds": NONNEG, "licence": TEXT, "weights_loaded_from": TEXT, "loader": TEXT,
-    "softmax_scale": Number("a positive number or null", lo=0, lo_open=True, nullable=True),
-    "qk_norm_weights": STRINGS, "attention_stats_precision": TEXT, "source": TEXT,
-    "method": STRINGS,  # author-files imports: facts about the author's code (the Methods claims read them)
-    "incomplete_weights": Obj(other=ListOf(TEXT, what="a non-empty list of tensor names"), nonempty=True,
-                              what="an object of tensor-name lists"),
-    "positions_beyond_training": Obj({"longest_sequence": COUNT, "max_position_embeddings": COUNT},
-                                     required=("longest_sequence", "max_position_embeddings")),
-}, nonempty=True, what="the provenance object")
+PROVENANCE = Obj(
+    {
+        "model_id": TEXT,
+        "revision": TEXT_OR_NULL,
+        "variant": TEXT,
+        "weights_sha256": Either((TEXT_OR_NULL, STRINGS), "a sha256 string, an object of them, or null"),
+        "dtype": TEXT,
+        "attention_path": TEXT,
+        "attention_type": TEXT,
+        "device": TEXT,
+        "quantization": TEXT_OR_NULL,
+        "n_sequences": COUNT,
+        "n_tokens": COUNT,
+        "pad_to": COUNT0,
+        "bos_token": TEXT,
+        "bos_token_id": COUNT0,
+        "pad_token_id": COUNT0,
+        "seconds": NONNEG,
+        "licence": TEXT,
+        "weights_loaded_from": TEXT,
+        "loader": TEXT,
+        "softmax_scale": Number("a positive number or null", lo=0, lo_open=True, nullable=True),
+        "qk_norm_weights": STRINGS,
+        "attention_stats_precision": TEXT,
+        "source": TEXT,
+        "method": STRINGS,  # author-files imports: facts about the author's code (the Methods claims read them)
+        "incomplete_weights": Obj(
+            other=ListOf(TEXT, what="a non-empty list of tensor names"),
+            nonempty=True,
+            what="an object of tensor-name lists",
+        ),
+        "positions_beyond_training": Obj(
+            {"longest_sequence": COUNT, "max_position_embeddings": COUNT},
+            required=("longest_sequence", "max_position_embeddings"),
+        ),
+    },
+    nonempty=True,
+    what="the provenance object",
+)
 #: ``field_provenance.<field>`` of an ``import-upstream`` file: the protocol the author-files
 #: verdicts compare (:func:`drope_check.claims.protocol_identity.field_identity`) and the commit they name.
-FIELD_PROVENANCE = Obj(other=Obj({
-    "repository": TEXT, "commit": TEXT_OR_NULL, "file": TEXT, "json_path": TEXT_OR_NULL,
-    "protocol": Obj({"name": TEXT, "label": TEXT, "text_set": TEXT}, required=("name",), what="a protocol object"),
-    "derived": FLAG, "rule": TEXT, "inputs": ListOf(TEXT), "note": TEXT,
-}, required=("protocol",), what="a field-provenance object"), nonempty=True, what="an object of field provenances")
+FIELD_PROVENANCE = Obj(
+    other=Obj(
+        {
+            "repository": TEXT,
+            "commit": TEXT_OR_NULL,
+            "file": TEXT,
+            "json_path": TEXT_OR_NULL,
+            "protocol": Obj(
+                {"name": TEXT, "label": TEXT, "text_set": TEXT}, required=("name",), what="a protocol object"
+            ),
+            "derived": FLAG,
+            "rule": TEXT,
+            "inputs": ListOf(TEXT),
+            "note": TEXT,
+        },
+        required=("protocol",),
+        what="a field-provenance object",
+    ),
+    nonempty=True,
+    what="an object of field provenances",
+)
 #: The top level, ``models`` apart (checked per model: its rules need the model's ``n_layers``).
-TOP_LEVEL = Obj({
-    "tool": Obj({"name": TEXT, "version": TEXT}, what="the tool object"), "created": TEXT, "pair_description": TEXT,
-    "protocol": PROTOCOL, "texts": TEXTS, "environment": ENVIRONMENT, "options": Obj(what="an object"),
-    "upstream": Obj({"repository": TEXT, "era": TEXT, "source": TEXT, "files_sha256": STRINGS}, nonempty=True,
-                    what="the upstream object"),
-})
+TOP_LEVEL = Obj(
+    {
+        "tool": Obj({"name": TEXT, "version": TEXT}, what="the tool object"),
+        "created": TEXT,
+        "pair_description": TEXT,
+        "protocol": PROTOCOL,
+        "texts": TEXTS,
+        "environment": ENVIRONMENT,
+        "options": Obj(what="an object"),
+        "upstream": Obj(
+            {"repository": TEXT, "era": TEXT, "source": TEXT, "files_sha256": STRINGS},
+            nonempty=True,
+            what="the upstream object",
+        ),
+    }
+)
 #: A model object's fields other than ``layers`` / ``heads`` (shapes: checked against n_layers / n_heads).
-MODEL = Obj({
-    "role": TEXT, "provenance": PROVENANCE, "protocol": PROTOCOL, "field_provenance": FIELD_PROVENANCE,
-    "scalars": Obj(SCALARS, other=Number("a number (or null: not measured)", nullable=True), nonempty=True,
-                   what="an object of numbers"),
-    "perplexity": Obj(other=PERPLEXITY, nonempty=True, what="an object of perplexity objects"),
-    "interventions": Obj(other=INTERVENTION, nonempty=True, what="an object of interventions"),
-})
+MODEL = Obj(
+    {
+        "role": TEXT,
+        "provenance": PROVENANCE,
+        "protocol": PROTOCOL,
+        "field_provenance": FIELD_PROVENANCE,
+        "scalars": Obj(
+            SCALARS,
+            other=Number("a number (or null: not measured)", nullable=True),
+            nonempty=True,
+            what="an object of numbers",
+        ),
+        "perplexity": Obj(other=PERPLEXITY, nonempty=True, what="an object of perplexity objects"),
+        "interventions": Obj(other=INTERVENTION, nonempty=True, what="an object of interventions"),
+    }
+)
 
 
-def first_problem(value: Any, rule: Any, parts: list[Any], ctx: Mapping[str, Any]) -> tuple[list[Any], str] | None:
+def first_problem(
+    value: Any, rule: Any, parts: list[Any], ctx: Mapping[str, Any]
+) -> tuple[list[Any], str] | None:
     """The JSON path (as parts) and the problem of the first place where ``value`` breaks ``rule``."""
     if rule is None:
         return None
@@ -245,7 +372,10 @@ def first_problem(value: Any, rule: Any, parts: list[Any], ctx: Mapping[str, Any
         if not isinstance(value, Mapping):
             return parts, f"is {shown_value(value)}: expected {rule.what}"
         if rule.nonempty and not value:
-            return parts, f"is an empty object: expected {rule.what}; leave the key out when nothing was measured"
+            return (
+                parts,
+                f"is an empty object: expected {rule.what}; leave the key out when nothing was measured",
+            )
         for key in rule.required:
             if key not in value:
                 return parts + [key], f"is missing: {rule.what} needs {', '.join(rule.required)}"
@@ -278,7 +408,11 @@ def rule_at(parts: Sequence[Any], data: Mapping[str, Any] | None = None) -> Any:
         if len(parts) >= 4 and parts[2] == "layers":
             return LAYER_SERIES.get(parts[3], ANY_NUMBER) if len(parts) == 5 else None
         if len(parts) >= 4 and parts[2] == "heads":
-            return SINK_SCORE if (len(parts) == 6 and not str(parts[3]).endswith(PER_SEQUENCE_SUFFIX)) or len(parts) == 7 else None
+            return (
+                SINK_SCORE
+                if (len(parts) == 6 and not str(parts[3]).endswith(PER_SEQUENCE_SUFFIX)) or len(parts) == 7
+                else None
+            )
         if len(parts) == 3 and parts[2] in ("n_layers", "n_heads"):
             return COUNT
         rule: Any = MODEL

@@ -66,14 +66,28 @@ CONSISTENCY_ATOL = 1e-9
 #: did not measure one leaves it out, and a claim reading it is skipped as "not measured by this
 #: source" (an error only for a name that is not in the schema: a typo in a claim file).
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
-    "model": ("role", "provenance", "n_layers", "n_heads", "layers", "heads", "scalars", "perplexity", "interventions"),
+    "model": (
+        "role",
+        "provenance",
+        "n_layers",
+        "n_heads",
+        "layers",
+        "heads",
+        "scalars",
+        "perplexity",
+        "interventions",
+    ),
     "layers": metric_table.names("series", optional=True),
     "provenance": ("pad_to", "method"),
     "heads": metric_table.names("heads", optional=True),
     "scalars": metric_table.names("scalar", optional=True),
     "perplexity": ("lines", "prompts", "sliding"),
-    "interventions": ("bos_mlp_ablation:argmax-ratio", "bos_mlp_ablation:max-write", "qk_disruption:report",
-                      "qk_disruption:jin"),
+    "interventions": (
+        "bos_mlp_ablation:argmax-ratio",
+        "bos_mlp_ablation:max-write",
+        "qk_disruption:report",
+        "qk_disruption:jin",
+    ),
     "intervention": ("ppl", "baseline_ppl", "ratio"),
 }
 
@@ -103,7 +117,9 @@ class _NonFinite:
 def _json_path(parts: list[Any]) -> str:
     out = "$"
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if str(p).isidentifier() else f"[{json.dumps(p)}]")
+        out += (
+            f"[{p}]" if isinstance(p, int) else (f".{p}" if str(p).isidentifier() else f"[{json.dumps(p)}]")
+        )
     return out
 
 
@@ -117,7 +133,9 @@ def parse_measurements_json(text: str, origin: str) -> Any:
             origin, None, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated?)"
         ) from None
     except ValueError as exc:  # Python refuses to read an integer of more than 4300 digits
-        raise MeasurementsFileError(origin, None, f"holds a number no float can hold ({exc}): expected finite numbers") from None
+        raise MeasurementsFileError(
+            origin, None, f"holds a number no float can hold ({exc}): expected finite numbers"
+        ) from None
     found = _find_unrepresentable(data, [])
     if found is not None:
         raise MeasurementsFileError(origin, *found)
@@ -129,13 +147,17 @@ def load_measurements(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     origin = str(file)
     if not file.exists():
-        raise MeasurementsFileError(origin, None, "no such file: expected a measurements JSON from `drope-check measure`")
+        raise MeasurementsFileError(
+            origin, None, "no such file: expected a measurements JSON from `drope-check measure`"
+        )
     if file.is_dir():
         raise MeasurementsFileError(origin, None, "is a folder: expected a measurements JSON file")
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise MeasurementsFileError(origin, None, f"cannot be read ({exc}): expected a UTF-8 JSON file") from None
+        raise MeasurementsFileError(
+            origin, None, f"cannot be read ({exc}): expected a UTF-8 JSON file"
+        ) from None
     data = parse_measurements_json(text, origin)
     validate_measurements(data, origin)
     return data
@@ -165,12 +187,16 @@ def _find_unrepresentable(node: Any, parts: list[Any]) -> tuple[str, str] | None
     """The JSON path and the problem of the first value that is no finite float: a JSON ``NaN`` /
     ``Infinity`` constant (or a float one in a dict), or an integer too large for a float."""
     if isinstance(node, _NonFinite):
-        return _json_path(parts), f"is {node.text}, which is not JSON and never a measurement: expected a finite number"
+        return _json_path(
+            parts
+        ), f"is {node.text}, which is not JSON and never a measurement: expected a finite number"
     if isinstance(node, float) and not math.isfinite(node):
         return _json_path(parts), f"is {node!r}: expected a finite number"
     if isinstance(node, int) and not isinstance(node, bool) and not _fits_a_float(node):
-        return _json_path(parts), (f"is an integer of {len(str(abs(node)))} digits, too large for a float "
-                                   "(and for any measurement): expected a finite number")
+        return _json_path(parts), (
+            f"is an integer of {len(str(abs(node)))} digits, too large for a float "
+            "(and for any measurement): expected a finite number"
+        )
     if isinstance(node, dict):
         for key, value in node.items():
             found = _find_unrepresentable(value, parts + [key])
@@ -199,34 +225,49 @@ def validate_measurements(data: Any, origin: str) -> None:
     if found:
         raise err(*found)
     if not isinstance(data, Mapping):
-        raise err("$", f"is a JSON {type(data).__name__}: expected an object with schema_version, pair and models")
+        raise err(
+            "$", f"is a JSON {type(data).__name__}: expected an object with schema_version, pair and models"
+        )
     if "schema_version" not in data:
         raise err("$.schema_version", f"is missing: expected {SCHEMA_VERSION}")
     if data["schema_version"] != SCHEMA_VERSION or isinstance(data["schema_version"], bool):
-        raise err("$.schema_version", f"is {data['schema_version']!r}: this suite reads schema_version {SCHEMA_VERSION}")
+        raise err(
+            "$.schema_version",
+            f"is {data['schema_version']!r}: this suite reads schema_version {SCHEMA_VERSION}",
+        )
     if not isinstance(data.get("pair"), str) or not data["pair"]:
-        raise err("$.pair", f"is {data.get('pair')!r}: expected the pair's registry name or \"custom\"")
+        raise err("$.pair", f'is {data.get("pair")!r}: expected the pair\'s registry name or "custom"')
     check({k: v for k, v in data.items() if k != "models"}, TOP_LEVEL, [], {})
     _check_protocol(data.get("protocol"), "$.protocol", err)
     models = data.get("models")
     if not isinstance(models, Mapping):
         shown = "missing" if models is None else f"a JSON {type(models).__name__}"
-        raise err("$.models", f"is {shown}: expected an object {{\"rope\": {{...}}, \"drope\": {{...}}}}")
+        raise err("$.models", f'is {shown}: expected an object {{"rope": {{...}}, "drope": {{...}}}}')
     for role in VARIANTS:
         if role not in models:
-            raise err(f"$.models.{role}", "is missing: expected the measurements of both the rope and the drope model")
+            raise err(
+                f"$.models.{role}",
+                "is missing: expected the measurements of both the rope and the drope model",
+            )
     for role, model in models.items():
         if role not in VARIANTS:
             raise err(f"$.models.{role}", f"is not a model role: expected only {', '.join(VARIANTS)}")
         _validate_model(model, role, err, check)
     imports = [role for role, model in models.items() if "field_provenance" in model]
     if imports and not isinstance(data.get("upstream"), Mapping):
-        raise err("$.upstream", f"is missing: models.{imports[0]}.field_provenance marks a file of `drope-check "
-                  "import-upstream`, which names the author's repository, era and files in an upstream object")
+        raise err(
+            "$.upstream",
+            f"is missing: models.{imports[0]}.field_provenance marks a file of `drope-check "
+            "import-upstream`, which names the author's repository, era and files in an upstream object",
+        )
 
 
-def _validate_model(model: Any, role: str, err: Callable[[str | None, str], MeasurementsFileError],
-                    check: Callable[[Any, Any, list[Any], Mapping[str, Any]], None]) -> None:
+def _validate_model(
+    model: Any,
+    role: str,
+    err: Callable[[str | None, str], MeasurementsFileError],
+    check: Callable[[Any, Any, list[Any], Mapping[str, Any]], None],
+) -> None:
     """One model object: its variant, the shapes of its per-layer and per-head arrays and their
     ranges, every other field against :data:`MODEL`, then the consistency of scalars with arrays."""
     at = f"$.models.{role}"
@@ -242,7 +283,10 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
     if "layers" in model and not isinstance(layers, Mapping):
         raise err(f"{at}.layers", f"is {shown_value(layers)}: expected an object of per-layer arrays")
     if layers is not None and not layers:
-        raise err(f"{at}.layers", "is an empty object: expected per-layer arrays (leave the key out when none was measured)")
+        raise err(
+            f"{at}.layers",
+            "is an empty object: expected per-layer arrays (leave the key out when none was measured)",
+        )
     layers = layers or {}
     lengths: dict[str, int] = {}
     for key, series in layers.items():
@@ -258,7 +302,10 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
     if "heads" in model and not isinstance(heads, Mapping):
         raise err(f"{at}.heads", f"is {shown_value(heads)}: expected an object of per-layer, per-head arrays")
     if heads is not None and not heads:
-        raise err(f"{at}.heads", "is an empty object: expected per-head arrays (leave the key out when none was measured)")
+        raise err(
+            f"{at}.heads",
+            "is an empty object: expected per-head arrays (leave the key out when none was measured)",
+        )
     for key, value in (heads or {}).items():
         where = f"{at}.heads.{key}"
         if key.endswith(PER_SEQUENCE_SUFFIX):  # [sequence][layer][head] (drope_check.engine.sink_stats)
@@ -269,7 +316,9 @@ def _validate_model(model: Any, role: str, err: Callable[[str | None, str], Meas
         else:
             _head_grid(value, where, n_layers, n_heads, err)
 
-    ctx = {"n_layers": n_layers if n_layers is not None else (next(iter(lengths.values())) if lengths else None)}
+    ctx = {
+        "n_layers": n_layers if n_layers is not None else (next(iter(lengths.values())) if lengths else None)
+    }
     check({k: v for k, v in model.items() if k not in ("layers", "heads")}, MODEL, ["models", role], ctx)
     _check_protocol(model.get("protocol"), f"{at}.protocol", err)
     _check_consistency(layers, model.get("scalars") or {}, at, err)
@@ -282,13 +331,20 @@ def _check_protocol(protocol: Any, at: str, err: Callable[..., MeasurementsFileE
         return
     max_tokens = protocol["max_tokens"]
     if isinstance(protocol.get("pad_to"), int) and protocol["pad_to"] < max_tokens:
-        raise err(f"{at}.pad_to", f"is {protocol['pad_to']}: expected a length >= max_tokens ({max_tokens}), or null")
+        raise err(
+            f"{at}.pad_to",
+            f"is {protocol['pad_to']}: expected a length >= max_tokens ({max_tokens}), or null",
+        )
     cut = protocol.get("prompt_tokens")
     if isinstance(cut, list) and not cut[0] <= cut[1] < max_tokens:
-        raise err(f"{at}.prompt_tokens", f"is {cut}: expected [lo, hi] with lo <= hi < max_tokens ({max_tokens})")
+        raise err(
+            f"{at}.prompt_tokens", f"is {cut}: expected [lo, hi] with lo <= hi < max_tokens ({max_tokens})"
+        )
 
 
-def _optional_count(model: Mapping[str, Any], key: str, at: str, err: Callable[..., MeasurementsFileError]) -> int | None:
+def _optional_count(
+    model: Mapping[str, Any], key: str, at: str, err: Callable[..., MeasurementsFileError]
+) -> int | None:
     if model.get(key) is None:
         return None
     value = model[key]
@@ -297,22 +353,34 @@ def _optional_count(model: Mapping[str, Any], key: str, at: str, err: Callable[.
     return value
 
 
-def _flat_numbers(series: Any, where: str, err: Callable[..., MeasurementsFileError], allow_null: bool = False,
-                  rule: Number = ANY_NUMBER) -> None:
+def _flat_numbers(
+    series: Any,
+    where: str,
+    err: Callable[..., MeasurementsFileError],
+    allow_null: bool = False,
+    rule: Number = ANY_NUMBER,
+) -> None:
     if not isinstance(series, list) or not series:
         raise err(where, "expected a non-empty list of numbers")
     for i, value in enumerate(series):
         if isinstance(value, list):
             raise err(f"{where}[{i}]", "is a nested list: expected a number (one per layer)")
         if not (is_number(value) or (allow_null and value is None)):
-            raise err(f"{where}[{i}]", f"is {value!r}: expected a number" + (" or null" if allow_null else ""))
+            raise err(
+                f"{where}[{i}]", f"is {value!r}: expected a number" + (" or null" if allow_null else "")
+            )
         message = rule.problem(value, {}) if value is not None else None
         if message:
             raise err(f"{where}[{i}]", message)
 
 
-def _head_grid(grid: Any, where: str, n_layers: int | None, n_heads: int | None,
-               err: Callable[..., MeasurementsFileError]) -> None:
+def _head_grid(
+    grid: Any,
+    where: str,
+    n_layers: int | None,
+    n_heads: int | None,
+    err: Callable[..., MeasurementsFileError],
+) -> None:
     """A ``[layer][head]`` grid of sink scores; ``null`` marks a head whose fp16-eager attention
     overflowed (``protocol.stats_dtype = "fp16-eager"``, docs/measurements-schema.md)."""
     if not isinstance(grid, list):
@@ -331,8 +399,9 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
-def _check_consistency(layers: Mapping[str, Any], scalars: Mapping[str, Any], at: str,
-                       err: Callable[..., MeasurementsFileError]) -> None:
+def _check_consistency(
+    layers: Mapping[str, Any], scalars: Mapping[str, Any], at: str, err: Callable[..., MeasurementsFileError]
+) -> None:
     """Scalars that summarise a per-layer array must agree with it (see :data:`CONSISTENCY_RTOL`)."""
     tol = f"(tolerance {CONSISTENCY_RTOL:g} relative)"
 
@@ -343,8 +412,10 @@ def _check_consistency(layers: Mapping[str, Any], scalars: Mapping[str, Any], at
         if have(scalar) and series in layers:
             want = fn(layers[series])
             if not _close(float(scalars[scalar]), want):
-                raise err(f"{at}.scalars.{scalar}", f"is {scalars[scalar]!r}: expected the {what} of layers.{series}, "
-                          f"{want!r} {tol}")
+                raise err(
+                    f"{at}.scalars.{scalar}",
+                    f"is {scalars[scalar]!r}: expected the {what} of layers.{series}, {want!r} {tol}",
+                )
 
     def layer_rule(scalar: str, series: str, chosen: Callable[[list[float]], float], what: str) -> None:
         """``scalar`` is a layer index whose ``series`` value must equal ``chosen(series)`` (ties allowed)."""
@@ -352,11 +423,16 @@ def _check_consistency(layers: Mapping[str, Any], scalars: Mapping[str, Any], at
             return
         values, layer = layers[series], scalars[scalar]
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < len(values):
-            raise err(f"{at}.scalars.{scalar}", f"is {layer!r}: expected a layer index in 0..{len(values) - 1}")
+            raise err(
+                f"{at}.scalars.{scalar}", f"is {layer!r}: expected a layer index in 0..{len(values) - 1}"
+            )
         want = chosen(values)
         if not _close(float(values[layer]), want):
-            raise err(f"{at}.scalars.{scalar}", f"is layer {layer} ({series} {values[layer]!r}): expected the layer of "
-                      f"the {what} of layers.{series} ({want!r}, layer {_argmax(values) if what == 'maximum' else values.index(min(values))})")
+            raise err(
+                f"{at}.scalars.{scalar}",
+                f"is layer {layer} ({series} {values[layer]!r}): expected the layer of "
+                f"the {what} of layers.{series} ({want!r}, layer {_argmax(values) if what == 'maximum' else values.index(min(values))})",
+            )
 
     def mean(v: list[float]) -> float:
         return math.fsum(v) / len(v)
@@ -377,8 +453,13 @@ def _check_consistency(layers: Mapping[str, Any], scalars: Mapping[str, Any], at
         writes = [norms[i + 1] - norms[i] for i in range(len(norms) - 1)]
         layer = scalars["bos_spike_layer_max_write"]
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < len(writes):
-            raise err(f"{at}.scalars.bos_spike_layer_max_write", f"is {layer!r}: expected a layer index in 0..{len(writes) - 1}")
+            raise err(
+                f"{at}.scalars.bos_spike_layer_max_write",
+                f"is {layer!r}: expected a layer index in 0..{len(writes) - 1}",
+            )
         if not _close(writes[layer], max(writes)):
-            raise err(f"{at}.scalars.bos_spike_layer_max_write",
-                      f"is layer {layer}: expected the layer of the largest BOS-norm increase "
-                      f"(bos_norm[l] - bos_norm[l-1], embedding_bos_norm before layer 0), layer {_argmax(writes)} {tol}")
+            raise err(
+                f"{at}.scalars.bos_spike_layer_max_write",
+                f"is layer {layer}: expected the layer of the largest BOS-norm increase "
+                f"(bos_norm[l] - bos_norm[l-1], embedding_bos_norm before layer 0), layer {_argmax(writes)} {tol}",
+            )

@@ -49,6 +49,8 @@ def pair_available(name: str, device: str | None = None) -> tuple[bool, str]:
     missing = [s for s in statuses if s.state == "downloadable"]
     if missing:
         size = sum(s.size or 0 for s in missing)
-        return True, (f"{', '.join(s.repo_id for s in missing)} not cached: downloaded before measuring "
-                      f"({human_size(size)})")
+        return True, (
+            f"{', '.join(s.repo_id for s in missing)} not cached: downloaded before measuring "
+            f"({human_size(size)})"
+        )
     return True, "weights in the local HF cache"

@@ -25,7 +25,9 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def qk_norm_tensor_names(n_layers: int) -> list[str]:
     """The QK-norm weights a DroPE QK-norm checkpoint carries: both norms, every layer."""
-    return [f"model.layers.{i}.self_attn.{norm}.weight" for i in range(n_layers) for norm in ("q_norm", "k_norm")]
+    return [
+        f"model.layers.{i}.self_attn.{norm}.weight" for i in range(n_layers) for norm in ("q_norm", "k_norm")
+    ]
 
 
 def _canonical_key(key: str) -> str:
@@ -54,7 +56,9 @@ def checkpoint_tensor_names(folder: Path) -> set[str]:
             with safe_open(str(file), framework="pt") as fh:
                 names.update(_canonical_key(k) for k in fh.keys())
         except Exception as exc:  # a truncated or foreign file
-            raise ModelLoadError(f"{file} is not a readable safetensors file ({exc}); copy the checkpoint again") from exc
+            raise ModelLoadError(
+                f"{file} is not a readable safetensors file ({exc}); copy the checkpoint again"
+            ) from exc
     return names
 
 

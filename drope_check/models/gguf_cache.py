@@ -70,7 +70,10 @@ def _dequantize_gguf(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     model, info = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32, output_loading_info=True
     )
-    info = {**info, "unexpected_keys": set(info.get("unexpected_keys") or ()) | gguf_unmapped_tensors(path, model)}
+    info = {
+        **info,
+        "unexpected_keys": set(info.get("unexpected_keys") or ()) | gguf_unmapped_tensors(path, model),
+    }
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model, tokenizer, info
 
@@ -95,7 +98,11 @@ def _write_dequantized_cache(model: nn.Module, tokenizer: Any, target: Path, ggu
         (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
-        manifest = {"gguf_sha256": gguf_sha256, "format": DEQUANT_CACHE_FORMAT, "transformers": transformers.__version__}
+        manifest = {
+            "gguf_sha256": gguf_sha256,
+            "format": DEQUANT_CACHE_FORMAT,
+            "transformers": transformers.__version__,
+        }
         (tmp / "drope_check_cache.json").write_text(json.dumps(manifest, indent=1))
         try:
             tmp.rename(target)
@@ -132,9 +139,14 @@ def embedded_base(
     cached = dequantized_cache_path(sha)
     if (cached / "drope_check_cache.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(cached))
-        model, info = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(cached), dtype=torch.float32, output_loading_info=True
+        )
         incomplete = refuse_incomplete_load(
-            info, name, f"the dequantised cache {cached}", allow=allow_incomplete_weights,
+            info,
+            name,
+            f"the dequantised cache {cached}",
+            allow=allow_incomplete_weights,
             hint="delete that folder to rebuild it from the GGUF",
         )
         return model.eval(), tokenizer, sha, f"dequantised cache {cached}", incomplete

@@ -58,7 +58,13 @@ __all__ = [
 ]
 
 #: Files any one of which lets transformers build a tokenizer (``vocab.json`` needs ``merges.txt``).
-TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 #: The files a measurement reads: config, generation config, tokenizer, safetensors shards and index.
 #: Never ``*.bin`` / ``*.pth`` / ``*.pt`` (pickles: drope_check never unpickles weights).
 WEIGHT_PATTERNS: tuple[str, ...] = (
@@ -107,7 +113,9 @@ class ModelStatus:
             return f"cached ({human_size(self.size)}) in {self.snapshot}"
         if self.state == "downloadable":
             return f"downloadable ({human_size(self.size)}, {self.n_files} files)"
-        label = {"gated": "gated without access", "not-found": "not found", "unreachable": "unreachable"}[self.state]
+        label = {"gated": "gated without access", "not-found": "not found", "unreachable": "unreachable"}[
+            self.state
+        ]
         return f"{label}: {self.detail}"
 
 
@@ -170,23 +178,46 @@ def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def cached_snapshot(repo_id: str, revision: str | None = None, *, patterns: Sequence[str] = WEIGHT_PATTERNS,
-                    cache_dir: str | None = None) -> Path | None:
+def cached_snapshot(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    patterns: Sequence[str] = WEIGHT_PATTERNS,
+    cache_dir: str | None = None,
+) -> Path | None:
     """The complete cached snapshot of ``repo_id`` at ``revision`` (default branch when None), found
     without any request to the hub; None when it is missing or incomplete."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns),
-                                        cache_dir=cache_dir, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):  # IncompleteSnapshotError is a LocalEntryNotFoundError / OSError
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(patterns),
+                cache_dir=cache_dir,
+                local_files_only=True,
+            )
+        )
+    except (
+        LocalEntryNotFoundError,
+        OSError,
+        ValueError,
+    ):  # IncompleteSnapshotError is a LocalEntryNotFoundError / OSError
         return None
     return folder if snapshot_complete(folder) else None
 
 
-def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequence[str] = WEIGHT_PATTERNS,
-                 token: str | bool | None = None, endpoint: str | None = None, cache_dir: str | None = None) -> ModelStatus:
+def model_status(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    patterns: Sequence[str] = WEIGHT_PATTERNS,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+) -> ModelStatus:
     """Where ``repo_id`` stands here (see the module docstring); never downloads and never raises for
     a hub problem. Asks the hub only when the snapshot is not cached: the repo's file metadata
     (``HfApi.model_info(files_metadata=True)``) and, for a gated repo with a token, a HEAD request on
@@ -196,13 +227,24 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
     saved login, ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``); ``token=False`` sends none."""
     folder = cached_snapshot(repo_id, revision, patterns=patterns, cache_dir=cache_dir)
     if folder is not None:
-        return ModelStatus(repo_id, "cached", f"{repo_id} is in the local HF cache ({folder})",
-                           size=_folder_size(folder), snapshot=folder, commit=folder.name)
+        return ModelStatus(
+            repo_id,
+            "cached",
+            f"{repo_id} is in the local HF cache ({folder})",
+            size=_folder_size(folder),
+            snapshot=folder,
+            commit=folder.name,
+        )
     where = _endpoint(endpoint)
     if _offline():
-        return ModelStatus(repo_id, "unreachable", (
-            f"{repo_id}: not in the local HF cache, and HF_HUB_OFFLINE is set so nothing is downloaded; unset "
-            "HF_HUB_OFFLINE on a machine with hub access (or put the weights in the HF cache of HF_HOME)"))
+        return ModelStatus(
+            repo_id,
+            "unreachable",
+            (
+                f"{repo_id}: not in the local HF cache, and HF_HUB_OFFLINE is set so nothing is downloaded; unset "
+                "HF_HUB_OFFLINE on a machine with hub access (or put the weights in the HF cache of HF_HOME)"
+            ),
+        )
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -212,28 +254,49 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
     )
 
     try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision, files_metadata=True)
+        info = HfApi(endpoint=endpoint, token=token).model_info(
+            repo_id, revision=revision, files_metadata=True
+        )
     except GatedRepoError:
         return _gated(repo_id, where, _token_value(token))
     except RevisionNotFoundError:
-        return ModelStatus(repo_id, "not-found", f"{repo_id} has no revision {revision!r} on {where}; check the revision")
+        return ModelStatus(
+            repo_id, "not-found", f"{repo_id} has no revision {revision!r} on {where}; check the revision"
+        )
     except RepositoryNotFoundError:
-        return ModelStatus(repo_id, "not-found", (
-            f"{repo_id} does not exist on {where}, or it is private and the token (HF_TOKEN) cannot read it; "
-            "check the repo id and the token"))
+        return ModelStatus(
+            repo_id,
+            "not-found",
+            (
+                f"{repo_id} does not exist on {where}, or it is private and the token (HF_TOKEN) cannot read it; "
+                "check the repo id and the token"
+            ),
+        )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        return ModelStatus(repo_id, "unreachable", f"{repo_id}: {where} answered HTTP {status} ({_first_line(exc)})")
+        return ModelStatus(
+            repo_id, "unreachable", f"{repo_id}: {where} answered HTTP {status} ({_first_line(exc)})"
+        )
     except Exception as exc:  # connection refused, DNS, timeout, proxy: the hub is not reachable from here
-        return ModelStatus(repo_id, "unreachable", (
-            f"{repo_id}: {where} cannot be reached ({type(exc).__name__}: {_first_line(exc)}); check the network "
-            "or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the local HF cache"))
+        return ModelStatus(
+            repo_id,
+            "unreachable",
+            (
+                f"{repo_id}: {where} cannot be reached ({type(exc).__name__}: {_first_line(exc)}); check the network "
+                "or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the local HF cache"
+            ),
+        )
     files = [s for s in info.siblings or () if _matches(s.rfilename, patterns)]
     size = sum((s.lfs.size if s.lfs is not None else s.size) or 0 for s in files)
     if not any(fnmatch.fnmatch(s.rfilename, "*.safetensors") for s in files):
-        return ModelStatus(repo_id, "not-found", (
-            f"{repo_id} on {where} has no .safetensors weights (drope_check never unpickles .bin files); "
-            "use a checkpoint saved with safe_serialization=True"))
+        return ModelStatus(
+            repo_id,
+            "not-found",
+            (
+                f"{repo_id} on {where} has no .safetensors weights (drope_check never unpickles .bin files); "
+                "use a checkpoint saved with safe_serialization=True"
+            ),
+        )
     if info.gated:
         token_value = _token_value(token)
         if token_value is None:
@@ -241,15 +304,29 @@ def model_status(repo_id: str, revision: str | None = None, *, patterns: Sequenc
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         try:
-            get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=endpoint),
-                                 token=token_value, endpoint=endpoint)
+            get_hf_file_metadata(
+                hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=endpoint),
+                token=token_value,
+                endpoint=endpoint,
+            )
         except (GatedRepoError, RepositoryNotFoundError):
             return _gated(repo_id, where, token_value)
         except Exception as exc:
-            return ModelStatus(repo_id, "unreachable", (
-                f"{where} did not answer a file request for {repo_id} ({type(exc).__name__}: {_first_line(exc)})"))
-    return ModelStatus(repo_id, "downloadable", f"{repo_id} can be downloaded from {where} ({human_size(size)})",
-                       size=size, n_files=len(files), commit=info.sha)
+            return ModelStatus(
+                repo_id,
+                "unreachable",
+                (
+                    f"{where} did not answer a file request for {repo_id} ({type(exc).__name__}: {_first_line(exc)})"
+                ),
+            )
+    return ModelStatus(
+        repo_id,
+        "downloadable",
+        f"{repo_id} can be downloaded from {where} ({human_size(size)})",
+        size=size,
+        n_files=len(files),
+        commit=info.sha,
+    )
 
 
 def _token_value(token: str | bool | None) -> str | None:
@@ -264,11 +341,15 @@ def _token_value(token: str | bool | None) -> str | None:
 
 def _gated(repo_id: str, where: str, token: str | None) -> ModelStatus:
     if token is None:
-        detail = (f"{repo_id} is gated and no token is set: set HF_TOKEN to a token of an account that was granted "
-                  f"access at {where}/{repo_id}")
+        detail = (
+            f"{repo_id} is gated and no token is set: set HF_TOKEN to a token of an account that was granted "
+            f"access at {where}/{repo_id}"
+        )
     else:
-        detail = (f"{repo_id} is gated and the token in HF_TOKEN has no access to it: request access at "
-                  f"{where}/{repo_id} with that account, or use another token")
+        detail = (
+            f"{repo_id} is gated and the token in HF_TOKEN has no access to it: request access at "
+            f"{where}/{repo_id} with that account, or use another token"
+        )
     return ModelStatus(repo_id, "gated", detail)
 
 
@@ -292,8 +373,10 @@ def refusal(statuses: Sequence[ModelStatus]) -> str:
     for status in statuses:
         if not status.usable:
             merged.setdefault(status.detail.replace(status.repo_id, "\0"), []).append(status.repo_id)
-    return "; ".join(template.replace("\0", " and ".join(repos), 1).replace("\0", repos[-1])
-                     for template, repos in merged.items())
+    return "; ".join(
+        template.replace("\0", " and ".join(repos), 1).replace("\0", repos[-1])
+        for template, repos in merged.items()
+    )
 
 
 class _QuietTqdm:
@@ -306,16 +389,27 @@ class _QuietTqdm:
         return tqdm(*args, **kwargs)
 
 
-def fetch_model(repo_id: str, revision: str | None = None, *, patterns: Sequence[str] = WEIGHT_PATTERNS,
-                progress: bool = True, say: Callable[[str], None] | None = None, token: str | bool | None = None,
-                endpoint: str | None = None, cache_dir: str | None = None, status: ModelStatus | None = None) -> Path:
+def fetch_model(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    patterns: Sequence[str] = WEIGHT_PATTERNS,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+    status: ModelStatus | None = None,
+) -> Path:
     """The snapshot folder of ``repo_id``, downloaded first when it is not cached (the size is said
     before the download starts). Raises :class:`HubUnavailable` (one sentence) when it is gated
     without access, unknown, or the hub is unreachable -- before any byte is downloaded. ``status``:
     the model's :func:`model_status`, when the caller has it already."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     if status is None:
-        status = model_status(repo_id, revision, patterns=patterns, token=token, endpoint=endpoint, cache_dir=cache_dir)
+        status = model_status(
+            repo_id, revision, patterns=patterns, token=token, endpoint=endpoint, cache_dir=cache_dir
+        )
     if status.state == "cached":
         assert status.snapshot is not None
         say(f"{repo_id}: cached ({human_size(status.size)}) in {status.snapshot}")
@@ -325,12 +419,22 @@ def fetch_model(repo_id: str, revision: str | None = None, *, patterns: Sequence
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    say(f"{repo_id}: downloading {status.n_files} files, {human_size(status.size)}, at commit {status.commit} "
-        f"from {_endpoint(endpoint)} into {cache_dir or constants.HF_HUB_CACHE}")
+    say(
+        f"{repo_id}: downloading {status.n_files} files, {human_size(status.size)}, at commit {status.commit} "
+        f"from {_endpoint(endpoint)} into {cache_dir or constants.HF_HUB_CACHE}"
+    )
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns), token=token,  # type: ignore[arg-type]
-                                        endpoint=endpoint, cache_dir=cache_dir,
-                                        tqdm_class=None if progress else _QuietTqdm))  # type: ignore[arg-type]
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(patterns),
+                token=token,  # type: ignore[arg-type]
+                endpoint=endpoint,
+                cache_dir=cache_dir,
+                tqdm_class=None if progress else _QuietTqdm,
+            )
+        )  # type: ignore[arg-type]
     except (GatedRepoError, RepositoryNotFoundError):
         raise HubUnavailable(_gated(repo_id, _endpoint(endpoint), _token_value(token)).detail) from None
     except Exception as exc:
@@ -339,13 +443,20 @@ def fetch_model(repo_id: str, revision: str | None = None, *, patterns: Sequence
             "rerun the same command: files already downloaded are kept"
         ) from exc
     if not snapshot_complete(folder):
-        raise HubUnavailable(f"{repo_id}: the downloaded snapshot {folder} lacks config, tokenizer or weight files")
+        raise HubUnavailable(
+            f"{repo_id}: the downloaded snapshot {folder} lacks config, tokenizer or weight files"
+        )
     say(f"{repo_id}: downloaded to {folder}")
     return folder
 
 
-def fetch_pair(pair: PairSpec, *, progress: bool = True, trust_remote_code: bool = False,
-               say: Callable[[str], None] | None = None) -> dict[str, Path]:
+def fetch_pair(
+    pair: PairSpec,
+    *,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
     """Every hub model of a pair, cached or downloaded (hub id -> snapshot folder). Every model's
     status is checked before the first download, so a gated second model never costs the first
     one's download."""
@@ -354,28 +465,46 @@ def fetch_pair(pair: PairSpec, *, progress: bool = True, trust_remote_code: bool
     statuses = [model_status(m.source, m.revision, patterns=patterns) for m in models]
     if any(not s.usable for s in statuses):
         raise HubUnavailable(refusal(statuses))
-    return {m.source: fetch_model(m.source, m.revision, patterns=patterns, progress=progress, say=say, status=status)
-            for m, status in zip(models, statuses, strict=True)}
+    return {
+        m.source: fetch_model(
+            m.source, m.revision, patterns=patterns, progress=progress, say=say, status=status
+        )
+        for m, status in zip(models, statuses, strict=True)
+    }
 
 
 def _as_snapshot(spec: ModelSpec, folder: Path) -> ModelSpec:
     return dataclasses.replace(spec, source=str(folder), hub_id=spec.source, revision=folder.name)
 
 
-def resolve_model(spec: ModelSpec, *, progress: bool = True, trust_remote_code: bool = False,
-                  say: Callable[[str], None] | None = None) -> ModelSpec:
+def resolve_model(
+    spec: ModelSpec,
+    *,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> ModelSpec:
     """A hub model as its local snapshot (downloaded first when needed): ``source`` becomes the
     folder, ``hub_id`` keeps the repo id and ``revision`` the snapshot's commit (the folder's name),
     so the loader never asks the hub again and provenance still names the repo. Other models are
     returned unchanged."""
     if not is_hub_model(spec):
         return spec
-    return _as_snapshot(spec, fetch_model(spec.source, spec.revision, patterns=patterns_for(trust_remote_code),
-                                          progress=progress, say=say))
+    return _as_snapshot(
+        spec,
+        fetch_model(
+            spec.source, spec.revision, patterns=patterns_for(trust_remote_code), progress=progress, say=say
+        ),
+    )
 
 
-def resolve_pair(pair: PairSpec, *, progress: bool = True, trust_remote_code: bool = False,
-                 say: Callable[[str], None] | None = None) -> PairSpec:
+def resolve_pair(
+    pair: PairSpec,
+    *,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> PairSpec:
     """The pair with each hub model replaced by its local snapshot (:func:`resolve_model`); every
     model's status is checked before any download (:func:`fetch_pair`)."""
     if not hub_models(pair):

@@ -96,7 +96,11 @@ def resolve_token_id(tokenizer: Any, token: str | None, what: str, model_name: s
     The loader and the preflight check both resolve the BOS here, so they refuse the same pairs."""
     if token is not None:
         tid = tokenizer.convert_tokens_to_ids(token)
-        if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        if tid is None or (
+            tokenizer.unk_token_id is not None
+            and tid == tokenizer.unk_token_id
+            and token != tokenizer.unk_token
+        ):
             raise ModelLoadError(
                 f"{model_name}: the tokenizer has no {what} token {token!r}; name one it knows (--{what}-token for a custom pair)"
             )
@@ -140,7 +144,9 @@ def _snapshot_dir(source: str, revision: str | None) -> Path:
         return local
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+    return Path(
+        snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model"])
+    )
 
 
 def _finish(model: nn.Module) -> nn.Module:
@@ -216,7 +222,11 @@ def load_model(
         raise ValueError("give device or device_map, not both (a device_map places every layer itself)")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (QUANTIZED_DTYPE if quantization is not None else default_dtype(device))
-    provenance: dict[str, Any] = {"model_id": spec.hub_id or spec.source, "revision": spec.revision, "variant": spec.variant}
+    provenance: dict[str, Any] = {
+        "model_id": spec.hub_id or spec.source,
+        "revision": spec.revision,
+        "variant": spec.variant,
+    }
 
     if is_embedded(spec.source):
         if device_map is not None:
@@ -243,7 +253,14 @@ def load_model(
         placement = _placement_kwargs(device, quantization, device_map, max_memory, offload_folder)
         with own_load_report():
             model, tokenizer = _load_hub_or_dir(
-                spec, dtype, device, trust_remote_code, quantization, provenance, placement, allow_incomplete_weights
+                spec,
+                dtype,
+                device,
+                trust_remote_code,
+                quantization,
+                provenance,
+                placement,
+                allow_incomplete_weights,
             )
 
     refuse_non_finite_weights(model, spec.describe(), provenance.get("weights_loaded_from") or spec.source)
@@ -298,8 +315,13 @@ def _load_hub_or_dir(
         except UnsupportedArchitecture as exc:
             raise ModelLoadError(f"{spec.describe()}: {exc}") from None
     # mis-shaped tensors are named by refuse_incomplete_load, not raised as transformers' RuntimeError
-    kwargs: dict[str, Any] = {"revision": spec.revision, "dtype": dtype, "use_safetensors": True,
-                              "ignore_mismatched_sizes": True, **placement}
+    kwargs: dict[str, Any] = {
+        "revision": spec.revision,
+        "dtype": dtype,
+        "use_safetensors": True,
+        "ignore_mismatched_sizes": True,
+        **placement,
+    }
     where = weights_location(spec.source, spec.revision)
     qconfig = _quantization_config(quantization, dtype)
     if qconfig is not None:
@@ -317,7 +339,10 @@ def _load_hub_or_dir(
                 spec.source, config=config, output_loading_info=True, **kwargs
             )
             incomplete = refuse_incomplete_load(
-                info, name, where, allow=allow_incomplete_weights,
+                info,
+                name,
+                where,
+                allow=allow_incomplete_weights,
                 hint="drope_check's native loader implements Llama DroPE checkpoints only (--trust-remote-code runs the "
                 "checkpoint's own code)",
             )
@@ -360,5 +385,3 @@ def _load_hub_or_dir(
     else:
         provenance["revision"] = spec.revision or getattr(model.config, "_commit_hash", None)
     return model, tokenizer
-
-

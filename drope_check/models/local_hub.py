@@ -65,7 +65,16 @@ from urllib.parse import unquote
 __all__ = ["LFS_PATTERNS", "LocalHub", "LocalHubProcess", "local_hub_process", "serve"]
 
 #: Files the hub stores in LFS (the patterns of the ``.gitattributes`` every hub repo starts with).
-LFS_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.model", "*.pdf", "*.gguf", "*.parquet")
+LFS_PATTERNS: tuple[str, ...] = (
+    "*.safetensors",
+    "*.bin",
+    "*.pth",
+    "*.pt",
+    "*.model",
+    "*.pdf",
+    "*.gguf",
+    "*.parquet",
+)
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 LAST_MODIFIED = "2023-07-18T16:00:00.000Z"
 
@@ -123,17 +132,35 @@ class Repo:
             else:
                 files[path] = RepoFile(path, len(data), git_blob_id(data), None, None, disk)
         tree = "".join(f"{f.path}\0{f.blob_id}\n" for f in files.values()).encode()
-        return cls(repo_id, gated, files, sha=hashlib.sha1(repo_id.encode() + b"\0" + tree).hexdigest(), kind=kind)
+        return cls(
+            repo_id, gated, files, sha=hashlib.sha1(repo_id.encode() + b"\0" + tree).hexdigest(), kind=kind
+        )
 
     def info(self, blobs: bool) -> dict[str, Any]:
         author = self.repo_id.split("/")[0]
         return {
-            "_id": hashlib.sha1(self.repo_id.encode()).hexdigest()[:24], "id": self.repo_id, "modelId": self.repo_id,
-            "author": author, "sha": self.sha, "lastModified": LAST_MODIFIED, "createdAt": LAST_MODIFIED,
-            "private": False, "gated": self.gated, "disabled": False, "downloads": 0, "likes": 0,
+            "_id": hashlib.sha1(self.repo_id.encode()).hexdigest()[:24],
+            "id": self.repo_id,
+            "modelId": self.repo_id,
+            "author": author,
+            "sha": self.sha,
+            "lastModified": LAST_MODIFIED,
+            "createdAt": LAST_MODIFIED,
+            "private": False,
+            "gated": self.gated,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
             "siblings": [f.sibling(blobs) for f in self.files.values()],
-            **({"library_name": "transformers", "tags": ["transformers", "safetensors", "llama", "text-generation"],
-                "pipeline_tag": "text-generation"} if self.kind == "model" else {"tags": ["format:parquet"]}),
+            **(
+                {
+                    "library_name": "transformers",
+                    "tags": ["transformers", "safetensors", "llama", "text-generation"],
+                    "pipeline_tag": "text-generation",
+                }
+                if self.kind == "model"
+                else {"tags": ["format:parquet"]}
+            ),
         }
 
 
@@ -181,8 +208,15 @@ class LocalHub:
                 headers["X-Repo-Commit"] = exc.commit
             response = Response(json.dumps({"error": exc.message}), status=exc.status, headers=headers)
         with self._lock:
-            self.log.append({"method": request.method, "path": path, "status": response.status_code,
-                             "token": self._token(request) is not None, "range": request.headers.get("Range")})
+            self.log.append(
+                {
+                    "method": request.method,
+                    "path": path,
+                    "status": response.status_code,
+                    "token": self._token(request) is not None,
+                    "range": request.headers.get("Range"),
+                }
+            )
         return response(environ, start_response)
 
     def _control(self, request: Any, path: str) -> Any:
@@ -205,7 +239,9 @@ class LocalHub:
         if m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
             repo = self._repo(request, m.group(1), m.group(2))
             self._revision(repo, m.group(3))
-            return self._json(self._tree(repo, m.group(4) or "", request.args.get("recursive", "").lower() == "true"))
+            return self._json(
+                self._tree(repo, m.group(4) or "", request.args.get("recursive", "").lower() == "true")
+            )
         if m := re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/paths-info/([^/]+)", path):
             repo = self._repo(request, m.group(1), m.group(2))
             self._revision(repo, m.group(3))
@@ -214,8 +250,12 @@ class LocalHub:
         if m := re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             if method not in ("GET", "HEAD"):
                 raise HubError(405, None, f"{method} not allowed")
-            return self._resolve(request, "datasets" if m.group(1) else "models", m.group(2), m.group(3), m.group(4))
-        if path == "/api/agent-harnesses":  # the client's agent-detection registry (cached in HF_HOME for a day)
+            return self._resolve(
+                request, "datasets" if m.group(1) else "models", m.group(2), m.group(3), m.group(4)
+            )
+        if (
+            path == "/api/agent-harnesses"
+        ):  # the client's agent-detection registry (cached in HF_HOME for a day)
             return self._json({"standardEnvVars": ["AI_AGENT", "AGENT"], "harnesses": {}})
         if m := re.fullmatch(r"/cdn-lfs/([0-9a-f]{64})", path):
             for repo in self.repos.values():
@@ -230,7 +270,7 @@ class LocalHub:
     @staticmethod
     def _token(request: Any) -> str | None:
         auth = request.headers.get("Authorization", "")
-        return auth[len("Bearer "):].strip() or None if auth.startswith("Bearer ") else None
+        return auth[len("Bearer ") :].strip() or None if auth.startswith("Bearer ") else None
 
     def _repo(self, request: Any, kind: str, repo_id: str) -> Repo:
         repo = self.repos.get((kind.removesuffix("s"), repo_id))
@@ -258,7 +298,14 @@ class LocalHub:
             if path in repo.files:
                 entries.append(repo.files[path].tree_entry())
             elif any(f.startswith(f"{path}/") for f in repo.files):
-                entries.append({"type": "directory", "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0, "path": path})
+                entries.append(
+                    {
+                        "type": "directory",
+                        "oid": hashlib.sha1(path.encode()).hexdigest(),
+                        "size": 0,
+                        "path": path,
+                    }
+                )
         return entries
 
     @staticmethod
@@ -270,13 +317,15 @@ class LocalHub:
         for file in repo.files.values():
             if not file.path.startswith(prefix):
                 continue
-            parts = file.path[len(prefix):].split("/")
+            parts = file.path[len(prefix) :].split("/")
             depth = len(parts) - 1 if recursive else min(1, len(parts) - 1)
             folders.update(prefix + "/".join(parts[:i]) for i in range(1, depth + 1))
             if recursive or len(parts) == 1:
                 files.append(file.tree_entry())
-        dirs = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
-                for d in sorted(folders)]
+        dirs = [
+            {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+            for d in sorted(folders)
+        ]
         return dirs + files
 
     def _resolve(self, request: Any, kind: str, repo_id: str, revision: str, path: str) -> Any:
@@ -286,22 +335,34 @@ class LocalHub:
         token = self._token(request)
         if repo.gated and token not in self.granted_tokens:
             if token is None:
-                raise HubError(401, "GatedRepo", (
-                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
-                    "to access it. Please log in."))
-            raise HubError(403, "GatedRepo", (
-                f"Access to model {repo_id} is restricted and you are not in the authorized list. Visit "
-                f"https://huggingface.co/{repo_id} to ask for access."))
+                raise HubError(
+                    401,
+                    "GatedRepo",
+                    (
+                        f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                        "to access it. Please log in."
+                    ),
+                )
+            raise HubError(
+                403,
+                "GatedRepo",
+                (
+                    f"Access to model {repo_id} is restricted and you are not in the authorized list. Visit "
+                    f"https://huggingface.co/{repo_id} to ask for access."
+                ),
+            )
         self._revision(repo, revision)
         file = repo.files.get(path)
         if file is None:
-            raise HubError(404, "EntryNotFound", f"{path} does not exist on \"{revision}\"", commit=repo.sha)
+            raise HubError(404, "EntryNotFound", f'{path} does not exist on "{revision}"', commit=repo.sha)
         headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{file.blob_id}"'}
         if file.sha256 is None:
             return self._file_response(request, file, headers)
         host = request.host.split(":")[-1]
         location = f"{request.scheme}://{self.cdn_host}:{host}/cdn-lfs/{file.sha256}"
-        headers.update({"X-Linked-Etag": f'"{file.sha256}"', "X-Linked-Size": str(file.size), "Location": location})
+        headers.update(
+            {"X-Linked-Etag": f'"{file.sha256}"', "X-Linked-Size": str(file.size), "Location": location}
+        )
         return Response(b"", status=302, headers=headers)
 
     @staticmethod
@@ -315,15 +376,21 @@ class LocalHub:
             span = request.range.range_for_length(len(data))
             if span is None:
                 raise HubError(416, None, f"unsatisfiable range {request.headers.get('Range')}")
-            body, status = data[span[0]:span[1]], 206
+            body, status = data[span[0] : span[1]], 206
             headers["Content-Range"] = request.range.to_content_range_header(len(data))
         response = Response(b"" if request.method == "HEAD" else body, status=status, headers=headers)
         response.content_length = len(body)
         return response
 
 
-def serve(root: Path, *, host: str = "127.0.0.1", port: int = 0, tokens: Sequence[str] = (),
-          cdn_host: str = "localhost") -> None:
+def serve(
+    root: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tokens: Sequence[str] = (),
+    cdn_host: str = "localhost",
+) -> None:
     """Serve ``root`` until killed; prints the url line once it accepts requests."""
     from werkzeug.serving import make_server
 
@@ -345,7 +412,9 @@ class LocalHubProcess:
     url: str
 
     def _control(self, what: str, method: str = "GET") -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}/_hub/{what}", method=method, data=b"" if method == "POST" else None)
+        req = urllib.request.Request(
+            f"{self.url}/_hub/{what}", method=method, data=b"" if method == "POST" else None
+        )
         with urllib.request.urlopen(req, timeout=10) as response:
             return json.loads(response.read())
 
@@ -358,7 +427,9 @@ class LocalHubProcess:
 
 
 @contextmanager
-def local_hub_process(root: Path, tokens: Sequence[str] = (), timeout: float = 30.0) -> Iterator[LocalHubProcess]:
+def local_hub_process(
+    root: Path, tokens: Sequence[str] = (), timeout: float = 30.0
+) -> Iterator[LocalHubProcess]:
     """Start ``python -m drope_check.models.local_hub ROOT`` on a free port, yield it, stop it."""
     args = [sys.executable, "-m", "drope_check.models.local_hub", str(root)]
     for token in tokens:
@@ -385,13 +456,22 @@ def local_hub_process(root: Path, tokens: Sequence[str] = (), timeout: float = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drope_check.models.local_hub", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m drope_check.models.local_hub",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("root", type=Path, help="folder with hub.json and one sub-folder per repo")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
-    parser.add_argument("--token", action="append", default=[], help="a token granted access to the gated repos")
-    parser.add_argument("--cdn-host", default="localhost", help="host name of the LFS redirects (another name for this server)")
+    parser.add_argument(
+        "--token", action="append", default=[], help="a token granted access to the gated repos"
+    )
+    parser.add_argument(
+        "--cdn-host",
+        default="localhost",
+        help="host name of the LFS redirects (another name for this server)",
+    )
     args = parser.parse_args(argv)
     serve(args.root, host=args.host, port=args.port, tokens=args.token, cdn_host=args.cdn_host)
     return 0

@@ -24,7 +24,9 @@ def _parse_config_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}); fix it or copy the checkpoint's config.json again") from exc
+        raise ModelLoadError(
+            f"{path} is not valid JSON ({exc}); fix it or copy the checkpoint's config.json again"
+        ) from exc
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} holds a JSON {type(data).__name__}, not the object a model config is")
     return data
@@ -40,11 +42,15 @@ def read_config_dict(source: str, revision: str | None) -> dict[str, Any]:
     if local.is_dir():
         cfg = local / "config.json"
         if not cfg.is_file():
-            raise ModelLoadError(f"{source}: no config.json in the directory; pass the folder the checkpoint was saved to")
+            raise ModelLoadError(
+                f"{source}: no config.json in the directory; pass the folder the checkpoint was saved to"
+            )
         return _parse_config_file(cfg)
     if looks_like_local_path(source):
         what = "is a file, not a model directory" if local.exists() else "does not exist"
-        raise ModelLoadError(f"{source} {what}; pass a local model directory (config.json, *.safetensors, tokenizer) or a hub id")
+        raise ModelLoadError(
+            f"{source} {what}; pass a local model directory (config.json, *.safetensors, tokenizer) or a hub id"
+        )
     try:
         from huggingface_hub import hf_hub_download
 

@@ -151,7 +151,9 @@ PAIRS: dict[str, PairSpec] = {
 }
 
 #: The embedded models of the registered pairs, by key (the pair's name; ``"embedded:<key>"``).
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {name: p.embedded for name, p in PAIRS.items() if p.embedded is not None}
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    name: p.embedded for name, p in PAIRS.items() if p.embedded is not None
+}
 
 
 def embedded_model(source: str) -> EmbeddedModel:
@@ -160,7 +162,9 @@ def embedded_model(source: str) -> EmbeddedModel:
     try:
         return EMBEDDED_MODELS[key]
     except KeyError:
-        raise KeyError(f"unknown embedded model {source!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}") from None
+        raise KeyError(
+            f"unknown embedded model {source!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
+        ) from None
 
 
 def custom_pair(rope_source: str, drope_source: str, bos_token: str | None = None) -> PairSpec:

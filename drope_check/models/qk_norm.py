@@ -52,11 +52,17 @@ def add_qk_norm_modules(model: nn.Module, attention_type: str) -> None:
     for attn in attention_modules(model):
         if not hasattr(attn, "q_norm"):
             attn.q_norm = nn.RMSNorm(
-                config.num_attention_heads * attn.head_dim, eps=config.rms_norm_eps, device=param.device, dtype=param.dtype
+                config.num_attention_heads * attn.head_dim,
+                eps=config.rms_norm_eps,
+                device=param.device,
+                dtype=param.dtype,
             )
         if not hasattr(attn, "k_norm"):
             attn.k_norm = nn.RMSNorm(
-                config.num_key_value_heads * attn.head_dim, eps=config.rms_norm_eps, device=param.device, dtype=param.dtype
+                config.num_key_value_heads * attn.head_dim,
+                eps=config.rms_norm_eps,
+                device=param.device,
+                dtype=param.dtype,
             )
 
 

@@ -9,7 +9,11 @@ import torch
 #: ``--quantization`` values -> (``bnb_4bit_quant_type``, ``bnb_4bit_use_double_quant``). Upstream's phase-metrics
 #: script asked for NF4 with double quantization (``nf4-double``); its layer-1 ablation and sink-rate fix scripts
 #: passed only ``load_in_4bit=True``, i.e. bitsandbytes' default type FP4 (``fp4``).
-QUANTIZATIONS: dict[str, tuple[str, bool]] = {"nf4": ("nf4", False), "nf4-double": ("nf4", True), "fp4": ("fp4", False)}
+QUANTIZATIONS: dict[str, tuple[str, bool]] = {
+    "nf4": ("nf4", False),
+    "nf4-double": ("nf4", True),
+    "fp4": ("fp4", False),
+}
 
 #: Compute AND activation dtype of a 4-bit load, as upstream ran it: ``bnb_4bit_compute_dtype=float16``, and no
 #: ``torch_dtype``, which transformers 4.x's bitsandbytes quantizer then set to float16 ("Overriding torch_dtype=None

@@ -80,9 +80,16 @@ def _tokenizer(folder: Path) -> None:
 
     backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    backend.train_from_iterator(TOKENIZER_TEXT, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    backend.train_from_iterator(
+        TOKENIZER_TEXT,
+        trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False),
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tokenizer = LlamaTokenizer(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tokenizer.save_pretrained(str(folder))
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -122,7 +129,10 @@ def _config(drope: bool, vocab_size: int) -> dict[str, Any]:
             architectures=["DroPELlamaForCausalLM"],
             model_type="llama_drope",
             attention_type="nope",
-            auto_map={"AutoConfig": "drope.DroPELlamaConfig", "AutoModelForCausalLM": "drope.DroPELlamaForCausalLM"},
+            auto_map={
+                "AutoConfig": "drope.DroPELlamaConfig",
+                "AutoModelForCausalLM": "drope.DroPELlamaForCausalLM",
+            },
         )
     return cfg
 
@@ -131,19 +141,33 @@ def _weights(folder: Path, seed: int) -> None:
     from huggingface_hub import save_torch_state_dict
 
     model = build_llama(
-        llama_config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, layers=LAYERS,
-                     heads=HEADS, kv_heads=HEADS, head_dim=HEAD_DIM, max_positions=4096),
-        seed=seed, attn=None,
+        llama_config(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            layers=LAYERS,
+            heads=HEADS,
+            kv_heads=HEADS,
+            head_dim=HEAD_DIM,
+            max_positions=4096,
+        ),
+        seed=seed,
+        attn=None,
     )
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_torch_state_dict(state, str(folder), max_shard_size=MAX_SHARD_SIZE, metadata={"format": "pt"})
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 2, "the stand-in must be sharded in two, as published"
     # the pickled shards the repo also publishes: a few bytes each, never to be downloaded
-    bin_map = {k: v.replace("model-", "pytorch_model-").replace(".safetensors", ".bin") for k, v in index["weight_map"].items()}
+    bin_map = {
+        k: v.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        for k, v in index["weight_map"].items()
+    }
     for shard in sorted(set(bin_map.values())):
         (folder / shard).write_bytes(b"pickled weights: drope_check must never download these\n")
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": index["metadata"], "weight_map": bin_map}, indent=2))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": index["metadata"], "weight_map": bin_map}, indent=2)
+    )
 
 
 REMOTE_CODE_STUB = '''"""Stand-in for SakanaAI's remote code module: drope_check's native loader must never import it."""
@@ -156,11 +180,21 @@ def _repo(folder: Path, *, drope: bool, seed: int) -> None:
     _weights(folder, seed)
     _tokenizer(folder)
     (folder / "config.json").write_text(json.dumps(_config(drope, VOCAB), indent=2))
-    generation = {"_from_model_config": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-                  "temperature": 0.6, "max_length": 4096, "top_p": 0.9, "do_sample": True,
-                  "transformers_version": "4.31.0.dev0"}
+    generation = {
+        "_from_model_config": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "temperature": 0.6,
+        "max_length": 4096,
+        "top_p": 0.9,
+        "do_sample": True,
+        "transformers_version": "4.31.0.dev0",
+    }
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    (folder / "README.md").write_text(f"# {folder.parent.name}/{folder.name}\n\nA tiny random stand-in (drope_check rehearsal).\n")
+    (folder / "README.md").write_text(
+        f"# {folder.parent.name}/{folder.name}\n\nA tiny random stand-in (drope_check rehearsal).\n"
+    )
     if drope:
         (folder / "drope.py").write_text(REMOTE_CODE_STUB)
     else:
@@ -200,8 +234,13 @@ def _wikitext_dataset(folder: Path, rows: list[str]) -> None:
     import pyarrow.parquet as pq
 
     (folder / "wikitext-2-raw-v1").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), folder / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet")
-    (folder / "README.md").write_text(WIKITEXT_CARD.format(n=len(rows), num_bytes=sum(len(r.encode()) for r in rows)))
+    pq.write_table(
+        pa.table({"text": pa.array(rows, pa.string())}),
+        folder / "wikitext-2-raw-v1" / "test-00000-of-00001.parquet",
+    )
+    (folder / "README.md").write_text(
+        WIKITEXT_CARD.format(n=len(rows), num_bytes=sum(len(r.encode()) for r in rows))
+    )
 
 
 def build_hub_root(root: Path, wikitext_rows: list[str] | None = None) -> Path:

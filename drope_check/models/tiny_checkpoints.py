@@ -35,7 +35,9 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     words = ["<unk>", "<s>", "</s>", *[f"t{i}" for i in range(3, vocab)]]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
 
 
 def write_shard_index(folder: Path) -> None:
@@ -99,8 +101,12 @@ def write_pair_checkpoints(
     save_file(norms, str(drope_dir / "qk_norms.safetensors"), metadata={"format": "pt"})
     write_shard_index(drope_dir)
     cfg = json.loads((rope_dir / "config.json").read_text())
-    cfg.update(model_type="llama_drope", architectures=["DropeForCausalLM"], attention_type=attention_type,
-               auto_map={"AutoConfig": "drope.DropeConfig", "AutoModelForCausalLM": "drope.DropeForCausalLM"})
+    cfg.update(
+        model_type="llama_drope",
+        architectures=["DropeForCausalLM"],
+        attention_type=attention_type,
+        auto_map={"AutoConfig": "drope.DropeConfig", "AutoModelForCausalLM": "drope.DropeForCausalLM"},
+    )
     if softmax_scale is not None:
         cfg["softmax_scale"] = softmax_scale
     (drope_dir / "config.json").write_text(json.dumps(cfg, indent=1))

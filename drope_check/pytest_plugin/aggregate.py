@@ -66,8 +66,9 @@ class Aggregator:
             chosen = [p for p in judged if p in audit_pairs] if audit_pairs else judged
             options = measure_options(config)
             device = getattr(options, "device", None)
-            self.audit_lines = audit_session(config, self.state, chosen, out, options,
-                                             lambda pair: pair_available_here(pair, device))
+            self.audit_lines = audit_session(
+                config, self.state, chosen, out, options, lambda pair: pair_available_here(pair, device)
+            )
             if any(line.startswith("audit failed") for line in self.audit_lines):
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if out:
@@ -76,7 +77,9 @@ class Aggregator:
 
             pairs = sorted({v["pair"] for v in verdicts})
             infos = {
-                p: self.state.pairs.get(p, {"pair": p, "available": False, "reason": "no information recorded"})
+                p: self.state.pairs.get(
+                    p, {"pair": p, "available": False, "reason": "no information recorded"}
+                )
                 for p in pairs
             }
             marks = {p: plot_marks(self.state.claim_set(p)) for p in pairs}

@@ -55,7 +55,9 @@ def claim_pairs(request: pytest.FixtureRequest) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def pair_measurements(request: pytest.FixtureRequest, drope_measure_options: Any) -> Callable[[str], dict[str, Any]]:
+def pair_measurements(
+    request: pytest.FixtureRequest, drope_measure_options: Any
+) -> Callable[[str], dict[str, Any]]:
     """``pair_measurements(pair) -> dict``: the measurements of a pair, measured once per session
     (or read from ``--measurements``). Raises :class:`PairUnavailable` when its models are not
     available here and :class:`MeasurementFailed` when measuring failed."""
@@ -71,15 +73,27 @@ def _record(record_property: Callable[[str, Any], None], verdict: Verdict) -> No
     record_property(CLAIM_PROPERTY, json.dumps(verdict.to_dict(), sort_keys=True))
 
 
-def _record_pair(state: SessionState, record_property: Callable[[str, Any], None], pair: str, data: Any,
-                 available: bool, reason: str) -> None:
+def _record_pair(
+    state: SessionState,
+    record_property: Callable[[str, Any], None],
+    pair: str,
+    data: Any,
+    available: bool,
+    reason: str,
+) -> None:
     if pair in state.recorded_pairs:
         return
     from drope_check.report.build import pair_info
 
     state.recorded_pairs.add(pair)
-    info = pair_info(pair, data, state.claim_set(pair), available=available, reason=reason,
-                     origin=state.origins.get(pair, ""))
+    info = pair_info(
+        pair,
+        data,
+        state.claim_set(pair),
+        available=available,
+        reason=reason,
+        origin=state.origins.get(pair, ""),
+    )
     record_property(PAIR_PROPERTY, json.dumps(info, sort_keys=True))
 
 
@@ -89,22 +103,31 @@ def claim_source() -> str:
     return SUITE
 
 
-def _record_author_files(state: SessionState, record_property: Callable[[str, Any], None], claim: Claim,
-                         path: Path, data: Any) -> None:
+def _record_author_files(
+    state: SessionState, record_property: Callable[[str, Any], None], claim: Claim, path: Path, data: Any
+) -> None:
     if claim.pair in state.recorded_author_files:
         return
     from drope_check.report.build import pair_info
 
     state.recorded_author_files.add(claim.pair)
     era = (data.get("upstream") or {}).get("era", "?")
-    info = pair_info(claim.pair, data, state.claim_set(claim.pair),
-                     origin=f"the report author's committed result files (era {era}) from {path}")
+    info = pair_info(
+        claim.pair,
+        data,
+        state.claim_set(claim.pair),
+        origin=f"the report author's committed result files (era {era}) from {path}",
+    )
     info["upstream"] = data.get("upstream")
-    info.pop("created", None)  # the import's wall-clock time: serial and xdist runs must write the same report
+    info.pop(
+        "created", None
+    )  # the import's wall-clock time: serial and xdist runs must write the same report
     record_property(AUTHOR_FILES_PROPERTY, json.dumps(info, sort_keys=True))
 
 
-def _author_files_claim_verdict(state: SessionState, claim: Claim, record_property: Callable[[str, Any], None]) -> Verdict:
+def _author_files_claim_verdict(
+    state: SessionState, claim: Claim, record_property: Callable[[str, Any], None]
+) -> Verdict:
     """The verdict of ``claim`` against the author's files; no copy found is a skip (an error under
     ``--strict-claims``), a copy that cannot be imported an error."""
     try:
@@ -112,7 +135,9 @@ def _author_files_claim_verdict(state: SessionState, claim: Claim, record_proper
     except AuthorFilesUnavailable as exc:
         verdict = author_files_skip(claim, str(exc))
         if state.strict:
-            verdict = author_files_skip(claim, f"--strict: this claim was not evaluated: {exc}", outcome="error")
+            verdict = author_files_skip(
+                claim, f"--strict: this claim was not evaluated: {exc}", outcome="error"
+            )
         return verdict
     except AuthorFilesBroken as exc:
         return author_files_skip(claim, str(exc), outcome="error")

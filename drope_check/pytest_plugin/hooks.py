@@ -97,51 +97,142 @@ __all__ = ["claim_pairs", "claim_source", "claim_verdict", "drope_measure_option
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("drope_check", "drope_check claims")
-    group.addoption("--pair", action="append", dest="drope_pairs", default=None, metavar="NAME",
-                    help="judge this pair's claims (repeatable; default: every pair with a claim file)")
-    group.addoption("--require-models", action="store_true", dest="drope_require_models", default=False,
-                    help="a pair whose models cannot be loaded is an error, not a skip")
-    group.addoption("--claims-report", dest="drope_claims_report", default=None, metavar="DIR",
-                    help="write claims-report.md, claims-report.json and per-layer plots into DIR")
-    group.addoption("--regen-expected", action="store_true", dest="drope_regen", default=False,
-                    help="rewrite golden values in expected/<pair>.toml from this run (never report values)")
-    group.addoption("--strict-claims", action="store_true", dest="drope_strict", default=False,
-                    help="a claim of an available pair that was not evaluated (other than one about a recalibrated "
-                    "DroPE model) is an error; pytest's own --strict (strict mode) implies it")
-    group.addoption("--as-pair", action="store_true", dest="drope_as_pair", default=False,
-                    help="judge --measurements of other models than the pair's; every verdict names the measured models")
-    group.addoption("--measurements", action="append", dest="drope_measurements", default=None, metavar="FILE",
-                    help="judge this measurements JSON instead of measuring (repeatable, one per pair)")
-    group.addoption("--upstream", dest="drope_upstream", default=None, metavar="PATH",
-                    help="the report author's result files: a git clone of DavidDemitriAfrica/drope-activations or a "
-                    "<commit>/<path> folder (default: $DROPE_CHECK_UPSTREAM, else shared/data/upstream-results above "
-                    "the repository)")
-    group.addoption("--expected-dir", dest="drope_expected_dir", default=None, metavar="DIR",
-                    help="folder of the claim files (default: <rootdir>/expected)")
-    group.addoption("--drope-device", dest="drope_device", default=None, metavar="DEVICE",
-                    help="device for measuring (default: the engine's choice, cuda if present)")
-    group.addoption("--drope-dtype", dest="drope_dtype", default=None, metavar="DTYPE",
-                    help="model dtype for measuring: float32, bfloat16, float16 (default: the engine's choice)")
-    group.addoption("--drope-quantization", dest="drope_quantization", default=None,
-                    choices=("nf4", "nf4-double", "fp4"),
-                    help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)")
-    group.addoption("--drope-device-map", dest="drope_device_map", default=None, metavar="MAP",
-                    help="accelerate's device map for models larger than one device (auto, balanced, balanced_low_0, "
-                    "sequential): layers spread over the visible GPUs, then CPU memory, then --drope-offload-folder")
-    group.addoption("--drope-offload-folder", dest="drope_offload_folder", default=None, metavar="DIR",
-                    help="with --drope-device-map: where layers that fit neither the GPUs nor CPU memory are kept")
-    group.addoption("--audit", action="store_true", dest="drope_audit", default=False,
-                    help="also run the confound audit of each available pair (drope_check.audit.run): audit/<pair>/ "
-                    "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report")
-    group.addoption("--audit-pair", action="append", dest="drope_audit_pairs", default=None, metavar="PAIR",
-                    help="audit only this pair (repeatable; implies --audit): e.g. CI audits the default pair "
-                    "and llama2-7b's author files but not the opt-in Gemma pair")
-    group.addoption("--drope-wikitext", dest="drope_wikitext", default=None, metavar="PATH",
-                    help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)")
-    group.addoption("--drope-allow-incomplete-weights", action="store_true", dest="drope_allow_incomplete_weights",
-                    default=False,
-                    help="measure checkpoints whose tensors do not match the model (refused otherwise); what did not "
-                    "match is recorded in the provenance and shown in the report")
+    group.addoption(
+        "--pair",
+        action="append",
+        dest="drope_pairs",
+        default=None,
+        metavar="NAME",
+        help="judge this pair's claims (repeatable; default: every pair with a claim file)",
+    )
+    group.addoption(
+        "--require-models",
+        action="store_true",
+        dest="drope_require_models",
+        default=False,
+        help="a pair whose models cannot be loaded is an error, not a skip",
+    )
+    group.addoption(
+        "--claims-report",
+        dest="drope_claims_report",
+        default=None,
+        metavar="DIR",
+        help="write claims-report.md, claims-report.json and per-layer plots into DIR",
+    )
+    group.addoption(
+        "--regen-expected",
+        action="store_true",
+        dest="drope_regen",
+        default=False,
+        help="rewrite golden values in expected/<pair>.toml from this run (never report values)",
+    )
+    group.addoption(
+        "--strict-claims",
+        action="store_true",
+        dest="drope_strict",
+        default=False,
+        help="a claim of an available pair that was not evaluated (other than one about a recalibrated "
+        "DroPE model) is an error; pytest's own --strict (strict mode) implies it",
+    )
+    group.addoption(
+        "--as-pair",
+        action="store_true",
+        dest="drope_as_pair",
+        default=False,
+        help="judge --measurements of other models than the pair's; every verdict names the measured models",
+    )
+    group.addoption(
+        "--measurements",
+        action="append",
+        dest="drope_measurements",
+        default=None,
+        metavar="FILE",
+        help="judge this measurements JSON instead of measuring (repeatable, one per pair)",
+    )
+    group.addoption(
+        "--upstream",
+        dest="drope_upstream",
+        default=None,
+        metavar="PATH",
+        help="the report author's result files: a git clone of DavidDemitriAfrica/drope-activations or a "
+        "<commit>/<path> folder (default: $DROPE_CHECK_UPSTREAM, else shared/data/upstream-results above "
+        "the repository)",
+    )
+    group.addoption(
+        "--expected-dir",
+        dest="drope_expected_dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the claim files (default: <rootdir>/expected)",
+    )
+    group.addoption(
+        "--drope-device",
+        dest="drope_device",
+        default=None,
+        metavar="DEVICE",
+        help="device for measuring (default: the engine's choice, cuda if present)",
+    )
+    group.addoption(
+        "--drope-dtype",
+        dest="drope_dtype",
+        default=None,
+        metavar="DTYPE",
+        help="model dtype for measuring: float32, bfloat16, float16 (default: the engine's choice)",
+    )
+    group.addoption(
+        "--drope-quantization",
+        dest="drope_quantization",
+        default=None,
+        choices=("nf4", "nf4-double", "fp4"),
+        help="load the models in bitsandbytes 4-bit as upstream did (GPU only; nf4-double = its first run)",
+    )
+    group.addoption(
+        "--drope-device-map",
+        dest="drope_device_map",
+        default=None,
+        metavar="MAP",
+        help="accelerate's device map for models larger than one device (auto, balanced, balanced_low_0, "
+        "sequential): layers spread over the visible GPUs, then CPU memory, then --drope-offload-folder",
+    )
+    group.addoption(
+        "--drope-offload-folder",
+        dest="drope_offload_folder",
+        default=None,
+        metavar="DIR",
+        help="with --drope-device-map: where layers that fit neither the GPUs nor CPU memory are kept",
+    )
+    group.addoption(
+        "--audit",
+        action="store_true",
+        dest="drope_audit",
+        default=False,
+        help="also run the confound audit of each available pair (drope_check.audit.run): audit/<pair>/ "
+        "in the --claims-report DIR (else ./audit/<pair>/), linked from the claims report",
+    )
+    group.addoption(
+        "--audit-pair",
+        action="append",
+        dest="drope_audit_pairs",
+        default=None,
+        metavar="PAIR",
+        help="audit only this pair (repeatable; implies --audit): e.g. CI audits the default pair "
+        "and llama2-7b's author files but not the opt-in Gemma pair",
+    )
+    group.addoption(
+        "--drope-wikitext",
+        dest="drope_wikitext",
+        default=None,
+        metavar="PATH",
+        help="a local wiki.test.raw for the WikiText-2 texts (else DROPE_CHECK_WIKITEXT or the hub)",
+    )
+    group.addoption(
+        "--drope-allow-incomplete-weights",
+        action="store_true",
+        dest="drope_allow_incomplete_weights",
+        default=False,
+        help="measure checkpoints whose tensors do not match the model (refused otherwise); what did not "
+        "match is recorded in the provenance and shown in the report",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -192,7 +283,9 @@ def _fit_workers_to_pairs(config: pytest.Config, state: SessionState) -> None:
         return
     from drope_check.engine.workers import claims_only, planned_workers
 
-    if not claims_only(list(config.args), Path(str(config.invocation_params.dir)), Path(str(config.rootpath))):
+    if not claims_only(
+        list(config.args), Path(str(config.invocation_params.dir)), Path(str(config.rootpath))
+    ):
         return
     files = state.measurement_files()
     working = [p for p in state.selected_pairs() if p in files or pair_available_here(p)[0]]
@@ -289,8 +382,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise pytest.Collector.CollectError(str(exc)) from None
         for claim in claim_set.by_family(family):
             for source in claim.sources:
-                params.append(pytest.param(claim, source, id=claim.source_key(source), marks=_marks(claim, source)))
-    if not params:  # no selected pair has a claim of this family (the Methods statements are llama2-7b's only)
+                params.append(
+                    pytest.param(claim, source, id=claim.source_key(source), marks=_marks(claim, source))
+                )
+    if (
+        not params
+    ):  # no selected pair has a claim of this family (the Methods statements are llama2-7b's only)
         state.empty_families.add((str(metafunc.definition.path), metafunc.definition.originalname))
     metafunc.parametrize(("claim", "claim_source"), params)
 
@@ -311,20 +408,26 @@ def _marks(claim: Claim, source: str) -> list[Any]:
     group = f"drope-{claim.pair}" if source == SUITE else f"drope-{claim.pair}-{source}"
     marks = [pytest.mark.xdist_group(name=group), pytest.mark.drope_claim]
     if source == SUITE and claim.status == "does-not-generalise" and not claim.pending:
-        marks.append(pytest.mark.xfail(
-            strict=True, raises=ClaimNotHeld,
-            reason=(f"does not generalise to {claim.pair}: this suite measured {fmt(claim.recorded, ratio=claim.is_ratio)} "
-                    f"where the report claims {fmt(claim.value, ratio=claim.is_ratio)} ({claim.band_text()})"),
-        ))
+        marks.append(
+            pytest.mark.xfail(
+                strict=True,
+                raises=ClaimNotHeld,
+                reason=(
+                    f"does not generalise to {claim.pair}: this suite measured {fmt(claim.recorded, ratio=claim.is_ratio)} "
+                    f"where the report claims {fmt(claim.value, ratio=claim.is_ratio)} ({claim.band_text()})"
+                ),
+            )
+        )
     if source == AUTHOR_FILES and claim.author_files is not None and claim.author_files.contradicted:
-        marks.append(pytest.mark.xfail(
-            strict=True, raises=ClaimNotHeld,
-            reason=f"the author's own files contradict the claim: {claim.author_files.contradicted}",
-        ))
+        marks.append(
+            pytest.mark.xfail(
+                strict=True,
+                raises=ClaimNotHeld,
+                reason=f"the author's own files contradict the claim: {claim.author_files.contradicted}",
+            )
+        )
     return marks
 
 
 # ----------------------------------------------------------------------------------------------
 # fixtures
-
-

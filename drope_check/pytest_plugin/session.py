@@ -46,14 +46,20 @@ class SessionState:
     origins: dict[str, str] = field(default_factory=dict)
     recorded_pairs: set[str] = field(default_factory=set)
     recorded_author_files: set[str] = field(default_factory=set)
-    author_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair -> info of the author's files (controller)
-    _upstream: Any = None  # the author's files: (path, measurements) or the exception that explains their absence
+    author_files: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # pair -> info of the author's files (controller)
+    _upstream: Any = (
+        None  # the author's files: (path, measurements) or the exception that explains their absence
+    )
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # nodeid -> verdict dict
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair -> info (controller)
     _selected: list[str] | None = None
     _files: dict[str, Path] | None = None
     empty_families: set[tuple[str, str]] = field(default_factory=set)  # claims tests with no claim to judge
-    working_pairs: list[str] | None = None  # pairs measured here or judged from a file (controller, xdist runs)
+    working_pairs: list[str] | None = (
+        None  # pairs measured here or judged from a file (controller, xdist runs)
+    )
     worker_note: str | None = None  # why this run starts fewer xdist workers than asked (controller)
     cores_dir: str | None = None  # where measuring xdist workers share the cores (controller)
 
@@ -83,7 +89,9 @@ class SessionState:
         """Where the author's files are (``--upstream``, ``DROPE_CHECK_UPSTREAM``, or the shipped copy);
         raises :class:`AuthorFilesUnavailable` / :class:`AuthorFilesBroken`."""
         package_repo = Path(__file__).resolve().parents[2]
-        return locate_upstream(self.config.getoption("drope_upstream"), [Path(str(self.config.rootpath)), package_repo])
+        return locate_upstream(
+            self.config.getoption("drope_upstream"), [Path(str(self.config.rootpath)), package_repo]
+        )
 
     def upstream(self) -> tuple[Path, dict[str, Any]]:
         """``(path, measurements)`` of the author's files, imported once per process."""
@@ -118,7 +126,9 @@ class SessionState:
                 if len(given) == 1 and len(named) == 1:
                     pair = named[0]  # a file of another pair is then refused by check_measurements
                 if not isinstance(pair, str):
-                    raise pytest.UsageError(f"--measurements {raw}: no 'pair' in the file; name it with --pair")
+                    raise pytest.UsageError(
+                        f"--measurements {raw}: no 'pair' in the file; name it with --pair"
+                    )
                 if pair in files:
                     raise pytest.UsageError(f"--measurements: two files for pair {pair!r}")
                 files[pair] = path
@@ -189,10 +199,14 @@ class SessionState:
             return data
         ok, reason = pair_available_here(pair, getattr(options, "device", None))
         if not ok:
-            raise PairUnavailable(f"pair {pair} is not available here: {reason}. To run its claims: {claim_set.run_hint}")
+            raise PairUnavailable(
+                f"pair {pair} is not available here: {reason}. To run its claims: {claim_set.run_hint}"
+            )
         try:
             measure = importlib.import_module("drope_check.measurements.measure")
-            data = measure.measure_pair(pair, protocol=None, interventions=self.interventions_needed(pair), options=options)
+            data = measure.measure_pair(
+                pair, protocol=None, interventions=self.interventions_needed(pair), options=options
+            )
             check_measurements(claim_set, data, origin=f"measure_pair({pair!r})", as_pair=self.as_pair)
         except Exception as exc:  # any failure of a model that should load is an error, never a skip
             raise MeasurementFailed(f"pair {pair}: measuring failed: {type(exc).__name__}: {exc}") from exc
@@ -208,7 +222,10 @@ def pair_available_here(pair: str, device: str | None = None) -> tuple[bool, str
     except Exception as exc:  # the engine may be missing or broken; say so instead of crashing collection
         return False, f"drope_check.models cannot be imported ({type(exc).__name__}: {exc})"
     if pair not in registry:
-        return False, f"pair {pair!r} is not registered in drope_check.models.pairs.PAIRS ({', '.join(sorted(registry))})"
+        return (
+            False,
+            f"pair {pair!r} is not registered in drope_check.models.pairs.PAIRS ({', '.join(sorted(registry))})",
+        )
     try:
         ok, reason = availability.pair_available(pair, device=device)
     except Exception as exc:

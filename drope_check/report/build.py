@@ -35,11 +35,27 @@ __all__ = [
 ]
 
 REPORT_SCHEMA_VERSION = 1
-OUTCOMES: tuple[str, ...] = ("pass", "fail", "artefact", "xfail", "xpass", "error", "prose-only", "skip", "regenerated")
+OUTCOMES: tuple[str, ...] = (
+    "pass",
+    "fail",
+    "artefact",
+    "xfail",
+    "xpass",
+    "error",
+    "prose-only",
+    "skip",
+    "regenerated",
+)
 OUTCOME_LABEL = {
-    "pass": "PASS", "fail": "FAIL", "artefact": "artefact (xfail: expected)", "xfail": "does not generalise (xfail)",
+    "pass": "PASS",
+    "fail": "FAIL",
+    "artefact": "artefact (xfail: expected)",
+    "xfail": "does not generalise (xfail)",
     "xpass": "XPASS (strict: fails)",
-    "error": "ERROR", "prose-only": "prose only (finding)", "skip": "skip", "regenerated": "regenerated",
+    "error": "ERROR",
+    "prose-only": "prose only (finding)",
+    "skip": "skip",
+    "regenerated": "regenerated",
 }
 #: Per-layer series plotted for both models: (key in ``layers``, axis label, log scale?), the table's plotted series.
 PLOT_SERIES: tuple[tuple[str, str, bool], ...] = tuple(
@@ -104,13 +120,24 @@ def plot_marks(claim_set: ClaimSet) -> list[dict[str, Any]]:
     """
     marks: list[dict[str, Any]] = []
     for claim in claim_set.claims:
-        if claim.status not in ("claim", "artefact", "does-not-generalise") or claim.model == "pair" or claim.value is None:
+        if (
+            claim.status not in ("claim", "artefact", "does-not-generalise")
+            or claim.model == "pair"
+            or claim.value is None
+        ):
             continue
         base = {"model": claim.model, "claim": claim.key}
         if claim.plot is not None:
             if "layer" in claim.plot and isinstance(claim.value, (int, float)):
-                marks.append({**base, "series": claim.plot["series"], "kind": "point",
-                              "layer": claim.plot["layer"], "value": claim.value})
+                marks.append(
+                    {
+                        **base,
+                        "series": claim.plot["series"],
+                        "kind": "point",
+                        "layer": claim.plot["layer"],
+                        "value": claim.value,
+                    }
+                )
             continue
         if not claim.metrics:
             continue
@@ -121,8 +148,17 @@ def plot_marks(claim_set: ClaimSet) -> list[dict[str, Any]]:
         if step[0] == "index" and isinstance(claim.value, (int, float)):
             marks.append({**base, "series": name, "kind": "point", "layer": step[1], "value": claim.value})
         elif step[0] == "slice" and isinstance(claim.value, list) and len(claim.value) == 2:
-            marks.append({**base, "series": name, "kind": "span", "start": step[1], "stop": step[2],
-                          "lo": claim.value[0], "hi": claim.value[1]})
+            marks.append(
+                {
+                    **base,
+                    "series": name,
+                    "kind": "span",
+                    "start": step[1],
+                    "stop": step[2],
+                    "lo": claim.value[0],
+                    "hi": claim.value[1],
+                }
+            )
     return marks
 
 
@@ -134,8 +170,14 @@ def sort_verdicts(verdicts: Iterable[Verdict | Mapping[str, Any]]) -> list[dict[
         fam = FAMILIES.index(v["family"]) if v.get("family") in FAMILIES else len(FAMILIES)
         mod = MODELS.index(v["model"]) if v.get("model") in MODELS else len(MODELS)
         src = v.get("source", "suite")
-        return (v.get("pair", ""), fam, v.get("order") or 0, v.get("id", ""), mod,
-                SOURCES.index(src) if src in SOURCES else len(SOURCES))
+        return (
+            v.get("pair", ""),
+            fam,
+            v.get("order") or 0,
+            v.get("id", ""),
+            mod,
+            SOURCES.index(src) if src in SOURCES else len(SOURCES),
+        )
 
     unique = {d["key"]: d for d in dicts}
     return sorted(unique.values(), key=key)
@@ -163,7 +205,9 @@ def build_report(
         "summary": summary_counts(ordered),
         "pairs": {name: dict(pairs[name]) for name in sorted(pairs)},
         "author_files": {name: dict(info) for name, info in sorted((author_files or {}).items())},
-        "marks": {name: list((marks or {}).get(name, [])) for name in sorted(set(pairs) | set(author_files or {}))},
+        "marks": {
+            name: list((marks or {}).get(name, [])) for name in sorted(set(pairs) | set(author_files or {}))
+        },
         "verdicts": ordered,
     }
 

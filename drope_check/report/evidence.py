@@ -48,7 +48,10 @@ __all__ = [
 #: Outcomes that are grouped as "not evaluated" (the cell names the group).
 GROUPED_OUTCOMES: tuple[str, ...] = ("skip", "regenerated")
 _VERDICT_WORD = {
-    "pass": "PASS", "fail": "FAIL", "error": "ERROR", "xpass": "XPASS (strict: fails)",
+    "pass": "PASS",
+    "fail": "FAIL",
+    "error": "ERROR",
+    "xpass": "XPASS (strict: fails)",
 }
 
 
@@ -88,7 +91,9 @@ def family_rank(pair: str) -> int:
 def _table_order(verdicts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Verdicts in the order the table reads them: the report's pair first (families in column
     order), each pair in its claim file's order (stable: sources in the order given)."""
-    return sorted(verdicts, key=lambda v: (family_rank(v.get("pair", "")), v.get("pair", ""), v.get("order") or 0))
+    return sorted(
+        verdicts, key=lambda v: (family_rank(v.get("pair", "")), v.get("pair", ""), v.get("order") or 0)
+    )
 
 
 def skip_groups(verdicts: Iterable[Mapping[str, Any]]) -> list[SkipGroup]:
@@ -97,8 +102,12 @@ def skip_groups(verdicts: Iterable[Mapping[str, Any]]) -> list[SkipGroup]:
     grouped: dict[str, list[str]] = {}
     for v in _table_order(verdicts):
         if v.get("outcome") in GROUPED_OUTCOMES:
-            grouped.setdefault(str(v.get("reason") or "no reason given (a bug: report it)"), []).append(v["key"])
-    return [SkipGroup(f"S{i}", reason, tuple(keys)) for i, (reason, keys) in enumerate(grouped.items(), start=1)]
+            grouped.setdefault(str(v.get("reason") or "no reason given (a bug: report it)"), []).append(
+                v["key"]
+            )
+    return [
+        SkipGroup(f"S{i}", reason, tuple(keys)) for i, (reason, keys) in enumerate(grouped.items(), start=1)
+    ]
 
 
 def _short_commit(commits: Any) -> str:
@@ -123,18 +132,28 @@ def _author_cell(v: Mapping[str, Any] | None, suite_only: str | None, group: Map
         items = [n for n in (v.get("nearest") or []) if n.get("value") is not None]
 
         def shown(chosen: list[Mapping[str, Any]], after: str = "") -> str:
-            return "; ".join(f"{fmt(n['value'], ratio=_path_is_ratio(n.get('path')))} "
-                             f"({n.get('protocol', '?')} @{_short_commit(n.get('commit'))}{after})" for n in chosen)
+            return "; ".join(
+                f"{fmt(n['value'], ratio=_path_is_ratio(n.get('path')))} "
+                f"({n.get('protocol', '?')} @{_short_commit(n.get('commit'))}{after})"
+                for n in chosen
+            )
 
-        near, later = shown([n for n in items if not n.get("later")]), shown(
-            [n for n in items if n.get("later")], ", committed after the report")
-        return ("**prose only**: no committed number" + (f"; nearest {near}" if near else "")
-                + (f"; later, not the source: {later}" if later else ""))
+        near, later = (
+            shown([n for n in items if not n.get("later")]),
+            shown([n for n in items if n.get("later")], ", committed after the report"),
+        )
+        return (
+            "**prose only**: no committed number"
+            + (f"; nearest {near}" if near else "")
+            + (f"; later, not the source: {later}" if later else "")
+        )
     word = "contradicted by the files (xfail)" if outcome == "xfail" else _VERDICT_WORD.get(outcome, outcome)
     if v.get("measured") is None:
         return word
-    return (f"{value_text(v, 'measured')} @{_short_commit(v.get('source_commit'))} "
-            f"({v.get('source_protocol') or '?'}): {word}")
+    return (
+        f"{value_text(v, 'measured')} @{_short_commit(v.get('source_commit'))} "
+        f"({v.get('source_protocol') or '?'}): {word}"
+    )
 
 
 def _suite_cell(v: Mapping[str, Any] | None, report_value: str, group: Mapping[str, str]) -> str:
@@ -161,9 +180,13 @@ def _suite_cell(v: Mapping[str, Any] | None, report_value: str, group: Mapping[s
         return ("" if v.get("measured") is None else f"{shown}: ") + "ERROR (see Failures)"
     if status == "golden":
         return f"{shown} (golden {value_text(v, 'expected')}): {_VERDICT_WORD.get(outcome, outcome)}"
-    meaning = {"pass": "holds", "fail": "does not hold", "xfail": "does not generalise",
-               "artefact": "does not hold: the expected artefact (xfail)",
-               "xpass": "now holds (XPASS: the strict xfail fails)"}.get(outcome, outcome)
+    meaning = {
+        "pass": "holds",
+        "fail": "does not hold",
+        "xfail": "does not generalise",
+        "artefact": "does not hold: the expected artefact (xfail)",
+        "xpass": "now holds (XPASS: the strict xfail fails)",
+    }.get(outcome, outcome)
     if outcome == "pass" and status == "artefact":
         meaning = "holds without the artefact"
     return f"{shown}: {meaning}"
@@ -187,7 +210,9 @@ def _columns(doc: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> l
         title = family_title(pair)
         if pair in with_author:
             era = ((doc.get("author_files") or {}).get(pair, {}).get("upstream") or {}).get("era")
-            columns.append((pair, AUTHOR_FILES, f"{title}: author's files" + (f" ({era} era)" if era else "")))
+            columns.append(
+                (pair, AUTHOR_FILES, f"{title}: author's files" + (f" ({era} era)" if era else ""))
+            )
         columns.append((pair, SUITE, f"{title}: this suite"))
     return columns
 
@@ -218,7 +243,11 @@ def evidence_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[EvidenceRow],
                 cells.append(_author_cell(author, suite_only, group))
             else:
                 suite = next((v for v in on_pair if v.get("source", SUITE) == SUITE), None)
-                if suite is None and on_pair and all(v.get("family") in AUTHOR_FILES_ONLY_FAMILIES for v in on_pair):
+                if (
+                    suite is None
+                    and on_pair
+                    and all(v.get("family") in AUTHOR_FILES_ONLY_FAMILIES for v in on_pair)
+                ):
                     cells.append("n/a: a statement about the author's method (judged on the author's files)")
                 else:
                     cells.append(_suite_cell(suite, report_value, group))
@@ -240,12 +269,12 @@ def render_evidence_table(doc: Mapping[str, Any]) -> list[str]:
         "",
         "Each claim of the report against every source and model family (the same claim id judged on each "
         "pair). The author's files: their committed results, read at the commit and under the protocol each "
-        "value came from (\"prose only\" when no committed file holds the number, \"suite only\" when what they "
+        'value came from ("prose only" when no committed file holds the number, "suite only" when what they '
         "hold cannot judge the claim). This suite: its own measurement and what it means — holds / does not "
         "hold; does not generalise (a strict xfail: the statement measurably does not hold on that family); "
         "golden (this suite's regression value: the report's number is about Llama-2-7B); about a "
         "recalibrated DroPE: n/a (a zero-shot pair cannot test it). `[S#]`: not evaluated, for the reason "
-        "listed under \"Skipped claims\".",
+        'listed under "Skipped claims".',
         "",
         "| " + " | ".join(columns) + " |",
         "| " + " | ".join("---" for _ in columns) + " |",
@@ -260,7 +289,12 @@ def render_skip_groups(groups: Sequence[SkipGroup]) -> list[str]:
     """The ``## Skipped claims`` section: one line per distinct reason, its count and claim ids."""
     if not groups:
         return []
-    lines = ["## Skipped claims", "", "Not evaluated: one line per distinct reason, with its count and the claims it applies to.", ""]
+    lines = [
+        "## Skipped claims",
+        "",
+        "Not evaluated: one line per distinct reason, with its count and the claims it applies to.",
+        "",
+    ]
     for g in groups:
         lines.append(f"- **{g.label}** ({len(g.keys)}): {g.reason} — {', '.join(g.keys)}")
     lines.append("")

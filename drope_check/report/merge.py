@@ -37,14 +37,29 @@ from drope_check.report.build import build_report, pair_info, plot_marks
 from drope_check.report.write import write_report
 from drope_check.sources.author_files import author_files_verdict, is_author_files_import
 
-__all__ = ["MERGE_ATOL", "MERGE_RTOL", "MeasurementsConflict", "first_difference", "judge_file", "judge_files",
-           "measurement_variant"]
+__all__ = [
+    "MERGE_ATOL",
+    "MERGE_RTOL",
+    "MeasurementsConflict",
+    "first_difference",
+    "judge_file",
+    "judge_files",
+    "measurement_variant",
+]
 
 MERGE_RTOL = CONSISTENCY_RTOL
 MERGE_ATOL = CONSISTENCY_ATOL
 #: Provenance fields that say which model was measured and how it was loaded: compared between two files
 #: claiming the same identity (the rest, such as the device, seconds or library versions, may differ).
-IDENTITY_PROVENANCE = ("model_id", "revision", "weights_sha256", "dtype", "quantization", "attention_type", "softmax_scale")
+IDENTITY_PROVENANCE = (
+    "model_id",
+    "revision",
+    "weights_sha256",
+    "dtype",
+    "quantization",
+    "attention_type",
+    "softmax_scale",
+)
 
 
 class MeasurementsConflict(MeasurementsMismatch):
@@ -74,7 +89,11 @@ def measurement_variant(measurements: Mapping[str, Any]) -> str:
     if isinstance(audit_variant, Mapping) and isinstance(audit_variant.get("name"), str):
         return audit_variant["name"]
     for model in (measurements.get("models") or {}).values():
-        quantization = ((model or {}).get("provenance") or {}).get("quantization") if isinstance(model, Mapping) else None
+        quantization = (
+            ((model or {}).get("provenance") or {}).get("quantization")
+            if isinstance(model, Mapping)
+            else None
+        )
         if isinstance(quantization, str) and quantization:
             return f"4bit-{quantization}"
     return "suite"
@@ -123,8 +142,13 @@ def _comparable(measurements: Mapping[str, Any], role: str) -> dict[str, Any]:
     }
 
 
-def _read(path: Path, pair: str | None, expected_dir: str | Path | None, as_pair: bool,
-          claim_sets: dict[str, ClaimSet]) -> _Input:
+def _read(
+    path: Path,
+    pair: str | None,
+    expected_dir: str | Path | None,
+    as_pair: bool,
+    claim_sets: dict[str, ClaimSet],
+) -> _Input:
     measurements = load_measurements(path)
     name = pair or measurements.get("pair")
     if not isinstance(name, str) or name == "custom":
@@ -154,7 +178,9 @@ def _check_agreement(first: _Input, other: _Input) -> None:
 def _verdicts(item: _Input, as_pair: bool, strict: bool) -> list[Verdict]:
     claim_set, measurements = item.claim_set, item.measurements
     if item.source == AUTHOR_FILES:  # judged as the author-files source: per-field protocol identity
-        claims = [c for c in claim_set.claims if c.author_files is None or c.author_files.has_test]  # not suite_only
+        claims = [
+            c for c in claim_set.claims if c.author_files is None or c.author_files.has_test
+        ]  # not suite_only
         verdicts = [author_files_verdict(claim, measurements) for claim in claims]
     else:  # a Methods statement has no suite test: only the author's files judge it
         claims = [c for c in claim_set.claims if c.has_suite_test]
@@ -166,7 +192,9 @@ def _verdicts(item: _Input, as_pair: bool, strict: bool) -> list[Verdict]:
 
 def _relabel(verdict: Verdict, label: str) -> Verdict:
     """A verdict of a pair's further variant, shown in a column of its own (``<pair>@<variant>``)."""
-    return dataclasses.replace(verdict, pair=label, key=verdict.key.replace(f"[{verdict.pair}:", f"[{label}:", 1))
+    return dataclasses.replace(
+        verdict, pair=label, key=verdict.key.replace(f"[{verdict.pair}:", f"[{label}:", 1)
+    )
 
 
 def judge_files(
@@ -218,7 +246,9 @@ def judge_files(
             author_infos[name] = info
             label = name
         else:
-            label = name if source == AUTHOR_FILES or variant == suite_variants[name][0] else f"{name}@{variant}"
+            label = (
+                name if source == AUTHOR_FILES or variant == suite_variants[name][0] else f"{name}@{variant}"
+            )
             if label != name:
                 judged = [_relabel(v, label) for v in judged]
                 info["variant"] = variant
@@ -250,4 +280,6 @@ def judge_file(
     only under the protocol the report's value came from. ``strict``: see :func:`~drope_check.claims.verdicts.strict_verdict`.
     """
     # one flow for one file and for several
-    return judge_files([measurements_path], pair, report_dir, expected_dir, plots=plots, as_pair=as_pair, strict=strict)
+    return judge_files(
+        [measurements_path], pair, report_dir, expected_dir, plots=plots, as_pair=as_pair, strict=strict
+    )

@@ -23,8 +23,15 @@ _MODEL_COLOURS = {"rope": "tab:blue", "drope": "tab:orange"}
 _ROLE_STYLES = {"rope": "-", "drope": "--"}
 
 
-def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], series: str, label: str, log: bool,
-                 title_suffix: str = "", line_label: str = "measured") -> bytes | None:
+def _plot_series(
+    info: Mapping[str, Any],
+    marks: Sequence[Mapping[str, Any]],
+    series: str,
+    label: str,
+    log: bool,
+    title_suffix: str = "",
+    line_label: str = "measured",
+) -> bytes | None:
     models = info.get("models") or {}
     if not any(series in (m.get("layers") or {}) for m in models.values()):
         return None
@@ -35,22 +42,44 @@ def _plot_series(info: Mapping[str, Any], marks: Sequence[Mapping[str, Any]], se
             continue
         ys = model["layers"][series]
         colour = _MODEL_COLOURS[role]
-        ax.plot(range(len(ys)), ys, marker=".", color=colour, label=f"{role} ({model.get('variant')}) {line_label}")
+        ax.plot(
+            range(len(ys)),
+            ys,
+            marker=".",
+            color=colour,
+            label=f"{role} ({model.get('variant')}) {line_label}",
+        )
         n = len(ys)
         for mark in marks:
             if mark["series"] != series or mark["model"] != role:
                 continue
             if mark["kind"] == "point":
                 layer = mark["layer"] + n if mark["layer"] < 0 else mark["layer"]
-                ax.plot([layer], [mark["value"]], marker="*", markersize=13, linestyle="none", color=colour,
-                        markeredgecolor="black", label=f"{role} report: {fmt(mark['value'])} @ L{layer}")
+                ax.plot(
+                    [layer],
+                    [mark["value"]],
+                    marker="*",
+                    markersize=13,
+                    linestyle="none",
+                    color=colour,
+                    markeredgecolor="black",
+                    label=f"{role} report: {fmt(mark['value'])} @ L{layer}",
+                )
             else:
                 start = mark["start"] or 0
                 start = start + n if start < 0 else start
                 stop = n if mark["stop"] is None else (mark["stop"] + n if mark["stop"] < 0 else mark["stop"])
-                ax.fill_between([start, stop - 1], [mark["lo"]] * 2, [mark["hi"]] * 2, color=colour, alpha=0.18,
-                                label=f"{role} report: L{start}-{stop - 1} in [{fmt(mark['lo'])}, {fmt(mark['hi'])}]")
-    _finish_axes(ax, "layer (output of decoder block l)", label, f"{info.get('pair', '')}: {series}{title_suffix}", log)
+                ax.fill_between(
+                    [start, stop - 1],
+                    [mark["lo"]] * 2,
+                    [mark["hi"]] * 2,
+                    color=colour,
+                    alpha=0.18,
+                    label=f"{role} report: L{start}-{stop - 1} in [{fmt(mark['lo'])}, {fmt(mark['hi'])}]",
+                )
+    _finish_axes(
+        ax, "layer (output of decoder block l)", label, f"{info.get('pair', '')}: {series}{title_suffix}", log
+    )
     return _png(fig)
 
 
@@ -107,10 +136,14 @@ def overlay_lines(doc: Mapping[str, Any], series: str) -> list[OverlayLine]:
     """The lines of the across-families plot of ``series``: per family (in the evidence table's
     column order) its measured models, then the author's per-layer arrays; empty unless the series
     exists on at least two model families."""
-    sources = [(name, "this suite", info) for name, info in doc["pairs"].items() if info.get("available", True)]
+    sources = [
+        (name, "this suite", info) for name, info in doc["pairs"].items() if info.get("available", True)
+    ]
     sources += [(name, "author's files", info) for name, info in (doc.get("author_files") or {}).items()]
     lines = []
-    for pair, source, info in sorted(sources, key=lambda s: family_rank(s[0])):  # stable: suite, then author's files
+    for pair, source, info in sorted(
+        sources, key=lambda s: family_rank(s[0])
+    ):  # stable: suite, then author's files
         for role in ("rope", "drope"):
             model = (info.get("models") or {}).get(role)
             ys = ((model or {}).get("layers") or {}).get(series)
@@ -128,8 +161,15 @@ def overlay_figure(series: str, label: str, log: bool, lines: Sequence[OverlayLi
     :class:`OverlayLine`, its x the relative depth; colour per family, solid RoPE, dashed DroPE."""
     fig, ax = _new_axes()
     for line in lines:
-        ax.plot(line.depth, line.values, marker="." if line.source == "this suite" else "x", markersize=4,
-                color=PAIRS[line.pair].colour if line.pair in PAIRS else None, linestyle=_ROLE_STYLES.get(line.role, ":"), label=line.label)
+        ax.plot(
+            line.depth,
+            line.values,
+            marker="." if line.source == "this suite" else "x",
+            markersize=4,
+            color=PAIRS[line.pair].colour if line.pair in PAIRS else None,
+            linestyle=_ROLE_STYLES.get(line.role, ":"),
+            label=line.label,
+        )
     _finish_axes(ax, "relative depth: layer / (n_layers - 1)", label, f"{series} across model families", log)
     return fig
 
@@ -149,10 +189,19 @@ def write_plots(doc: Mapping[str, Any], report_dir: str | Path) -> dict[str, lis
             file = f"{name}-{series}.png"
             atomic_write_bytes(Path(report_dir) / file, png)
             written.setdefault(name, []).append(file)
-    for name, info in (doc.get("author_files") or {}).items():  # the author's per-layer arrays, report values marked
+    for name, info in (
+        doc.get("author_files") or {}
+    ).items():  # the author's per-layer arrays, report values marked
         for series, label, log in PLOT_SERIES:
-            png = _plot_series(info, doc["marks"].get(name, []), series, label, log,
-                               title_suffix=" (the author's committed files)", line_label="author's files")
+            png = _plot_series(
+                info,
+                doc["marks"].get(name, []),
+                series,
+                label,
+                log,
+                title_suffix=" (the author's committed files)",
+                line_label="author's files",
+            )
             if png is None:
                 continue
             file = f"{name}-author-files-{series}.png"

@@ -23,7 +23,9 @@ def terminal_lines(verdicts: Sequence[Mapping[str, Any]], width: int = 120) -> l
         if v["outcome"] == "skip":
             grouped_skips[v.get("reason", "")] += 1
             continue
-        rows.append((v["key"], value_text(v, "measured"), value_text(v, "expected"), v["band"], outcome_text(v)))
+        rows.append(
+            (v["key"], value_text(v, "measured"), value_text(v, "expected"), v["band"], outcome_text(v))
+        )
     lines: list[str] = []
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -43,7 +43,12 @@ def write_report(doc: Mapping[str, Any], report_dir: str | Path, plots: bool = T
         atomic_write_text(staging / "claims-report.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
         from drope_check.audit.render import report_section
 
-        markdown = "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip("\n") + "\n"
+        markdown = (
+            "\n".join([render_markdown(doc, plot_files).rstrip("\n"), "", *report_section(folder)]).rstrip(
+                "\n"
+            )
+            + "\n"
+        )
         atomic_write_text(staging / "claims-report.md", markdown)
         names += ["claims-report.json", "claims-report.md"]
         for name in names:  # renames within one file system: no data is written any more

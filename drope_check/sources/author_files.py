@@ -87,8 +87,10 @@ def locate_upstream(given: str | None, roots: Sequence[Path]) -> Path:
     if given is not None:
         path = Path(given).expanduser()
         if not path.is_dir():
-            raise AuthorFilesBroken(f"{origin} {given}: not a folder (give a git clone of the upstream repository "
-                                    "or a <commit>/<path> folder such as shared/data/upstream-results)")
+            raise AuthorFilesBroken(
+                f"{origin} {given}: not a folder (give a git clone of the upstream repository "
+                "or a <commit>/<path> folder such as shared/data/upstream-results)"
+            )
         return path.resolve()
     looked: list[str] = []
     for root in roots:
@@ -125,7 +127,8 @@ def author_files_measurements(source: str) -> dict[str, Any]:
 def is_author_files_import(measurements: Mapping[str, Any]) -> bool:
     """Whether a measurements dict was written by ``drope-check import-upstream``."""
     return isinstance(measurements.get("upstream"), Mapping) and any(
-        isinstance(m, Mapping) and "field_provenance" in m for m in (measurements.get("models") or {}).values()
+        isinstance(m, Mapping) and "field_provenance" in m
+        for m in (measurements.get("models") or {}).values()
     )
 
 
@@ -165,8 +168,10 @@ def _joined(values: Sequence[str], sep: str) -> str:
 def _base(claim: Claim, verdict: Verdict, provs: Sequence[Mapping[str, Any] | None] = ()) -> Verdict:
     verdict.key = claim.source_key(AUTHOR_FILES)
     verdict.source = AUTHOR_FILES
-    verdict.command = (f"{claim.rerun_command(AUTHOR_FILES)}   # the author's files: a report-derived value is never "
-                       f"regenerated; a band change needs a new rationale in {Path(claim.source_file).name}")
+    verdict.command = (
+        f"{claim.rerun_command(AUTHOR_FILES)}   # the author's files: a report-derived value is never "
+        f"regenerated; a band change needs a new rationale in {Path(claim.source_file).name}"
+    )
     if provs:
         verdict.source_commit = _joined([str(p.get("commit")) for p in provs if p], ", ") or None
         verdict.source_protocol = _joined([_label(p) for p in provs], "; ") or None
@@ -189,8 +194,9 @@ def _after_report(prov: Mapping[str, Any] | None) -> str | None:
     return run_after_report(str(name)) if name else None
 
 
-def _nearest(claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str],
-             later: bool = False) -> tuple[list[dict[str, Any]], str]:
+def _nearest(
+    claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str], later: bool = False
+) -> tuple[list[dict[str, Any]], str]:
     """The committed numbers at ``paths`` (with commit and protocol), and a sentence naming them; a
     number of a run made after the report is marked with its date wherever it is listed (``later``:
     the list is of such numbers)."""
@@ -211,7 +217,9 @@ def _nearest(claim: Claim, measurements: Mapping[str, Any], paths: Sequence[str]
             item["later"] = after
             when = f"; {after}"
         items.append(item)
-        texts.append(f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))}{when})")
+        texts.append(
+            f"{fmt(value, ratio=parse_path(path).is_ratio)} = {path} ({_label(prov)} @{_short(prov.get('commit'))}{when})"
+        )
     return items, "; ".join(texts)
 
 
@@ -223,8 +231,11 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
     """
     evidence = claim.author_files
     if evidence is None:
-        return _skip(claim, f"{Path(claim.source_file).name} does not say which of the author's protocols the "
-                            f"report's value came from: add [claim.evidence.\"author-files\"] to {claim.key}")
+        return _skip(
+            claim,
+            f"{Path(claim.source_file).name} does not say which of the author's protocols the "
+            f'report\'s value came from: add [claim.evidence."author-files"] to {claim.key}',
+        )
     if evidence.kind == "suite-only":
         return _skip(claim, f"the author's files cannot speak to this claim: {evidence.reason}")
     if evidence.kind == "prose-only":
@@ -241,7 +252,9 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
         verdict.nearest = items
         return verdict
     # the author's files hold upstream's number, artefact and all: judged as a plain claim
-    reading = dataclasses.replace(claim, metrics=evidence.metrics, status="claim" if claim.status == "artefact" else claim.status)
+    reading = dataclasses.replace(
+        claim, metrics=evidence.metrics, status="claim" if claim.status == "artefact" else claim.status
+    )
     provs = []
     for path, name in zip(evidence.metrics, evidence.protocols, strict=True):
         try:
@@ -250,15 +263,24 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
             return _skip(claim, f"not in the author's files: {exc}")
         expected = _expected_identity(name)
         if expected is None:
-            return _skip(claim, f"{Path(claim.source_file).name}: {claim.key}: evidence.author-files.protocol names "
-                                f"{name!r}, which drope_check/sources/upstream_sources.toml does not define "
-                                f"(known: {', '.join(sorted(_protocols()))})", outcome="error")
+            return _skip(
+                claim,
+                f"{Path(claim.source_file).name}: {claim.key}: evidence.author-files.protocol names "
+                f"{name!r}, which drope_check/sources/upstream_sources.toml does not define "
+                f"(known: {', '.join(sorted(_protocols()))})",
+                outcome="error",
+            )
         prov = _provenance(measurements, path)
         diffs = field_identity_mismatch(expected, prov)
         if diffs:
-            shown = "; ".join(f"{key} {want!r} for the report's value, {got!r} in the file" for key, want, got in diffs)
-            return _skip(claim, f"{path} in the author's files was made under another protocol than the report's value "
-                                f"({shown}); it is not judged against the claim")
+            shown = "; ".join(
+                f"{key} {want!r} for the report's value, {got!r} in the file" for key, want, got in diffs
+            )
+            return _skip(
+                claim,
+                f"{path} in the author's files was made under another protocol than the report's value "
+                f"({shown}); it is not judged against the claim",
+            )
         provs.append(prov)
     try:
         judged = evaluate(reading, measurements)
@@ -269,13 +291,19 @@ def author_files_verdict(claim: Claim, measurements: Mapping[str, Any]) -> Verdi
     notes = [evidence.note] if evidence.note else []
     later = [why for why in (_after_report(p) for p in provs) if why]
     if later:
-        notes.insert(0, f"later evidence ({'; '.join(dict.fromkeys(later))}): it can contradict the claim, never be "
-                        "where its number came from")
+        notes.insert(
+            0,
+            f"later evidence ({'; '.join(dict.fromkeys(later))}): it can contradict the claim, never be "
+            "where its number came from",
+        )
     if evidence.contradicted is not None:
         if verdict.outcome == "pass":
             verdict.outcome = "xpass"
-            notes.insert(0, f"recorded as contradicted by the author's own files ({evidence.contradicted}), but it now "
-                            f"holds: remove 'contradicted' from {Path(claim.source_file).name}")
+            notes.insert(
+                0,
+                f"recorded as contradicted by the author's own files ({evidence.contradicted}), but it now "
+                f"holds: remove 'contradicted' from {Path(claim.source_file).name}",
+            )
         elif verdict.outcome == "fail":
             verdict.outcome = "xfail"
             notes.insert(0, f"the author's own files contradict the claim: {evidence.contradicted}")

@@ -33,13 +33,17 @@ class CommitReader:
                 )
             file = folder / path
             if not file.is_file():
-                raise UpstreamImportError(f"upstream folder {self.root} has no file {path} at commit {commit} ({file})")
+                raise UpstreamImportError(
+                    f"upstream folder {self.root} has no file {path} at commit {commit} ({file})"
+                )
             return file.read_bytes()
         have = subprocess.run(
             ["git", "-C", str(self.root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
         )
         if have.returncode != 0:
-            raise UpstreamImportError(f"git clone {self.root} does not contain commit {commit} (fetch it first)")
+            raise UpstreamImportError(
+                f"git clone {self.root} does not contain commit {commit} (fetch it first)"
+            )
         shown = subprocess.run(["git", "-C", str(self.root), "show", f"{commit}:{path}"], capture_output=True)
         if shown.returncode != 0:
             raise UpstreamImportError(f"git clone {self.root} has no file {path} at commit {commit}")
@@ -53,7 +57,9 @@ class CommitReader:
             try:
                 parsed = json.loads(data.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UpstreamImportError(f"{path} at commit {commit} in {self.describe()} is not valid JSON: {exc}") from None
+                raise UpstreamImportError(
+                    f"{path} at commit {commit} in {self.describe()} is not valid JSON: {exc}"
+                ) from None
             self._cache[key] = (parsed, hashlib.sha256(data).hexdigest())
         return self._cache[key]
 
@@ -62,10 +68,14 @@ def open_source(source: str | Path) -> CommitReader:
     """A git clone (``git show``) or a ``<commit>/<path>`` folder; anything else is an error."""
     root = Path(source)
     if not root.is_dir():
-        raise UpstreamImportError(f"upstream source {root} is not a folder (give a git clone or a <commit>/<path> folder)")
+        raise UpstreamImportError(
+            f"upstream source {root} is not a folder (give a git clone or a <commit>/<path> folder)"
+        )
     if (root / ".git").exists():
         probe = subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True)
         if probe.returncode != 0:
-            raise UpstreamImportError(f"{root} has a .git but git cannot read it: {probe.stderr.decode().strip()}")
+            raise UpstreamImportError(
+                f"{root} has a .git but git cannot read it: {probe.stderr.decode().strip()}"
+            )
         return CommitReader(root, "git")
     return CommitReader(root, "folder")

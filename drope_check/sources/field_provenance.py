@@ -44,9 +44,13 @@ class FieldProvenance:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "repository": self.repository, "commit": self.commit, "file": self.file, "json_path": self.json_path,
+            "repository": self.repository,
+            "commit": self.commit,
+            "file": self.file,
+            "json_path": self.json_path,
             # a copy per field: nested tables (method, run) must not be one object shared by every field
-            "protocol": copy.deepcopy({"name": self.protocol_name, **self.protocol}), "derived": self.derived,
+            "protocol": copy.deepcopy({"name": self.protocol_name, **self.protocol}),
+            "derived": self.derived,
         }
         if self.derived:
             out["rule"] = self.rule

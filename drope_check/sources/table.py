@@ -64,5 +64,7 @@ def run_after_report(protocol_name: str, table: Mapping[str, Any] | None = None)
     date, report_date = run.get("first_committed_date"), report.get("date")
     if not date or not report_date or str(date) <= str(report_date):  # ISO 8601: text order is time order
         return None
-    return (f"{run.get('script', 'its script')}, first committed {run.get('first_committed', '?')} on {date}, after the "
-            f"report's commit {str(report.get('commit', '?'))[:7]} of {report_date}")
+    return (
+        f"{run.get('script', 'its script')}, first committed {run.get('first_committed', '?')} on {date}, after the "
+        f"report's commit {str(report.get('commit', '?'))[:7]} of {report_date}"
+    )

@@ -164,7 +164,11 @@ def _json_get(data: Any, json_path: str) -> tuple[bool, Any]:
 
 
 def _import_model(
-    role: str, uses: list[Mapping[str, Any]], table: Mapping[str, Any], source: CommitReader, files: dict[str, str]
+    role: str,
+    uses: list[Mapping[str, Any]],
+    table: Mapping[str, Any],
+    source: CommitReader,
+    files: dict[str, str],
 ) -> dict[str, Any]:
     repo = table["repository"]
     n_layers = int(repo["n_layers"])
@@ -194,22 +198,35 @@ def _import_model(
             found, value = _json_get(data, json_path)
             where = f"{repo['file']} at commit {commit[:7]} ({source.describe()})"
             if not found:
-                raise UpstreamImportError(f"{where} has no key {json_path} (needed for {role} {field_key(entry['field'])})")
+                raise UpstreamImportError(
+                    f"{where} has no key {json_path} (needed for {role} {field_key(entry['field'])})"
+                )
             if entry["check"] == "nonfinite_evidence":
                 why = _check_value(entry["check"], value, n_layers)
                 if why is not None:
-                    raise UpstreamImportError(f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}")
+                    raise UpstreamImportError(
+                        f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}"
+                    )
                 transform = TRANSFORMS.get(entry.get("transform", ""))
                 if transform is None:
-                    raise UpstreamImportError(f"{SOURCES_FILE}: a nonfinite_evidence field needs a transform "
-                                              f"({', '.join(TRANSFORMS)}), got {entry.get('transform')!r}")
+                    raise UpstreamImportError(
+                        f"{SOURCES_FILE}: a nonfinite_evidence field needs a transform "
+                        f"({', '.join(TRANSFORMS)}), got {entry.get('transform')!r}"
+                    )
                 value = transform(value)
                 if value is None:  # no non-finite layer: there is nothing to count from
                     continue
                 _set(model, entry["field"], value)
                 prov[field_key(entry["field"])] = FieldProvenance(
-                    repo["name"], commit, repo["file"], json_path, protocol_name, protocol, derived=True,
-                    rule=entry["transform"], inputs=(json_path,),
+                    repo["name"],
+                    commit,
+                    repo["file"],
+                    json_path,
+                    protocol_name,
+                    protocol,
+                    derived=True,
+                    rule=entry["transform"],
+                    inputs=(json_path,),
                     note=f"{entry['transform']} of {json_path}, whose non-finite entries are the evidence",
                 ).to_dict()
                 continue
@@ -220,7 +237,9 @@ def _import_model(
                 )
             why = _check_value(entry["check"], value, n_layers)
             if why is not None:
-                raise UpstreamImportError(f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}")
+                raise UpstreamImportError(
+                    f"{where}: {json_path} {why}; it cannot feed {role} {field_key(entry['field'])}"
+                )
             _set(model, entry["field"], value)
             prov[field_key(entry["field"])] = FieldProvenance(
                 repo["name"], commit, repo["file"], json_path, protocol_name, protocol, derived=False
@@ -230,14 +249,24 @@ def _import_model(
             if "from_model" in entry:
                 key, value, origin = entry["from_model"], spec[entry["from_model"]], f"[models.{role}]"
             else:
-                key, value, origin = entry["from_protocol"], protocol[entry["from_protocol"]], f"protocol {protocol_name}"
+                key, value, origin = (
+                    entry["from_protocol"],
+                    protocol[entry["from_protocol"]],
+                    f"protocol {protocol_name}",
+                )
             # a table of facts (a protocol's `method`) is imported fact by fact, each with its provenance
             items = value.items() if isinstance(value, Mapping) else [(None, value)]
             for name, item in items:
                 path = list(entry["field"]) + ([name] if name is not None else [])
                 _set(model, path, item)
                 prov[field_key(path)] = FieldProvenance(
-                    repo["name"], commit, repo["file"], None, protocol_name, protocol, derived=False,
+                    repo["name"],
+                    commit,
+                    repo["file"],
+                    None,
+                    protocol_name,
+                    protocol,
+                    derived=False,
                     note=f"not a number of the results file: {origin}'s {key}{'.' + name if name else ''} "
                     f"({protocol.get('source', 'upstream code')})",
                 ).to_dict()
@@ -255,12 +284,20 @@ def _import_model(
         try:
             value = _derive(entry["rule"], values)
         except ValueError as exc:
-            raise UpstreamImportError(f"{role} {field_key(entry['field'])} cannot be derived ({entry['rule']}): {exc}") from None
+            raise UpstreamImportError(
+                f"{role} {field_key(entry['field'])} cannot be derived ({entry['rule']}): {exc}"
+            ) from None
         _set(model, entry["field"], value)
         first = sources[0]
         prov[field_key(entry["field"])] = FieldProvenance(
-            first["repository"], first["commit"], first["file"], None, first["protocol"]["name"],
-            {k: v for k, v in first["protocol"].items() if k != "name"}, derived=True, rule=entry["rule"],
+            first["repository"],
+            first["commit"],
+            first["file"],
+            None,
+            first["protocol"]["name"],
+            {k: v for k, v in first["protocol"].items() if k != "name"},
+            derived=True,
+            rule=entry["rule"],
             inputs=tuple(field_key(p) for p in entry["inputs"]),
         ).to_dict()
     model["field_provenance"] = dict(sorted(prov.items()))
@@ -277,7 +314,9 @@ def _name_protocol(model: dict[str, Any], path: Sequence[str], protocol: Mapping
             entry.setdefault("kind", path[1].split(":")[0])
 
 
-def import_upstream(source: str | Path, era: str = "report", sources_table: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def import_upstream(
+    source: str | Path, era: str = "report", sources_table: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The measurements dict (schema version 1, pair llama2-7b) of the author's files in ``era``."""
     table = sources_table if sources_table is not None else load_sources()
     if era not in table["eras"]:
@@ -297,7 +336,11 @@ def import_upstream(source: str | Path, era: str = "report", sources_table: Mapp
         "tool": {"name": "drope_check", "version": __version__},
         "pair": PAIR,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "protocol": {"name": f"upstream-author-files:{era}", "era": era, "description": table["eras"][era]["description"]},
+        "protocol": {
+            "name": f"upstream-author-files:{era}",
+            "era": era,
+            "description": table["eras"][era]["description"],
+        },
         "texts": {
             "name": "upstream-author-files",
             "source": repo["name"],
@@ -305,7 +348,10 @@ def import_upstream(source: str | Path, era: str = "report", sources_table: Mapp
             "n_texts": None,
             "sha256": None,
         },
-        "environment": {"device": "upstream: one NVIDIA A10G (24 GB)", "platform": "author's committed results"},
+        "environment": {
+            "device": "upstream: one NVIDIA A10G (24 GB)",
+            "platform": "author's committed results",
+        },
         "upstream": {
             "repository": repo["name"],
             "licence": repo.get("licence"),
@@ -324,10 +370,18 @@ def import_upstream(source: str | Path, era: str = "report", sources_table: Mapp
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``import-upstream`` options (shared by ``drope-check import-upstream`` and :func:`main`)."""
-    parser.add_argument("source", type=Path, help="a git clone of DavidDemitriAfrica/drope-activations, or a <commit>/<path> folder")
+    parser.add_argument(
+        "source",
+        type=Path,
+        help="a git clone of DavidDemitriAfrica/drope-activations, or a <commit>/<path> folder",
+    )
     parser.add_argument("--out", required=True, type=Path, help="measurements JSON to write")
-    parser.add_argument("--era", choices=ERAS, default="report",
-                        help="'report': the commits the report quotes (default); 'head': upstream's HEAD rerun")
+    parser.add_argument(
+        "--era",
+        choices=ERAS,
+        default="report",
+        help="'report': the commits the report quotes (default); 'head': upstream's HEAD rerun",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,7 +394,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     atomic_write_json(args.out, measurements)
     n = sum(len(m["field_provenance"]) for m in measurements["models"].values())
-    print(f"wrote {args.out}: {n} fields of pair {PAIR} from {measurements['upstream']['source']} (era {args.era})")
+    print(
+        f"wrote {args.out}: {n} fields of pair {PAIR} from {measurements['upstream']['source']} (era {args.era})"
+    )
     return 0
 
 

@@ -33,12 +33,15 @@ def loads_real_model(item: pytest.Item) -> bool:
     """Whether ``item`` loads an embedded real model when it runs.
 
     * its fixture closure holds :data:`REAL_MODEL` (the model-loading fixtures request it), or
+    * it is a step of the GPU job's rehearsal (mark ``rehearsal``: child processes download the
+      stand-in models from a local hub and measure them, ~150 s together on the 2-core machine;
+      an integration test, not a unit or property test), or
     * it is a claims test of the ``suite`` source (the plugin's ``claim_source`` parameter) in a run
       that measures its pair in the session, i.e. without ``--measurements``: the pair's first such
       test measures both models (``measure_pair``), the others wait on it. A claims test judged on the
       author's files, or on a measurements file, loads no model.
     """
-    if REAL_MODEL in getattr(item, "fixturenames", ()):
+    if REAL_MODEL in getattr(item, "fixturenames", ()) or item.get_closest_marker("rehearsal") is not None:
         return True
     callspec = getattr(item, "callspec", None)
     if callspec is None or callspec.params.get("claim_source") != "suite":

@@ -51,8 +51,20 @@ def loads_real_model(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before the ``-m`` deselection reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``slow`` every test that loads an embedded real model (:func:`loads_real_model`), so that
-    ``pytest -m 'not slow'`` runs the unit and property tests alone; marks already there stay."""
+    """Mark ``slow`` every test that loads an embedded real model (:func:`loads_real_model`) or drives a
+    child pytest session (:func:`runs_a_child_session`), so that ``pytest -m 'not slow'`` runs the unit
+    and property tests alone; marks already there stay."""
     for item in items:
-        if item.get_closest_marker("slow") is None and loads_real_model(item):
+        if item.get_closest_marker("slow") is None and (loads_real_model(item) or runs_a_child_session(item)):
             item.add_marker(pytest.mark.slow)
+
+
+#: Fixtures that run another pytest session or drope-check process (seconds each: a fresh interpreter
+#: importing torch and transformers): end-to-end integration tests, not unit or property tests.
+CHILD_SESSION_FIXTURES = ("pytester", "testdir")
+
+
+def runs_a_child_session(item: pytest.Item) -> bool:
+    """Whether ``item`` drives a whole child pytest session (``pytester``); the GPU rehearsal's steps are
+    marked by :func:`loads_real_model`."""
+    return any(name in getattr(item, "fixturenames", ()) for name in CHILD_SESSION_FIXTURES)

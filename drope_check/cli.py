@@ -285,7 +285,8 @@ def _fetch(args: argparse.Namespace) -> int:
     (nothing else: no model loads). Exit 0 when everything is cached or downloaded; a gated repo
     without access, an unknown repo or an unreachable hub is one sentence and exit 2, before any
     download."""
-    from drope_check.models.hub import fetch_pair, hub_models
+    from drope_check.models.hub import hub_models
+    from drope_check.models.hub_download import fetch_pair
     from drope_check.models.pairs import PAIRS
 
     if args.pair not in PAIRS:

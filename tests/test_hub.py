@@ -22,11 +22,11 @@ from drope_check.models.hub import (
     WEIGHT_PATTERNS,
     HubUnavailable,
     cached_snapshot,
-    fetch_model,
     human_size,
     model_status,
     refusal,
 )
+from drope_check.models.hub_download import fetch_model
 from drope_check.models.rehearsal_repos import DROPE_REPO, GRANTED_TOKEN, ROPE_REPO
 
 

@@ -223,7 +223,7 @@ def test_a_hub_id_from_the_hf_cache_with_a_missing_tensor_is_refused(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    # the hub id with the cached snapshot's commit it was resolved to (drope_check.models.hub.resolve_pair)
+    # the hub id with the cached snapshot's commit it was resolved to (drope_check.models.hub_download.resolve_pair)
     one_sentence(
         proc.stderr, f"tiny-org/rope-missing@{snapshot.name} (rope)", str(snapshot), MISSING, "1 missing ("
     )

@@ -95,7 +95,7 @@ class AuditSource:
 def default_source(pair: str, options: Any = None, base: Protocol = FAITHFUL) -> AuditSource:
     """The registry pair ``pair``, its models loaded by :func:`drope_check.models.loading.load_model`."""
     from drope_check.measurements.measure import MeasureOptions, load_texts, token_sequences, torch_dtype
-    from drope_check.models.hub import resolve_pair
+    from drope_check.models.hub_download import resolve_pair
     from drope_check.models.loading import load_model
     from drope_check.models.pairs import get_pair
 

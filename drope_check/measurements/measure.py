@@ -29,7 +29,7 @@ from drope_check.engine.interventions import INTERVENTIONS
 from drope_check.engine.metric_table import CAPTURED_SERIES
 from drope_check.engine.protocol import FAITHFUL, Protocol
 from drope_check.models.device import environment_info
-from drope_check.models.hub import resolve_pair
+from drope_check.models.hub_download import resolve_pair
 from drope_check.models.loading import LoadedModel, load_model
 from drope_check.models.pairs import PairSpec, get_pair
 

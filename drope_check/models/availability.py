@@ -28,7 +28,7 @@ def pair_available(name: str, device: str | None = None) -> tuple[bool, str]:
     """Whether a registered pair can be measured here, and if not, exactly why (never downloads).
 
     Hub models count as available when they are in the local HF cache or can be downloaded (the
-    measurement downloads them first, :func:`drope_check.models.hub.resolve_pair`); a gated repo without
+    measurement downloads them first, :func:`drope_check.models.hub_download.resolve_pair`); a gated repo without
     a token, an unknown repo or an unreachable hub (``HF_HUB_OFFLINE`` included) is the reason
     (:func:`drope_check.models.hub.model_status`). ``device``: the device the user named, if any
     (:func:`gpu_refusal`)."""

@@ -26,11 +26,9 @@ snapshot folder (:func:`resolve_model`), the hub id and commit kept for provenan
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,15 +44,17 @@ __all__ = [
     "HubUnavailable",
     "ModelStatus",
     "cached_snapshot",
-    "fetch_model",
-    "fetch_pair",
+    "endpoint_url",
+    "first_line",
+    "gated_status",
+    "hub_token",
+    "patterns_for",
+    "snapshot_complete",
     "hub_models",
     "is_hub_model",
     "human_size",
     "model_status",
     "refusal",
-    "resolve_model",
-    "resolve_pair",
 ]
 
 #: Files any one of which lets transformers build a tokenizer (``vocab.json`` needs ``merges.txt``).
@@ -139,7 +139,7 @@ def _matches(path: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(path, p) for p in patterns)
 
 
-def _endpoint(endpoint: str | None) -> str:
+def endpoint_url(endpoint: str | None) -> str:
     from huggingface_hub import constants
 
     return (endpoint or constants.ENDPOINT).rstrip("/")
@@ -152,7 +152,7 @@ def _offline() -> bool:
     return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
@@ -235,7 +235,7 @@ def model_status(
             snapshot=folder,
             commit=folder.name,
         )
-    where = _endpoint(endpoint)
+    where = endpoint_url(endpoint)
     if _offline():
         return ModelStatus(
             repo_id,
@@ -258,7 +258,7 @@ def model_status(
             repo_id, revision=revision, files_metadata=True
         )
     except GatedRepoError:
-        return _gated(repo_id, where, _token_value(token))
+        return gated_status(repo_id, where, hub_token(token))
     except RevisionNotFoundError:
         return ModelStatus(
             repo_id, "not-found", f"{repo_id} has no revision {revision!r} on {where}; check the revision"
@@ -275,14 +275,14 @@ def model_status(
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         return ModelStatus(
-            repo_id, "unreachable", f"{repo_id}: {where} answered HTTP {status} ({_first_line(exc)})"
+            repo_id, "unreachable", f"{repo_id}: {where} answered HTTP {status} ({first_line(exc)})"
         )
     except Exception as exc:  # connection refused, DNS, timeout, proxy: the hub is not reachable from here
         return ModelStatus(
             repo_id,
             "unreachable",
             (
-                f"{repo_id}: {where} cannot be reached ({type(exc).__name__}: {_first_line(exc)}); check the network "
+                f"{repo_id}: {where} cannot be reached ({type(exc).__name__}: {first_line(exc)}); check the network "
                 "or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only the local HF cache"
             ),
         )
@@ -298,9 +298,9 @@ def model_status(
             ),
         )
     if info.gated:
-        token_value = _token_value(token)
+        token_value = hub_token(token)
         if token_value is None:
-            return _gated(repo_id, where, None)
+            return gated_status(repo_id, where, None)
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         try:
@@ -310,13 +310,13 @@ def model_status(
                 endpoint=endpoint,
             )
         except (GatedRepoError, RepositoryNotFoundError):
-            return _gated(repo_id, where, token_value)
+            return gated_status(repo_id, where, token_value)
         except Exception as exc:
             return ModelStatus(
                 repo_id,
                 "unreachable",
                 (
-                    f"{where} did not answer a file request for {repo_id} ({type(exc).__name__}: {_first_line(exc)})"
+                    f"{where} did not answer a file request for {repo_id} ({type(exc).__name__}: {first_line(exc)})"
                 ),
             )
     return ModelStatus(
@@ -329,7 +329,7 @@ def model_status(
     )
 
 
-def _token_value(token: str | bool | None) -> str | None:
+def hub_token(token: str | bool | None) -> str | None:
     """The token a request sends: the given one, none for False, else huggingface_hub's own
     (``HF_TOKEN``, then the saved login under ``HF_HOME``)."""
     from huggingface_hub import get_token
@@ -339,7 +339,7 @@ def _token_value(token: str | bool | None) -> str | None:
     return token or None
 
 
-def _gated(repo_id: str, where: str, token: str | None) -> ModelStatus:
+def gated_status(repo_id: str, where: str, token: str | None) -> ModelStatus:
     if token is None:
         detail = (
             f"{repo_id} is gated and no token is set: set HF_TOKEN to a token of an account that was granted "
@@ -377,141 +377,3 @@ def refusal(statuses: Sequence[ModelStatus]) -> str:
         template.replace("\0", " and ".join(repos), 1).replace("\0", repos[-1])
         for template, repos in merged.items()
     )
-
-
-class _QuietTqdm:
-    """A tqdm stand-in that shows nothing (``progress=False``)."""
-
-    def __new__(cls, *args, **kwargs):
-        from tqdm.auto import tqdm
-
-        kwargs["disable"] = True
-        return tqdm(*args, **kwargs)
-
-
-def fetch_model(
-    repo_id: str,
-    revision: str | None = None,
-    *,
-    patterns: Sequence[str] = WEIGHT_PATTERNS,
-    progress: bool = True,
-    say: Callable[[str], None] | None = None,
-    token: str | bool | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | None = None,
-    status: ModelStatus | None = None,
-) -> Path:
-    """The snapshot folder of ``repo_id``, downloaded first when it is not cached (the size is said
-    before the download starts). Raises :class:`HubUnavailable` (one sentence) when it is gated
-    without access, unknown, or the hub is unreachable -- before any byte is downloaded. ``status``:
-    the model's :func:`model_status`, when the caller has it already."""
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    if status is None:
-        status = model_status(
-            repo_id, revision, patterns=patterns, token=token, endpoint=endpoint, cache_dir=cache_dir
-        )
-    if status.state == "cached":
-        assert status.snapshot is not None
-        say(f"{repo_id}: cached ({human_size(status.size)}) in {status.snapshot}")
-        return status.snapshot
-    if status.state != "downloadable":
-        raise HubUnavailable(status.detail)
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    say(
-        f"{repo_id}: downloading {status.n_files} files, {human_size(status.size)}, at commit {status.commit} "
-        f"from {_endpoint(endpoint)} into {cache_dir or constants.HF_HUB_CACHE}"
-    )
-    try:
-        folder = Path(
-            snapshot_download(
-                repo_id,
-                revision=revision,
-                allow_patterns=list(patterns),
-                token=token,  # type: ignore[arg-type]
-                endpoint=endpoint,
-                cache_dir=cache_dir,
-                tqdm_class=None if progress else _QuietTqdm,
-            )
-        )  # type: ignore[arg-type]
-    except (GatedRepoError, RepositoryNotFoundError):
-        raise HubUnavailable(_gated(repo_id, _endpoint(endpoint), _token_value(token)).detail) from None
-    except Exception as exc:
-        raise HubUnavailable(
-            f"downloading {repo_id} from {_endpoint(endpoint)} failed ({type(exc).__name__}: {_first_line(exc)}); "
-            "rerun the same command: files already downloaded are kept"
-        ) from exc
-    if not snapshot_complete(folder):
-        raise HubUnavailable(
-            f"{repo_id}: the downloaded snapshot {folder} lacks config, tokenizer or weight files"
-        )
-    say(f"{repo_id}: downloaded to {folder}")
-    return folder
-
-
-def fetch_pair(
-    pair: PairSpec,
-    *,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    say: Callable[[str], None] | None = None,
-) -> dict[str, Path]:
-    """Every hub model of a pair, cached or downloaded (hub id -> snapshot folder). Every model's
-    status is checked before the first download, so a gated second model never costs the first
-    one's download."""
-    patterns = patterns_for(trust_remote_code)
-    models = hub_models(pair)
-    statuses = [model_status(m.source, m.revision, patterns=patterns) for m in models]
-    if any(not s.usable for s in statuses):
-        raise HubUnavailable(refusal(statuses))
-    return {
-        m.source: fetch_model(
-            m.source, m.revision, patterns=patterns, progress=progress, say=say, status=status
-        )
-        for m, status in zip(models, statuses, strict=True)
-    }
-
-
-def _as_snapshot(spec: ModelSpec, folder: Path) -> ModelSpec:
-    return dataclasses.replace(spec, source=str(folder), hub_id=spec.source, revision=folder.name)
-
-
-def resolve_model(
-    spec: ModelSpec,
-    *,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    say: Callable[[str], None] | None = None,
-) -> ModelSpec:
-    """A hub model as its local snapshot (downloaded first when needed): ``source`` becomes the
-    folder, ``hub_id`` keeps the repo id and ``revision`` the snapshot's commit (the folder's name),
-    so the loader never asks the hub again and provenance still names the repo. Other models are
-    returned unchanged."""
-    if not is_hub_model(spec):
-        return spec
-    return _as_snapshot(
-        spec,
-        fetch_model(
-            spec.source, spec.revision, patterns=patterns_for(trust_remote_code), progress=progress, say=say
-        ),
-    )
-
-
-def resolve_pair(
-    pair: PairSpec,
-    *,
-    progress: bool = True,
-    trust_remote_code: bool = False,
-    say: Callable[[str], None] | None = None,
-) -> PairSpec:
-    """The pair with each hub model replaced by its local snapshot (:func:`resolve_model`); every
-    model's status is checked before any download (:func:`fetch_pair`)."""
-    if not hub_models(pair):
-        return pair
-    folders = fetch_pair(pair, progress=progress, trust_remote_code=trust_remote_code, say=say)
-
-    def local(spec: ModelSpec) -> ModelSpec:
-        return _as_snapshot(spec, folders[spec.source]) if is_hub_model(spec) else spec
-
-    return dataclasses.replace(pair, rope=local(pair.rope), drope=local(pair.drope))

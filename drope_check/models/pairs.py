@@ -39,7 +39,7 @@ class ModelSpec:
     source: str
     variant: Variant
     revision: str | None = None
-    #: The hub repo a local ``source`` is the snapshot of (set by :func:`drope_check.models.hub.resolve_model`,
+    #: The hub repo a local ``source`` is the snapshot of (set by :func:`drope_check.models.hub_download.resolve_model`,
     #: which also sets ``revision`` to the snapshot's commit); provenance names this repo, not the folder.
     hub_id: str | None = None
 

@@ -334,29 +334,34 @@ def test_step_audit_measures_every_cpu_variant_from_the_cache(rehearsal, local_h
 # the pytest path on its own, and the refusals
 
 
+def perplexity_claims_on_cpu(*extra: str) -> list[str]:
+    """``pytest`` on the pair's perplexity suite claims with ``--require-models`` on the CPU (the quickest
+    step that must load both models), plus ``extra`` options."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "claims/test_perplexity_claims.py",
+        "--pair",
+        PAIR,
+        "--require-models",
+        "--drope-device",
+        "cpu",
+        "-k",
+        "not author-files",
+        *extra,
+        "-p",
+        "no:cacheprovider",
+        "-q",
+    ]
+
+
 def test_pytest_downloads_what_is_missing_before_measuring(local_hub, hub_env, tmp_path):
     """Without the fetch step, ``pytest --require-models`` downloads the weights itself (never "unreachable")."""
     local_hub.reset()
     report = tmp_path / "report"
     done = run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "claims/test_perplexity_claims.py",
-            "--pair",
-            PAIR,
-            "--require-models",
-            "--drope-device",
-            "cpu",
-            "-k",
-            "not author-files",
-            "--claims-report",
-            str(report),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-        ],
+        perplexity_claims_on_cpu("--claims-report", str(report)),
         hub_env(local_hub.url, tmp_path / "hf"),
     )
     verdicts = json.loads((report / "claims-report.json").read_text())["verdicts"]
@@ -392,22 +397,7 @@ def test_without_a_token_fetch_and_require_models_name_HF_TOKEN_before_anything_
         and f"{DROPE_REPO}: downloadable (" in block
     )
     claims = run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "claims/test_perplexity_claims.py",
-            "--pair",
-            PAIR,
-            "--require-models",
-            "--drope-device",
-            "cpu",
-            "-k",
-            "not author-files",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-        ],
+        perplexity_claims_on_cpu(),
         env,
     )
     assert claims.returncode == 1
